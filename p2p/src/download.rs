@@ -1,0 +1,550 @@
+//! The download pipeline: from a URL to a complete, verified task in the store.
+//!
+//! One pipeline serves every source: a task's missing pieces are fetched with bounded
+//! concurrency, each byte stream is cut at piece boundaries, written at its offset, hashed as it
+//! is written, and recorded (group-committed) the moment its piece is whole. An origin without
+//! range support is one stream over all pieces; an origin with it is one stream per piece.
+//! Restarting a half-finished task fetches only the pieces that were not recorded.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, Result};
+use crate::id::{IdOptions, TaskId};
+use crate::metrics::{Metrics, Outcome, OutcomeLabel, Source};
+use crate::origin::{Origin, OriginRequest};
+use crate::piece::Layout;
+use crate::store::{self, Store, TaskMeta, TaskState};
+
+/// Bytes are written to disk in blocks of this size (and hashed off the async threads).
+const WRITE_BLOCK: usize = 1 << 20;
+
+/// What to download.
+#[derive(Clone, Debug)]
+pub struct DownloadRequest {
+    pub origin: OriginRequest,
+    pub id_options: IdOptions,
+    /// The whole content's expected digest, if the caller knows it.
+    pub digest: Option<Digest>,
+}
+
+impl DownloadRequest {
+    pub fn task_id(&self) -> TaskId {
+        TaskId::for_url(&self.origin.url, &self.id_options)
+    }
+}
+
+/// A finished download.
+#[derive(Clone, Debug)]
+pub struct Downloaded {
+    pub task: TaskId,
+    pub meta: TaskMeta,
+    /// The task's content in the store.
+    pub path: PathBuf,
+    /// Whether the whole content was already in the store.
+    pub from_cache: bool,
+}
+
+/// Progress of one download, shared with whoever displays it.
+#[derive(Debug, Default)]
+pub struct Progress {
+    total: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Progress {
+    /// `(bytes stored, content length)`; the length is 0 until known.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
+    }
+
+    fn start(&self, total: u64, done: u64) {
+        self.total.store(total, Ordering::Relaxed);
+        self.done.store(done, Ordering::Relaxed);
+    }
+
+    fn add(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Downloads tasks into a [`Store`]; one download per task at a time.
+pub struct Downloader {
+    store: Arc<Store>,
+    origin: Origin,
+    metrics: Metrics,
+    running: Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Downloader {
+    pub fn new(store: Arc<Store>, origin: Origin, metrics: Metrics) -> Self {
+        Downloader {
+            store,
+            origin,
+            metrics,
+            running: Mutex::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Makes the task for `req` complete in the store, from the cache or the origin, and
+    /// returns where its content is. Concurrent calls for one task share the work.
+    #[tracing::instrument(skip_all, fields(task))]
+    pub async fn download(&self, req: &DownloadRequest, progress: &Progress) -> Result<Downloaded> {
+        let id = req.task_id();
+        tracing::Span::current().record("task", tracing::field::display(&id));
+        let expected = match (req.digest, id.blob_digest()) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Error::InvalidRequest(format!(
+                    "digest {a} disagrees with the blob URL's digest {b}"
+                )));
+            }
+            (a, b) => a.or(b),
+        };
+        self.metrics.active_downloads.inc();
+        let lock = {
+            let mut running = self.running.lock().expect("running map lock");
+            running.entry(id.clone()).or_default().clone()
+        };
+        let result = {
+            let _one_at_a_time = lock.lock().await;
+            self.download_locked(&id, req, expected, progress).await
+        };
+        {
+            let mut running = self.running.lock().expect("running map lock");
+            if Arc::strong_count(&lock) == 2 {
+                running.remove(&id);
+            }
+        }
+        self.metrics.active_downloads.dec();
+        let outcome = if result.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        };
+        self.metrics
+            .downloads
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+        result
+    }
+
+    async fn download_locked(
+        &self,
+        id: &TaskId,
+        req: &DownloadRequest,
+        expected: Option<Digest>,
+        progress: &Progress,
+    ) -> Result<Downloaded> {
+        let path = self.store.data_path(id);
+        if let Some(meta) = self
+            .blocking({
+                let id = id.clone();
+                move |s| s.meta(&id)
+            })
+            .await?
+            && meta.complete
+        {
+            let meta = self.check_cached(id, meta, expected).await?;
+            let len = meta.layout.content_length;
+            progress.start(len, len);
+            self.metrics.bytes(Source::Cache, len);
+            return Ok(Downloaded {
+                task: id.clone(),
+                meta,
+                path,
+                from_cache: true,
+            });
+        }
+
+        let stat = self.origin.stat(&req.origin).await?;
+        let layout = Layout::for_length(stat.content_length);
+        let url = req.origin.display_url();
+        let state = self
+            .blocking({
+                let id = id.clone();
+                move |s| s.open_task(&id, &url, layout)
+            })
+            .await?;
+        progress.start(layout.content_length, state.stored_bytes());
+        tracing::debug!(
+            length = layout.content_length,
+            pieces = layout.piece_count(),
+            resumed = state.stored_bytes(),
+            ranges = stat.ranges,
+            "downloading"
+        );
+
+        let job = Job {
+            id: id.clone(),
+            req: req.clone(),
+            layout,
+            file: Arc::new(self.store.writer(id)?),
+        };
+        if stat.ranges {
+            self.fetch_pieces(&job, &state, progress).await?;
+        } else {
+            self.fetch_stream(&job, &state, progress).await?;
+        }
+
+        let digest = match expected {
+            Some(exp) => Some(self.verify_whole(id, exp).await?),
+            None => None,
+        };
+        let meta = self
+            .blocking({
+                let id = id.clone();
+                move |s| s.complete(&id, digest)
+            })
+            .await?;
+        Ok(Downloaded {
+            task: id.clone(),
+            meta,
+            path,
+            from_cache: false,
+        })
+    }
+
+    /// A cached task is returned only if it matches the digest the caller expects.
+    async fn check_cached(
+        &self,
+        id: &TaskId,
+        mut meta: TaskMeta,
+        expected: Option<Digest>,
+    ) -> Result<TaskMeta> {
+        let Some(exp) = expected else {
+            self.blocking({
+                let (id, mut meta) = (id.clone(), meta.clone());
+                move |s| s.touch(&id, &mut meta)
+            })
+            .await?;
+            return Ok(meta);
+        };
+        if meta.digest != Some(exp) {
+            let actual = self.hash_task(id, exp).await?;
+            if actual != exp {
+                return Err(Error::DigestMismatch {
+                    task: id.clone(),
+                    expected: exp,
+                    actual,
+                });
+            }
+            meta.digest = Some(exp);
+        }
+        self.blocking({
+            let (id, mut meta) = (id.clone(), meta.clone());
+            move |s| s.touch(&id, &mut meta)
+        })
+        .await?;
+        Ok(meta)
+    }
+
+    /// Checks the whole content against `expected`; a mismatch deletes the task.
+    async fn verify_whole(&self, id: &TaskId, expected: Digest) -> Result<Digest> {
+        let actual = self.hash_task(id, expected).await?;
+        if actual != expected {
+            let id2 = id.clone();
+            self.blocking(move |s| s.remove(&id2)).await?;
+            return Err(Error::DigestMismatch {
+                task: id.clone(),
+                expected,
+                actual,
+            });
+        }
+        Ok(actual)
+    }
+
+    async fn hash_task(&self, id: &TaskId, like: Digest) -> Result<Digest> {
+        let path = self.store.data_path(id);
+        let mut file = self.store.reader(id)?;
+        tokio::task::spawn_blocking(move || store::hash_file(&mut file, like.algorithm()))
+            .await
+            .expect("hashing does not panic")
+            .map_err(|e| Error::io("read task file", path, e))
+    }
+
+    /// Range-capable origin: one request per missing piece, `concurrency` at a time.
+    async fn fetch_pieces(&self, job: &Job, state: &TaskState, progress: &Progress) -> Result<()> {
+        let mut recorder = Recorder::start(self.store.clone(), job.id.clone(), state.pieces.len());
+        let limit = Arc::new(Semaphore::new(self.origin.config().concurrency));
+        let ctx = Arc::new(PieceCtx {
+            origin: self.origin.clone(),
+            metrics: self.metrics.clone(),
+            job: job.clone(),
+        });
+        let mut set: JoinSet<Result<Vec<(u32, Digest)>>> = JoinSet::new();
+        for n in state.missing() {
+            let permit = limit
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
+            while let Some(done) = set.try_join_next() {
+                recorder
+                    .stored(
+                        &job.layout,
+                        progress,
+                        done.expect("piece task does not panic")?,
+                    )
+                    .await?;
+            }
+            let ctx = ctx.clone();
+            set.spawn(async move {
+                let _permit = permit;
+                let range = ctx.job.layout.range(n);
+                ctx.origin
+                    .retrying(&ctx.job.req.origin, || async {
+                        let resp = ctx
+                            .origin
+                            .open(&ctx.job.req.origin, Some(range.clone()))
+                            .await?;
+                        consume(&ctx, resp, n..n + 1, &[]).await
+                    })
+                    .await
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            recorder
+                .stored(
+                    &job.layout,
+                    progress,
+                    done.expect("piece task does not panic")?,
+                )
+                .await?;
+        }
+        recorder.finish().await
+    }
+
+    /// Origin without ranges: one stream over the whole content; stored pieces are skipped.
+    async fn fetch_stream(&self, job: &Job, state: &TaskState, progress: &Progress) -> Result<()> {
+        let mut recorder = Recorder::start(self.store.clone(), job.id.clone(), state.pieces.len());
+        let ctx = PieceCtx {
+            origin: self.origin.clone(),
+            metrics: self.metrics.clone(),
+            job: job.clone(),
+        };
+        let stored: Vec<bool> = state.pieces.iter().map(Option::is_some).collect();
+        let all = 0..job.layout.piece_count();
+        if !all.is_empty() {
+            let digests = self
+                .origin
+                .retrying(&job.req.origin, || async {
+                    let resp = self.origin.open(&job.req.origin, None).await?;
+                    consume(&ctx, resp, all.clone(), &stored).await
+                })
+                .await?;
+            recorder.stored(&job.layout, progress, digests).await?;
+        }
+        recorder.finish().await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .expect("store call does not panic")
+    }
+}
+
+#[derive(Clone)]
+struct Job {
+    id: TaskId,
+    req: DownloadRequest,
+    layout: Layout,
+    file: Arc<File>,
+}
+
+struct PieceCtx {
+    origin: Origin,
+    metrics: Metrics,
+    job: Job,
+}
+
+/// Reads `resp`, which starts at the first byte of piece `pieces.start`, writing and hashing
+/// every piece in `pieces` not marked in `skip`. Returns the digests of the pieces it stored.
+async fn consume(
+    ctx: &PieceCtx,
+    mut resp: reqwest::Response,
+    pieces: std::ops::Range<u32>,
+    skip: &[bool],
+) -> Result<Vec<(u32, Digest)>> {
+    let layout = ctx.job.layout;
+    let mut out = Vec::new();
+    let mut n = pieces.start;
+    let mut pos = layout.range(n).start;
+    let mut piece = PieceWriter::new(ctx.job.file.clone(), pos);
+    let transport = |e: reqwest::Error| Error::OriginTransport {
+        url: ctx.job.req.origin.display_url(),
+        source: e.without_url(),
+    };
+    while n < pieces.end {
+        let Some(mut chunk) = resp.chunk().await.map_err(transport)? else {
+            return Err(Error::OriginProtocol {
+                url: ctx.job.req.origin.display_url(),
+                detail: format!(
+                    "body ended at byte {pos} of {}",
+                    layout.range(pieces.end - 1).end
+                ),
+            });
+        };
+        ctx.metrics.bytes(Source::Origin, chunk.len() as u64);
+        while !chunk.is_empty() && n < pieces.end {
+            let end = layout.range(n).end;
+            let take = chunk.len().min((end - pos) as usize);
+            let part = chunk.split_to(take);
+            if !skip.get(n as usize).copied().unwrap_or(false) {
+                piece.push(&part).await?;
+            }
+            pos += take as u64;
+            if pos == end {
+                let done =
+                    std::mem::replace(&mut piece, PieceWriter::new(ctx.job.file.clone(), pos));
+                if !skip.get(n as usize).copied().unwrap_or(false) {
+                    out.push((n, done.finish().await?));
+                }
+                n += 1;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes one piece's bytes at their offset in blocks, hashing them on the blocking pool.
+struct PieceWriter {
+    file: Arc<File>,
+    offset: u64,
+    buf: Vec<u8>,
+    hasher: Option<Hasher>,
+}
+
+impl PieceWriter {
+    fn new(file: Arc<File>, offset: u64) -> Self {
+        PieceWriter {
+            file,
+            offset,
+            buf: Vec::new(),
+            hasher: Some(crate::digest::Algorithm::PIECE.hasher()),
+        }
+    }
+
+    async fn push(&mut self, data: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= WRITE_BLOCK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let (file, offset) = (self.file.clone(), self.offset);
+        let mut buf = std::mem::take(&mut self.buf);
+        let len = buf.len() as u64;
+        let mut hasher = self.hasher.take().expect("hasher present until finish");
+        let (buf, hasher) = tokio::task::spawn_blocking(move || {
+            file.write_all_at(&buf, offset)?;
+            hasher.update(&buf);
+            buf.clear();
+            Ok::<_, std::io::Error>((buf, hasher))
+        })
+        .await
+        .expect("write does not panic")
+        .map_err(|e| Error::io("write piece to", "task file", e))?;
+        self.offset += len;
+        self.buf = buf;
+        self.hasher = Some(hasher);
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<Digest> {
+        self.flush().await?;
+        Ok(self
+            .hasher
+            .take()
+            .expect("hasher present until finish")
+            .finish())
+    }
+}
+
+/// Records finished pieces in the store, batching whatever arrived while the previous commit ran.
+struct Recorder {
+    tx: mpsc::Sender<(u32, Digest)>,
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl Recorder {
+    fn start(store: Arc<Store>, id: TaskId, pieces: usize) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(u32, Digest)>(pieces.clamp(1, 1024));
+        let task = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let (store, id) = (store.clone(), id.clone());
+                tokio::task::spawn_blocking(move || store.record_pieces(&id, &batch))
+                    .await
+                    .expect("record does not panic")?;
+            }
+            Ok(())
+        });
+        Recorder {
+            tx,
+            task: Some(task),
+        }
+    }
+
+    /// Hands finished pieces to the recorder and counts them as progress.
+    async fn stored(
+        &mut self,
+        layout: &Layout,
+        progress: &Progress,
+        pieces: Vec<(u32, Digest)>,
+    ) -> Result<()> {
+        for (n, d) in pieces {
+            let r = layout.range(n);
+            progress.add(r.end - r.start);
+            if self.tx.send((n, d)).await.is_err() {
+                // The recorder stopped on an error: that error says why.
+                let task = self.task.take().expect("recorder joined once");
+                return Err(task
+                    .await
+                    .expect("recorder does not panic")
+                    .err()
+                    .unwrap_or_else(|| Error::Metadata("piece recorder stopped".into())));
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(self) -> Result<()> {
+        drop(self.tx);
+        match self.task {
+            Some(task) => task.await.expect("recorder does not panic"),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The node's Prometheus metrics. Labels never carry task ids or digests.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Where downloaded bytes came from.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Source {
+    Origin,
+    Peer,
+    Cache,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: Source,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Outcome {
+    Ok,
+    Error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: Outcome,
+}
+
+/// Download-side metrics, cheap to clone (counters are shared).
+#[derive(Clone, Debug, Default)]
+pub struct Metrics {
+    /// Bytes received for tasks, by source (origin bytes include retried pieces).
+    pub download_bytes: Family<SourceLabel, Counter>,
+    /// Download requests finished, by outcome.
+    pub downloads: Family<OutcomeLabel, Counter>,
+    /// Downloads in progress.
+    pub active_downloads: Gauge,
+}
+
+impl Metrics {
+    /// Metrics registered under `shoal_` in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Metrics::default();
+        registry.register(
+            "shoal_download_bytes",
+            "Bytes received for tasks, by source",
+            m.download_bytes.clone(),
+        );
+        registry.register(
+            "shoal_downloads",
+            "Download requests finished, by outcome",
+            m.downloads.clone(),
+        );
+        registry.register(
+            "shoal_active_downloads",
+            "Downloads in progress",
+            m.active_downloads.clone(),
+        );
+        m
+    }
+
+    pub fn bytes(&self, source: Source, n: u64) {
+        self.download_bytes
+            .get_or_create(&SourceLabel { source })
+            .inc_by(n);
+    }
+
+    pub fn bytes_from(&self, source: Source) -> u64 {
+        self.download_bytes
+            .get_or_create(&SourceLabel { source })
+            .get()
+    }
+}

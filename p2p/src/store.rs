@@ -1,0 +1,445 @@
+//! The piece store: task content on local disk, metadata in redb.
+//!
+//! Layout under the data directory:
+//!
+//! ```text
+//! metadata.redb                 task records and the digest of every stored piece
+//! tasks/<2 chars>/<task>.data   the content, at its own offsets (sparse until complete)
+//! ```
+//!
+//! A piece is *stored* when its bytes are in the data file and its digest is recorded in redb; only
+//! then is it served or counted. Writes go to the page cache without fsync, so after a crash of the
+//! process (`kill -9`) everything recorded is there; after a power loss the records may outlive the
+//! bytes, which is why [`Store::open_task`] re-verifies the recorded pieces of unfinished tasks
+//! against their digests, and a task is fsynced before it is marked complete.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::id::TaskId;
+use crate::piece::Layout;
+
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+const PIECES: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("pieces");
+
+/// What the store knows about a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskMeta {
+    /// The origin URL with volatile query parameters removed (never credentials).
+    pub url: String,
+    pub layout: Layout,
+    /// The whole content's digest, once it is known and checked.
+    pub digest: Option<Digest>,
+    pub complete: bool,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    pub accessed_at: u64,
+}
+
+/// An open task: its record and which pieces are stored.
+#[derive(Clone, Debug)]
+pub struct TaskState {
+    pub meta: TaskMeta,
+    /// `pieces[n]` is the digest of piece `n` if it is stored.
+    pub pieces: Vec<Option<Digest>>,
+}
+
+impl TaskState {
+    pub fn missing(&self) -> impl Iterator<Item = u32> + '_ {
+        (0u32..)
+            .zip(&self.pieces)
+            .filter(|(_, d)| d.is_none())
+            .map(|(n, _)| n)
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        (0u32..)
+            .zip(&self.pieces)
+            .filter(|(_, d)| d.is_some())
+            .map(|(n, _)| {
+                let r = self.meta.layout.range(n);
+                r.end - r.start
+            })
+            .sum()
+    }
+}
+
+/// Task content and metadata under one data directory.
+pub struct Store {
+    root: PathBuf,
+    db: redb::Database,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store under `root`. Fails with [`Error::StoreBusy`] when
+    /// another process has it open.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let root = root.into();
+        fs::create_dir_all(root.join("tasks"))
+            .map_err(|e| Error::io("create data directory", &root, e))?;
+        let db_path = root.join("metadata.redb");
+        let db = redb::Database::create(&db_path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::StoreBusy { dir: root.clone() },
+            other => Error::Metadata(other.into()),
+        })?;
+        let txn = db.begin_write()?;
+        txn.open_table(TASKS)?;
+        txn.open_table(PIECES)?;
+        txn.commit()?;
+        Ok(Store { root, db })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a task's content lives.
+    pub fn data_path(&self, id: &TaskId) -> PathBuf {
+        let name = id.file_name();
+        // The first characters after any `sha256-` prefix spread tasks over 256 directories.
+        let shard = &name[name.len() - 64..name.len() - 62];
+        self.root
+            .join("tasks")
+            .join(shard)
+            .join(format!("{name}.data"))
+    }
+
+    /// The task's record, if the store has one.
+    pub fn meta(&self, id: &TaskId) -> Result<Option<TaskMeta>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TASKS)?;
+        let meta = table
+            .get(id.as_str())?
+            .map(|v| decode_meta(v.value()))
+            .transpose()?;
+        Ok(meta)
+    }
+
+    /// Every task the store holds.
+    pub fn list(&self) -> Result<Vec<(TaskId, TaskMeta)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TASKS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            if let Ok(id) = k.value().parse() {
+                out.push((id, decode_meta(v.value())?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens a task for download: creates it, or resumes it if the store has it with the same
+    /// layout (recorded pieces of unfinished tasks are re-verified; bad ones are dropped). A task
+    /// recorded with another layout is started over.
+    pub fn open_task(&self, id: &TaskId, url: &str, layout: Layout) -> Result<TaskState> {
+        let path = self.data_path(id);
+        if let Some(meta) = self.meta(id)?
+            && meta.layout == layout
+            && path.exists()
+        {
+            let mut state = TaskState {
+                pieces: self.recorded_pieces(id, &meta)?,
+                meta,
+            };
+            if !state.meta.complete {
+                self.drop_corrupt_pieces(id, &mut state)?;
+            }
+            self.touch(id, &mut state.meta)?;
+            return Ok(state);
+        }
+        self.remove(id)?;
+        let dir = path.parent().expect("data path has a shard directory");
+        fs::create_dir_all(dir).map_err(|e| Error::io("create task directory", dir, e))?;
+        let file = File::create(&path).map_err(|e| Error::io("create task file", &path, e))?;
+        file.set_len(layout.content_length)
+            .map_err(|e| Error::io("size task file", &path, e))?;
+        let now = unix_now();
+        let meta = TaskMeta {
+            url: url.to_owned(),
+            layout,
+            digest: None,
+            complete: false,
+            created_at: now,
+            accessed_at: now,
+        };
+        self.put_meta(id, &meta)?;
+        Ok(TaskState {
+            pieces: vec![None; layout.piece_count() as usize],
+            meta,
+        })
+    }
+
+    /// Opens the task's data file for writing pieces into it.
+    pub fn writer(&self, id: &TaskId) -> Result<File> {
+        let path = self.data_path(id);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open task file", &path, e))
+    }
+
+    /// Opens the task's data file for reading.
+    pub fn reader(&self, id: &TaskId) -> Result<File> {
+        let path = self.data_path(id);
+        File::open(&path).map_err(|e| Error::io("open task file", &path, e))
+    }
+
+    /// Records pieces whose bytes are in the data file, in one durable transaction.
+    pub fn record_pieces(&self, id: &TaskId, pieces: &[(u32, Digest)]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(PIECES)?;
+            for (n, d) in pieces {
+                table.insert((id.as_str(), *n), encode_digest(d).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Marks a task complete after flushing its content to disk.
+    pub fn complete(&self, id: &TaskId, digest: Option<Digest>) -> Result<TaskMeta> {
+        let path = self.data_path(id);
+        self.reader(id)?
+            .sync_all()
+            .map_err(|e| Error::io("sync task file", &path, e))?;
+        let mut meta = self
+            .meta(id)?
+            .ok_or_else(|| Error::TaskGone { task: id.clone() })?;
+        meta.complete = true;
+        meta.digest = digest.or(meta.digest);
+        meta.accessed_at = unix_now();
+        self.put_meta(id, &meta)?;
+        Ok(meta)
+    }
+
+    /// Records that a complete task was used (for LRU eviction).
+    pub fn touch(&self, id: &TaskId, meta: &mut TaskMeta) -> Result<()> {
+        meta.accessed_at = unix_now();
+        self.put_meta(id, meta)
+    }
+
+    /// Forgets a task and deletes its content.
+    pub fn remove(&self, id: &TaskId) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(TASKS)?.remove(id.as_str())?;
+            let mut pieces = txn.open_table(PIECES)?;
+            pieces.retain_in((id.as_str(), 0)..=(id.as_str(), u32::MAX), |_, _| false)?;
+        }
+        txn.commit()?;
+        let path = self.data_path(id);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(Error::io("remove task file", &path, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn recorded_pieces(&self, id: &TaskId, meta: &TaskMeta) -> Result<Vec<Option<Digest>>> {
+        let mut pieces = vec![None; meta.layout.piece_count() as usize];
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PIECES)?;
+        for row in table.range((id.as_str(), 0)..=(id.as_str(), u32::MAX))? {
+            let (k, v) = row?;
+            let n = k.value().1 as usize;
+            if let (Some(slot), Some(d)) = (pieces.get_mut(n), decode_digest(v.value())) {
+                *slot = Some(d);
+            }
+        }
+        Ok(pieces)
+    }
+
+    fn drop_corrupt_pieces(&self, id: &TaskId, state: &mut TaskState) -> Result<()> {
+        let file = self.reader(id)?;
+        let mut buf = Vec::new();
+        let mut bad = Vec::new();
+        for n in 0..state.meta.layout.piece_count() {
+            let Some(expected) = state.pieces[n as usize] else {
+                continue;
+            };
+            let r = state.meta.layout.range(n);
+            buf.resize((r.end - r.start) as usize, 0);
+            let ok = file.read_exact_at(&mut buf, r.start).is_ok()
+                && Digest::of(expected.algorithm(), &buf) == expected;
+            if !ok {
+                tracing::warn!(task = %id, piece = n, "stored piece failed verification on resume; fetching it again");
+                state.pieces[n as usize] = None;
+                bad.push(n);
+            }
+        }
+        if !bad.is_empty() {
+            let txn = self.db.begin_write()?;
+            {
+                let mut table = txn.open_table(PIECES)?;
+                for n in bad {
+                    table.remove((id.as_str(), n))?;
+                }
+            }
+            txn.commit()?;
+        }
+        Ok(())
+    }
+
+    fn put_meta(&self, id: &TaskId, meta: &TaskMeta) -> Result<()> {
+        let bytes = serde_json::to_vec(meta).expect("TaskMeta serializes");
+        let txn = self.db.begin_write()?;
+        txn.open_table(TASKS)?
+            .insert(id.as_str(), bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// Hashes a whole file with `algorithm`, reading it in 1 MiB blocks.
+pub fn hash_file(file: &mut File, algorithm: crate::digest::Algorithm) -> io::Result<Digest> {
+    let mut h = algorithm.hasher();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finish());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+fn decode_meta(bytes: &[u8]) -> Result<TaskMeta> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Metadata(Box::new(e)))
+}
+
+fn encode_digest(d: &Digest) -> [u8; 33] {
+    let mut out = [0u8; 33];
+    out[0] = match d.algorithm() {
+        crate::digest::Algorithm::Sha256 => 1,
+        crate::digest::Algorithm::Blake3 => 2,
+    };
+    out[1..].copy_from_slice(d.bytes());
+    out
+}
+
+fn decode_digest(bytes: &[u8]) -> Option<Digest> {
+    let algo = match bytes.first()? {
+        1 => crate::digest::Algorithm::Sha256,
+        2 => crate::digest::Algorithm::Blake3,
+        _ => return None,
+    };
+    Some(Digest::new(algo, bytes.get(1..33)?.try_into().ok()?))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use url::Url;
+
+    fn task(u: &str) -> TaskId {
+        TaskId::for_url(&Url::parse(u).unwrap(), &Default::default())
+    }
+
+    fn write(store: &Store, id: &TaskId, layout: Layout, n: u32, byte: u8) -> Digest {
+        let r = layout.range(n);
+        let data = vec![byte; (r.end - r.start) as usize];
+        store
+            .writer(id)
+            .unwrap()
+            .write_all_at(&data, r.start)
+            .unwrap();
+        let d = Digest::piece(&data);
+        store.record_pieces(id, &[(n, d)]).unwrap();
+        d
+    }
+
+    #[test]
+    fn resume_keeps_recorded_pieces_and_drops_corrupt_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = task("http://h/f");
+        let layout = Layout::for_length(10 << 20);
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let st = store.open_task(&id, "http://h/f", layout).unwrap();
+            assert_eq!(st.missing().count(), 3);
+            write(&store, &id, layout, 0, 1);
+            write(&store, &id, layout, 2, 3);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let st = store.open_task(&id, "http://h/f", layout).unwrap();
+        assert_eq!(st.missing().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(st.stored_bytes(), (4 << 20) + (2 << 20));
+        // Corrupt piece 2 on disk: the next open notices and drops it.
+        store
+            .writer(&id)
+            .unwrap()
+            .write_all_at(b"x", 9 << 20)
+            .unwrap();
+        let st = store.open_task(&id, "http://h/f", layout).unwrap();
+        assert_eq!(st.missing().collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn another_layout_starts_over_and_remove_forgets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = task("http://h/g");
+        let l1 = Layout::for_length(5 << 20);
+        store.open_task(&id, "u", l1).unwrap();
+        write(&store, &id, l1, 0, 7);
+        let l2 = Layout::for_length(6 << 20);
+        let st = store.open_task(&id, "u", l2).unwrap();
+        assert_eq!(st.missing().count(), 2);
+        assert_eq!(fs::metadata(store.data_path(&id)).unwrap().len(), 6 << 20);
+        store.remove(&id).unwrap();
+        assert!(store.meta(&id).unwrap().is_none());
+        assert!(!store.data_path(&id).exists());
+    }
+
+    #[test]
+    fn second_open_of_the_same_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let _a = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(Error::StoreBusy { .. })
+        ));
+    }
+
+    #[test]
+    fn complete_and_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = task("http://h/c");
+        let layout = Layout::for_length(100);
+        store.open_task(&id, "http://h/c", layout).unwrap();
+        write(&store, &id, layout, 0, 9);
+        let meta = store.complete(&id, None).unwrap();
+        assert!(meta.complete);
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, id);
+        let digest = hash_file(
+            &mut store.reader(&id).unwrap(),
+            crate::digest::Algorithm::Sha256,
+        )
+        .unwrap();
+        assert_eq!(
+            digest,
+            Digest::of(crate::digest::Algorithm::Sha256, &[9u8; 100])
+        );
+    }
+}

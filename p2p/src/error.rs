@@ -48,6 +48,8 @@ pub enum Error {
     },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    #[error("config: {0}")]
+    Config(String),
 }
 
 impl Error {
@@ -64,7 +66,8 @@ impl Error {
             Error::Io { .. }
             | Error::Metadata(_)
             | Error::StoreBusy { .. }
-            | Error::TaskGone { .. } => Fault::Local,
+            | Error::TaskGone { .. }
+            | Error::Config(_) => Fault::Local,
             Error::OriginStatus { .. }
             | Error::OriginTransport { .. }
             | Error::OriginProtocol { .. } => Fault::Origin,

@@ -23,15 +23,21 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
+pub mod api;
+pub mod daemon;
 pub mod digest;
 pub mod download;
 pub mod error;
+pub mod get;
 pub mod id;
 pub mod metrics;
 pub mod origin;
+pub mod output;
 pub mod piece;
 pub mod store;
 
+pub use daemon::{Daemon, DaemonConfig};
 pub use digest::{Algorithm, Digest};
 pub use download::{DownloadRequest, Downloaded, Downloader, Progress};
 pub use error::{Error, Fault, Result};

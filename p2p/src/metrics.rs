@@ -1,17 +1,29 @@
 //! The node's Prometheus metrics. Labels never carry task ids or digests.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// Where downloaded bytes came from.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Source {
     Origin,
     Peer,
     Cache,
+}
+
+impl EncodeLabelValue for Source {
+    fn encode(&self, enc: &mut LabelValueEncoder) -> std::fmt::Result {
+        enc.write_str(match self {
+            Source::Origin => "origin",
+            Source::Peer => "peer",
+            Source::Cache => "cache",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -19,10 +31,19 @@ pub struct SourceLabel {
     pub source: Source,
 }
 
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Outcome {
     Ok,
     Error,
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, enc: &mut LabelValueEncoder) -> std::fmt::Result {
+        enc.write_str(match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1,0 +1,317 @@
+//! The daemon's local API (HTTP/1.1 + JSON on a unix socket) and its client.
+//!
+//! `POST /v1/get` with a [`GetRequest`] answers a stream of newline-delimited [`Event`]s: progress
+//! while the task downloads, then one `done` or `failed`. Bulk bytes never cross the socket: the
+//! daemon links or copies the content to `output`, or the caller reads the task file named in
+//! `done` (both are on this host). `GET /v1/tasks` lists the store.
+
+use std::path::{Path, PathBuf};
+
+use bytes::{Buf, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::download::DownloadRequest;
+use crate::error::{Error, Fault};
+use crate::id::IdOptions;
+use crate::origin::OriginRequest;
+
+/// A download a local client asks the daemon for.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetRequest {
+    pub url: String,
+    /// Sent to the origin with every request; may hold credentials, so never logged.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub application: Option<String>,
+    #[serde(default)]
+    pub filtered_query_params: Option<Vec<String>>,
+    #[serde(default)]
+    pub digest: Option<Digest>,
+    /// Where the daemon puts the content (absolute); none to only fill the cache.
+    #[serde(default)]
+    pub output: Option<PathBuf>,
+}
+
+impl GetRequest {
+    /// Checks the request and turns it into a download.
+    pub fn to_download(&self) -> Result<DownloadRequest, Error> {
+        let url: url::Url = self
+            .url
+            .parse()
+            .map_err(|e| Error::InvalidRequest(format!("URL {:?}: {e}", self.url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(Error::InvalidRequest(format!(
+                "only http and https URLs can be downloaded, not {}",
+                url.scheme()
+            )));
+        }
+        let mut headers = HeaderMap::new();
+        for (k, v) in &self.headers {
+            let name = HeaderName::from_bytes(k.trim().as_bytes())
+                .map_err(|_| Error::InvalidRequest(format!("header name {k:?} is not valid")))?;
+            // The value is not echoed: it may be a credential.
+            let value = HeaderValue::from_str(v.trim()).map_err(|_| {
+                Error::InvalidRequest(format!("the value of header {name} is not valid"))
+            })?;
+            headers.append(name, value);
+        }
+        if let Some(out) = &self.output
+            && !out.is_absolute()
+        {
+            return Err(Error::InvalidRequest(format!(
+                "output {} must be an absolute path",
+                out.display()
+            )));
+        }
+        Ok(DownloadRequest {
+            origin: OriginRequest { url, headers },
+            id_options: IdOptions {
+                tag: self.tag.clone(),
+                application: self.application.clone(),
+                filtered_query_params: self.filtered_query_params.clone(),
+            },
+            digest: self.digest,
+        })
+    }
+}
+
+/// One line of the `/v1/get` answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Progress {
+        done: u64,
+        total: u64,
+    },
+    Done {
+        task: String,
+        path: PathBuf,
+        content_length: u64,
+        from_cache: bool,
+    },
+    Failed(Failure),
+}
+
+/// Why a download failed, in a form that survives the socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub message: String,
+    pub kind: FailureKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The origin answered with this HTTP status.
+    OriginStatus(u16),
+    /// The origin could not be reached or broke off.
+    Origin,
+    /// The content does not have the digest the request named.
+    DigestMismatch,
+    /// The request was invalid.
+    Request,
+    /// Something on this host failed (disk, store).
+    Local,
+}
+
+impl From<&Error> for Failure {
+    fn from(e: &Error) -> Self {
+        let kind = match (e, e.fault()) {
+            (Error::OriginStatus { status, .. }, _) => FailureKind::OriginStatus(*status),
+            (Error::DigestMismatch { .. }, _) => FailureKind::DigestMismatch,
+            (_, Fault::Origin) => FailureKind::Origin,
+            (_, Fault::Request) => FailureKind::Request,
+            (_, Fault::Local) => FailureKind::Local,
+        };
+        Failure {
+            message: e.to_string(),
+            kind,
+        }
+    }
+}
+
+/// A task as `/v1/tasks` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskInfo {
+    pub task: String,
+    pub url: String,
+    pub content_length: u64,
+    pub complete: bool,
+}
+
+/// Talks to a daemon's local API.
+pub struct LocalClient {
+    socket: PathBuf,
+}
+
+/// Errors talking to the daemon itself (not download failures, which arrive as events).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the daemon at {socket}: {source}")]
+    Connect {
+        socket: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("daemon API: {0}")]
+    Protocol(String),
+}
+
+impl LocalClient {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        LocalClient {
+            socket: socket.into(),
+        }
+    }
+
+    /// Whether a daemon answers on `socket` (a stale socket file does not count).
+    pub async fn is_running(socket: &Path) -> bool {
+        tokio::net::UnixStream::connect(socket).await.is_ok()
+    }
+
+    /// Asks for a download, calling `on_event` for every event; returns the last one.
+    pub async fn get(
+        &self,
+        req: &GetRequest,
+        mut on_event: impl FnMut(&Event),
+    ) -> Result<Event, ClientError> {
+        let body = serde_json::to_vec(req).expect("GetRequest serializes");
+        let mut resp = self.send(http::Method::POST, "/v1/get", body).await?;
+        let mut buf = BytesMut::new();
+        let mut last = None;
+        while let Some(frame) = resp.frame().await {
+            let frame = frame.map_err(|e| ClientError::Protocol(format!("reading events: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buf.extend_from_slice(&data);
+            while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+                let line = buf.split_to(nl + 1);
+                let event: Event = serde_json::from_slice(&line[..nl])
+                    .map_err(|e| ClientError::Protocol(format!("bad event line: {e}")))?;
+                on_event(&event);
+                last = Some(event);
+            }
+        }
+        last.filter(|e| !matches!(e, Event::Progress { .. }))
+            .ok_or_else(|| {
+                ClientError::Protocol("the daemon closed the stream without a result".into())
+            })
+    }
+
+    /// The tasks in the daemon's store.
+    pub async fn tasks(&self) -> Result<Vec<TaskInfo>, ClientError> {
+        let resp = self
+            .send(http::Method::GET, "/v1/tasks", Vec::new())
+            .await?;
+        let body = resp
+            .collect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .aggregate();
+        serde_json::from_reader(body.reader()).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                socket: self.socket.clone(),
+                source,
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "shoal")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(bytes::Bytes::from(body)))
+            .expect("static request parts are valid");
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(ClientError::Protocol(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&text)
+            )));
+        }
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_lines_round_trip() {
+        for e in [
+            Event::Progress { done: 1, total: 2 },
+            Event::Done {
+                task: "t".into(),
+                path: "/p".into(),
+                content_length: 3,
+                from_cache: true,
+            },
+            Event::Failed(Failure {
+                message: "m".into(),
+                kind: FailureKind::OriginStatus(404),
+            }),
+        ] {
+            let line = serde_json::to_string(&e).unwrap();
+            assert!(!line.contains('\n'));
+            assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_refused_without_echoing_header_values() {
+        let bad_scheme = GetRequest {
+            url: "ftp://h/f".into(),
+            ..Default::default()
+        };
+        assert!(bad_scheme.to_download().is_err());
+        let relative = GetRequest {
+            url: "http://h/f".into(),
+            output: Some("out".into()),
+            ..Default::default()
+        };
+        assert!(relative.to_download().is_err());
+        let secret = GetRequest {
+            url: "http://h/f".into(),
+            headers: vec![("Authorization".into(), "Bearer s3cr3t\n".into())],
+            ..Default::default()
+        };
+        // A trailing newline is trimmed; an embedded one is refused without showing the value.
+        assert!(secret.to_download().is_ok());
+        let embedded = GetRequest {
+            headers: vec![("X".into(), "a\nb s3cr3t".into())],
+            ..secret
+        };
+        let err = embedded.to_download().unwrap_err().to_string();
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+}

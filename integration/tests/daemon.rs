@@ -1,0 +1,129 @@
+//! `shoal daemon` with `shoal get` as its client: the local API, caching, metrics, shutdown.
+
+use std::path::Path;
+use std::time::Duration;
+
+use shoal_integration::origin::TestOrigin;
+use shoal_integration::process::{ChildGuard, run, shoal, wait_until};
+use shoal_integration::random_bytes;
+
+const MIB: usize = 1 << 20;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_daemon(data_dir: &Path, metrics_port: u16) -> ChildGuard {
+    let mut cmd = shoal();
+    cmd.arg("daemon")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--metrics-addr")
+        .arg(format!("127.0.0.1:{metrics_port}"));
+    ChildGuard::spawn(cmd)
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    let out = run({
+        let mut c = std::process::Command::new("curl");
+        c.args(["-fsS", &format!("http://127.0.0.1:{port}{path}")]);
+        c
+    })
+    .await;
+    assert!(
+        out.status.success(),
+        "curl {path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn metric(text: &str, line_prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_through_the_daemon_then_a_cache_hit_counted_in_metrics() {
+    let data = random_bytes(12 * MIB + 1);
+    let origin = TestOrigin::builder().file("/f", data.clone()).start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let port = free_port();
+    let mut daemon = start_daemon(&data_dir, port);
+    let socket = data_dir.join("shoal.sock");
+    wait_until(Duration::from_secs(20), "daemon socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+    .await;
+    assert_eq!(http_get(port, "/healthz").await, "ok\n");
+
+    for (i, expect_origin) in [(1, data.len() as u64 + 1), (2, data.len() as u64 + 1)] {
+        let out = dir.path().join(format!("out{i}"));
+        let mut cmd = shoal();
+        cmd.arg("get")
+            .arg(origin.url("/f"))
+            .arg("-O")
+            .arg(&out)
+            .arg("--data-dir")
+            .arg(&data_dir);
+        let res = run(cmd).await;
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        assert_eq!(origin.bytes_sent(), expect_origin);
+    }
+    let metrics = http_get(port, "/metrics").await;
+    // The stat's one byte is not read as content, so not counted.
+    assert_eq!(
+        metric(&metrics, "shoal_download_bytes_total{source=\"origin\"}"),
+        data.len() as u64
+    );
+    assert_eq!(
+        metric(&metrics, "shoal_download_bytes_total{source=\"cache\"}"),
+        data.len() as u64
+    );
+    assert_eq!(metric(&metrics, "shoal_downloads_total{outcome=\"ok\"}"), 2);
+
+    // A standalone get cannot open the daemon's store, so it must have gone through the daemon;
+    // prove the socket is the daemon's by stopping it: SIGTERM drains and removes the socket.
+    daemon.terminate();
+    let status = daemon
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("daemon exits on SIGTERM");
+    assert!(status.success());
+    assert!(!socket.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_reports_origin_errors_to_the_client() {
+    let origin = TestOrigin::builder().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let _daemon = start_daemon(&data_dir, free_port());
+    let socket = data_dir.join("shoal.sock");
+    wait_until(Duration::from_secs(20), "daemon socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+    .await;
+    let mut cmd = shoal();
+    cmd.arg("get")
+        .arg(origin.url("/missing"))
+        .arg("-O")
+        .arg(dir.path().join("o"))
+        .arg("--data-dir")
+        .arg(&data_dir);
+    let res = run(cmd).await;
+    assert_eq!(res.status.code(), Some(8));
+    assert!(String::from_utf8_lossy(&res.stderr).contains("404"));
+}

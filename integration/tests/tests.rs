@@ -1,4 +1,5 @@
 //! Shoal's integration and end-to-end tests: one binary, a module per area.
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod daemon;
 mod get;

@@ -7,8 +7,6 @@
 //! Restarting a half-finished task fetches only the pieces that were not recorded.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,16 +14,14 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::id::{IdOptions, TaskId};
 use crate::metrics::{Metrics, Outcome, OutcomeLabel, Source};
 use crate::origin::{Origin, OriginRequest};
 use crate::piece::Layout;
 use crate::store::{self, Store, TaskMeta, TaskState};
-
-/// Bytes are written to disk in blocks of this size (and hashed off the async threads).
-const WRITE_BLOCK: usize = 1 << 20;
+use crate::writer::TaskWriter;
 
 /// What to download.
 #[derive(Clone, Debug)]
@@ -197,7 +193,7 @@ impl Downloader {
             id: id.clone(),
             req: req.clone(),
             layout,
-            file: Arc::new(self.store.writer(id)?),
+            writer: TaskWriter::start(self.store.writer(id)?, self.store.data_path(id)),
         };
         if stat.ranges {
             self.fetch_pieces(&job, &state, progress).await?;
@@ -372,7 +368,7 @@ struct Job {
     id: TaskId,
     req: DownloadRequest,
     layout: Layout,
-    file: Arc<File>,
+    writer: TaskWriter,
 }
 
 struct PieceCtx {
@@ -393,7 +389,11 @@ async fn consume(
     let mut out = Vec::new();
     let mut n = pieces.start;
     let mut pos = layout.range(n).start;
-    let mut piece = PieceWriter::new(ctx.job.file.clone(), pos);
+    let writer = &ctx.job.writer;
+    let keep = |n: u32| !skip.get(n as usize).copied().unwrap_or(false);
+    if keep(n) {
+        writer.begin(n).await?;
+    }
     let transport = |e: reqwest::Error| Error::OriginTransport {
         url: ctx.job.req.origin.display_url(),
         source: e.without_url(),
@@ -413,80 +413,22 @@ async fn consume(
             let end = layout.range(n).end;
             let take = chunk.len().min((end - pos) as usize);
             let part = chunk.split_to(take);
-            if !skip.get(n as usize).copied().unwrap_or(false) {
-                piece.push(&part).await?;
+            if keep(n) {
+                writer.write(n, pos, part).await?;
             }
             pos += take as u64;
             if pos == end {
-                let done =
-                    std::mem::replace(&mut piece, PieceWriter::new(ctx.job.file.clone(), pos));
-                if !skip.get(n as usize).copied().unwrap_or(false) {
-                    out.push((n, done.finish().await?));
+                if keep(n) {
+                    out.push((n, writer.finish(n).await?));
                 }
                 n += 1;
+                if n < pieces.end && keep(n) {
+                    writer.begin(n).await?;
+                }
             }
         }
     }
     Ok(out)
-}
-
-/// Writes one piece's bytes at their offset in blocks, hashing them on the blocking pool.
-struct PieceWriter {
-    file: Arc<File>,
-    offset: u64,
-    buf: Vec<u8>,
-    hasher: Option<Hasher>,
-}
-
-impl PieceWriter {
-    fn new(file: Arc<File>, offset: u64) -> Self {
-        PieceWriter {
-            file,
-            offset,
-            buf: Vec::new(),
-            hasher: Some(crate::digest::Algorithm::PIECE.hasher()),
-        }
-    }
-
-    async fn push(&mut self, data: &[u8]) -> Result<()> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= WRITE_BLOCK {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let (file, offset) = (self.file.clone(), self.offset);
-        let mut buf = std::mem::take(&mut self.buf);
-        let len = buf.len() as u64;
-        let mut hasher = self.hasher.take().expect("hasher present until finish");
-        let (buf, hasher) = tokio::task::spawn_blocking(move || {
-            file.write_all_at(&buf, offset)?;
-            hasher.update(&buf);
-            buf.clear();
-            Ok::<_, std::io::Error>((buf, hasher))
-        })
-        .await
-        .expect("write does not panic")
-        .map_err(|e| Error::io("write piece to", "task file", e))?;
-        self.offset += len;
-        self.buf = buf;
-        self.hasher = Some(hasher);
-        Ok(())
-    }
-
-    async fn finish(mut self) -> Result<Digest> {
-        self.flush().await?;
-        Ok(self
-            .hasher
-            .take()
-            .expect("hasher present until finish")
-            .finish())
-    }
 }
 
 /// Records finished pieces in the store, batching whatever arrived while the previous commit ran.

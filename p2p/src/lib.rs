@@ -36,6 +36,7 @@ pub mod origin;
 pub mod output;
 pub mod piece;
 pub mod store;
+mod writer;
 
 pub use daemon::{Daemon, DaemonConfig};
 pub use digest::{Algorithm, Digest};

@@ -1,0 +1,121 @@
+//! One writer thread per download: the bytes of every piece in flight, from every connection,
+//! are written at their offsets and hashed on one blocking thread.
+//!
+//! Several threads writing one file contend for its inode lock (the kernel spins on it, which on
+//! a small machine costs more than the writes), and copying chunks into per-piece buffers costs a
+//! memory pass. A single writer fed the network's own `Bytes` does neither.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::error::{Error, Result};
+
+enum Op {
+    /// (Re)starts a piece: a retried piece starts its hash over.
+    Begin(u32),
+    Data {
+        piece: u32,
+        offset: u64,
+        data: Bytes,
+    },
+    Finish {
+        piece: u32,
+        reply: oneshot::Sender<io::Result<Digest>>,
+    },
+}
+
+/// A handle on a task file's writer thread; clones share the thread, which ends when the last
+/// handle is dropped.
+#[derive(Clone)]
+pub(crate) struct TaskWriter {
+    tx: mpsc::Sender<Op>,
+    path: PathBuf,
+}
+
+impl TaskWriter {
+    pub(crate) fn start(file: File, path: PathBuf) -> Self {
+        // Enough queued chunks to keep the thread busy; few enough to bound memory (chunks are
+        // what one socket read returned).
+        let (tx, mut rx) = mpsc::channel::<Op>(64);
+        tokio::task::spawn_blocking(move || {
+            let mut hashers: HashMap<u32, Hasher> = HashMap::new();
+            let mut failed: HashMap<u32, io::Error> = HashMap::new();
+            while let Some(op) = rx.blocking_recv() {
+                match op {
+                    Op::Begin(piece) => {
+                        failed.remove(&piece);
+                        hashers.insert(piece, Algorithm::PIECE.hasher());
+                    }
+                    Op::Data {
+                        piece,
+                        offset,
+                        data,
+                    } => {
+                        if failed.contains_key(&piece) {
+                            continue;
+                        }
+                        match file.write_all_at(&data, offset) {
+                            Ok(()) => hashers.get_mut(&piece).map_or((), |h| h.update(&data)),
+                            Err(e) => {
+                                failed.insert(piece, e);
+                            }
+                        }
+                    }
+                    Op::Finish { piece, reply } => {
+                        let result = match (failed.remove(&piece), hashers.remove(&piece)) {
+                            (Some(e), _) => Err(e),
+                            (None, Some(h)) => Ok(h.finish()),
+                            (None, None) => {
+                                Err(io::Error::other(format!("piece {piece} was not begun")))
+                            }
+                        };
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        });
+        TaskWriter { tx, path }
+    }
+
+    pub(crate) async fn begin(&self, piece: u32) -> Result<()> {
+        self.send(Op::Begin(piece)).await
+    }
+
+    /// Queues `data` for `offset`; a write error is reported by [`TaskWriter::finish`].
+    pub(crate) async fn write(&self, piece: u32, offset: u64, data: Bytes) -> Result<()> {
+        self.send(Op::Data {
+            piece,
+            offset,
+            data,
+        })
+        .await
+    }
+
+    /// Waits until the piece's bytes are written and returns their digest.
+    pub(crate) async fn finish(&self, piece: u32) -> Result<Digest> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Finish { piece, reply }).await?;
+        rx.await
+            .map_err(|_| self.gone())?
+            .map_err(|e| Error::io("write piece to", &self.path, e))
+    }
+
+    async fn send(&self, op: Op) -> Result<()> {
+        self.tx.send(op).await.map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> Error {
+        Error::io(
+            "write",
+            &self.path,
+            io::Error::other("the writer thread stopped"),
+        )
+    }
+}

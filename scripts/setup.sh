@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what Shoal's tests and benchmarks need on a fresh Debian machine that has only the Rust
+# toolchain. Idempotent: installs only what is missing, runs `apt-get update` at most once.
+set -euo pipefail
+
+# command -> Debian package
+declare -A NEED=(
+  [curl]=curl          # daemon tests read /metrics; the benchmark's baseline client
+  [nginx]=nginx-light  # the benchmark's static origin
+)
+
+missing=()
+for cmd in "${!NEED[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${NEED[$cmd]}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+  SUDO=sudo
+fi
+echo "setup: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::digest::Digest;
@@ -20,7 +20,7 @@ use crate::id::{IdOptions, TaskId};
 use crate::metrics::{Metrics, Outcome, OutcomeLabel, Source};
 use crate::origin::{Origin, OriginRequest};
 use crate::piece::Layout;
-use crate::store::{self, Store, TaskMeta, TaskState};
+use crate::store::{self, Store, TaskMeta};
 use crate::writer::TaskWriter;
 
 /// What to download.
@@ -190,16 +190,24 @@ impl Downloader {
         );
 
         let job = Job {
-            id: id.clone(),
             req: req.clone(),
             layout,
-            writer: TaskWriter::start(self.store.writer(id)?, self.store.data_path(id)),
+            writer: TaskWriter::start(
+                self.store.writer(id)?,
+                self.store.journal(id)?,
+                self.store.data_path(id),
+            ),
         };
+        let mut pieces = state.pieces;
         if stat.ranges {
-            self.fetch_pieces(&job, &state, progress).await?;
+            self.fetch_pieces(&job, &mut pieces, progress).await?;
         } else {
-            self.fetch_stream(&job, &state, progress).await?;
+            self.fetch_stream(&job, &mut pieces, progress).await?;
         }
+        let pieces: Vec<Digest> = pieces
+            .into_iter()
+            .collect::<Option<_>>()
+            .ok_or_else(|| Error::Metadata("a piece was neither stored nor fetched".into()))?;
 
         let digest = match expected {
             Some(exp) => Some(self.verify_whole(id, exp).await?),
@@ -208,7 +216,7 @@ impl Downloader {
         let meta = self
             .blocking({
                 let id = id.clone();
-                move |s| s.complete(&id, digest)
+                move |s| s.complete(&id, digest, &pieces)
             })
             .await?;
         Ok(Downloaded {
@@ -278,8 +286,12 @@ impl Downloader {
     }
 
     /// Range-capable origin: one request per missing piece, `concurrency` at a time.
-    async fn fetch_pieces(&self, job: &Job, state: &TaskState, progress: &Progress) -> Result<()> {
-        let mut recorder = Recorder::start(self.store.clone(), job.id.clone(), state.pieces.len());
+    async fn fetch_pieces(
+        &self,
+        job: &Job,
+        pieces: &mut [Option<Digest>],
+        progress: &Progress,
+    ) -> Result<()> {
         let limit = Arc::new(Semaphore::new(self.origin.config().concurrency));
         let ctx = Arc::new(PieceCtx {
             origin: self.origin.clone(),
@@ -287,20 +299,24 @@ impl Downloader {
             job: job.clone(),
         });
         let mut set: JoinSet<Result<Vec<(u32, Digest)>>> = JoinSet::new();
-        for n in state.missing() {
+        let missing: Vec<u32> = (0u32..)
+            .zip(pieces.iter())
+            .filter(|(_, d)| d.is_none())
+            .map(|(n, _)| n)
+            .collect();
+        for n in missing {
             let permit = limit
                 .clone()
                 .acquire_owned()
                 .await
                 .expect("semaphore is never closed");
             while let Some(done) = set.try_join_next() {
-                recorder
-                    .stored(
-                        &job.layout,
-                        progress,
-                        done.expect("piece task does not panic")?,
-                    )
-                    .await?;
+                stored(
+                    job,
+                    pieces,
+                    progress,
+                    done.expect("piece task does not panic")?,
+                );
             }
             let ctx = ctx.clone();
             set.spawn(async move {
@@ -318,38 +334,42 @@ impl Downloader {
             });
         }
         while let Some(done) = set.join_next().await {
-            recorder
-                .stored(
-                    &job.layout,
-                    progress,
-                    done.expect("piece task does not panic")?,
-                )
-                .await?;
+            stored(
+                job,
+                pieces,
+                progress,
+                done.expect("piece task does not panic")?,
+            );
         }
-        recorder.finish().await
+        Ok(())
     }
 
     /// Origin without ranges: one stream over the whole content; stored pieces are skipped.
-    async fn fetch_stream(&self, job: &Job, state: &TaskState, progress: &Progress) -> Result<()> {
-        let mut recorder = Recorder::start(self.store.clone(), job.id.clone(), state.pieces.len());
+    async fn fetch_stream(
+        &self,
+        job: &Job,
+        pieces: &mut [Option<Digest>],
+        progress: &Progress,
+    ) -> Result<()> {
         let ctx = PieceCtx {
             origin: self.origin.clone(),
             metrics: self.metrics.clone(),
             job: job.clone(),
         };
-        let stored: Vec<bool> = state.pieces.iter().map(Option::is_some).collect();
+        let skip: Vec<bool> = pieces.iter().map(Option::is_some).collect();
         let all = 0..job.layout.piece_count();
-        if !all.is_empty() {
-            let digests = self
-                .origin
-                .retrying(&job.req.origin, || async {
-                    let resp = self.origin.open(&job.req.origin, None).await?;
-                    consume(&ctx, resp, all.clone(), &stored).await
-                })
-                .await?;
-            recorder.stored(&job.layout, progress, digests).await?;
+        if all.is_empty() {
+            return Ok(());
         }
-        recorder.finish().await
+        let digests = self
+            .origin
+            .retrying(&job.req.origin, || async {
+                let resp = self.origin.open(&job.req.origin, None).await?;
+                consume(&ctx, resp, all.clone(), &skip).await
+            })
+            .await?;
+        stored(job, pieces, progress, digests);
+        Ok(())
     }
 
     async fn blocking<T: Send + 'static>(
@@ -365,7 +385,6 @@ impl Downloader {
 
 #[derive(Clone)]
 struct Job {
-    id: TaskId,
     req: DownloadRequest,
     layout: Layout,
     writer: TaskWriter,
@@ -431,62 +450,11 @@ async fn consume(
     Ok(out)
 }
 
-/// Records finished pieces in the store, batching whatever arrived while the previous commit ran.
-struct Recorder {
-    tx: mpsc::Sender<(u32, Digest)>,
-    task: Option<tokio::task::JoinHandle<Result<()>>>,
-}
-
-impl Recorder {
-    fn start(store: Arc<Store>, id: TaskId, pieces: usize) -> Self {
-        let (tx, mut rx) = mpsc::channel::<(u32, Digest)>(pieces.clamp(1, 1024));
-        let task = tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                }
-                let (store, id) = (store.clone(), id.clone());
-                tokio::task::spawn_blocking(move || store.record_pieces(&id, &batch))
-                    .await
-                    .expect("record does not panic")?;
-            }
-            Ok(())
-        });
-        Recorder {
-            tx,
-            task: Some(task),
-        }
-    }
-
-    /// Hands finished pieces to the recorder and counts them as progress.
-    async fn stored(
-        &mut self,
-        layout: &Layout,
-        progress: &Progress,
-        pieces: Vec<(u32, Digest)>,
-    ) -> Result<()> {
-        for (n, d) in pieces {
-            let r = layout.range(n);
-            progress.add(r.end - r.start);
-            if self.tx.send((n, d)).await.is_err() {
-                // The recorder stopped on an error: that error says why.
-                let task = self.task.take().expect("recorder joined once");
-                return Err(task
-                    .await
-                    .expect("recorder does not panic")
-                    .err()
-                    .unwrap_or_else(|| Error::Metadata("piece recorder stopped".into())));
-            }
-        }
-        Ok(())
-    }
-
-    async fn finish(self) -> Result<()> {
-        drop(self.tx);
-        match self.task {
-            Some(task) => task.await.expect("recorder does not panic"),
-            None => Ok(()),
-        }
+/// Notes finished pieces (already written and journaled) and counts them as progress.
+fn stored(job: &Job, pieces: &mut [Option<Digest>], progress: &Progress, done: Vec<(u32, Digest)>) {
+    for (n, d) in done {
+        let r = job.layout.range(n);
+        progress.add(r.end - r.start);
+        pieces[n as usize] = Some(d);
     }
 }

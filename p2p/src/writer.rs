@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, Result};
+use crate::store;
 
 enum Op {
     /// (Re)starts a piece: a retried piece starts its hash over.
@@ -40,7 +41,8 @@ pub(crate) struct TaskWriter {
 }
 
 impl TaskWriter {
-    pub(crate) fn start(file: File, path: PathBuf) -> Self {
+    /// Starts the thread; finished pieces are recorded in `journal` (see [`store::append_record`]).
+    pub(crate) fn start(file: File, mut journal: File, path: PathBuf) -> Self {
         // Enough queued chunks to keep the thread busy; few enough to bound memory (chunks are
         // what one socket read returned).
         let (tx, mut rx) = mpsc::channel::<Op>(64);
@@ -71,7 +73,10 @@ impl TaskWriter {
                     Op::Finish { piece, reply } => {
                         let result = match (failed.remove(&piece), hashers.remove(&piece)) {
                             (Some(e), _) => Err(e),
-                            (None, Some(h)) => Ok(h.finish()),
+                            (None, Some(h)) => {
+                                let d = h.finish();
+                                store::append_record(&mut journal, piece, &d).map(|()| d)
+                            }
                             (None, None) => {
                                 Err(io::Error::other(format!("piece {piece} was not begun")))
                             }
@@ -98,7 +103,7 @@ impl TaskWriter {
         .await
     }
 
-    /// Waits until the piece's bytes are written and returns their digest.
+    /// Waits until the piece's bytes are written and recorded, and returns their digest.
     pub(crate) async fn finish(&self, piece: u32) -> Result<Digest> {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Finish { piece, reply }).await?;

@@ -4,6 +4,7 @@
 //!
 //! `scripts/bench-get.sh --size 1GiB` (builds release binaries, then runs this).
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -135,107 +136,78 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("http://{}/blob", nginx.addr);
 
     let src = src.as_path();
-    let runs = args.runs;
     let out = |n: &str, i: usize| work.join(format!("{n}-{i}"));
-    let mut cases = Vec::new();
-    cases.push(
-        run_case(src, runs, "curl -o", None, |i| {
-            let mut c = Command::new("curl");
-            c.arg("-sS").arg("-o").arg(out("curl", i)).arg(&url);
-            (c, out("curl", i), None)
-        })
-        .await?,
-    );
+
+    // The "via daemon" cases use a daemon started fresh, on an empty data directory, each round
+    // (like the standalone cold runs, which start from an empty directory): the daemon downloads
+    // and links the output, so its RSS is the one that counts.
+    let daemon: RefCell<Option<ChildGuard>> = RefCell::new(None);
+    let dd = |i: usize| work.join(format!("daemon-{i}"));
     let sa = |i: usize| work.join(format!("standalone-{i}"));
-    cases.push(
-        run_case(src, runs, "shoal get, cold", None, |i| {
-            (
-                get_cmd(&url, &out("cold", i), &sa(i)),
-                out("cold", i),
-                Some(sa(i)),
-            )
-        })
-        .await?,
-    );
-    cases.push(
-        run_case(src, runs, "shoal get, cached", None, |i| {
-            (
-                get_cmd(&url, &out("cached", i), &sa(0)),
-                out("cached", i),
-                None,
-            )
-        })
-        .await?,
-    );
-
-    // Through a daemon: the daemon downloads and links the output; its RSS is what counts.
-    let dd = work.join("daemon");
-    let mut daemon_cmd = shoal();
-    daemon_cmd
-        .env("SHOAL_LOG", "warn")
-        .arg("daemon")
-        .arg("--data-dir")
-        .arg(&dd)
-        .arg("--metrics-addr")
-        .arg("127.0.0.1:0");
-    let daemon = ChildGuard::spawn(daemon_cmd);
-    let socket = dd.join("shoal.sock");
-    wait_until(Duration::from_secs(20), "daemon socket", || {
-        std::os::unix::net::UnixStream::connect(&socket).is_ok()
-    })
-    .await;
-    let dpid = Some(daemon.child.id());
-    // A distinct tag per cold run makes each one a new task in the one daemon store; the cached
-    // runs ask for the first cold run's task again.
-    let tagged = |name: &str, i: usize, tag: usize| {
-        let mut c = get_cmd(&url, &out(name, i), &dd);
-        c.arg("--tag").arg(format!("run{tag}"));
-        (c, out(name, i), None)
+    let specs: Vec<Spec> = vec![
+        Spec {
+            name: "curl -o",
+            daemon: false,
+            make: Box::new(|i| {
+                let mut c = Command::new("curl");
+                c.arg("-sS").arg("-o").arg(out("curl", i)).arg(&url);
+                (c, out("curl", i), None)
+            }),
+        },
+        Spec { name: "shoal get, cold", daemon: false, make: Box::new(|i| (get_cmd(&url, &out("cold", i), &sa(i)), out("cold", i), Some(sa(i)))) },
+        Spec { name: "shoal get, cached", daemon: false, make: Box::new(|i| (get_cmd(&url, &out("cached", i), &sa(i)), out("cached", i), None)) },
+        Spec { name: "shoal get via daemon, cold", daemon: true, make: Box::new(|i| (get_cmd(&url, &out("dcold", i), &dd(i)), out("dcold", i), None)) },
+        Spec { name: "shoal get via daemon, cached", daemon: true, make: Box::new(|i| (get_cmd(&url, &out("dcached", i), &dd(i)), out("dcached", i), None)) },
+    ];
+    let start_daemon = async |i: usize| -> anyhow::Result<()> {
+        daemon.borrow_mut().take();
+        if i > 0 {
+            let _ = std::fs::remove_dir_all(dd(i - 1));
+        }
+        let mut cmd = shoal();
+        cmd.env("SHOAL_LOG", "warn").arg("daemon").arg("--data-dir").arg(dd(i)).arg("--metrics-addr").arg("127.0.0.1:0");
+        *daemon.borrow_mut() = Some(ChildGuard::spawn(cmd));
+        let socket = dd(i).join("shoal.sock");
+        wait_until(Duration::from_secs(20), "daemon socket", || std::os::unix::net::UnixStream::connect(&socket).is_ok()).await;
+        Ok(())
     };
-    cases.push(
-        run_case(src, runs, "shoal get via daemon, cold", dpid, |i| {
-            tagged("dcold", i, i)
-        })
-        .await?,
-    );
-    cases.push(
-        run_case(src, runs, "shoal get via daemon, cached", dpid, |i| {
-            tagged("dcached", i, 0)
-        })
-        .await?,
-    );
-    drop(daemon);
-
+    let mut secs = vec![Vec::new(); specs.len()];
+    let mut peaks = vec![None::<u64>; specs.len()];
+    for i in 0..args.runs {
+        start_daemon(i).await?;
+        let dpid = daemon.borrow().as_ref().map(|d| d.child.id());
+        for (k, spec) in specs.iter().enumerate() {
+            let (cmd, out, fresh_dir) = (spec.make)(i);
+            if let Some(d) = fresh_dir {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            // Flush dirty pages first (not timed), so no run pays for the previous one's writeback.
+            ensure!(Command::new("sync").status()?.success(), "sync failed");
+            let rss_of = if spec.daemon { dpid } else { None };
+            let (s, p) = timed(cmd, rss_of).await.with_context(|| spec.name)?;
+            same_file(src, &out)?;
+            std::fs::remove_file(&out)?;
+            secs[k].push(s);
+            peaks[k] = peaks[k].max(p);
+        }
+    }
+    daemon.borrow_mut().take();
+    let cases: Vec<Case> = specs
+        .iter()
+        .zip(secs)
+        .zip(peaks)
+        .map(|((spec, s), peak_rss_kib)| Case { name: spec.name, seconds: median(s), peak_rss_kib })
+        .collect();
     report(&args, &cases)
 }
 
-/// Runs one case `runs` times (each run: a command, its output file, and a directory to clear
-/// first), checks every output against `src`, and keeps the median time and the peak RSS.
-async fn run_case(
-    src: &Path,
-    runs: usize,
+/// One benchmark case: how to make run `i` (a command, its output file, a directory to clear
+/// first), and whether the RSS that counts is the round's daemon's. Cases run interleaved, one
+/// of each per round, so drift on a shared machine hits all of them alike.
+struct Spec<'a> {
     name: &'static str,
-    rss_of: Option<u32>,
-    make: impl Fn(usize) -> (Command, PathBuf, Option<PathBuf>),
-) -> anyhow::Result<Case> {
-    let mut secs = Vec::new();
-    let mut peak = None::<u64>;
-    for i in 0..runs {
-        let (cmd, out, fresh_dir) = make(i);
-        if let Some(d) = fresh_dir {
-            let _ = std::fs::remove_dir_all(d);
-        }
-        let (s, p) = timed(cmd, rss_of).await.with_context(|| name)?;
-        same_file(src, &out)?;
-        std::fs::remove_file(&out)?;
-        secs.push(s);
-        peak = peak.max(p);
-    }
-    Ok(Case {
-        name,
-        seconds: median(secs),
-        peak_rss_kib: peak,
-    })
+    daemon: bool,
+    make: Box<dyn Fn(usize) -> (Command, PathBuf, Option<PathBuf>) + 'a>,
 }
 
 fn write_random(path: &Path, size: u64) -> anyhow::Result<()> {

@@ -154,10 +154,50 @@ async fn main() -> anyhow::Result<()> {
                 (c, out("curl", i), None)
             }),
         },
-        Spec { name: "shoal get, cold", daemon: false, make: Box::new(|i| (get_cmd(&url, &out("cold", i), &sa(i)), out("cold", i), Some(sa(i)))) },
-        Spec { name: "shoal get, cached", daemon: false, make: Box::new(|i| (get_cmd(&url, &out("cached", i), &sa(i)), out("cached", i), None)) },
-        Spec { name: "shoal get via daemon, cold", daemon: true, make: Box::new(|i| (get_cmd(&url, &out("dcold", i), &dd(i)), out("dcold", i), None)) },
-        Spec { name: "shoal get via daemon, cached", daemon: true, make: Box::new(|i| (get_cmd(&url, &out("dcached", i), &dd(i)), out("dcached", i), None)) },
+        Spec {
+            name: "shoal get, cold",
+            daemon: false,
+            make: Box::new(|i| {
+                (
+                    get_cmd(&url, &out("cold", i), &sa(i)),
+                    out("cold", i),
+                    Some(sa(i)),
+                )
+            }),
+        },
+        Spec {
+            name: "shoal get, cached",
+            daemon: false,
+            make: Box::new(|i| {
+                (
+                    get_cmd(&url, &out("cached", i), &sa(i)),
+                    out("cached", i),
+                    None,
+                )
+            }),
+        },
+        Spec {
+            name: "shoal get via daemon, cold",
+            daemon: true,
+            make: Box::new(|i| {
+                (
+                    get_cmd(&url, &out("dcold", i), &dd(i)),
+                    out("dcold", i),
+                    None,
+                )
+            }),
+        },
+        Spec {
+            name: "shoal get via daemon, cached",
+            daemon: true,
+            make: Box::new(|i| {
+                (
+                    get_cmd(&url, &out("dcached", i), &dd(i)),
+                    out("dcached", i),
+                    None,
+                )
+            }),
+        },
     ];
     let start_daemon = async |i: usize| -> anyhow::Result<()> {
         daemon.borrow_mut().take();
@@ -165,10 +205,18 @@ async fn main() -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(dd(i - 1));
         }
         let mut cmd = shoal();
-        cmd.env("SHOAL_LOG", "warn").arg("daemon").arg("--data-dir").arg(dd(i)).arg("--metrics-addr").arg("127.0.0.1:0");
+        cmd.env("SHOAL_LOG", "warn")
+            .arg("daemon")
+            .arg("--data-dir")
+            .arg(dd(i))
+            .arg("--metrics-addr")
+            .arg("127.0.0.1:0");
         *daemon.borrow_mut() = Some(ChildGuard::spawn(cmd));
         let socket = dd(i).join("shoal.sock");
-        wait_until(Duration::from_secs(20), "daemon socket", || std::os::unix::net::UnixStream::connect(&socket).is_ok()).await;
+        wait_until(Duration::from_secs(20), "daemon socket", || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        })
+        .await;
         Ok(())
     };
     let mut secs = vec![Vec::new(); specs.len()];
@@ -196,7 +244,11 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .zip(secs)
         .zip(peaks)
-        .map(|((spec, s), peak_rss_kib)| Case { name: spec.name, seconds: median(s), peak_rss_kib })
+        .map(|((spec, s), peak_rss_kib)| Case {
+            name: spec.name,
+            seconds: median(s),
+            peak_rss_kib,
+        })
         .collect();
     report(&args, &cases)
 }

@@ -1,84 +1,20 @@
 //! The `shoal` binary: command-line parsing and wiring only. Each subcommand's work lives in the
 //! library crate that owns it.
 
+mod cli;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::Parser;
+use cli::{Cli, Command, GetArgs};
 use prometheus_client::registry::Registry;
 use shoal_p2p::get::{GetOptions, Output};
-use shoal_p2p::{Daemon, DaemonConfig, Digest, admin, api::GetRequest, daemon};
+use shoal_p2p::{Daemon, DaemonConfig, admin, api::GetRequest, daemon};
+use shoal_scheduler::{Scheduler, SchedulerConfig};
 use tokio_util::sync::CancellationToken;
-
-#[derive(Parser)]
-#[command(
-    name = "shoal",
-    version,
-    about = "Peer-to-peer distribution of container images and large files"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Everything on one machine: today the node daemon (the scheduler and seed join it with the swarm).
-    Up(DaemonArgs),
-    /// The node daemon: piece store, downloads, local API socket, /healthz and /metrics.
-    Daemon(DaemonArgs),
-    /// Download a URL through the local daemon (or standalone when none runs).
-    Get(GetArgs),
-}
-
-#[derive(Args)]
-struct DaemonArgs {
-    /// TOML config file (see packaging/daemon.toml).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Overrides `data_dir`.
-    #[arg(long, env = "SHOAL_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Overrides `metrics_addr` (`/healthz`, `/metrics`).
-    #[arg(long)]
-    metrics_addr: Option<SocketAddr>,
-    /// Overrides `socket` (the local API).
-    #[arg(long)]
-    socket: Option<PathBuf>,
-}
-
-#[derive(Args)]
-struct GetArgs {
-    url: String,
-    /// Output file, or `-` for standard output.
-    #[arg(short = 'O', long = "output")]
-    output: PathBuf,
-    /// Request header sent to the origin, `'Name: value'` (repeatable).
-    #[arg(long = "header", short = 'H')]
-    headers: Vec<String>,
-    /// Expected digest of the whole content (`sha256:<hex>`); on mismatch nothing is written.
-    #[arg(long)]
-    digest: Option<Digest>,
-    /// Makes the task distinct from other downloads of the same URL.
-    #[arg(long)]
-    tag: Option<String>,
-    #[arg(long)]
-    application: Option<String>,
-    /// Query parameters ignored when identifying the task (replaces the default list).
-    #[arg(long, value_delimiter = ',')]
-    filtered_query_params: Option<Vec<String>>,
-    #[arg(long, env = "SHOAL_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// The daemon's socket (default: `<data dir>/shoal.sock`).
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// No progress bar.
-    #[arg(long, short = 'q')]
-    quiet: bool,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -87,12 +23,37 @@ fn main() -> ExitCode {
     shoal_p2p::install_crypto_provider();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
     let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signal_shutdown(shutdown.clone()));
         match cli.command {
-            Command::Up(args) | Command::Daemon(args) => {
-                run_daemon(args).await.map(|()| ExitCode::SUCCESS)
+            Command::Up(args) => {
+                let mut daemon = args.daemon;
+                if daemon.schedulers.is_empty() {
+                    daemon.schedulers =
+                        vec![format!("http://127.0.0.1:{}", args.scheduler_listen.port())];
+                }
+                let scheduler = SchedulerConfig {
+                    listen: args.scheduler_listen,
+                    ..Default::default()
+                };
+                run_node(Some(scheduler), Some(daemon.config(true)?), None, shutdown).await
             }
-            Command::Get(args) => run_get(args).await,
+            Command::Daemon(args) => {
+                run_node(None, Some(args.config(false)?), None, shutdown).await
+            }
+            Command::Seed(args) => run_node(None, Some(args.config(true)?), None, shutdown).await,
+            Command::Scheduler(args) => {
+                run_node(
+                    Some(args.config()?),
+                    None,
+                    Some(args.metrics_addr),
+                    shutdown,
+                )
+                .await
+            }
+            Command::Get(args) => return run_get(args).await,
         }
+        .map(|()| ExitCode::SUCCESS)
     });
     result.unwrap_or_else(|e| {
         eprintln!("shoal: {e:#}");
@@ -109,37 +70,52 @@ fn init_tracing(default: &str) {
         .init();
 }
 
-async fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
-    let mut config = match &args.config {
-        Some(path) => DaemonConfig::load(path)?,
-        None => DaemonConfig::default(),
-    };
-    config.data_dir = args.data_dir.unwrap_or(config.data_dir);
-    config.metrics_addr = args.metrics_addr.unwrap_or(config.metrics_addr);
-    config.socket = args.socket.or(config.socket);
-    let config = config.validate()?;
-
+/// Runs a scheduler, a daemon, or both in one process, with one metrics endpoint.
+async fn run_node(
+    scheduler: Option<SchedulerConfig>,
+    daemon: Option<DaemonConfig>,
+    metrics_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut registry = Registry::default();
-    let daemon = Daemon::build(config.clone(), &mut registry)?;
-    let metrics = tokio::net::TcpListener::bind(config.metrics_addr)
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(config) = scheduler {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("bind scheduler address {}", config.listen))?;
+        let scheduler = Scheduler::build(config, &mut registry);
+        let stop = shutdown.clone().cancelled_owned();
+        tasks.spawn(async move { scheduler.serve(listener, stop).await.context("scheduler") });
+    }
+    let metrics_addr = daemon
+        .as_ref()
+        .map(|d| d.metrics_addr)
+        .or(metrics_addr)
+        .context("no metrics address")?;
+    if let Some(config) = daemon {
+        let daemon = Daemon::build(config, &mut registry).await?;
+        let socket = daemon.bind_socket().await?;
+        let stop = shutdown.clone().cancelled_owned();
+        tasks.spawn(async move { daemon.serve(socket, stop).await.context("daemon") });
+    }
+    let metrics = tokio::net::TcpListener::bind(metrics_addr)
         .await
-        .with_context(|| format!("bind metrics address {}", config.metrics_addr))?;
+        .with_context(|| format!("bind metrics address {metrics_addr}"))?;
     tracing::info!(addr = %metrics.local_addr()?, "metrics listening");
-    let socket = daemon.bind_socket().await?;
-
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
-    let admin = tokio::spawn(admin::serve(
-        metrics,
-        Arc::new(registry),
-        shutdown.clone().cancelled_owned(),
-    ));
-    daemon
-        .serve(socket, shutdown.clone().cancelled_owned())
-        .await?;
+    let stop = shutdown.clone().cancelled_owned();
+    let registry = Arc::new(registry);
+    tasks.spawn(async move {
+        admin::serve(metrics, registry, stop)
+            .await
+            .context("metrics server")
+    });
+    // The first service to end (error or shutdown) ends the node.
+    let first = tasks.join_next().await.context("no services")?;
     shutdown.cancel();
-    admin.await?.context("metrics server")?;
-    Ok(())
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    first?
 }
 
 async fn signal_shutdown(token: CancellationToken) {

@@ -79,6 +79,7 @@ impl GetRequest {
                 filtered_query_params: self.filtered_query_params.clone(),
             },
             digest: self.digest,
+            task_id: None,
         })
     }
 }

@@ -26,6 +26,8 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::origin::{Origin, OriginConfig};
 use crate::store::Store;
+use crate::swarm::{Swarm, SwarmConfig};
+use crate::upload::Holdings;
 
 /// The daemon's configuration (TOML). Every field has a default.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -46,6 +48,7 @@ pub struct DaemonConfig {
     #[serde(with = "humantime_serde")]
     pub progress_interval: Duration,
     pub origin: OriginConfig,
+    pub swarm: SwarmConfig,
 }
 
 impl Default for DaemonConfig {
@@ -58,6 +61,7 @@ impl Default for DaemonConfig {
             max_requests: 256,
             progress_interval: Duration::from_millis(200),
             origin: OriginConfig::default(),
+            swarm: SwarmConfig::default(),
         }
     }
 }
@@ -77,6 +81,7 @@ impl DaemonConfig {
 
     pub fn validate(self) -> Result<Self> {
         self.origin.validate().map_err(Error::Config)?;
+        self.swarm.validate().map_err(Error::Config)?;
         if self.max_requests == 0 {
             return Err(Error::Config("max_requests must be at least 1".into()));
         }
@@ -129,15 +134,52 @@ fn nix_is_root() -> bool {
 pub struct Daemon {
     config: DaemonConfig,
     downloader: Arc<Downloader>,
+    swarm: Option<(Arc<Swarm>, tokio::net::TcpListener)>,
+    holdings: Arc<Holdings>,
+    metrics: Metrics,
 }
 
 impl Daemon {
-    /// Opens the store and registers the daemon's metrics.
-    pub fn build(config: DaemonConfig, registry: &mut Registry) -> Result<Daemon> {
+    /// Opens the store, binds the upload server when schedulers are configured, and registers
+    /// the daemon's metrics.
+    pub async fn build(config: DaemonConfig, registry: &mut Registry) -> Result<Daemon> {
         let store = Arc::new(Store::open(&config.data_dir)?);
         let origin = Origin::new(config.origin.clone())?;
-        let downloader = Arc::new(Downloader::new(store, origin, Metrics::register(registry)));
-        Ok(Daemon { config, downloader })
+        let metrics = Metrics::register(registry);
+        let holdings = Arc::new(Holdings::default());
+        let swarm = if config.swarm.schedulers.is_empty() {
+            None
+        } else {
+            let addr = config.swarm.upload_addr;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::io("bind upload address", addr.to_string(), e))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Error::io("read upload address", addr.to_string(), e))?;
+            Some((Arc::new(Swarm::new(config.swarm.clone(), bound)?), listener))
+        };
+        let downloader = Arc::new(Downloader::with_swarm(
+            store,
+            origin,
+            metrics.clone(),
+            swarm.as_ref().map(|(s, _)| s.clone()),
+            holdings.clone(),
+        ));
+        Ok(Daemon {
+            config,
+            downloader,
+            swarm,
+            holdings,
+            metrics,
+        })
+    }
+
+    /// The address peers fetch pieces from, when this daemon is in a swarm.
+    pub fn upload_addr(&self) -> Option<String> {
+        self.swarm
+            .as_ref()
+            .map(|(s, _)| s.host().upload_addr.clone())
     }
 
     pub fn downloader(&self) -> &Arc<Downloader> {
@@ -189,6 +231,23 @@ impl Daemon {
                 self.config.max_requests,
             ))
             .with_state(state);
+        if let Some((swarm, listener)) = self.swarm {
+            start_swarm(
+                &swarm,
+                listener,
+                &self.downloader,
+                &self.holdings,
+                &self.metrics,
+                &tracker,
+                &cancel,
+            );
+            tracing::info!(
+                host = swarm.host().id,
+                upload = swarm.host().upload_addr,
+                seed = swarm.config().seed,
+                "in the swarm"
+            );
+        }
         tracing::info!(socket = %socket.display(), data_dir = %self.config.data_dir.display(), "daemon ready");
         let stop = cancel.clone();
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -210,6 +269,124 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(&socket);
         result
+    }
+}
+
+/// Runs the upload server and stays attached to every scheduler: after each (re-)attach the
+/// complete tasks this host holds are announced again, and seed jobs become downloads.
+fn start_swarm(
+    swarm: &Arc<Swarm>,
+    listener: tokio::net::TcpListener,
+    downloader: &Arc<Downloader>,
+    holdings: &Arc<Holdings>,
+    metrics: &Metrics,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let slots = swarm.config().upload_slots;
+    let stop = cancel.clone();
+    tracker.spawn(crate::upload::serve(
+        listener,
+        downloader.store().clone(),
+        holdings.clone(),
+        slots,
+        metrics.clone(),
+        async move { stop.cancelled().await },
+    ));
+    for index in 0..swarm.scheduler_count() {
+        let (swarm2, dl_attached, dl_job, tracker2) = (
+            swarm.clone(),
+            downloader.clone(),
+            downloader.clone(),
+            tracker.clone(),
+        );
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            let attached = |i: usize| {
+                let (swarm, dl) = (swarm2.clone(), dl_attached.clone());
+                tokio::spawn(async move { reannounce(&swarm, &dl, i).await });
+            };
+            let job = |job: crate::proto::Job| {
+                let dl = dl_job.clone();
+                tracker2.spawn(async move { seed_job(&dl, job).await });
+            };
+            swarm2.attach_loop(index, attached, job, cancel).await;
+        });
+    }
+}
+
+/// Tells scheduler `index` about every complete task it owns that this host holds.
+async fn reannounce(swarm: &Swarm, downloader: &Downloader, index: usize) {
+    let store = downloader.store().clone();
+    let Ok(tasks) = tokio::task::spawn_blocking(move || {
+        let tasks = store.list()?;
+        tasks
+            .into_iter()
+            .filter(|(_, m)| m.complete)
+            .map(|(id, m)| Ok((store.piece_digests(&id)?, id, m)))
+            .collect::<Result<Vec<_>>>()
+    })
+    .await
+    .expect("listing does not panic") else {
+        return;
+    };
+    for (digests, id, meta) in tasks
+        .into_iter()
+        .filter(|(_, id, _)| swarm.owner(id.as_str()) == Some(index))
+    {
+        let bitmap: crate::Bitmap = digests.iter().map(Option::is_some).collect();
+        let set = crate::proto::PieceSet {
+            length_known: true,
+            content_length: meta.layout.content_length,
+            bitmap: bitmap.as_bytes().to_vec(),
+            digests: (0u32..)
+                .zip(&digests)
+                .filter_map(|(n, d)| {
+                    d.map(|d| crate::proto::PieceDigest {
+                        number: n,
+                        blake3: d.bytes().to_vec(),
+                    })
+                })
+                .collect(),
+        };
+        swarm.announce(&id, Some(set), None).await;
+    }
+}
+
+/// A seed job: download the task for the swarm (the scheduler tells this host to use the origin).
+async fn seed_job(downloader: &Downloader, job: crate::proto::Job) {
+    let Some(task) = job.task else { return };
+    let req =
+        (|| -> Result<crate::DownloadRequest> {
+            let url: url::Url = task
+                .url
+                .parse()
+                .map_err(|e| Error::InvalidRequest(format!("seed job URL: {e}")))?;
+            let mut headers = http::HeaderMap::new();
+            for h in &task.headers {
+                if let (Ok(k), Ok(v)) = (
+                    http::HeaderName::from_bytes(h.name.as_bytes()),
+                    http::HeaderValue::from_bytes(&h.value),
+                ) {
+                    headers.append(k, v);
+                }
+            }
+            Ok(crate::DownloadRequest {
+                origin: crate::OriginRequest { url, headers },
+                id_options: Default::default(),
+                digest: task.digest.parse().ok(),
+                task_id: Some(task.id.parse().map_err(|e: crate::id::ParseTaskIdError| {
+                    Error::InvalidRequest(e.to_string())
+                })?),
+            })
+        })();
+    match req {
+        Ok(req) => {
+            if let Err(e) = downloader.download(&req, &Progress::default()).await {
+                tracing::warn!(task = task.id, error = %e, "seed job failed");
+            }
+        }
+        Err(e) => tracing::warn!(task = task.id, error = %e, "bad seed job"),
     }
 }
 

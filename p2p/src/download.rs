@@ -1,26 +1,31 @@
 //! The download pipeline: from a URL to a complete, verified task in the store.
 //!
-//! One pipeline serves every source: a task's missing pieces are fetched with bounded
-//! concurrency, each byte stream is cut at piece boundaries, written at its offset, hashed as it
-//! is written, and recorded (group-committed) the moment its piece is whole. An origin without
-//! range support is one stream over all pieces; an origin with it is one stream per piece.
-//! Restarting a half-finished task fetches only the pieces that were not recorded.
+//! [`Downloader::download`] answers from the cache when it can; otherwise it learns the content
+//! length (from the swarm, or the origin), opens (or resumes) the task in the store, and hands the
+//! missing pieces to the piece loop ([`crate::fetch`]), which takes them from peers and the
+//! origin. Every byte stream is cut at piece boundaries, written at its offset and hashed on one
+//! writer thread; a piece counts once its record is in the task's journal. The whole content is
+//! checked against its digest when one is known.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use std::time::Duration;
 
+use crate::bitmap::Bitmap;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
+use crate::fetch::{HoldingGuard, Job, Run, SwarmLink};
 use crate::id::{IdOptions, TaskId};
 use crate::metrics::{Metrics, Outcome, OutcomeLabel, Source};
-use crate::origin::{Origin, OriginRequest};
+use crate::origin::{Origin, OriginRequest, Stat};
 use crate::piece::Layout;
+use crate::proto::PieceSet;
 use crate::store::{self, Store, TaskMeta};
+use crate::swarm::Swarm;
+use crate::upload::Holdings;
 use crate::writer::TaskWriter;
 
 /// What to download.
@@ -30,11 +35,15 @@ pub struct DownloadRequest {
     pub id_options: IdOptions,
     /// The whole content's expected digest, if the caller knows it.
     pub digest: Option<Digest>,
+    /// The task id, when the caller was given it (a seed job); else derived from the URL.
+    pub task_id: Option<TaskId>,
 }
 
 impl DownloadRequest {
     pub fn task_id(&self) -> TaskId {
-        TaskId::for_url(&self.origin.url, &self.id_options)
+        self.task_id
+            .clone()
+            .unwrap_or_else(|| TaskId::for_url(&self.origin.url, &self.id_options))
     }
 }
 
@@ -70,7 +79,7 @@ impl Progress {
         self.done.store(done, Ordering::Relaxed);
     }
 
-    fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
     }
 }
@@ -81,15 +90,44 @@ pub struct Downloader {
     origin: Origin,
     metrics: Metrics,
     running: Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>,
+    swarm: Option<Arc<Swarm>>,
+    holdings: Arc<Holdings>,
+    peers: reqwest::Client,
 }
 
 impl Downloader {
+    /// A downloader that only uses the origin (no swarm).
     pub fn new(store: Arc<Store>, origin: Origin, metrics: Metrics) -> Self {
+        Self::with_swarm(store, origin, metrics, None, Arc::default())
+    }
+
+    /// A downloader that takes pieces from the swarm, falling back to the origin.
+    pub fn with_swarm(
+        store: Arc<Store>,
+        origin: Origin,
+        metrics: Metrics,
+        swarm: Option<Arc<Swarm>>,
+        holdings: Arc<Holdings>,
+    ) -> Self {
+        let timeout = swarm
+            .as_ref()
+            .map_or(Duration::from_secs(30), |s| s.config().peer_timeout);
+        let peers = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .pool_max_idle_per_host(32)
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+            .expect("a plain HTTP client builds");
         Downloader {
             store,
             origin,
             metrics,
             running: Mutex::default(),
+            swarm,
+            holdings,
+            peers,
         }
     }
 
@@ -171,8 +209,23 @@ impl Downloader {
             });
         }
 
-        let stat = self.origin.stat(&req.origin).await?;
-        let layout = Layout::for_length(stat.content_length);
+        let mut link = match &self.swarm {
+            Some(swarm) => self.link(swarm, id, req).await,
+            None => None,
+        };
+        let (layout, stat) = match link.as_mut() {
+            Some(l) => match wait_for_length(l).await {
+                Some(len) => (Layout::for_length(len), None),
+                None => {
+                    let stat = self.stat_for_swarm(id, req, l).await?;
+                    (Layout::for_length(stat.content_length), Some(stat))
+                }
+            },
+            None => {
+                let stat = self.origin.stat(&req.origin).await?;
+                (Layout::for_length(stat.content_length), Some(stat))
+            }
+        };
         let url = req.origin.display_url();
         let state = self
             .blocking({
@@ -185,11 +238,17 @@ impl Downloader {
             length = layout.content_length,
             pieces = layout.piece_count(),
             resumed = state.stored_bytes(),
-            ranges = stat.ranges,
+            swarm = link.is_some(),
             "downloading"
         );
-
+        self.holdings
+            .start(id, state.pieces.iter().map(Option::is_some).collect());
+        let _holding = HoldingGuard {
+            holdings: &self.holdings,
+            id: id.clone(),
+        };
         let job = Job {
+            id: id.clone(),
             req: req.clone(),
             layout,
             writer: TaskWriter::start(
@@ -197,17 +256,19 @@ impl Downloader {
                 self.store.journal(id)?,
                 self.store.data_path(id),
             ),
+            origin: self.origin.clone(),
+            metrics: self.metrics.clone(),
         };
-        let mut pieces = state.pieces;
-        if stat.ranges {
-            self.fetch_pieces(&job, &mut pieces, progress).await?;
-        } else {
-            self.fetch_stream(&job, &mut pieces, progress).await?;
-        }
-        let pieces: Vec<Digest> = pieces
-            .into_iter()
-            .collect::<Option<_>>()
-            .ok_or_else(|| Error::Metadata("a piece was neither stored nor fetched".into()))?;
+        let is_fetcher = link.as_ref().is_some_and(|l| l.view.back_to_source);
+        let pieces = match Run::new(job, state.pieces, link, stat).run(progress).await {
+            Ok(p) => p,
+            Err(e) => {
+                if is_fetcher {
+                    self.announce_failure(id, &e).await;
+                }
+                return Err(e);
+            }
+        };
 
         let digest = match expected {
             Some(exp) => Some(self.verify_whole(id, exp).await?),
@@ -225,6 +286,102 @@ impl Downloader {
             path,
             from_cache: false,
         })
+    }
+
+    /// Watches the task in the swarm; `None` (origin only) when the scheduler cannot be reached.
+    async fn link<'a>(
+        &'a self,
+        swarm: &'a Swarm,
+        id: &TaskId,
+        req: &DownloadRequest,
+    ) -> Option<SwarmLink<'a>> {
+        let have = self.resumed_pieces(id).await;
+        match swarm.watch(task_message(id, req), have).await {
+            Ok(mut stream) => {
+                let view = match tokio::time::timeout(
+                    swarm.config().connect_timeout * 2,
+                    stream.message(),
+                )
+                .await
+                {
+                    Ok(Ok(Some(view))) => view,
+                    _ => {
+                        tracing::warn!(task = %id, "the scheduler sent no view; using the origin");
+                        return None;
+                    }
+                };
+                Some(SwarmLink {
+                    swarm,
+                    holdings: &self.holdings,
+                    peers: self.peers.clone(),
+                    stream: Some(stream),
+                    view,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(task = %id, error = %e, "scheduler unreachable; using the origin");
+                None
+            }
+        }
+    }
+
+    /// What a resumed task already holds, to register with.
+    async fn resumed_pieces(&self, id: &TaskId) -> PieceSet {
+        let id2 = id.clone();
+        let meta = self.blocking(move |s| s.meta(&id2)).await.ok().flatten();
+        let Some(meta) = meta else {
+            return PieceSet::default();
+        };
+        let id2 = id.clone();
+        let pieces = self
+            .blocking(move |s| s.piece_digests(&id2))
+            .await
+            .unwrap_or_default();
+        let bitmap: Bitmap = pieces.iter().map(Option::is_some).collect();
+        PieceSet {
+            length_known: true,
+            content_length: meta.layout.content_length,
+            bitmap: bitmap.as_bytes().to_vec(),
+            digests: Vec::new(),
+        }
+    }
+
+    /// Learns the length from the origin for a swarm download, and tells the swarm (this host
+    /// is the fetcher, or the swarm had nothing to say in time).
+    async fn stat_for_swarm(
+        &self,
+        id: &TaskId,
+        req: &DownloadRequest,
+        link: &SwarmLink<'_>,
+    ) -> Result<Stat> {
+        match self.origin.stat(&req.origin).await {
+            Ok(stat) => {
+                let set = PieceSet {
+                    length_known: true,
+                    content_length: stat.content_length,
+                    ..Default::default()
+                };
+                link.swarm.announce(id, Some(set), None).await;
+                Ok(stat)
+            }
+            Err(e) => {
+                if link.view.back_to_source {
+                    self.announce_failure(id, &e).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Tells the swarm the origin refused, so the others fail at once the same way.
+    async fn announce_failure(&self, id: &TaskId, e: &Error) {
+        if let (Some(swarm), Some(status)) = (&self.swarm, e.origin_status()) {
+            let failure = crate::proto::Failure {
+                http_status: u32::from(status),
+                message: e.to_string(),
+            };
+            swarm.announce(id, None, Some(failure)).await;
+        }
     }
 
     /// A cached task is returned only if it matches the digest the caller expects.
@@ -285,93 +442,6 @@ impl Downloader {
             .map_err(|e| Error::io("read task file", path, e))
     }
 
-    /// Range-capable origin: one request per missing piece, `concurrency` at a time.
-    async fn fetch_pieces(
-        &self,
-        job: &Job,
-        pieces: &mut [Option<Digest>],
-        progress: &Progress,
-    ) -> Result<()> {
-        let limit = Arc::new(Semaphore::new(self.origin.config().concurrency));
-        let ctx = Arc::new(PieceCtx {
-            origin: self.origin.clone(),
-            metrics: self.metrics.clone(),
-            job: job.clone(),
-        });
-        let mut set: JoinSet<Result<Vec<(u32, Digest)>>> = JoinSet::new();
-        let missing: Vec<u32> = (0u32..)
-            .zip(pieces.iter())
-            .filter(|(_, d)| d.is_none())
-            .map(|(n, _)| n)
-            .collect();
-        for n in missing {
-            let permit = limit
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore is never closed");
-            while let Some(done) = set.try_join_next() {
-                stored(
-                    job,
-                    pieces,
-                    progress,
-                    done.expect("piece task does not panic")?,
-                );
-            }
-            let ctx = ctx.clone();
-            set.spawn(async move {
-                let _permit = permit;
-                let range = ctx.job.layout.range(n);
-                ctx.origin
-                    .retrying(&ctx.job.req.origin, || async {
-                        let resp = ctx
-                            .origin
-                            .open(&ctx.job.req.origin, Some(range.clone()))
-                            .await?;
-                        consume(&ctx, resp, n..n + 1, &[]).await
-                    })
-                    .await
-            });
-        }
-        while let Some(done) = set.join_next().await {
-            stored(
-                job,
-                pieces,
-                progress,
-                done.expect("piece task does not panic")?,
-            );
-        }
-        Ok(())
-    }
-
-    /// Origin without ranges: one stream over the whole content; stored pieces are skipped.
-    async fn fetch_stream(
-        &self,
-        job: &Job,
-        pieces: &mut [Option<Digest>],
-        progress: &Progress,
-    ) -> Result<()> {
-        let ctx = PieceCtx {
-            origin: self.origin.clone(),
-            metrics: self.metrics.clone(),
-            job: job.clone(),
-        };
-        let skip: Vec<bool> = pieces.iter().map(Option::is_some).collect();
-        let all = 0..job.layout.piece_count();
-        if all.is_empty() {
-            return Ok(());
-        }
-        let digests = self
-            .origin
-            .retrying(&job.req.origin, || async {
-                let resp = self.origin.open(&job.req.origin, None).await?;
-                consume(&ctx, resp, all.clone(), &skip).await
-            })
-            .await?;
-        stored(job, pieces, progress, digests);
-        Ok(())
-    }
-
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
@@ -383,51 +453,102 @@ impl Downloader {
     }
 }
 
-#[derive(Clone)]
-struct Job {
-    req: DownloadRequest,
-    layout: Layout,
-    writer: TaskWriter,
+/// Waits for the swarm to tell the content length. `None` when this host must learn it from
+/// the origin: it is the fetcher, or no length came within the stall timeout.
+async fn wait_for_length(link: &mut SwarmLink<'_>) -> Option<u64> {
+    let deadline = tokio::time::Instant::now() + link.swarm.config().stall_timeout;
+    loop {
+        if link.view.length_known {
+            return Some(link.view.content_length);
+        }
+        if link.view.back_to_source || link.view.failure.is_some() {
+            return None;
+        }
+        let stream = link.stream.as_mut()?;
+        match tokio::time::timeout_at(deadline, stream.message()).await {
+            Ok(Ok(Some(view))) => link.view = view,
+            _ => return None,
+        }
+    }
 }
 
-struct PieceCtx {
-    origin: Origin,
-    metrics: Metrics,
-    job: Job,
+/// The scheduler's description of a task (the headers go to whoever fetches from the origin).
+pub(crate) fn task_message(id: &TaskId, req: &DownloadRequest) -> crate::proto::Task {
+    crate::proto::Task {
+        id: id.to_string(),
+        url: req.origin.url.to_string(),
+        headers: req
+            .origin
+            .headers
+            .iter()
+            .map(|(k, v)| crate::proto::Header {
+                name: k.to_string(),
+                value: v.as_bytes().to_vec(),
+            })
+            .collect(),
+        digest: req.digest.map(|d| d.to_string()).unwrap_or_default(),
+    }
+}
+
+/// Origin without ranges: one stream over the whole content; stored pieces are skipped.
+/// Returns the digests of the pieces it stored.
+pub(crate) async fn fetch_stream(
+    job: &Job,
+    pieces: &mut [Option<Digest>],
+    progress: &Progress,
+) -> Result<Vec<(u32, Digest)>> {
+    let skip: Vec<bool> = pieces.iter().map(Option::is_some).collect();
+    let all = 0..job.layout.piece_count();
+    if all.is_empty() {
+        return Ok(Vec::new());
+    }
+    let digests = job
+        .origin
+        .retrying(&job.req.origin, || async {
+            let resp = job.origin.open(&job.req.origin, None).await?;
+            consume(job, resp, all.clone(), &skip).await
+        })
+        .await?;
+    for (n, d) in &digests {
+        let r = job.layout.range(*n);
+        progress.add(r.end - r.start);
+        pieces[*n as usize] = Some(*d);
+    }
+    Ok(digests)
 }
 
 /// Reads `resp`, which starts at the first byte of piece `pieces.start`, writing and hashing
 /// every piece in `pieces` not marked in `skip`. Returns the digests of the pieces it stored.
-async fn consume(
-    ctx: &PieceCtx,
+pub(crate) async fn consume(
+    job: &Job,
     mut resp: reqwest::Response,
     pieces: std::ops::Range<u32>,
     skip: &[bool],
 ) -> Result<Vec<(u32, Digest)>> {
-    let layout = ctx.job.layout;
+    let layout = job.layout;
     let mut out = Vec::new();
     let mut n = pieces.start;
     let mut pos = layout.range(n).start;
-    let writer = &ctx.job.writer;
+    let writer = &job.writer;
     let keep = |n: u32| !skip.get(n as usize).copied().unwrap_or(false);
     if keep(n) {
         writer.begin(n).await?;
     }
     let transport = |e: reqwest::Error| Error::OriginTransport {
-        url: ctx.job.req.origin.display_url(),
+        url: job.req.origin.display_url(),
         source: e.without_url(),
     };
     while n < pieces.end {
         let Some(mut chunk) = resp.chunk().await.map_err(transport)? else {
             return Err(Error::OriginProtocol {
-                url: ctx.job.req.origin.display_url(),
+                url: job.req.origin.display_url(),
                 detail: format!(
                     "body ended at byte {pos} of {}",
                     layout.range(pieces.end - 1).end
                 ),
             });
         };
-        ctx.metrics.bytes(Source::Origin, chunk.len() as u64);
+        job.metrics.bytes(Source::Origin, chunk.len() as u64);
         while !chunk.is_empty() && n < pieces.end {
             let end = layout.range(n).end;
             let take = chunk.len().min((end - pos) as usize);
@@ -448,13 +569,4 @@ async fn consume(
         }
     }
     Ok(out)
-}
-
-/// Notes finished pieces (already written and journaled) and counts them as progress.
-fn stored(job: &Job, pieces: &mut [Option<Digest>], progress: &Progress, done: Vec<(u32, Digest)>) {
-    for (n, d) in done {
-        let r = job.layout.range(n);
-        progress.add(r.end - r.start);
-        pieces[n as usize] = Some(d);
-    }
 }

@@ -25,19 +25,25 @@
 
 pub mod admin;
 pub mod api;
+pub mod bitmap;
 pub mod daemon;
 pub mod digest;
 pub mod download;
 pub mod error;
+mod fetch;
 pub mod get;
 pub mod id;
 pub mod metrics;
 pub mod origin;
 pub mod output;
 pub mod piece;
+pub mod proto;
 pub mod store;
+pub mod swarm;
+pub mod upload;
 mod writer;
 
+pub use bitmap::Bitmap;
 pub use daemon::{Daemon, DaemonConfig};
 pub use digest::{Algorithm, Digest};
 pub use download::{DownloadRequest, Downloaded, Downloader, Progress};

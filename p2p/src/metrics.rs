@@ -60,6 +60,8 @@ pub struct Metrics {
     pub downloads: Family<OutcomeLabel, Counter>,
     /// Downloads in progress.
     pub active_downloads: Gauge,
+    /// Piece bytes sent to other peers.
+    pub upload_bytes: Counter,
 }
 
 impl Metrics {
@@ -75,6 +77,11 @@ impl Metrics {
             "shoal_downloads",
             "Download requests finished, by outcome",
             m.downloads.clone(),
+        );
+        registry.register(
+            "shoal_upload_bytes",
+            "Piece bytes sent to other peers",
+            m.upload_bytes.clone(),
         );
         registry.register(
             "shoal_active_downloads",

@@ -30,6 +30,14 @@ enum Op {
         piece: u32,
         reply: oneshot::Sender<io::Result<Digest>>,
     },
+    /// A whole piece already checked against its digest: write and record it.
+    Verified {
+        piece: u32,
+        offset: u64,
+        data: Bytes,
+        digest: Digest,
+        reply: oneshot::Sender<io::Result<()>>,
+    },
 }
 
 /// A handle on a task file's writer thread; clones share the thread, which ends when the last
@@ -70,6 +78,18 @@ impl TaskWriter {
                             }
                         }
                     }
+                    Op::Verified {
+                        piece,
+                        offset,
+                        data,
+                        digest,
+                        reply,
+                    } => {
+                        let result = file
+                            .write_all_at(&data, offset)
+                            .and_then(|()| store::append_record(&mut journal, piece, &digest));
+                        let _ = reply.send(result);
+                    }
                     Op::Finish { piece, reply } => {
                         let result = match (failed.remove(&piece), hashers.remove(&piece)) {
                             (Some(e), _) => Err(e),
@@ -107,6 +127,28 @@ impl TaskWriter {
     pub(crate) async fn finish(&self, piece: u32) -> Result<Digest> {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Finish { piece, reply }).await?;
+        rx.await
+            .map_err(|_| self.gone())?
+            .map_err(|e| Error::io("write piece to", &self.path, e))
+    }
+
+    /// Writes and records a whole piece that was verified against `digest`.
+    pub(crate) async fn write_verified(
+        &self,
+        piece: u32,
+        offset: u64,
+        data: Bytes,
+        digest: Digest,
+    ) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Verified {
+            piece,
+            offset,
+            data,
+            digest,
+            reply,
+        })
+        .await?;
         rx.await
             .map_err(|_| self.gone())?
             .map_err(|e| Error::io("write piece to", &self.path, e))

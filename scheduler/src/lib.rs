@@ -1,7 +1,128 @@
-//! `shoal-scheduler`: the swarm's coordinator.
+//! `shoal-scheduler`: the swarm's coordinator (`shoal scheduler`, gRPC on port 8002).
 //!
-//! It will own the scheduler service (`shoal scheduler`, gRPC on port 8002): peers register tasks
-//! and get parents or "go to the origin", announce finished pieces, and the scheduler triggers the
-//! seed peer on a task's first download. It will also own preheat jobs (Harbor's provider API and
-//! push webhooks) and the cluster view. Nothing is implemented yet: this crate exports no API, so
-//! nothing can depend on it by mistake.
+//! Hosts attach (their liveness), watch the tasks they download, and announce the pieces they
+//! store. For each task the scheduler keeps who holds which piece, the piece digests computed by
+//! whoever fetched from the origin, and who that is: the seed chosen by rendezvous hashing of the
+//! task id, or, without a live seed, one watching peer. Each watcher gets a [`TaskView`] whenever
+//! something changes: content length, digests, up to 16 parents that hold pieces it lacks
+//! (locality labels first), and whether it must go to the origin itself. State is memory only;
+//! after a restart hosts re-attach and re-announce within seconds.
+//!
+//! Pieces only flow from a host that holds a verified piece to one that lacks it, so the piece
+//! graph has no cycles whatever the parent lists say.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! let scheduler = shoal_scheduler::Scheduler::build(Default::default(), &mut registry);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! scheduler.serve(listener, std::future::pending()).await
+//! # }
+//! ```
+//!
+//! [`TaskView`]: shoal_p2p::proto::TaskView
+
+mod metrics;
+mod service;
+mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use shoal_p2p::proto::scheduler_server::SchedulerServer;
+
+pub use metrics::Metrics;
+
+/// The scheduler's configuration (the `[scheduler]` table). Every field has a default.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// A task nobody holds or watches is forgotten after this long.
+    #[serde(with = "humantime_serde")]
+    pub task_idle_ttl: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8002)),
+            task_idle_ttl: Duration::from_secs(600),
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// Reads a TOML file.
+    pub fn load(path: &std::path::Path) -> std::io::Result<Self> {
+        let text = std::fs::read_to_string(path)?;
+        Self::from_toml(&text).map_err(|e| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// A built scheduler, ready to serve.
+pub struct Scheduler {
+    config: SchedulerConfig,
+    state: Arc<Mutex<state::State>>,
+    metrics: Metrics,
+}
+
+impl Scheduler {
+    pub fn build(config: SchedulerConfig, registry: &mut Registry) -> Scheduler {
+        Scheduler {
+            config,
+            state: Arc::default(),
+            metrics: Metrics::register(registry),
+        }
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` resolves.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let addr = listener.local_addr()?;
+        let gc_state = self.state.clone();
+        let gc_metrics = self.metrics.clone();
+        let ttl = self.config.task_idle_ttl;
+        let gc = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let mut s = gc_state.lock().expect("scheduler state lock");
+                s.gc(ttl);
+                gc_metrics.tasks.set(s.tasks.len() as i64);
+            }
+        });
+        let service = service::Service {
+            state: self.state,
+            metrics: self.metrics,
+        };
+        tracing::info!(%addr, "scheduler ready");
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(SchedulerServer::new(service))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        gc.abort();
+        result.map_err(std::io::Error::other)
+    }
+}

@@ -1,0 +1,232 @@
+//! The gRPC face of the scheduler.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+use shoal_p2p::proto::scheduler_server::Scheduler as SchedulerRpc;
+use shoal_p2p::proto::{
+    AnnounceRequest, AnnounceResponse, AttachRequest, Fault, Host, Job, ReportRequest,
+    ReportResponse, TaskView, WatchRequest,
+};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::metrics::Metrics;
+use crate::state::State;
+
+type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// How often a watcher gets its view again even when nothing changed (its liveness check).
+const KEEPALIVE: Duration = Duration::from_secs(5);
+
+pub struct Service {
+    pub(crate) state: Arc<Mutex<State>>,
+    pub(crate) metrics: Metrics,
+}
+
+impl Service {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("scheduler state lock")
+    }
+}
+
+/// Sends seed jobs; a seed whose queue is full or closed is left to its attach stream's end.
+fn dispatch(
+    state: &Mutex<State>,
+    metrics: &Metrics,
+    jobs: impl IntoIterator<Item = (String, Job)>,
+) {
+    let state = state.lock().expect("scheduler state lock");
+    for (seed, job) in jobs {
+        if let Some(a) = state.hosts.get(&seed) {
+            metrics.seed_triggers.inc();
+            if a.jobs.try_send(job).is_err() {
+                tracing::warn!(seed, "seed job queue full or closed");
+            }
+        }
+    }
+}
+
+fn check_host(host: Option<Host>) -> Result<Host, Status> {
+    let host = host.ok_or_else(|| Status::invalid_argument("host is required"))?;
+    if host.id.is_empty() || host.id.len() > 256 {
+        return Err(Status::invalid_argument("host.id must be 1-256 bytes"));
+    }
+    Ok(host)
+}
+
+fn check_task_id(id: &str) -> Result<(), Status> {
+    id.parse::<shoal_p2p::TaskId>()
+        .map(|_| ())
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl SchedulerRpc for Service {
+    type WatchStream = Stream_<TaskView>;
+    type AttachStream = Stream_<Job>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let host = check_host(req.host)?;
+        let task = req
+            .task
+            .ok_or_else(|| Status::invalid_argument("task is required"))?;
+        check_task_id(&task.id)?;
+        let have = req.have.unwrap_or_default();
+        let task_id = task.id.clone();
+        let mut changed = {
+            let mut state = self.lock();
+            if !state.hosts.contains_key(&host.id) {
+                return Err(Status::failed_precondition(
+                    "attach the host before watching tasks",
+                ));
+            }
+            state.watch(&host, task, &have)
+        };
+        let assigned = self.lock().plan(&task_id, Some(&host.id));
+        if assigned.back_to_source_peer {
+            self.metrics.back_to_source.inc();
+        }
+        dispatch(&self.state, &self.metrics, assigned.seed_job);
+        self.metrics
+            .schedule_seconds
+            .observe(started.elapsed().as_secs_f64());
+
+        let (tx, mut rx) = mpsc::channel::<Result<TaskView, Status>>(4);
+        let state = self.state.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                let (view, assigned) = {
+                    let mut s = state.lock().expect("scheduler state lock");
+                    let assigned = s.plan(&task_id, Some(&host.id));
+                    (s.view(&task_id, &host), assigned)
+                };
+                if assigned.back_to_source_peer {
+                    metrics.back_to_source.inc();
+                }
+                dispatch(&state, &metrics, assigned.seed_job);
+                let Some(view) = view else { break };
+                changed.borrow_and_update();
+                if tx.send(Ok(view)).await.is_err() {
+                    break;
+                }
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { break },
+                    () = tokio::time::sleep(KEEPALIVE) => {}
+                    () = tx.closed() => break,
+                }
+                // Coalesce bursts of announcements into one view.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            state
+                .lock()
+                .expect("scheduler state lock")
+                .unwatch(&task_id, &host.id);
+        });
+        let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn announce(
+        &self,
+        request: Request<AnnounceRequest>,
+    ) -> Result<Response<AnnounceResponse>, Status> {
+        let req = request.into_inner();
+        check_task_id(&req.task_id)?;
+        let mut state = self.lock();
+        if let Some(failure) = req.failure {
+            // Only the host sent to the origin speaks for it.
+            let fetcher = state
+                .tasks
+                .get(&req.task_id)
+                .and_then(|t| t.fetcher.clone());
+            if fetcher.as_deref() == Some(req.host_id.as_str()) {
+                state.fail(&req.task_id, failure);
+            }
+        }
+        if let Some(pieces) = req.pieces
+            && !state.merge(&req.task_id, &req.host_id, &pieces)
+        {
+            // A task the scheduler forgot (e.g. after a restart): learn it from the holder.
+            let task = shoal_p2p::proto::Task {
+                id: req.task_id.clone(),
+                ..Default::default()
+            };
+            let host = state.hosts.get(&req.host_id).map(|a| a.host.clone());
+            if let Some(host) = host {
+                state.watch(&host, task, &pieces);
+                state.unwatch(&req.task_id, &req.host_id);
+            }
+        }
+        Ok(Response::new(AnnounceResponse {}))
+    }
+
+    async fn report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let req = request.into_inner();
+        check_task_id(&req.task_id)?;
+        let corrupt = req.fault == Fault::Corrupt as i32;
+        if corrupt {
+            tracing::warn!(
+                task = req.task_id,
+                parent = req.parent_id,
+                reporter = req.host_id,
+                "corrupt piece reported"
+            );
+        }
+        self.lock()
+            .report(&req.task_id, &req.host_id, &req.parent_id, corrupt);
+        Ok(Response::new(ReportResponse {}))
+    }
+
+    async fn attach(
+        &self,
+        request: Request<AttachRequest>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let host = check_host(request.into_inner().host)?;
+        if host.upload_addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Status::invalid_argument("host.upload_addr must be ip:port"));
+        }
+        let (tx, rx) = mpsc::channel::<Job>(64);
+        let id = host.id.clone();
+        let generation = self.lock().attach(host, tx.clone());
+        self.metrics.hosts.inc();
+        tracing::info!(host = id, "host attached");
+        // The stream ends when the host goes away: then its pieces are no longer offered.
+        let (out_tx, mut out_rx) = mpsc::channel::<Result<Job, Status>>(64);
+        let state = self.state.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let mut rx = rx;
+            loop {
+                tokio::select! {
+                    job = rx.recv() => match job {
+                        Some(job) => if out_tx.send(Ok(job)).await.is_err() { break },
+                        None => break,
+                    },
+                    () = out_tx.closed() => break,
+                }
+            }
+            drop(tx);
+            let jobs = state
+                .lock()
+                .expect("scheduler state lock")
+                .detach(&id, generation);
+            metrics.hosts.dec();
+            tracing::info!(host = id, "host detached");
+            dispatch(&state, &metrics, jobs);
+        });
+        let stream = futures_util::stream::poll_fn(move |cx| out_rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

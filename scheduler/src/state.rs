@@ -1,0 +1,381 @@
+//! The scheduler's memory: tasks, the hosts holding their pieces, who fetches from the origin.
+//!
+//! Everything here is plain data behind one mutex, changed by the gRPC handlers and read to build
+//! each peer's [`TaskView`]. Nothing is persisted: after a restart, hosts re-attach and
+//! re-announce what they hold.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Instant;
+
+use shoal_p2p::Bitmap;
+use shoal_p2p::piece::Layout;
+use shoal_p2p::proto::{Failure, Host, Job, Parent, PieceSet, Task, TaskView};
+use tokio::sync::{mpsc, watch};
+
+/// Parents offered to one peer at a time.
+pub const MAX_PARENTS: usize = 16;
+/// Corrupt-piece reports after which a host is offered to nobody for that task.
+pub const MAX_STRIKES: u32 = 2;
+
+/// An attached host: its description and the channel its jobs go to.
+pub struct Attached {
+    pub host: Host,
+    pub jobs: mpsc::Sender<Job>,
+    /// Distinguishes a re-attach from the stream it replaced.
+    pub generation: u64,
+}
+
+pub struct TaskEntry {
+    pub task: Task,
+    pub length: Option<u64>,
+    pub digests: Vec<Option<Vec<u8>>>,
+    /// Whether a digest came from a seed (a seed's word beats a peer's).
+    digest_from_seed: Vec<bool>,
+    pub holders: HashMap<String, Holder>,
+    /// The host told to fetch from the origin, if any.
+    pub fetcher: Option<String>,
+    pub failure: Option<Failure>,
+    pub changed: watch::Sender<u64>,
+    pub last_active: Instant,
+}
+
+#[derive(Default)]
+pub struct Holder {
+    pub bitmap: Bitmap,
+    /// Watch streams this host has open for the task.
+    pub watching: u32,
+    /// Parents this host reported; never offered to it again.
+    pub avoid: HashSet<String>,
+    /// Corrupt pieces others reported against this host.
+    pub strikes: u32,
+}
+
+/// What changed, so metrics can count it.
+#[derive(Debug, Default)]
+pub struct Assigned {
+    pub seed_job: Option<(String, Job)>,
+    pub back_to_source_peer: bool,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub tasks: HashMap<String, TaskEntry>,
+    pub hosts: BTreeMap<String, Attached>,
+    next_generation: u64,
+}
+
+impl TaskEntry {
+    fn new(task: Task) -> Self {
+        TaskEntry {
+            task,
+            length: None,
+            digests: Vec::new(),
+            digest_from_seed: Vec::new(),
+            holders: HashMap::new(),
+            fetcher: None,
+            failure: None,
+            changed: watch::channel(0).0,
+            last_active: Instant::now(),
+        }
+    }
+
+    pub fn layout(&self) -> Option<Layout> {
+        self.length.map(Layout::for_length)
+    }
+
+    fn piece_count(&self) -> u32 {
+        self.layout().map_or(0, |l| l.piece_count())
+    }
+
+    /// Wakes every watcher of the task.
+    pub fn notify(&mut self) {
+        self.last_active = Instant::now();
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn set_length(&mut self, length: u64) {
+        if self.length.is_none() {
+            self.length = Some(length);
+            let n = self.piece_count() as usize;
+            self.digests = vec![None; n];
+            self.digest_from_seed = vec![false; n];
+            for h in self.holders.values_mut() {
+                h.bitmap = Bitmap::from_bytes(h.bitmap.as_bytes(), n as u32);
+            }
+        }
+    }
+
+    /// Whether the hosts alive among `hosts` hold every piece between them.
+    fn covered(&self, hosts: &BTreeMap<String, Attached>) -> bool {
+        let Some(layout) = self.layout() else {
+            return false;
+        };
+        let mut all = Bitmap::new(layout.piece_count());
+        for (id, h) in &self.holders {
+            if hosts.contains_key(id) && h.strikes < MAX_STRIKES {
+                all.union(&h.bitmap);
+            }
+        }
+        all.is_full()
+    }
+}
+
+impl State {
+    /// Records an attached host; returns its generation.
+    pub fn attach(&mut self, host: Host, jobs: mpsc::Sender<Job>) -> u64 {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        self.hosts.insert(
+            host.id.clone(),
+            Attached {
+                host,
+                jobs,
+                generation,
+            },
+        );
+        generation
+    }
+
+    /// Forgets a host whose attach stream ended (unless it re-attached since); its tasks are
+    /// re-planned. Returns the seed jobs to send.
+    pub fn detach(&mut self, host_id: &str, generation: u64) -> Vec<(String, Job)> {
+        if self
+            .hosts
+            .get(host_id)
+            .is_none_or(|a| a.generation != generation)
+        {
+            return Vec::new();
+        }
+        self.hosts.remove(host_id);
+        let ids: Vec<String> = self.tasks.keys().cloned().collect();
+        let mut jobs = Vec::new();
+        for id in ids {
+            let entry = self.tasks.get_mut(&id).expect("listed key");
+            if entry.holders.contains_key(host_id) || entry.fetcher.as_deref() == Some(host_id) {
+                if entry.fetcher.as_deref() == Some(host_id) {
+                    entry.fetcher = None;
+                }
+                entry.notify();
+                if let Some(job) = self.plan(&id, None).seed_job {
+                    jobs.push(job);
+                }
+            }
+        }
+        jobs
+    }
+
+    /// A peer starts watching a task, holding `have`.
+    pub fn watch(&mut self, host: &Host, task: Task, have: &PieceSet) -> watch::Receiver<u64> {
+        let entry = self
+            .tasks
+            .entry(task.id.clone())
+            .or_insert_with(|| TaskEntry::new(task.clone()));
+        if entry.task.url.is_empty() || (entry.task.headers.is_empty() && !task.headers.is_empty())
+        {
+            // A later request may carry the credentials the first one lacked.
+            entry.task = task;
+        }
+        entry.holders.entry(host.id.clone()).or_default().watching += 1;
+        let rx = entry.changed.subscribe();
+        let id = entry.task.id.clone();
+        self.merge(&id, &host.id, have);
+        rx
+    }
+
+    /// A watch stream ended.
+    pub fn unwatch(&mut self, task_id: &str, host_id: &str) {
+        if let Some(entry) = self.tasks.get_mut(task_id)
+            && let Some(h) = entry.holders.get_mut(host_id)
+        {
+            h.watching = h.watching.saturating_sub(1);
+            if h.watching == 0 && h.bitmap.count() == 0 {
+                entry.holders.remove(host_id);
+            }
+            if entry.fetcher.as_deref() == Some(host_id) && !entry.holders.contains_key(host_id) {
+                entry.fetcher = None;
+            }
+            entry.notify();
+        }
+    }
+
+    /// Merges what a host announced. Returns false if the task is unknown.
+    pub fn merge(&mut self, task_id: &str, host_id: &str, pieces: &PieceSet) -> bool {
+        let from_seed = self.hosts.get(host_id).is_some_and(|a| a.host.seed);
+        let Some(entry) = self.tasks.get_mut(task_id) else {
+            return false;
+        };
+        if pieces.length_known {
+            entry.set_length(pieces.content_length);
+        }
+        let n = entry.piece_count();
+        for d in &pieces.digests {
+            let i = d.number as usize;
+            if d.number >= n || d.blake3.len() != 32 {
+                continue;
+            }
+            let known = &entry.digests[i];
+            if known.is_none()
+                || (from_seed && !entry.digest_from_seed[i] && known.as_ref() != Some(&d.blake3))
+            {
+                if known.is_some() {
+                    tracing::warn!(
+                        task = task_id,
+                        piece = i,
+                        "a seed overrides a peer's piece digest"
+                    );
+                }
+                entry.digests[i] = Some(d.blake3.clone());
+                entry.digest_from_seed[i] = from_seed;
+            }
+        }
+        let holder = entry.holders.entry(host_id.to_owned()).or_default();
+        let announced = Bitmap::from_bytes(&pieces.bitmap, n);
+        holder.bitmap = Bitmap::from_bytes(holder.bitmap.as_bytes(), n);
+        holder.bitmap.union(&announced);
+        entry.notify();
+        true
+    }
+
+    /// The origin refused the task: everyone fails the same way.
+    pub fn fail(&mut self, task_id: &str, failure: Failure) {
+        if let Some(entry) = self.tasks.get_mut(task_id) {
+            entry.failure = Some(failure);
+            entry.notify();
+        }
+    }
+
+    /// `host` reports `parent`: `host` never gets it again for this task; corrupt data is a
+    /// strike against `parent` for everyone.
+    pub fn report(&mut self, task_id: &str, host: &str, parent: &str, corrupt: bool) {
+        if let Some(entry) = self.tasks.get_mut(task_id) {
+            if let Some(h) = entry.holders.get_mut(host) {
+                h.avoid.insert(parent.to_owned());
+            }
+            if corrupt && let Some(p) = entry.holders.get_mut(parent) {
+                p.strikes += 1;
+            }
+            entry.notify();
+        }
+    }
+
+    /// Makes sure someone will fetch what no live host holds: the seed chosen for the task by
+    /// rendezvous hashing, else the asking peer. Returns the job to send if a seed was chosen.
+    pub fn plan(&mut self, task_id: &str, asking: Option<&str>) -> Assigned {
+        let Some(entry) = self.tasks.get_mut(task_id) else {
+            return Assigned::default();
+        };
+        if entry.failure.is_some() || entry.covered(&self.hosts) {
+            return Assigned::default();
+        }
+        if let Some(f) = &entry.fetcher
+            && self.hosts.contains_key(f)
+            && entry.holders.get(f).is_none_or(|h| h.strikes < MAX_STRIKES)
+        {
+            return Assigned::default();
+        }
+        let seed = self
+            .hosts
+            .values()
+            .filter(|a| a.host.seed)
+            .filter(|a| {
+                entry
+                    .holders
+                    .get(&a.host.id)
+                    .is_none_or(|h| h.strikes < MAX_STRIKES)
+            })
+            .max_by_key(|a| rendezvous(task_id, &a.host.id));
+        if let Some(seed) = seed {
+            entry.fetcher = Some(seed.host.id.clone());
+            entry.notify();
+            let job = Job {
+                task: Some(entry.task.clone()),
+            };
+            return Assigned {
+                seed_job: Some((seed.host.id.clone(), job)),
+                back_to_source_peer: false,
+            };
+        }
+        if let Some(peer) = asking
+            && self.hosts.contains_key(peer)
+        {
+            entry.fetcher = Some(peer.to_owned());
+            entry.notify();
+            return Assigned {
+                seed_job: None,
+                back_to_source_peer: true,
+            };
+        }
+        Assigned::default()
+    }
+
+    /// What `host` should know about the task now.
+    pub fn view(&self, task_id: &str, host: &Host) -> Option<TaskView> {
+        let entry = self.tasks.get(task_id)?;
+        let me = entry.holders.get(&host.id);
+        let n = entry.piece_count();
+        let mine = me
+            .map(|h| Bitmap::from_bytes(h.bitmap.as_bytes(), n))
+            .unwrap_or_else(|| Bitmap::new(n));
+        let mut parents: Vec<(i64, Parent)> = entry
+            .holders
+            .iter()
+            .filter(|(id, h)| {
+                *id != &host.id
+                    && h.strikes < MAX_STRIKES
+                    && me.is_none_or(|m| !m.avoid.contains(*id))
+                    && h.bitmap.ones().any(|p| !mine.get(p))
+            })
+            .filter_map(|(id, h)| {
+                let attached = self.hosts.get(id)?;
+                let useful = h.bitmap.ones().filter(|p| !mine.get(*p)).count() as i64;
+                let shared = attached
+                    .host
+                    .labels
+                    .iter()
+                    .filter(|(k, v)| host.labels.get(*k) == Some(v))
+                    .count() as i64;
+                // Locality first, then the peers with more to give; seeds last among equals so
+                // their upload is kept for pieces only they hold.
+                let score = shared * 1_000_000 + useful * 2 - i64::from(attached.host.seed);
+                let parent = Parent {
+                    host_id: id.clone(),
+                    upload_addr: attached.host.upload_addr.clone(),
+                    bitmap: h.bitmap.as_bytes().to_vec(),
+                    seed: attached.host.seed,
+                };
+                Some((score, parent))
+            })
+            .collect();
+        parents.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.host_id.cmp(&b.1.host_id)));
+        parents.truncate(MAX_PARENTS);
+        Some(TaskView {
+            length_known: entry.length.is_some(),
+            content_length: entry.length.unwrap_or(0),
+            digests: entry
+                .digests
+                .iter()
+                .map(|d| d.clone().unwrap_or_default())
+                .collect(),
+            parents: parents.into_iter().map(|(_, p)| p).collect(),
+            back_to_source: entry.fetcher.as_deref() == Some(host.id.as_str()),
+            failure: entry.failure.clone(),
+        })
+    }
+
+    /// Forgets tasks nobody watched or announced for `idle`, and holders that are gone.
+    pub fn gc(&mut self, idle: std::time::Duration) {
+        let hosts = &self.hosts;
+        self.tasks.retain(|_, e| {
+            e.holders
+                .retain(|id, h| h.watching > 0 || hosts.contains_key(id));
+            !e.holders.is_empty() || e.last_active.elapsed() < idle
+        });
+    }
+}
+
+/// Rendezvous (highest random weight) hashing: the same task picks the same seed while the set
+/// of seeds is unchanged, and losing a seed moves only its tasks.
+pub fn rendezvous(key: &str, node: &str) -> u64 {
+    let h = blake3::hash(format!("{key}\0{node}").as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}

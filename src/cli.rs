@@ -1,0 +1,141 @@
+//! Command-line arguments and how they override the config files.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use shoal_p2p::{DaemonConfig, Digest};
+use shoal_scheduler::SchedulerConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Peer-to-peer distribution of container images and large files"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Everything on one machine: scheduler, and a node daemon that is also the seed.
+    Up(UpArgs),
+    /// The node daemon: piece store, downloads, upload server, local API socket, /metrics.
+    Daemon(DaemonArgs),
+    /// A seed peer: a node daemon that fetches from the origin when the scheduler asks.
+    Seed(DaemonArgs),
+    /// The scheduler: who holds which pieces, who fetches from the origin (gRPC).
+    Scheduler(SchedulerArgs),
+    /// Download a URL through the local daemon (or standalone when none runs).
+    Get(GetArgs),
+}
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    /// TOML config file (see packaging/daemon.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overrides `data_dir`.
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Overrides `metrics_addr` (`/healthz`, `/metrics`).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Overrides `socket` (the local API).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Overrides `swarm.schedulers` (repeatable): `http://host:8002`.
+    #[arg(long = "scheduler")]
+    pub schedulers: Vec<String>,
+    /// Overrides `swarm.upload_addr`.
+    #[arg(long)]
+    pub upload_addr: Option<SocketAddr>,
+    /// Overrides `swarm.host_id`.
+    #[arg(long)]
+    pub host_id: Option<String>,
+}
+
+impl DaemonArgs {
+    /// The config file (or defaults) with the command line's overrides, validated.
+    pub fn config(self, seed: bool) -> anyhow::Result<DaemonConfig> {
+        let mut c = match &self.config {
+            Some(path) => DaemonConfig::load(path)?,
+            None => DaemonConfig::default(),
+        };
+        c.data_dir = self.data_dir.unwrap_or(c.data_dir);
+        c.metrics_addr = self.metrics_addr.unwrap_or(c.metrics_addr);
+        c.socket = self.socket.or(c.socket);
+        if !self.schedulers.is_empty() {
+            c.swarm.schedulers = self.schedulers;
+        }
+        c.swarm.upload_addr = self.upload_addr.unwrap_or(c.swarm.upload_addr);
+        c.swarm.host_id = self.host_id.or(c.swarm.host_id);
+        c.swarm.seed |= seed;
+        Ok(c.validate()?)
+    }
+}
+
+#[derive(Args)]
+pub struct SchedulerArgs {
+    /// TOML config file (see packaging/scheduler.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Overrides `listen` (gRPC).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// `/healthz` and `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:4002")]
+    pub metrics_addr: SocketAddr,
+}
+
+impl SchedulerArgs {
+    pub fn config(&self) -> anyhow::Result<SchedulerConfig> {
+        let mut c = match &self.config {
+            Some(path) => SchedulerConfig::load(path)?,
+            None => SchedulerConfig::default(),
+        };
+        c.listen = self.listen.unwrap_or(c.listen);
+        Ok(c)
+    }
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    /// The embedded scheduler's gRPC address.
+    #[arg(long, default_value = "0.0.0.0:8002")]
+    pub scheduler_listen: SocketAddr,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    pub url: String,
+    /// Output file, or `-` for standard output.
+    #[arg(short = 'O', long = "output")]
+    pub output: PathBuf,
+    /// Request header sent to the origin, `'Name: value'` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    pub headers: Vec<String>,
+    /// Expected digest of the whole content (`sha256:<hex>`); on mismatch nothing is written.
+    #[arg(long)]
+    pub digest: Option<Digest>,
+    /// Makes the task distinct from other downloads of the same URL.
+    #[arg(long)]
+    pub tag: Option<String>,
+    #[arg(long)]
+    pub application: Option<String>,
+    /// Query parameters ignored when identifying the task (replaces the default list).
+    #[arg(long, value_delimiter = ',')]
+    pub filtered_query_params: Option<Vec<String>>,
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The daemon's socket (default: `<data dir>/shoal.sock`).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}

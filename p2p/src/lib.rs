@@ -17,6 +17,7 @@
 //!     origin: OriginRequest::new("http://127.0.0.1:8000/big.bin".parse().expect("valid URL")),
 //!     id_options: Default::default(),
 //!     digest: None,
+//!     task_id: None,
 //! };
 //! let done = downloader.download(&req, &Progress::default()).await?;
 //! println!("{} is at {}", done.task, done.path.display());

@@ -5,6 +5,7 @@
 //!   and headers seen, so tests can check what crossed the wire.
 //! * [`process`]: the real `shoal` binary as a child process, killed by pid when dropped.
 
+pub mod cluster;
 pub mod nginx;
 pub mod origin;
 pub mod process;

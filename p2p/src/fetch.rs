@@ -62,7 +62,11 @@ const PER_PARENT: usize = 4;
 
 enum PieceSource {
     Origin,
-    Peer { id: String, addr: String },
+    Peer {
+        id: String,
+        addr: String,
+        seed: bool,
+    },
 }
 
 enum PieceError {
@@ -297,9 +301,9 @@ impl<'a> Run<'a> {
                         .iter()
                         .filter(|p| p.2.get(n) && !asked.contains(&&p.0) && load(&p.0) < PER_PARENT)
                         .min_by_key(|p| (p.3, load(&p.0)));
-                    if let Some((id, addr, _, _)) = chosen {
-                        let (id, addr) = (id.clone(), addr.clone());
-                        self.spawn_peer(set, n, id, addr);
+                    if let Some((id, addr, _, seed)) = chosen {
+                        let (id, addr, seed) = (id.clone(), addr.clone(), *seed);
+                        self.spawn_peer(set, n, id, addr, seed);
                         started = true;
                     }
                 }
@@ -336,7 +340,14 @@ impl<'a> Run<'a> {
         Some(Digest::new(crate::digest::Algorithm::PIECE, bytes))
     }
 
-    fn spawn_peer(&mut self, set: &mut JoinSet<Outcome>, n: u32, parent: String, addr: String) {
+    fn spawn_peer(
+        &mut self,
+        set: &mut JoinSet<Outcome>,
+        n: u32,
+        parent: String,
+        addr: String,
+        seed: bool,
+    ) {
         let link = self.link.as_ref().expect("peers come from the swarm");
         let expected = self
             .expected(n)
@@ -346,7 +357,15 @@ impl<'a> Run<'a> {
         let asked = parent.clone();
         let handle = set.spawn(async move {
             let result = fetch_from_peer(&client, &job, &addr, n, expected).await;
-            (n, PieceSource::Peer { id: parent, addr }, result)
+            (
+                n,
+                PieceSource::Peer {
+                    id: parent,
+                    addr,
+                    seed,
+                },
+                result,
+            )
         });
         self.spawned.insert(handle.id(), Some(asked.clone()));
         self.inflight
@@ -417,8 +436,9 @@ impl<'a> Run<'a> {
                 progress.add(r.end - r.start);
                 match source {
                     PieceSource::Origin => self.fetched_digests.push(piece_digest(n, &digest)),
-                    PieceSource::Peer { .. } => {
-                        self.job.metrics.bytes(Source::Peer, r.end - r.start)
+                    PieceSource::Peer { seed, .. } => {
+                        let from = if seed { Source::Seed } else { Source::Peer };
+                        self.job.metrics.bytes(from, r.end - r.start);
                     }
                 }
                 if let Some(l) = &self.link {
@@ -435,7 +455,7 @@ impl<'a> Run<'a> {
                         self.inflight.remove(&n);
                     }
                 }
-                let PieceSource::Peer { id, addr } = source else {
+                let PieceSource::Peer { id, addr, .. } = source else {
                     return match e {
                         PieceError::Fatal(e) => Err(e),
                         _ => Err(Error::Metadata(

@@ -12,7 +12,10 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Source {
     Origin,
+    /// Another daemon.
     Peer,
+    /// A seed peer.
+    Seed,
     Cache,
 }
 
@@ -21,6 +24,7 @@ impl EncodeLabelValue for Source {
         enc.write_str(match self {
             Source::Origin => "origin",
             Source::Peer => "peer",
+            Source::Seed => "seed",
             Source::Cache => "cache",
         })
     }

@@ -1,0 +1,233 @@
+//! A swarm on 127.0.0.1: a scheduler, an optional seed and N daemons, each a real `shoal`
+//! process with its own data directory and ephemeral ports.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::process::{ChildGuard, run, shoal, wait_until};
+
+/// A free TCP port on 127.0.0.1 (the listener is closed again, so a race is possible but rare).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// One `shoal` process of the cluster.
+pub struct Node {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub metrics_port: u16,
+    pub child: ChildGuard,
+}
+
+impl Node {
+    /// A metric's value (0 when absent), e.g. `shoal_download_bytes_total{source="peer"}`.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let text = http_get(self.metrics_port, "/metrics")
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Builder for a [`Cluster`].
+pub struct ClusterBuilder {
+    daemons: usize,
+    seed: bool,
+    seed_upload_slots: usize,
+    stall_timeout: &'static str,
+    scheduler: bool,
+}
+
+impl ClusterBuilder {
+    pub fn daemons(mut self, n: usize) -> Self {
+        self.daemons = n;
+        self
+    }
+
+    pub fn no_seed(mut self) -> Self {
+        self.seed = false;
+        self
+    }
+
+    /// Uploads the seed serves at once (fewer pushes daemons to share with each other).
+    pub fn seed_upload_slots(mut self, n: usize) -> Self {
+        self.seed_upload_slots = n;
+        self
+    }
+
+    pub fn stall_timeout(mut self, t: &'static str) -> Self {
+        self.stall_timeout = t;
+        self
+    }
+
+    /// Daemons are configured with a scheduler address where nothing listens.
+    pub fn no_scheduler(mut self) -> Self {
+        self.scheduler = false;
+        self
+    }
+
+    pub async fn start(self) -> Cluster {
+        let dir = tempfile::tempdir().expect("cluster dir");
+        let scheduler_port = free_port();
+        let mut cluster = Cluster {
+            dir,
+            scheduler_port,
+            scheduler: None,
+            seed: None,
+            daemons: Vec::new(),
+            stall: self.stall_timeout,
+        };
+        if self.scheduler {
+            cluster.start_scheduler().await;
+        }
+        if self.seed {
+            cluster.seed = Some(
+                cluster
+                    .start_node("seed", true, self.seed_upload_slots)
+                    .await,
+            );
+        }
+        for i in 0..self.daemons {
+            let node = cluster.start_node(&format!("d{i}"), false, 64).await;
+            cluster.daemons.push(node);
+        }
+        cluster
+    }
+}
+
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    pub scheduler_port: u16,
+    pub scheduler: Option<ChildGuard>,
+    pub seed: Option<Node>,
+    pub daemons: Vec<Node>,
+    stall: &'static str,
+}
+
+impl Cluster {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            daemons: 3,
+            seed: true,
+            seed_upload_slots: 64,
+            stall_timeout: "3s",
+            scheduler: true,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// (Re)starts the scheduler on its port.
+    pub async fn start_scheduler(&mut self) {
+        let mut cmd = shoal();
+        cmd.arg("scheduler")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.scheduler_port))
+            .arg("--metrics-addr")
+            .arg("127.0.0.1:0");
+        self.scheduler = Some(ChildGuard::spawn(cmd));
+        let port = self.scheduler_port;
+        wait_until(Duration::from_secs(20), "scheduler to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+    }
+
+    async fn start_node(&self, name: &str, seed: bool, upload_slots: usize) -> Node {
+        let data_dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&data_dir).expect("node dir");
+        let config = data_dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {data:?}\n[swarm]\nschedulers = [\"http://127.0.0.1:{port}\"]\nupload_addr = \"127.0.0.1:0\"\n\
+                 host_id = {name:?}\nupload_slots = {upload_slots}\nstall_timeout = {stall:?}\n\
+                 [origin]\nretries = 2\nretry_backoff = \"50ms\"\n",
+                data = data_dir.join("store"),
+                port = self.scheduler_port,
+                stall = self.stall,
+            ),
+        )
+        .expect("write node config");
+        let metrics_port = free_port();
+        let mut cmd = shoal();
+        cmd.arg(if seed { "seed" } else { "daemon" })
+            .arg("--config")
+            .arg(&config)
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .stderr(std::fs::File::create(data_dir.join("log")).expect("log file"));
+        let child = ChildGuard::spawn(cmd);
+        let socket = data_dir.join("store").join("shoal.sock");
+        wait_until(Duration::from_secs(20), "daemon socket", || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        })
+        .await;
+        Node {
+            name: name.to_owned(),
+            data_dir,
+            metrics_port,
+            child,
+        }
+    }
+
+    /// `shoal get` through daemon `i`, writing to `out`.
+    pub fn get(&self, i: usize, url: &str, out: &Path) -> Command {
+        let mut cmd = shoal();
+        cmd.arg("get")
+            .arg(url)
+            .arg("-O")
+            .arg(out)
+            .arg("--data-dir")
+            .arg(self.daemons[i].data_dir.join("store"))
+            .arg("-q");
+        cmd
+    }
+
+    /// Runs `shoal get` on every daemon at once; returns their outputs' paths and results.
+    pub async fn get_all(&self, url: &str) -> Vec<(PathBuf, Output)> {
+        let runs = (0..self.daemons.len()).map(|i| {
+            let out = self.dir.path().join(format!("out-{i}"));
+            let cmd = self.get(i, url, &out);
+            async move { (out, run(cmd).await) }
+        });
+        futures_util::future::join_all(runs).await
+    }
+
+    /// The log of a node, for failure messages.
+    pub fn log(&self, node: &Node) -> String {
+        std::fs::read_to_string(node.data_dir.join("log")).unwrap_or_default()
+    }
+}
+
+/// A minimal HTTP/1.0 GET on 127.0.0.1 (the body, for 200 answers).
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| body.to_owned())
+        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_owned()))
+}

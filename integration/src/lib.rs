@@ -6,6 +6,7 @@
 //! * [`process`]: the real `shoal` binary as a child process, killed by pid when dropped.
 
 pub mod cluster;
+pub mod fakepeer;
 pub mod nginx;
 pub mod origin;
 pub mod process;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use shoal_integration::cluster::Cluster;
+use shoal_integration::fakepeer::CorruptPeer;
 use shoal_integration::origin::TestOrigin;
 use shoal_integration::process::wait_until;
 use shoal_integration::random_bytes;
@@ -101,4 +102,124 @@ async fn seed_killed_at_30_percent_everyone_completes() {
     let url = origin.url("/blob");
     let (results, ()) = tokio::join!(cluster.get_all(&url), kill);
     assert_all_exact(&results, &data, &cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_serving_corrupt_pieces_is_caught_and_avoided() {
+    let size = 32 * MIB;
+    let data = random_bytes(size);
+    let origin = TestOrigin::builder()
+        .file("/blob", data.clone())
+        .start()
+        .await;
+    let cluster = Cluster::builder().daemons(3).start().await;
+    let url = origin.url("/blob");
+    let task = shoal_p2p::TaskId::for_url(&url.parse().unwrap(), &Default::default());
+    let liar = CorruptPeer::join(cluster.scheduler_port, &task, size as u64).await;
+    let results = cluster.get_all(&url).await;
+    assert_all_exact(&results, &data, &cluster);
+    let asked = liar.requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        asked > 0,
+        "the liar was never asked: the test proves nothing"
+    );
+    // Each daemon has at most 4 requests in flight to one parent when the first bad piece
+    // comes back; after that it never asks the liar again.
+    assert!(asked <= 3 * 4, "the liar was asked {asked} times");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduler_unreachable_everyone_completes_from_the_origin() {
+    let size = 16 * MIB;
+    let data = random_bytes(size);
+    let origin = TestOrigin::builder()
+        .file("/blob", data.clone())
+        .start()
+        .await;
+    let cluster = Cluster::builder()
+        .no_scheduler()
+        .no_seed()
+        .daemons(2)
+        .start()
+        .await;
+    let results = cluster.get_all(&origin.url("/blob")).await;
+    assert_all_exact(&results, &data, &cluster);
+    for d in &cluster.daemons {
+        assert_eq!(
+            d.metric("shoal_download_bytes_total{source=\"origin\"}")
+                .await,
+            size as u64,
+            "{}",
+            d.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduler_stopped_mid_run_everyone_completes() {
+    let size = 48 * MIB;
+    let data = random_bytes(size);
+    let origin = TestOrigin::builder()
+        .file("/blob", data.clone())
+        .rate(16 * MIB as u64)
+        .start()
+        .await;
+    let mut cluster = Cluster::builder()
+        .daemons(3)
+        .stall_timeout("2s")
+        .start()
+        .await;
+    let mut scheduler = cluster.scheduler.take().unwrap();
+    let stop = async {
+        wait_until(Duration::from_secs(60), "30% sent by the origin", || {
+            origin.bytes_sent() >= (size as u64) * 3 / 10
+        })
+        .await;
+        scheduler.kill9();
+    };
+    let url = origin.url("/blob");
+    let (results, ()) = tokio::join!(cluster.get_all(&url), stop);
+    assert_all_exact(&results, &data, &cluster);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduler_restarted_mid_run_the_swarm_recovers() {
+    let size = 48 * MIB;
+    let data = random_bytes(size);
+    let origin = TestOrigin::builder()
+        .file("/blob", data.clone())
+        .rate(16 * MIB as u64)
+        .start()
+        .await;
+    let mut cluster = Cluster::builder()
+        .daemons(3)
+        .stall_timeout("5s")
+        .start()
+        .await;
+    let mut scheduler = cluster.scheduler.take().unwrap();
+    let port = cluster.scheduler_port;
+    let restart = async {
+        wait_until(Duration::from_secs(60), "30% sent by the origin", || {
+            origin.bytes_sent() >= (size as u64) * 3 / 10
+        })
+        .await;
+        scheduler.kill9();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut cmd = shoal_integration::process::shoal();
+        cmd.arg("scheduler")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--metrics-addr")
+            .arg("127.0.0.1:0");
+        shoal_integration::process::ChildGuard::spawn(cmd)
+    };
+    let url = origin.url("/blob");
+    let (results, _new_scheduler) = tokio::join!(cluster.get_all(&url), restart);
+    assert_all_exact(&results, &data, &cluster);
+    // The swarm went on after the restart instead of every daemon fetching alone.
+    let sent = origin.bytes_sent();
+    assert!(
+        sent < 2 * size as u64,
+        "origin sent {sent} bytes: the daemons went to it on their own"
+    );
 }

@@ -2,7 +2,7 @@
 //!
 //! [`Downloader::download`] answers from the cache when it can; otherwise it learns the content
 //! length (from the swarm, or the origin), opens (or resumes) the task in the store, and hands the
-//! missing pieces to the piece loop ([`crate::fetch`]), which takes them from peers and the
+//! missing pieces to the piece loop (the `fetch` module), which takes them from peers and the
 //! origin. Every byte stream is cut at piece boundaries, written at its offset and hashed on one
 //! writer thread; a piece counts once its record is in the task's journal. The whole content is
 //! checked against its digest when one is known.

@@ -312,11 +312,13 @@ impl<'a> Run<'a> {
                 && self.to_origin
                 && self.origin_inflight < self.job.origin.config().concurrency
             {
-                let with_holder = |n: u32| parents.iter().any(|p| p.2.get(n));
+                // Pieces a peer could give us (held by a parent, digest known) are left to the
+                // peers; the rest come from the origin.
+                let from_peers = |n: u32| expected(n) && parents.iter().any(|p| p.2.get(n));
                 if let Some(n) = missing
                     .iter()
                     .copied()
-                    .find(|n| !self.inflight.contains_key(n) && !with_holder(*n))
+                    .find(|n| !self.inflight.contains_key(n) && !from_peers(*n))
                 {
                     if self.stat.is_none() {
                         self.stat = Some(self.job.origin.stat(&self.job.req.origin).await?);

@@ -105,11 +105,15 @@ impl TaskEntry {
         }
     }
 
-    /// Whether the hosts alive among `hosts` hold every piece between them.
+    /// Whether the hosts alive among `hosts` hold every piece between them, with every piece's
+    /// digest known (a piece nobody can check is as good as missing).
     fn covered(&self, hosts: &BTreeMap<String, Attached>) -> bool {
         let Some(layout) = self.layout() else {
             return false;
         };
+        if self.digests.iter().any(Option::is_none) {
+            return false;
+        }
         let mut all = Bitmap::new(layout.piece_count());
         for (id, h) in &self.holders {
             if hosts.contains_key(id) && h.strikes < MAX_STRIKES {
@@ -264,7 +268,9 @@ impl State {
         let Some(entry) = self.tasks.get_mut(task_id) else {
             return Assigned::default();
         };
-        if entry.failure.is_some() || entry.covered(&self.hosts) {
+        // Without a URL (only hosts that claim to hold the task watched it so far) nobody can
+        // be sent to the origin yet; the first request with one plans again.
+        if entry.failure.is_some() || entry.task.url.is_empty() || entry.covered(&self.hosts) {
             return Assigned::default();
         }
         if let Some(f) = &entry.fetcher

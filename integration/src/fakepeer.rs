@@ -1,0 +1,126 @@
+//! A lying peer (a fake of our own service, for fault tests): it tells the scheduler it holds
+//! every piece of a task and serves random bytes of the right length for any piece.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use shoal_p2p::piece::Layout;
+use shoal_p2p::proto::scheduler_client::SchedulerClient;
+use shoal_p2p::proto::{AnnounceRequest, AttachRequest, Host, PieceSet, Task, WatchRequest};
+use shoal_p2p::{Bitmap, TaskId};
+
+pub struct CorruptPeer {
+    /// Piece requests it answered.
+    pub requests: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for CorruptPeer {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
+impl CorruptPeer {
+    /// Joins the swarm of the scheduler on `scheduler_port`, claiming all of `task` (`length`
+    /// bytes).
+    pub async fn join(scheduler_port: u16, task: &TaskId, length: u64) -> CorruptPeer {
+        let layout = Layout::for_length(length);
+        let requests = Arc::new(AtomicU64::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counter = requests.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let counter = counter.clone();
+                        async move {
+                            counter.fetch_add(1, Ordering::Relaxed);
+                            let n: u32 = req
+                                .uri()
+                                .path()
+                                .rsplit('/')
+                                .next()
+                                .and_then(|n| n.parse().ok())
+                                .unwrap_or(0);
+                            let r = layout.range(n.min(layout.piece_count() - 1));
+                            let junk = crate::random_bytes((r.end - r.start) as usize);
+                            Ok::<_, Infallible>(Response::new(Full::new(junk)))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let mut client = SchedulerClient::connect(format!("http://127.0.0.1:{scheduler_port}"))
+            .await
+            .expect("scheduler");
+        let host = Host {
+            id: "liar".into(),
+            upload_addr: addr.to_string(),
+            upload_slots: 64,
+            ..Default::default()
+        };
+        let mut attach = client
+            .attach(AttachRequest {
+                host: Some(host.clone()),
+            })
+            .await
+            .expect("attach")
+            .into_inner();
+        let attached =
+            tokio::spawn(async move { while let Ok(Some(_)) = attach.message().await {} });
+        let have = PieceSet {
+            length_known: true,
+            content_length: length,
+            bitmap: (0..layout.piece_count())
+                .map(|_| true)
+                .collect::<Bitmap>()
+                .as_bytes()
+                .to_vec(),
+            digests: Vec::new(),
+        };
+        let task_msg = Task {
+            id: task.to_string(),
+            ..Default::default()
+        };
+        let mut watch = client
+            .watch(WatchRequest {
+                host: Some(host),
+                task: Some(task_msg),
+                have: Some(have.clone()),
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let watching =
+            tokio::spawn(async move { while let Ok(Some(_)) = watch.message().await {} });
+        client
+            .announce(AnnounceRequest {
+                host_id: "liar".into(),
+                task_id: task.to_string(),
+                pieces: Some(have),
+                failure: None,
+            })
+            .await
+            .expect("announce");
+        CorruptPeer {
+            requests,
+            tasks: vec![server, attached, watching],
+        }
+    }
+}

@@ -6,7 +6,10 @@ set -euo pipefail
 # command -> Debian package
 declare -A NEED=(
   [curl]=curl          # daemon tests read /metrics; the benchmark's baseline client
-  [nginx]=nginx-light  # the benchmark's static origin
+  [nginx]=nginx-light  # the benchmark's static origin; the lab's caching-proxy baseline
+  [docker-registry]=docker-registry  # the lab's origin and pull-through cache baseline
+  [ip]=iproute2        # the lab's hosts (network namespaces, veth, bridge)
+  [tc]=iproute2        # the lab's link shaping
 )
 
 missing=()
@@ -14,6 +17,7 @@ for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${NEED[$cmd]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
+mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then

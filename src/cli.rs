@@ -30,6 +30,21 @@ pub enum Command {
     Scheduler(SchedulerArgs),
     /// Download a URL through the local daemon (or standalone when none runs).
     Get(GetArgs),
+    /// The local daemon: its schedulers, its tasks, the bytes it got from origin / peers / cache.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The daemon's data directory (its `shoal.sock` is the daemon's socket).
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The daemon's socket, if not in the data directory.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, Command, GetArgs};
+use cli::{Cli, Command, GetArgs, StatusArgs};
 use prometheus_client::registry::Registry;
 use shoal_p2p::get::{GetOptions, Output};
 use shoal_p2p::{Daemon, DaemonConfig, admin, api::GetRequest, daemon};
@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Get(_));
+    let quiet = matches!(cli.command, Command::Get(_) | Command::Status(_));
     init_tracing(if quiet { "warn" } else { "info" });
     shoal_p2p::install_crypto_provider();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
@@ -52,6 +52,7 @@ fn main() -> ExitCode {
                 .await
             }
             Command::Get(args) => return run_get(args).await,
+            Command::Status(args) => run_status(args).await,
         }
         .map(|()| ExitCode::SUCCESS)
     });
@@ -127,6 +128,18 @@ async fn signal_shutdown(token: CancellationToken) {
     }
     tracing::info!("shutting down");
     token.cancel();
+}
+
+async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(daemon::default_data_dir);
+    let socket = args.socket.unwrap_or_else(|| daemon::socket_in(&data_dir));
+    let status = shoal_p2p::api::LocalClient::new(socket).status().await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{status}");
+    }
+    Ok(())
 }
 
 async fn run_get(args: GetArgs) -> anyhow::Result<ExitCode> {

@@ -18,6 +18,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A node's config file: its store, one scheduler, where it serves pieces, its host id, and how
+/// long it waits for news from the swarm before going to the origin. Origin retries are short,
+/// for tests. Ends inside the `[swarm]` table, so a caller may append swarm settings.
+pub fn node_config(
+    store: &Path,
+    scheduler: &str,
+    upload_addr: &str,
+    host_id: &str,
+    stall_timeout: &str,
+) -> String {
+    format!(
+        "data_dir = {store:?}\n[origin]\nretries = 2\nretry_backoff = \"50ms\"\n\
+         [swarm]\nschedulers = [{scheduler:?}]\nupload_addr = {upload_addr:?}\n\
+         host_id = {host_id:?}\nstall_timeout = {stall_timeout:?}\n"
+    )
+}
+
 /// One `shoal` process of the cluster.
 pub struct Node {
     pub name: String,
@@ -151,14 +168,13 @@ impl Cluster {
         let config = data_dir.join("config.toml");
         std::fs::write(
             &config,
-            format!(
-                "data_dir = {data:?}\n[swarm]\nschedulers = [\"http://127.0.0.1:{port}\"]\nupload_addr = \"127.0.0.1:0\"\n\
-                 host_id = {name:?}\nupload_slots = {upload_slots}\nstall_timeout = {stall:?}\n\
-                 [origin]\nretries = 2\nretry_backoff = \"50ms\"\n",
-                data = data_dir.join("store"),
-                port = self.scheduler_port,
-                stall = self.stall,
-            ),
+            node_config(
+                &data_dir.join("store"),
+                &format!("http://127.0.0.1:{}", self.scheduler_port),
+                "127.0.0.1:0",
+                name,
+                self.stall,
+            ) + &format!("upload_slots = {upload_slots}\n"),
         )
         .expect("write node config");
         let metrics_port = free_port();

@@ -4,9 +4,13 @@
 //!   server"), with switches for range support, throttling, redirects, and counters of bytes sent
 //!   and headers seen, so tests can check what crossed the wire.
 //! * [`process`]: the real `shoal` binary as a child process, killed by pid when dropped.
+//! * [`cluster::Cluster`]: a scheduler, seed and daemons on 127.0.0.1.
+//! * [`lab::Lab`]: many hosts on one machine (network namespaces, shaped links), and the swarm
+//!   benchmark run by the `lab` command.
 
 pub mod cluster;
 pub mod fakepeer;
+pub mod lab;
 pub mod nginx;
 pub mod origin;
 pub mod process;
@@ -23,4 +27,21 @@ pub fn random_bytes(len: usize) -> bytes::Bytes {
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+/// A size such as `256MiB`, `1GiB`, `64KiB` or a number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("bad size {s:?}"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        u => return Err(format!("unknown unit {u:?} (use KiB, MiB, GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }

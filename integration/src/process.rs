@@ -7,6 +7,17 @@ use std::time::{Duration, Instant};
 /// The `shoal` binary of this workspace's build (`cargo build --bin shoal` makes it; the test
 /// command in the README does so before running the tests).
 pub fn shoal_bin() -> PathBuf {
+    let bin = shoal_bin_path();
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bin shoal` first (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Where the `shoal` binary of this build profile is (it may not be built yet).
+pub fn shoal_bin_path() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
@@ -15,13 +26,7 @@ pub fn shoal_bin() -> PathBuf {
     } else {
         "release"
     };
-    let bin = target.join(profile).join("shoal");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --bin shoal` first (the README's test command does)",
-        bin.display()
-    );
-    bin
+    target.join(profile).join("shoal")
 }
 
 /// A `shoal` command with a clean environment for logs.

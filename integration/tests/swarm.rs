@@ -223,3 +223,60 @@ async fn scheduler_restarted_mid_run_the_swarm_recovers() {
         "origin sent {sent} bytes: the daemons went to it on their own"
     );
 }
+
+/// `shoal status --json` of daemon `i`.
+async fn status(cluster: &Cluster, i: usize) -> serde_json::Value {
+    let mut cmd = shoal_integration::process::shoal();
+    cmd.arg("status")
+        .arg("--json")
+        .arg("--data-dir")
+        .arg(cluster.daemons[i].data_dir.join("store"));
+    let out = shoal_integration::process::run(cmd).await;
+    assert!(
+        out.status.success(),
+        "shoal status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_the_scheduler_the_tasks_and_bytes_by_source() {
+    let size = 8 * MIB;
+    let data = random_bytes(size);
+    let origin = TestOrigin::builder()
+        .file("/blob", data.clone())
+        .start()
+        .await;
+    let cluster = Cluster::builder().daemons(2).start().await;
+    let url = origin.url("/blob");
+    let results = cluster.get_all(&url).await;
+    assert_all_exact(&results, &data, &cluster);
+    // A second get on daemon 0 is a cache hit.
+    let again =
+        shoal_integration::process::run(cluster.get(0, &url, &cluster.dir().join("again"))).await;
+    assert!(again.status.success());
+
+    let s = status(&cluster, 0).await;
+    assert_eq!(s["host"]["id"], "d0");
+    assert_eq!(s["schedulers"][0]["attached"], true, "{s}");
+    let got: u64 = ["origin", "peer", "seed"]
+        .iter()
+        .map(|k| s["downloaded"][k].as_u64().unwrap())
+        .sum();
+    assert_eq!(got, size as u64, "{s}");
+    assert_eq!(s["downloaded"]["cache"], size as u64, "{s}");
+    let tasks = s["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{s}");
+    assert_eq!(tasks[0]["url"], url.as_str());
+    assert_eq!(tasks[0]["complete"], true);
+
+    // Without a daemon, a clear error.
+    let mut cmd = shoal_integration::process::shoal();
+    cmd.arg("status")
+        .arg("--data-dir")
+        .arg(cluster.dir().join("nowhere"));
+    let out = shoal_integration::process::run(cmd).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
+}

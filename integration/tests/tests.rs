@@ -3,4 +3,5 @@
 
 mod daemon;
 mod get;
+mod lab;
 mod swarm;

@@ -3,7 +3,8 @@
 //! `POST /v1/get` with a [`GetRequest`] answers a stream of newline-delimited [`Event`]s: progress
 //! while the task downloads, then one `done` or `failed`. Bulk bytes never cross the socket: the
 //! daemon links or copies the content to `output`, or the caller reads the task file named in
-//! `done` (both are on this host). `GET /v1/tasks` lists the store.
+//! `done` (both are on this host). `GET /v1/tasks` lists the store; `GET /v1/status` tells the
+//! daemon's schedulers, bytes by source and tasks (`shoal status`).
 
 use std::path::{Path, PathBuf};
 
@@ -148,6 +149,95 @@ pub struct TaskInfo {
     pub complete: bool,
 }
 
+/// What `GET /v1/status` answers: the daemon, its schedulers, its bytes by source, its tasks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub data_dir: PathBuf,
+    /// This host in the swarm; none when no scheduler is configured.
+    pub host: Option<HostStatus>,
+    pub schedulers: Vec<SchedulerStatus>,
+    /// Bytes received since the daemon started, by source (`origin`, `peer`, `seed`, `cache`).
+    pub downloaded: std::collections::BTreeMap<String, u64>,
+    /// Piece bytes sent to other peers since the daemon started.
+    pub uploaded: u64,
+    pub tasks: Vec<TaskInfo>,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "data dir   {}", self.data_dir.display())?;
+        match &self.host {
+            Some(h) => writeln!(
+                f,
+                "host       {} (pieces served on {}{})",
+                h.id,
+                h.upload_addr,
+                if h.seed { ", seed" } else { "" }
+            )?,
+            None => writeln!(f, "host       not in a swarm (no scheduler configured)")?,
+        }
+        for s in &self.schedulers {
+            let state = if s.attached {
+                "attached"
+            } else {
+                "not attached"
+            };
+            writeln!(f, "scheduler  {} ({state})", s.url)?;
+        }
+        let got = |k: &str| self.downloaded.get(k).copied().unwrap_or(0);
+        writeln!(
+            f,
+            "received   origin {}  peers {}  seeds {}  cache {}",
+            human(got("origin")),
+            human(got("peer")),
+            human(got("seed")),
+            human(got("cache"))
+        )?;
+        writeln!(f, "sent       {} to peers", human(self.uploaded))?;
+        writeln!(f, "tasks      {}", self.tasks.len())?;
+        for t in &self.tasks {
+            writeln!(
+                f,
+                "  {:<16} {:>10} {:<8} {}",
+                t.task.get(..16).unwrap_or(&t.task),
+                human(t.content_length),
+                if t.complete { "complete" } else { "partial" },
+                t.url
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes in binary units with one decimal.
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub id: String,
+    pub upload_addr: String,
+    pub seed: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SchedulerStatus {
+    pub url: String,
+    pub attached: bool,
+}
+
 /// Talks to a daemon's local API.
 pub struct LocalClient {
     socket: PathBuf,
@@ -209,9 +299,16 @@ impl LocalClient {
 
     /// The tasks in the daemon's store.
     pub async fn tasks(&self) -> Result<Vec<TaskInfo>, ClientError> {
-        let resp = self
-            .send(http::Method::GET, "/v1/tasks", Vec::new())
-            .await?;
+        self.get_json("/v1/tasks").await
+    }
+
+    /// The daemon's state: its schedulers, bytes by source, tasks.
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.get_json("/v1/status").await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self.send(http::Method::GET, path, Vec::new()).await?;
         let body = resp
             .collect()
             .await

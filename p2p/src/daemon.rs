@@ -20,10 +20,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{Event, Failure, GetRequest, TaskInfo};
+use crate::api::{Event, Failure, GetRequest, HostStatus, SchedulerStatus, Status, TaskInfo};
 use crate::download::{Downloader, Progress};
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Source};
 use crate::origin::{Origin, OriginConfig};
 use crate::store::Store;
 use crate::swarm::{Swarm, SwarmConfig};
@@ -220,6 +220,9 @@ impl Daemon {
         let tracker = TaskTracker::new();
         let state = Arc::new(ApiState {
             downloader: self.downloader.clone(),
+            swarm: self.swarm.as_ref().map(|(s, _)| s.clone()),
+            metrics: self.metrics.clone(),
+            data_dir: self.config.data_dir.clone(),
             tracker: tracker.clone(),
             cancel: cancel.clone(),
             progress_interval: self.config.progress_interval,
@@ -227,6 +230,7 @@ impl Daemon {
         let app = Router::new()
             .route("/v1/get", post(get_handler))
             .route("/v1/tasks", get(tasks_handler))
+            .route("/v1/status", get(status_handler))
             .layer(tower::limit::ConcurrencyLimitLayer::new(
                 self.config.max_requests,
             ))
@@ -392,6 +396,9 @@ async fn seed_job(downloader: &Downloader, job: crate::proto::Job) {
 
 struct ApiState {
     downloader: Arc<Downloader>,
+    swarm: Option<Arc<Swarm>>,
+    metrics: Metrics,
+    data_dir: PathBuf,
     tracker: TaskTracker,
     cancel: CancellationToken,
     progress_interval: Duration,
@@ -470,31 +477,81 @@ async fn run_get(state: &ApiState, req: &GetRequest, tx: &mpsc::Sender<Event>) -
     }
 }
 
-async fn tasks_handler(State(state): State<Arc<ApiState>>) -> Response {
+async fn list_tasks(state: &ApiState) -> Result<Vec<TaskInfo>> {
     let store = state.downloader.store().clone();
     let listed = tokio::task::spawn_blocking(move || store.list())
         .await
-        .expect("listing does not panic");
-    match listed {
-        Ok(tasks) => Json(
-            tasks
-                .into_iter()
-                .map(|(id, meta)| TaskInfo {
-                    task: id.to_string(),
-                    url: meta.url,
-                    content_length: meta.layout.content_length,
-                    complete: meta.complete,
-                })
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
-        Err(e) => (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        .expect("listing does not panic")?;
+    Ok(listed
+        .into_iter()
+        .map(|(id, meta)| TaskInfo {
+            task: id.to_string(),
+            url: meta.url,
+            content_length: meta.layout.content_length,
+            complete: meta.complete,
+        })
+        .collect())
+}
+
+fn internal_error(e: &Error) -> Response {
+    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+}
+
+async fn tasks_handler(State(state): State<Arc<ApiState>>) -> Response {
+    match list_tasks(&state).await {
+        Ok(tasks) => Json(tasks).into_response(),
+        Err(e) => internal_error(&e),
     }
+}
+
+async fn status_handler(State(state): State<Arc<ApiState>>) -> Response {
+    let tasks = match list_tasks(&state).await {
+        Ok(t) => t,
+        Err(e) => return internal_error(&e),
+    };
+    let downloaded = [
+        ("origin", Source::Origin),
+        ("peer", Source::Peer),
+        ("seed", Source::Seed),
+        ("cache", Source::Cache),
+    ]
+    .into_iter()
+    .map(|(name, s)| (name.to_owned(), state.metrics.bytes_from(s)))
+    .collect();
+    let swarm = state.swarm.as_deref();
+    Json(Status {
+        data_dir: state.data_dir.clone(),
+        host: swarm.map(|s| HostStatus {
+            id: s.host().id.clone(),
+            upload_addr: s.host().upload_addr.clone(),
+            seed: s.config().seed,
+        }),
+        schedulers: swarm
+            .map(Swarm::schedulers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(url, attached)| SchedulerStatus { url, attached })
+            .collect(),
+        downloaded,
+        uploaded: state.metrics.upload_bytes.get(),
+        tasks,
+    })
+    .into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_example_config_shows_the_defaults() {
+        let example = include_str!("../../packaging/daemon.toml");
+        let expected = DaemonConfig {
+            data_dir: "/var/lib/shoal".into(),
+            ..DaemonConfig::default()
+        };
+        assert_eq!(DaemonConfig::from_toml(example).unwrap(), expected);
+    }
 
     #[test]
     fn config_defaults_overrides_and_refusals() {

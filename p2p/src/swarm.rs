@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -84,6 +85,8 @@ impl SwarmConfig {
 pub struct Swarm {
     host: Host,
     schedulers: Vec<(String, SchedulerClient<Channel>)>,
+    /// Whether this host's attach stream to each scheduler is open.
+    attached: Vec<AtomicBool>,
     config: SwarmConfig,
 }
 
@@ -119,6 +122,7 @@ impl Swarm {
         };
         Ok(Swarm {
             host,
+            attached: schedulers.iter().map(|_| AtomicBool::new(false)).collect(),
             schedulers,
             config,
         })
@@ -134,6 +138,15 @@ impl Swarm {
 
     pub fn scheduler_count(&self) -> usize {
         self.schedulers.len()
+    }
+
+    /// Each scheduler's URL and whether this host is attached to it now.
+    pub fn schedulers(&self) -> Vec<(String, bool)> {
+        self.schedulers
+            .iter()
+            .zip(&self.attached)
+            .map(|((url, _), a)| (url.clone(), a.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// The scheduler that owns `task`.
@@ -228,6 +241,7 @@ impl Swarm {
                     tracing::info!(scheduler = url, host = self.host.id, "attached");
                     backoff = Duration::from_millis(100);
                     attached(index);
+                    self.attached[index].store(true, Ordering::Relaxed);
                     let mut stream = resp.into_inner();
                     loop {
                         tokio::select! {
@@ -239,6 +253,7 @@ impl Swarm {
                             () = cancel.cancelled() => return,
                         }
                     }
+                    self.attached[index].store(false, Ordering::Relaxed);
                 }
                 Err(e) => tracing::debug!(scheduler = url, error = %e, "attach failed"),
             }

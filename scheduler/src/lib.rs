@@ -37,7 +37,7 @@ use shoal_p2p::proto::scheduler_server::SchedulerServer;
 
 pub use metrics::Metrics;
 
-/// The scheduler's configuration (the `[scheduler]` table). Every field has a default.
+/// The scheduler's configuration (TOML; see `packaging/scheduler.toml`). Every field has a default.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SchedulerConfig {
@@ -124,5 +124,20 @@ impl Scheduler {
             .await;
         gc.abort();
         result.map_err(std::io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_shows_the_defaults() {
+        let example = include_str!("../../packaging/scheduler.toml");
+        assert_eq!(
+            SchedulerConfig::from_toml(example).unwrap(),
+            SchedulerConfig::default()
+        );
+        assert!(SchedulerConfig::from_toml("listen = \"0.0.0.0:1\"\nbogus = 1").is_err());
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use shoal_integration::nginx::Nginx;
+use shoal_integration::parse_size;
 use shoal_integration::process::{ChildGuard, shoal, wait_until};
 
 #[derive(Parser)]
@@ -28,21 +29,6 @@ struct Args {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let mult = match unit.trim() {
-        "" | "B" => 1,
-        "KiB" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        u => return Err(format!("unknown unit {u:?} (use KiB, MiB, GiB)")),
-    };
-    Ok(n * mult)
 }
 
 struct Case {

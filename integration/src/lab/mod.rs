@@ -1,0 +1,366 @@
+//! The lab: many hosts on one machine.
+//!
+//! A [`Lab`] makes network namespaces (needs root and iproute2): one holding a bridge, and one per
+//! host joined to it by a veth pair. Each host has one interface, `eth0`, with an address in
+//! `10.77.0.0/16`, which exists only inside the namespaces the lab made. A host's link can be
+//! shaped with `tc tbf` on both ends (the host's egress is its upload, the bridge side's egress
+//! its download). Processes run inside a host with `ip netns exec`.
+//!
+//! Names carry the lab process's pid (`shoal-lab-<pid>-<host>`), so runs never collide and
+//! [`clean_stale`] can remove what a killed run left behind. Dropping the lab (also while
+//! unwinding from a panic; the `lab` command drops it on Ctrl-C) kills every process inside its
+//! namespaces, by pid, and deletes the namespaces.
+
+pub mod services;
+pub mod swarm;
+
+use std::ffi::OsStr;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail, ensure};
+
+const PREFIX: &str = "shoal-lab-";
+
+/// How a host's link is shaped, in each direction.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub rate_bits_per_s: u64,
+    /// How long a packet may wait in the shaper's queue before it is dropped.
+    pub queue_ms: u32,
+}
+
+impl Shape {
+    pub fn rate(rate_bits_per_s: u64) -> Shape {
+        Shape {
+            rate_bits_per_s,
+            queue_ms: 50,
+        }
+    }
+
+    /// The token bucket: 10 ms at the rate, at least 64 KiB (a GSO packet must fit).
+    fn burst_bytes(&self) -> u64 {
+        (self.rate_bits_per_s / 8 / 100).max(64 * 1024)
+    }
+}
+
+/// One host: a network namespace with `eth0` on the lab's bridge, and a directory of its own.
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub name: String,
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub dir: PathBuf,
+    /// The bridge side of the host's veth pair (in the bridge namespace).
+    port: String,
+}
+
+/// Bytes an interface has received and sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+impl Host {
+    /// `program` to be run inside this host.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns]).arg(program);
+        cmd
+    }
+
+    /// The byte counters of the host's `eth0`.
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        let out = ip(&["-n", &self.ns, "-j", "-s", "link", "show", "dev", "eth0"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("ip -j output")?;
+        let stats = &v[0]["stats64"];
+        let get = |dir: &str| {
+            stats[dir]["bytes"]
+                .as_u64()
+                .with_context(|| format!("no {dir} bytes in {out}"))
+        };
+        Ok(Counters {
+            rx_bytes: get("rx")?,
+            tx_bytes: get("tx")?,
+        })
+    }
+
+    /// A GET with curl from inside this host; the body on a 2xx answer.
+    pub fn http_get(&self, url: &str) -> anyhow::Result<String> {
+        let out = self
+            .command("curl")
+            .args(["-sSf", "--max-time", "10", url])
+            .output()
+            .context("curl")?;
+        ensure!(
+            out.status.success(),
+            "GET {url} from {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A set of hosts on one bridge; everything it made is removed when it is dropped.
+pub struct Lab {
+    run: String,
+    bridge_ns: String,
+    hosts: Vec<Host>,
+    dir: PathBuf,
+    keep_dir: bool,
+}
+
+/// Runs `ip` with `args`; its stdout, or an error with its stderr.
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (install iproute2)")?;
+    ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn tc(ns: &str, dev: &str, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev])
+        .args(args)
+        .output()
+        .context("running tc (install iproute2)")?;
+    ensure!(
+        out.status.success(),
+        "tc qdisc replace dev {dev} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
+}
+
+impl Lab {
+    /// An empty lab with its bridge; host directories go under `dir` (a new temporary directory
+    /// under /var/tmp when `None`, removed with the lab).
+    pub fn new(dir: Option<&Path>) -> anyhow::Result<Lab> {
+        ensure!(
+            nix::unistd::geteuid().is_root(),
+            "the lab makes network namespaces and needs root"
+        );
+        clean_stale()?;
+        let run = format!("{PREFIX}{}", std::process::id());
+        let (dir, keep_dir) = match dir {
+            Some(d) => (d.to_path_buf(), true),
+            None => (
+                tempfile::Builder::new()
+                    .prefix("shoal-lab-")
+                    .tempdir_in("/var/tmp")
+                    .context("lab directory")?
+                    .keep(),
+                false,
+            ),
+        };
+        std::fs::create_dir_all(&dir).context("lab directory")?;
+        let bridge_ns = format!("{run}-bridge");
+        let lab = Lab {
+            run,
+            bridge_ns: bridge_ns.clone(),
+            hosts: Vec::new(),
+            dir,
+            keep_dir,
+        };
+        ip(&["netns", "add", &bridge_ns])?;
+        ip(&[
+            "-n", &bridge_ns, "link", "add", "name", "br0", "type", "bridge",
+        ])?;
+        ip(&["-n", &bridge_ns, "link", "set", "br0", "up"])?;
+        Ok(lab)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The lab's directory if it is a temporary one (removed with the lab).
+    pub fn temporary_dir(&self) -> Option<&Path> {
+        (!self.keep_dir).then_some(self.dir.as_path())
+    }
+
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// Adds a host named `name` (letters, digits, `-`; unique in the lab), its link shaped to
+    /// `shape` in both directions if given.
+    pub fn add_host(&mut self, name: &str, shape: Option<Shape>) -> anyhow::Result<Host> {
+        ensure!(
+            !name.is_empty()
+                && name.len() <= 24
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "bad host name {name:?}"
+        );
+        ensure!(
+            self.hosts.iter().all(|h| h.name != name),
+            "host {name} exists"
+        );
+        let i = self.hosts.len();
+        ensure!(i < 250 * 250, "too many hosts");
+        let ns = format!("{}-{name}", self.run);
+        let port = format!("p{i}");
+        let ip_addr = Ipv4Addr::new(10, 77, (i / 250) as u8, (i % 250 + 1) as u8);
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).context("host directory")?;
+        ip(&["netns", "add", &ns])?;
+        // Recorded before it is complete, so a failure below still deletes it.
+        let host = Host {
+            name: name.to_owned(),
+            ns: ns.clone(),
+            ip: ip_addr,
+            dir,
+            port: port.clone(),
+        };
+        self.hosts.push(host.clone());
+        let br = self.bridge_ns.as_str();
+        ip(&[
+            "-n", br, "link", "add", "name", &port, "type", "veth", "peer", "name", "eth0",
+            "netns", &ns,
+        ])?;
+        ip(&["-n", br, "link", "set", &port, "master", "br0", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{ip_addr}/16"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        if let Some(shape) = shape {
+            self.shape(&host, shape)?;
+        }
+        Ok(host)
+    }
+
+    /// Shapes `host`'s link: `tbf` on the host's `eth0` (its upload) and on the bridge's side
+    /// (its download).
+    pub fn shape(&self, host: &Host, shape: Shape) -> anyhow::Result<()> {
+        let rate = format!("{}bit", shape.rate_bits_per_s);
+        let burst = shape.burst_bytes().to_string();
+        let latency = format!("{}ms", shape.queue_ms);
+        let args = [
+            "root", "tbf", "rate", &rate, "burst", &burst, "latency", &latency,
+        ];
+        tc(&host.ns, "eth0", &args)?;
+        tc(&self.bridge_ns, &host.port, &args)
+    }
+
+    /// Drops packets sent to `host` at random, `percent` of them (a `gact` action on the bridge
+    /// side of its link).
+    pub fn lose(&self, host: &Host, percent: f64) -> anyhow::Result<()> {
+        ensure!(
+            (0.0..100.0).contains(&percent),
+            "loss {percent}% out of range"
+        );
+        // Drop 1 in N packets on the bridge's egress towards the host.
+        let one_in = (100.0 / percent).round().max(1.0) as u64;
+        let br = self.bridge_ns.as_str();
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", br, "tc", "filter", "add", "dev", &host.port,
+            ])
+            .args(["parent", "1:", "matchall", "action", "gact", "pass"])
+            .args(["random", "determ", "drop", &one_in.to_string()])
+            .output()
+            .context("tc filter")?;
+        if !out.status.success() {
+            bail!(
+                "packet loss on {}: {} (the link must be shaped first)",
+                host.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let mut names: Vec<String> = self.hosts.iter().map(|h| h.ns.clone()).collect();
+        names.push(self.bridge_ns.clone());
+        for ns in &names {
+            remove_ns(ns);
+        }
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Kills every process in `ns` (by pid, SIGKILL) and deletes it.
+fn remove_ns(ns: &str) {
+    for _ in 0..50 {
+        let pids = ip(&["netns", "pids", ns]).unwrap_or_default();
+        let pids: Vec<i32> = pids
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if let Err(e) = ip(&["netns", "del", ns]) {
+        eprintln!("lab: could not delete namespace {ns}: {e:#}");
+    }
+}
+
+/// Removes every namespace (and the processes in it) of this process's labs: for a Ctrl-C
+/// handler, while the lab itself is held by a thread that cannot be stopped.
+pub fn remove_all_of_this_run() {
+    let mine = format!("{PREFIX}{}-", std::process::id());
+    for ns in namespaces().unwrap_or_default() {
+        if ns.starts_with(&mine) {
+            remove_ns(&ns);
+        }
+    }
+}
+
+/// The lab namespaces on this machine (`ip netns list`).
+pub fn namespaces() -> anyhow::Result<Vec<String>> {
+    Ok(ip(&["netns", "list"])?
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(PREFIX))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Removes the namespaces (and their processes) of lab runs whose process is gone.
+pub fn clean_stale() -> anyhow::Result<usize> {
+    let mut removed = 0;
+    for ns in namespaces()? {
+        let pid = ns[PREFIX.len()..]
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<i32>().ok());
+        let alive = pid
+            .is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok());
+        if !alive {
+            remove_ns(&ns);
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,226 @@
+//! Real programs on lab hosts: docker-registry (as the origin, or as distribution's pull-through
+//! cache), an nginx caching proxy, and Shoal's scheduler, seed and daemons.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use super::Host;
+use crate::process::{ChildGuard, shoal_bin};
+
+/// The repository the lab's blob is stored under.
+pub const REPO: &str = "lab/blob";
+pub const REGISTRY_PORT: u16 = 5000;
+pub const NGINX_PORT: u16 = 80;
+pub const SCHEDULER_PORT: u16 = 8002;
+pub const UPLOAD_PORT: u16 = 4000;
+pub const METRICS_PORT: u16 = 4002;
+
+/// A process on a host, its log in the host's directory; killed by pid when dropped.
+pub struct Service {
+    pub host: Host,
+    pub child: ChildGuard,
+    pub log: PathBuf,
+}
+
+impl Service {
+    fn spawn(host: &Host, name: &str, mut cmd: Command) -> anyhow::Result<Service> {
+        let log = host.dir.join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).context("log file")?;
+        cmd.stdout(file.try_clone()?).stderr(file);
+        Ok(Service {
+            host: host.clone(),
+            child: ChildGuard::spawn(cmd),
+            log,
+        })
+    }
+
+    /// Waits until `url` answers 2xx from inside the host, failing early if the process exits.
+    fn wait_ready(&mut self, url: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.child.try_wait() {
+                bail!(
+                    "{} on {} exited ({status}): {}",
+                    url,
+                    self.host.name,
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            let ok = self
+                .host
+                .command("curl")
+                .args(["-sf", "-o", "/dev/null", "--max-time", "1", url])
+                .stdin(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("{url} on {} not ready after 30 s", self.host.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn registry_bin() -> anyhow::Result<PathBuf> {
+    ["/usr/bin/docker-registry", "/usr/local/bin/registry"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("docker-registry is not installed: run scripts/setup.sh")
+}
+
+/// Stores `data` as a blob of [`REPO`] in a registry's filesystem storage under `root` (the
+/// layout docker-registry reads: the blob, and the repository's link to it). Returns its digest.
+pub fn store_blob(root: &Path, data: &[u8]) -> anyhow::Result<String> {
+    let digest = crate::sha256(data);
+    let hex = &digest["sha256:".len()..];
+    let v2 = root.join("docker/registry/v2");
+    let blob = v2.join("blobs/sha256").join(&hex[..2]).join(hex);
+    std::fs::create_dir_all(&blob)?;
+    std::fs::File::create(blob.join("data"))?.write_all(data)?;
+    let link = v2
+        .join("repositories")
+        .join(REPO)
+        .join("_layers/sha256")
+        .join(hex);
+    std::fs::create_dir_all(&link)?;
+    std::fs::write(link.join("link"), &digest)?;
+    Ok(digest)
+}
+
+/// docker-registry on `host` serving the storage under `root`; a pull-through cache of
+/// `remote` when given.
+pub fn registry(host: &Host, root: &Path, remote: Option<&str>) -> anyhow::Result<Service> {
+    let proxy = remote
+        .map(|r| format!("proxy:\n  remoteurl: {r}\n"))
+        .unwrap_or_default();
+    let config = format!(
+        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+         storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
+         http:\n  addr: {ip}:{REGISTRY_PORT}\n{proxy}",
+        root = root.display(),
+        ip = host.ip,
+    );
+    let path = host.dir.join("registry.yml");
+    std::fs::write(&path, config)?;
+    let mut cmd = host.command(registry_bin()?);
+    cmd.arg("serve").arg(&path);
+    let mut svc = Service::spawn(host, "registry", cmd)?;
+    svc.wait_ready(&format!("http://{}:{REGISTRY_PORT}/v2/", host.ip))?;
+    Ok(svc)
+}
+
+/// nginx on `host` as a caching proxy in front of `upstream`, with `proxy_cache_lock` so
+/// concurrent misses for one URL make one upstream request.
+pub fn nginx_cache(host: &Host, upstream: &str) -> anyhow::Result<Service> {
+    let w = host.dir.join("nginx");
+    std::fs::create_dir_all(w.join("tmp"))?;
+    let w = w.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n\
+         client_body_temp_path {w}/tmp/body;\n  proxy_temp_path {w}/tmp/proxy;\n  fastcgi_temp_path {w}/tmp/fcgi;\n\
+         uwsgi_temp_path {w}/tmp/uwsgi;\n  scgi_temp_path {w}/tmp/scgi;\n\
+         proxy_cache_path {w}/cache levels=1:2 keys_zone=lab:10m max_size=64g inactive=1h use_temp_path=off;\n\
+         server {{\n    listen {ip}:{NGINX_PORT};\n    location / {{\n\
+         proxy_pass {upstream};\n      proxy_http_version 1.1;\n      proxy_cache lab;\n\
+         proxy_cache_valid 200 1h;\n      proxy_cache_lock on;\n      proxy_cache_lock_timeout 1h;\n\
+         proxy_cache_lock_age 1h;\n    }}\n  }}\n}}\n",
+        ip = host.ip,
+    );
+    let path = host.dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .context("nginx is not installed: run scripts/setup.sh")?;
+    let mut cmd = host.command(nginx);
+    cmd.arg("-c")
+        .arg(&path)
+        .arg("-e")
+        .arg(host.dir.join("nginx/error.log"));
+    let mut svc = Service::spawn(host, "nginx", cmd)?;
+    svc.wait_ready(&format!("http://{}:{NGINX_PORT}/v2/", host.ip))?;
+    Ok(svc)
+}
+
+/// `shoal scheduler` on `host`.
+pub fn scheduler(host: &Host) -> anyhow::Result<Service> {
+    let mut cmd = host.command(shoal_bin());
+    cmd.env("SHOAL_LOG", "info")
+        .arg("scheduler")
+        .arg("--listen")
+        .arg(format!("{}:{SCHEDULER_PORT}", host.ip))
+        .arg("--metrics-addr")
+        .arg(format!("{}:{METRICS_PORT}", host.ip));
+    let mut svc = Service::spawn(host, "scheduler", cmd)?;
+    svc.wait_ready(&format!("http://{}:{METRICS_PORT}/metrics", host.ip))?;
+    Ok(svc)
+}
+
+/// A Shoal node (`shoal seed` or `shoal daemon`) on `host`, using the scheduler on `scheduler`.
+pub struct Node {
+    pub svc: Service,
+    pub store: PathBuf,
+}
+
+impl Node {
+    pub fn start(host: &Host, scheduler: &Host, seed: bool) -> anyhow::Result<Node> {
+        let store = host.dir.join("store");
+        let config = host.dir.join("shoal.toml");
+        std::fs::write(
+            &config,
+            crate::cluster::node_config(
+                &store,
+                &format!("http://{}:{SCHEDULER_PORT}", scheduler.ip),
+                &format!("{}:{UPLOAD_PORT}", host.ip),
+                &host.name,
+                "10s",
+            ),
+        )?;
+        let mut cmd = host.command(shoal_bin());
+        cmd.env("SHOAL_LOG", "info")
+            .arg(if seed { "seed" } else { "daemon" })
+            .arg("--config")
+            .arg(&config)
+            .arg("--metrics-addr")
+            .arg(format!("{}:{METRICS_PORT}", host.ip));
+        let mut svc = Service::spawn(host, "shoal", cmd)?;
+        svc.wait_ready(&format!("http://{}:{METRICS_PORT}/healthz", host.ip))?;
+        Ok(Node { svc, store })
+    }
+
+    /// `shoal get` of `url` through this node, inside its host.
+    pub fn get(&self, url: &str, out: &Path) -> Command {
+        let mut cmd = self.svc.host.command(shoal_bin());
+        cmd.arg("get")
+            .arg(url)
+            .arg("-O")
+            .arg(out)
+            .arg("--data-dir")
+            .arg(&self.store)
+            .arg("-q");
+        cmd
+    }
+
+    /// A counter from the node's metrics (0 when absent).
+    pub fn metric(&self, series: &str) -> u64 {
+        let url = format!("http://{}:{METRICS_PORT}/metrics", self.svc.host.ip);
+        self.svc
+            .host
+            .http_get(&url)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    }
+}

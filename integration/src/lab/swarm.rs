@@ -1,0 +1,470 @@
+//! The swarm benchmark: N client hosts fetch one blob at the same moment, by each scenario in
+//! turn, every link shaped to the same rate. Each scenario starts from a clean state (fresh
+//! caches, fresh Shoal stores, the page cache dropped); only the origin registry stays.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde::Serialize;
+
+use super::services::{self, NGINX_PORT, Node, REGISTRY_PORT, REPO, Service};
+use super::{Host, Lab, Shape};
+use crate::process::ChildGuard;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Every host GETs the blob from the origin registry.
+    Direct,
+    /// Through distribution's pull-through cache on its own host.
+    Pullthrough,
+    /// Through nginx with `proxy_cache_lock` on its own host.
+    Nginx,
+    /// Scheduler and seed on their own hosts, a daemon on every client host.
+    Shoal,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Direct,
+        Scenario::Pullthrough,
+        Scenario::Nginx,
+        Scenario::Shoal,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Direct => "direct",
+            Scenario::Pullthrough => "pullthrough",
+            Scenario::Nginx => "nginx",
+            Scenario::Shoal => "shoal",
+        }
+    }
+}
+
+impl std::str::FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scenario::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("unknown scenario {s:?} (direct, pullthrough, nginx, shoal)"))
+    }
+}
+
+/// A fault injected into the `shoal` scenario.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Kill the seed (SIGKILL) once the origin has sent this fraction of the blob.
+    SeedKill(f64),
+    /// Kill one client host's daemon (chosen at random) once the clients hold about a third of
+    /// the blob; the other hosts must complete.
+    ParentKill,
+    /// Stop the origin registry as soon as the first host has the whole blob.
+    OriginGone,
+    /// Drop this percentage of the packets sent to one client host.
+    Loss(f64),
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, arg) = s.split_once(':').unwrap_or((s, ""));
+        let num = |default: f64| -> Result<f64, String> {
+            if arg.is_empty() {
+                return Ok(default);
+            }
+            arg.trim_end_matches('%')
+                .parse()
+                .map_err(|_| format!("bad number in fault {s:?}"))
+        };
+        match name {
+            "seed-kill" => Ok(Fault::SeedKill(num(0.3)?)),
+            "parent-kill" => Ok(Fault::ParentKill),
+            "origin-gone" => Ok(Fault::OriginGone),
+            "loss" => Ok(Fault::Loss(num(1.0)?)),
+            _ => Err(format!(
+                "unknown fault {s:?} (seed-kill[:FRACTION], parent-kill, origin-gone, loss[:PERCENT])"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub hosts: usize,
+    pub size: u64,
+    pub rate_bits_per_s: u64,
+    pub scenarios: Vec<Scenario>,
+    pub fault: Option<Fault>,
+}
+
+/// One scenario's outcome (the JSON the `lab` command writes has an array of these).
+#[derive(Clone, Debug, Serialize)]
+pub struct Outcome {
+    pub name: String,
+    pub hosts: usize,
+    pub size_bytes: u64,
+    pub rate_bits_per_s: u64,
+    /// Seconds from the common start to each host having the whole blob (hosts whose client
+    /// was killed by a fault are left out).
+    pub host_seconds: Vec<f64>,
+    pub ideal_seconds: f64,
+    /// Bytes the origin host's interface sent during the scenario.
+    pub origin_tx_bytes: u64,
+    pub fault: Option<String>,
+    /// For `shoal`: bytes the client daemons got, by source.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub daemon_bytes_by_source: BTreeMap<String, u64>,
+    /// For `shoal`: the largest peak RSS of the seed and the daemons.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl Outcome {
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.host_seconds.clone();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+    pub fn min(&self) -> f64 {
+        self.sorted().first().copied().unwrap_or(f64::NAN)
+    }
+    pub fn median(&self) -> f64 {
+        let v = self.sorted();
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+    pub fn max(&self) -> f64 {
+        self.sorted().last().copied().unwrap_or(f64::NAN)
+    }
+    pub fn origin_ratio(&self) -> f64 {
+        self.origin_tx_bytes as f64 / self.size_bytes as f64
+    }
+}
+
+/// The lab's hosts for the swarm benchmark.
+struct Hosts {
+    origin: Host,
+    cache: Host,
+    scheduler: Host,
+    seed: Host,
+    clients: Vec<Host>,
+}
+
+/// Builds the hosts, stores the blob in the origin registry, and runs every scenario.
+pub fn run(lab: &mut Lab, params: &Params) -> anyhow::Result<Vec<Outcome>> {
+    ensure!(params.hosts > 0, "need at least one host");
+    ensure!(params.size > 0, "size must be positive");
+    let shape = Some(Shape::rate(params.rate_bits_per_s));
+    let hosts = Hosts {
+        origin: lab.add_host("origin", shape)?,
+        cache: lab.add_host("cache", shape)?,
+        scheduler: lab.add_host("scheduler", shape)?,
+        seed: lab.add_host("seed", shape)?,
+        clients: (1..=params.hosts)
+            .map(|i| lab.add_host(&format!("h{i}"), shape))
+            .collect::<anyhow::Result<_>>()?,
+    };
+    if let Some(Fault::Loss(p)) = params.fault {
+        lab.lose(&hosts.clients[0], p)?;
+    }
+    let root = hosts.origin.dir.join("registry");
+    let digest = {
+        let data = crate::random_bytes(usize::try_from(params.size).context("size")?);
+        services::store_blob(&root, &data)?
+    };
+    let mut origin = Some(services::registry(&hosts.origin, &root, None)?);
+    let mut out = Vec::new();
+    for &scenario in &params.scenarios {
+        if origin.is_none() {
+            // The last scenario's fault stopped it.
+            origin = Some(services::registry(&hosts.origin, &root, None)?);
+        }
+        eprintln!("lab: {} ({} hosts)", scenario.name(), params.hosts);
+        let outcome = run_one(scenario, params, &hosts, &digest, &mut origin)
+            .with_context(|| format!("scenario {}", scenario.name()))?;
+        out.push(outcome);
+    }
+    Ok(out)
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("/v2/{REPO}/blobs/{digest}")
+}
+
+fn run_one(
+    scenario: Scenario,
+    params: &Params,
+    hosts: &Hosts,
+    digest: &str,
+    origin: &mut Option<Service>,
+) -> anyhow::Result<Outcome> {
+    let path = blob_path(digest);
+    let outputs: Vec<PathBuf> = hosts.clients.iter().map(|h| h.dir.join("blob")).collect();
+    for h in [&hosts.cache, &hosts.seed]
+        .into_iter()
+        .chain(&hosts.clients)
+    {
+        reset_dir(&h.dir)?;
+    }
+    drop_page_cache();
+    let origin_url = format!("http://{}:{REGISTRY_PORT}", hosts.origin.ip);
+    // Services of this scenario, stopped when it ends.
+    let mut cache: Option<Service> = None;
+    let mut scheduler: Option<Service> = None;
+    let mut seed: Option<Node> = None;
+    let mut daemons: Vec<Node> = Vec::new();
+    let url = match scenario {
+        Scenario::Direct => format!("{origin_url}{path}"),
+        Scenario::Pullthrough => {
+            let root = hosts.cache.dir.join("registry");
+            cache = Some(services::registry(&hosts.cache, &root, Some(&origin_url))?);
+            format!("http://{}:{REGISTRY_PORT}{path}", hosts.cache.ip)
+        }
+        Scenario::Nginx => {
+            cache = Some(services::nginx_cache(&hosts.cache, &origin_url)?);
+            format!("http://{}:{NGINX_PORT}{path}", hosts.cache.ip)
+        }
+        Scenario::Shoal => {
+            scheduler = Some(services::scheduler(&hosts.scheduler)?);
+            seed = Some(Node::start(&hosts.seed, &hosts.scheduler, true)?);
+            for h in &hosts.clients {
+                daemons.push(Node::start(h, &hosts.scheduler, false)?);
+            }
+            format!("{origin_url}{path}")
+        }
+    };
+    let commands: Vec<Command> = hosts
+        .clients
+        .iter()
+        .zip(&outputs)
+        .enumerate()
+        .map(|(i, (h, out))| match scenario {
+            Scenario::Shoal => daemons[i].get(&url, out),
+            _ => {
+                let mut c = h.command("curl");
+                c.args(["-sSf", "-o"]).arg(out).arg(&url);
+                c
+            }
+        })
+        .collect();
+    let before = hosts.origin.counters()?;
+    let ideal = params.size as f64 * 8.0 / params.rate_bits_per_s as f64;
+    let deadline = Duration::from_secs_f64(ideal * 20.0 + 60.0);
+    let fault = if scenario == Scenario::Shoal {
+        params.fault
+    } else {
+        None
+    };
+    let mut killed: Option<usize> = None;
+    let results = run_clients(commands, deadline, |finished, elapsed| {
+        match fault {
+            Some(Fault::SeedKill(f)) => {
+                let sent = hosts
+                    .origin
+                    .counters()
+                    .map_or(0, |c| c.tx_bytes - before.tx_bytes);
+                if seed.is_some() && sent as f64 >= f * params.size as f64 {
+                    eprintln!("lab: killing the seed ({sent} bytes sent by the origin)");
+                    seed.take();
+                }
+            }
+            Some(Fault::ParentKill) if killed.is_none() && elapsed.as_secs_f64() > ideal / 3.0 => {
+                let i = rand::random_range(0..daemons.len());
+                eprintln!("lab: killing the daemon of {}", hosts.clients[i].name);
+                daemons[i].svc.child.kill9();
+                killed = Some(i);
+                return Some(i);
+            }
+            Some(Fault::OriginGone) if finished > 0 && origin.is_some() => {
+                eprintln!("lab: stopping the origin");
+                origin.take();
+            }
+            _ => {}
+        }
+        None
+    })?;
+    let after = hosts.origin.counters()?;
+    let mut host_seconds = Vec::new();
+    for (i, (r, out)) in results.into_iter().zip(&outputs).enumerate() {
+        if killed == Some(i) {
+            continue;
+        }
+        let secs = r.with_context(|| format!("host {}", hosts.clients[i].name))?;
+        let got = sha256_file(out)?;
+        ensure!(
+            got == digest,
+            "host {} got {got}, not {digest}",
+            hosts.clients[i].name
+        );
+        host_seconds.push(secs);
+    }
+    let mut by_source = BTreeMap::new();
+    let mut peak_rss_kib = None;
+    if scenario == Scenario::Shoal {
+        for (i, d) in daemons.iter().enumerate() {
+            if killed == Some(i) {
+                continue;
+            }
+            for src in ["origin", "peer", "seed", "cache"] {
+                *by_source.entry(src.to_owned()).or_default() +=
+                    d.metric(&format!("shoal_download_bytes_total{{source=\"{src}\"}}"));
+            }
+        }
+        peak_rss_kib = daemons
+            .iter()
+            .chain(&seed)
+            .filter_map(|n| peak_rss(&n.svc.child))
+            .max();
+    }
+    drop((cache, scheduler, seed, daemons));
+    for out in &outputs {
+        let _ = std::fs::remove_file(out);
+    }
+    Ok(Outcome {
+        name: scenario.name().to_owned(),
+        hosts: params.hosts,
+        size_bytes: params.size,
+        rate_bits_per_s: params.rate_bits_per_s,
+        host_seconds,
+        ideal_seconds: ideal,
+        origin_tx_bytes: after.tx_bytes.saturating_sub(before.tx_bytes),
+        fault: fault.map(|f| format!("{f:?}")),
+        daemon_bytes_by_source: by_source,
+        peak_rss_kib,
+    })
+}
+
+/// Starts every command at once and waits for all, calling `tick(finished, elapsed)` every few
+/// milliseconds; `tick` returns the index of a client it killed, whose result is then ignored.
+/// Returns each command's seconds to exit, or why it failed.
+fn run_clients(
+    commands: Vec<Command>,
+    deadline: Duration,
+    mut tick: impl FnMut(usize, Duration) -> Option<usize>,
+) -> anyhow::Result<Vec<anyhow::Result<f64>>> {
+    let mut children = Vec::new();
+    let start = Instant::now();
+    for mut cmd in commands {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        children.push(ChildGuard::spawn(cmd));
+    }
+    let mut done: Vec<Option<anyhow::Result<f64>>> = children.iter().map(|_| None).collect();
+    let mut ignored = Vec::new();
+    loop {
+        for (i, c) in children.iter_mut().enumerate() {
+            if done[i].is_some() {
+                continue;
+            }
+            if let Some(status) = c.child.try_wait()? {
+                let secs = start.elapsed().as_secs_f64();
+                done[i] = Some(if status.success() || ignored.contains(&i) {
+                    Ok(secs)
+                } else {
+                    let mut err = String::new();
+                    if let Some(mut e) = c.child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    Err(anyhow::anyhow!("client failed ({status}): {}", err.trim()))
+                });
+            }
+        }
+        let finished = done.iter().filter(|d| d.is_some()).count();
+        if finished == children.len() {
+            break;
+        }
+        if start.elapsed() > deadline {
+            bail!("clients still running after {deadline:?}");
+        }
+        if let Some(i) = tick(finished, start.elapsed()) {
+            ignored.push(i);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(done.into_iter().map(|d| d.expect("all done")).collect())
+}
+
+/// Empties a host's directory (caches, stores, outputs of an earlier scenario), keeping the
+/// origin's registry, which lives on another host.
+fn reset_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    Ok(())
+}
+
+/// Writes dirty pages and drops the page cache, so no scenario reads what an earlier one left
+/// in memory (best effort: a container may not allow it).
+fn drop_page_cache() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// A live process's peak RSS (`VmHWM`), in KiB.
+fn peak_rss(child: &ChildGuard) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.child.id())).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The results as the `lab` command prints them.
+pub fn table(outcomes: &[Outcome]) -> String {
+    let mut s = format!(
+        "{:<12} {:>5} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>12}\n",
+        "scenario",
+        "hosts",
+        "size",
+        "rate",
+        "min s",
+        "median s",
+        "max s",
+        "ideal s",
+        "med/ideal",
+        "max/ideal",
+        "origin/size"
+    );
+    for o in outcomes {
+        s += &format!(
+            "{:<12} {:>5} {:>9} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>12.3}\n",
+            o.name,
+            o.hosts,
+            format!("{}MiB", o.size_bytes >> 20),
+            format!("{}mbit", o.rate_bits_per_s / 1_000_000),
+            o.min(),
+            o.median(),
+            o.max(),
+            o.ideal_seconds,
+            o.median() / o.ideal_seconds,
+            o.max() / o.ideal_seconds,
+            o.origin_ratio(),
+        );
+    }
+    s
+}

@@ -27,14 +27,23 @@ impl Drop for CorruptPeer {
 }
 
 impl CorruptPeer {
-    /// Joins the swarm of the scheduler on `scheduler_port`, claiming all of `task` (`length`
-    /// bytes).
+    /// Joins the swarm of the scheduler on `127.0.0.1:scheduler_port`, claiming all of `task`
+    /// (`length` bytes).
     pub async fn join(scheduler_port: u16, task: &TaskId, length: u64) -> CorruptPeer {
+        let scheduler = format!("http://127.0.0.1:{scheduler_port}");
+        Self::join_at(&scheduler, "127.0.0.1".parse().expect("ip"), task, length).await
+    }
+
+    /// Joins the swarm of the scheduler at `scheduler` (a URL), serving on `ip`.
+    pub async fn join_at(
+        scheduler: &str,
+        ip: std::net::IpAddr,
+        task: &TaskId,
+        length: u64,
+    ) -> CorruptPeer {
         let layout = Layout::for_length(length);
         let requests = Arc::new(AtomicU64::new(0));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let counter = requests.clone();
         let server = tokio::spawn(async move {
@@ -66,7 +75,7 @@ impl CorruptPeer {
                 });
             }
         });
-        let mut client = SchedulerClient::connect(format!("http://127.0.0.1:{scheduler_port}"))
+        let mut client = SchedulerClient::connect(scheduler.to_owned())
             .await
             .expect("scheduler");
         let host = Host {

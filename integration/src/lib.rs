@@ -45,3 +45,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
+
+/// Writes `size` random bytes to `path`, a MiB at a time.
+pub fn write_random(path: &std::path::Path, size: u64) -> std::io::Result<()> {
+    use rand::RngCore;
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(buf.len() as u64) as usize;
+        rand::rng().fill_bytes(&mut buf[..n]);
+        f.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    f.flush()
+}

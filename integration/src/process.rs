@@ -99,3 +99,16 @@ pub async fn wait_until(deadline: Duration, what: &str, mut cond: impl FnMut() -
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A live process's peak resident set size (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use shoal_integration::nginx::Nginx;
-use shoal_integration::parse_size;
-use shoal_integration::process::{ChildGuard, shoal, wait_until};
+use shoal_integration::process::{ChildGuard, peak_rss_kib, shoal, wait_until};
+use shoal_integration::{parse_size, write_random};
 
 #[derive(Parser)]
 struct Args {
@@ -46,7 +46,7 @@ async fn timed(mut cmd: Command, rss_of: Option<u32>) -> anyhow::Result<(f64, Op
     let pid = rss_of.unwrap_or(child.child.id());
     let mut peak = None;
     loop {
-        if let Some(hwm) = vm_hwm_kib(pid) {
+        if let Some(hwm) = peak_rss_kib(pid) {
             peak = Some(hwm);
         }
         if let Some(status) = child.child.try_wait()? {
@@ -55,18 +55,6 @@ async fn timed(mut cmd: Command, rss_of: Option<u32>) -> anyhow::Result<(f64, Op
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -246,22 +234,6 @@ struct Spec<'a> {
     name: &'static str,
     daemon: bool,
     make: Box<dyn Fn(usize) -> (Command, PathBuf, Option<PathBuf>) + 'a>,
-}
-
-fn write_random(path: &Path, size: u64) -> anyhow::Result<()> {
-    use rand::RngCore;
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        rand::rng().fill_bytes(&mut buf[..n]);
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    f.flush()?;
-    Ok(())
 }
 
 fn report(args: &Args, cases: &[Case]) -> anyhow::Result<()> {

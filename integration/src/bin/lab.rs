@@ -41,7 +41,7 @@ enum Cmd {
         )]
         scenarios: Vec<Scenario>,
         /// A fault for the shoal scenario: seed-kill[:FRACTION], parent-kill, origin-gone,
-        /// loss[:PERCENT].
+        /// loss[:PERCENT], corrupt-peer.
         #[arg(long)]
         fault: Option<Fault>,
         /// Also write the results as JSON here.
@@ -100,8 +100,8 @@ fn main() -> anyhow::Result<()> {
             };
             let mut lab = Lab::new(dir.as_deref())?;
             let scratch = lab.temporary_dir().map(std::path::Path::to_path_buf);
-            // Ctrl-C: stop the run and drop the lab (its namespaces and processes) on the way
-            // out, instead of dying with them left behind.
+            // Ctrl-C or SIGTERM: remove the lab's namespaces and processes before exiting,
+            // instead of dying with them left behind.
             let (tx, rx) = std::sync::mpsc::channel();
             let runner = std::thread::spawn(move || {
                 let r = swarm::run(&mut lab, &params);
@@ -112,18 +112,25 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             let interrupted = rt.block_on(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+                let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
                 loop {
                     if rx.try_recv().is_ok() {
-                        return false;
+                        return anyhow::Ok(false);
                     }
                     tokio::select! {
-                        _ = tokio::signal::ctrl_c() => return true,
+                        _ = int.recv() => return Ok(true),
+                        _ = term.recv() => return Ok(true),
                         () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
                     }
                 }
-            });
+            })?;
             if interrupted {
                 eprintln!("lab: interrupted; removing the lab");
+                // Twice: the runner may have been making a namespace the first pass missed.
+                lab::remove_all_of_this_run();
+                std::thread::sleep(std::time::Duration::from_millis(200));
                 lab::remove_all_of_this_run();
                 if let Some(d) = scratch {
                     let _ = std::fs::remove_dir_all(d);

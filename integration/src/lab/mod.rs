@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 
 const PREFIX: &str = "shoal-lab-";
 
@@ -84,6 +84,27 @@ impl Host {
         Ok(Counters {
             rx_bytes: get("rx")?,
             tx_bytes: get("tx")?,
+        })
+    }
+
+    /// Runs `f`'s future on a new thread that has entered this host's network namespace, on a
+    /// single-threaded runtime: every socket the future opens is the host's. For fakes of our own
+    /// services that live in the lab process.
+    pub fn spawn_inside<F, Fut>(&self, f: F) -> std::thread::JoinHandle<anyhow::Result<Fut::Output>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future,
+        Fut::Output: Send + 'static,
+    {
+        let path = format!("/run/netns/{}", self.ns);
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).with_context(|| path.clone())?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {path}"))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            Ok(rt.block_on(f()))
         })
     }
 
@@ -254,38 +275,31 @@ impl Lab {
         let burst = shape.burst_bytes().to_string();
         let latency = format!("{}ms", shape.queue_ms);
         let args = [
-            "root", "tbf", "rate", &rate, "burst", &burst, "latency", &latency,
+            "root", "handle", "1:", "tbf", "rate", &rate, "burst", &burst, "latency", &latency,
         ];
         tc(&host.ns, "eth0", &args)?;
         tc(&self.bridge_ns, &host.port, &args)
     }
 
-    /// Drops packets sent to `host` at random, `percent` of them (a `gact` action on the bridge
-    /// side of its link).
+    /// Drops `percent` of the packets sent to `host`, at random: `netem loss` under the shaper on
+    /// the bridge side of its link (which must be shaped). Needs the kernel's `sch_netem`.
     pub fn lose(&self, host: &Host, percent: f64) -> anyhow::Result<()> {
         ensure!(
             (0.0..100.0).contains(&percent),
             "loss {percent}% out of range"
         );
-        // Drop 1 in N packets on the bridge's egress towards the host.
-        let one_in = (100.0 / percent).round().max(1.0) as u64;
-        let br = self.bridge_ns.as_str();
-        let out = Command::new("ip")
-            .args([
-                "netns", "exec", br, "tc", "filter", "add", "dev", &host.port,
-            ])
-            .args(["parent", "1:", "matchall", "action", "gact", "pass"])
-            .args(["random", "determ", "drop", &one_in.to_string()])
-            .output()
-            .context("tc filter")?;
-        if !out.status.success() {
-            bail!(
-                "packet loss on {}: {} (the link must be shaped first)",
-                host.name,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        let loss = format!("{percent}%");
+        tc(
+            &self.bridge_ns,
+            &host.port,
+            &["parent", "1:1", "netem", "loss", &loss],
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "packet loss on {}: {e:#} (needs a shaped link and the kernel's sch_netem)",
+                host.name
+            )
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::services::{self, NGINX_PORT, Node, REGISTRY_PORT, REPO, Service};
 use super::{Host, Lab, Shape};
-use crate::process::ChildGuard;
+use crate::process::{ChildGuard, peak_rss_kib};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
@@ -67,6 +67,9 @@ pub enum Fault {
     OriginGone,
     /// Drop this percentage of the packets sent to one client host.
     Loss(f64),
+    /// A peer that claims every piece and serves random bytes joins the swarm before the
+    /// clients start.
+    CorruptPeer,
 }
 
 impl std::str::FromStr for Fault {
@@ -86,8 +89,10 @@ impl std::str::FromStr for Fault {
             "parent-kill" => Ok(Fault::ParentKill),
             "origin-gone" => Ok(Fault::OriginGone),
             "loss" => Ok(Fault::Loss(num(1.0)?)),
+            "corrupt-peer" => Ok(Fault::CorruptPeer),
             _ => Err(format!(
-                "unknown fault {s:?} (seed-kill[:FRACTION], parent-kill, origin-gone, loss[:PERCENT])"
+                "unknown fault {s:?} (seed-kill[:FRACTION], parent-kill, origin-gone, \
+                 loss[:PERCENT], corrupt-peer)"
             )),
         }
     }
@@ -119,6 +124,9 @@ pub struct Outcome {
     /// For `shoal`: bytes the client daemons got, by source.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub daemon_bytes_by_source: BTreeMap<String, u64>,
+    /// For the `corrupt-peer` fault: piece requests the corrupt peer answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub corrupt_peer_requests: Option<u64>,
     /// For `shoal`: the largest peak RSS of the seed and the daemons.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_kib: Option<u64>,
@@ -263,6 +271,10 @@ fn run_one(
     } else {
         None
     };
+    let liar = match fault {
+        Some(Fault::CorruptPeer) => Some(start_liar(hosts, &url, params.size)?),
+        _ => None,
+    };
     let mut killed: Option<usize> = None;
     let results = run_clients(commands, deadline, |finished, elapsed| {
         match fault {
@@ -292,6 +304,7 @@ fn run_one(
         None
     })?;
     let after = hosts.origin.counters()?;
+    let corrupt_peer_requests = liar.map(Liar::stop).transpose()?;
     let mut host_seconds = Vec::new();
     for (i, (r, out)) in results.into_iter().zip(&outputs).enumerate() {
         if killed == Some(i) {
@@ -307,7 +320,7 @@ fn run_one(
         host_seconds.push(secs);
     }
     let mut by_source = BTreeMap::new();
-    let mut peak_rss_kib = None;
+    let mut peak_rss = None;
     if scenario == Scenario::Shoal {
         for (i, d) in daemons.iter().enumerate() {
             if killed == Some(i) {
@@ -318,10 +331,10 @@ fn run_one(
                     d.metric(&format!("shoal_download_bytes_total{{source=\"{src}\"}}"));
             }
         }
-        peak_rss_kib = daemons
+        peak_rss = daemons
             .iter()
             .chain(&seed)
-            .filter_map(|n| peak_rss(&n.svc.child))
+            .filter_map(|n| peak_rss_kib(n.svc.child.child.id()))
             .max();
     }
     drop((cache, scheduler, seed, daemons));
@@ -338,8 +351,43 @@ fn run_one(
         origin_tx_bytes: after.tx_bytes.saturating_sub(before.tx_bytes),
         fault: fault.map(|f| format!("{f:?}")),
         daemon_bytes_by_source: by_source,
-        peak_rss_kib,
+        corrupt_peer_requests,
+        peak_rss_kib: peak_rss,
     })
+}
+
+/// A [`CorruptPeer`](crate::fakepeer::CorruptPeer) on the (otherwise idle) cache host.
+struct Liar {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<anyhow::Result<u64>>,
+}
+
+fn start_liar(hosts: &Hosts, url: &str, size: u64) -> anyhow::Result<Liar> {
+    let task = shoal_p2p::TaskId::for_url(&url.parse()?, &Default::default());
+    let scheduler = format!("http://{}:{}", hosts.scheduler.ip, services::SCHEDULER_PORT);
+    let ip = hosts.cache.ip.into();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let thread = hosts.cache.spawn_inside(move || async move {
+        let peer = crate::fakepeer::CorruptPeer::join_at(&scheduler, ip, &task, size).await;
+        let _ = ready_tx.send(());
+        let _ = stopped.await;
+        peer.requests.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    ready
+        .recv_timeout(Duration::from_secs(30))
+        .context("the corrupt peer did not join the swarm")?;
+    Ok(Liar { stop, thread })
+}
+
+impl Liar {
+    /// Stops it; returns how many piece requests it answered.
+    fn stop(self) -> anyhow::Result<u64> {
+        let _ = self.stop.send(());
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the corrupt peer panicked"))?
+    }
 }
 
 /// Starts every command at once and waits for all, calling `tick(finished, elapsed)` every few
@@ -423,15 +471,6 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
-}
-
-/// A live process's peak RSS (`VmHWM`), in KiB.
-fn peak_rss(child: &ChildGuard) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.child.id())).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 /// The results as the `lab` command prints them.

@@ -1,0 +1,128 @@
+//! `bench-peer`: one peer-to-peer transfer on loopback. A seed holds the file (fetched from a
+//! local nginx first, not timed); a fresh daemon then gets it, every piece from the seed and
+//! checked against its digest. Prints the throughput and the daemon's peak RSS beside `curl -o`
+//! of the same file from nginx. A benchmark, not a test: it asserts only that the bytes are exact.
+//!
+//! `scripts/bench-peer.sh --size 1GiB` (builds release binaries, then runs this).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use clap::Parser;
+use shoal_integration::cluster::Cluster;
+use shoal_integration::nginx::Nginx;
+use shoal_integration::process::{peak_rss_kib, run, shoal};
+use shoal_integration::{parse_size, write_random};
+
+#[derive(Parser)]
+struct Args {
+    /// File size, e.g. 1GiB.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    size: u64,
+    /// Rounds (a fresh swarm each); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Working directory (default: a temporary directory under /var/tmp).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn checked(cmd: Command, what: &str) -> anyhow::Result<f64> {
+    let _ = Command::new("sync").status();
+    let start = Instant::now();
+    let out = run(cmd).await;
+    let secs = start.elapsed().as_secs_f64();
+    ensure!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(secs)
+}
+
+fn same(a: &Path, b: &Path) -> anyhow::Result<()> {
+    let ok = Command::new("cmp")
+        .arg("-s")
+        .arg(a)
+        .arg(b)
+        .status()?
+        .success();
+    ensure!(ok, "{} differs from {}", b.display(), a.display());
+    std::fs::remove_file(b)?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.runs >= 1, "--runs must be at least 1");
+    let tmp = tempfile::Builder::new()
+        .prefix("shoal-bench-peer-")
+        .tempdir_in(args.dir.clone().unwrap_or("/var/tmp".into()))?;
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www)?;
+    let src = www.join("blob");
+    eprintln!("writing {} random bytes", args.size);
+    write_random(&src, args.size)?;
+    let nginx = Nginx::serve(&www, &tmp.path().join("nginx")).await;
+    let url = format!("http://{}/blob", nginx.addr);
+
+    let (mut curl, mut peer, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..args.runs {
+        let out = tmp.path().join(format!("curl-{i}"));
+        let mut c = Command::new("curl");
+        c.arg("-sS").arg("-o").arg(&out).arg(&url);
+        curl.push(checked(c, "curl").await?);
+        same(&src, &out)?;
+
+        let cluster = Cluster::builder().daemons(1).start().await;
+        let seed = cluster.seed.as_ref().context("seed")?;
+        let mut warm = shoal();
+        warm.arg("get")
+            .arg(&url)
+            .arg("-O")
+            .arg(cluster.dir().join("warm"))
+            .arg("--data-dir")
+            .arg(seed.data_dir.join("store"))
+            .arg("-q");
+        checked(warm, "warming the seed").await?;
+        // Let the seed's announcement of the complete task reach the scheduler.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let out = tmp.path().join(format!("peer-{i}"));
+        peer.push(checked(cluster.get(0, &url, &out), "shoal get from the seed").await?);
+        let d = &cluster.daemons[0];
+        let from_peers = d
+            .metric("shoal_download_bytes_total{source=\"seed\"}")
+            .await
+            + d.metric("shoal_download_bytes_total{source=\"peer\"}")
+                .await;
+        ensure!(
+            from_peers == args.size,
+            "the daemon got {from_peers} of {} bytes from peers: not a peer-to-peer transfer",
+            args.size
+        );
+        rss.push(peak_rss_kib(d.child.child.id()).unwrap_or(0));
+        same(&src, &out)?;
+    }
+    let mb = args.size as f64 / 1e6;
+    let (c, p) = (median(curl), median(peer));
+    println!("size {} bytes, median of {} runs", args.size, args.runs);
+    println!(
+        "curl -o from nginx (loopback)      {c:>7.3} s {:>7.0} MB/s",
+        mb / c
+    );
+    println!(
+        "shoal get, all pieces from a peer  {p:>7.3} s {:>7.0} MB/s  ({:.2}x curl)  daemon peak RSS {:.1} MiB",
+        mb / p,
+        c / p,
+        rss.into_iter().max().unwrap_or(0) as f64 / 1024.0
+    );
+    Ok(())
+}

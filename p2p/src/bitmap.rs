@@ -66,6 +66,13 @@ impl Bitmap {
         }
     }
 
+    /// Clears every piece `other` lacks.
+    pub fn intersect(&mut self, other: &Bitmap) {
+        for (i, a) in self.bits.iter_mut().enumerate() {
+            *a &= other.bits.get(i).copied().unwrap_or(0);
+        }
+    }
+
     pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.len).filter(|&n| self.get(n))
     }

@@ -584,10 +584,21 @@ async fn fetch_from_peer(
         _ => return Err(PieceError::Unreachable),
     }
     let range = job.layout.range(n);
-    let data: Bytes = resp.bytes().await.map_err(|_| PieceError::Unreachable)?;
-    if data.len() as u64 != range.end - range.start {
+    let len = usize::try_from(range.end - range.start).expect("a piece fits in memory");
+    // Read into one buffer of the piece's size (no copy when the body is complete, no growth
+    // beyond it): a peer that sends more than the piece is cut off as corrupt.
+    let mut buf = take_buffer(len);
+    let mut resp = resp;
+    while let Some(chunk) = resp.chunk().await.map_err(|_| PieceError::Unreachable)? {
+        if buf.len() + chunk.len() > len {
+            return Err(PieceError::Corrupt);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if buf.len() != len {
         return Err(PieceError::Corrupt);
     }
+    let data: Bytes = buf.freeze();
     let (data, actual) = tokio::task::spawn_blocking(move || {
         let d = Digest::piece(&data);
         (data, d)
@@ -597,11 +608,39 @@ async fn fetch_from_peer(
     if actual != expected {
         return Err(PieceError::Corrupt);
     }
-    job.writer
+    let data = job
+        .writer
         .write_verified(n, range.start, data, actual)
         .await
         .map_err(PieceError::Fatal)?;
+    give_back(data);
     Ok(actual)
+}
+
+/// Piece buffers of peer fetches, reused. A fresh piece-sized buffer per piece made glibc raise
+/// its mmap threshold and keep the freed buffers in per-thread arenas: a daemon's RSS reached
+/// 170 MiB in the lab. Reused, they stay about the pieces in flight.
+static BUFFERS: std::sync::Mutex<Vec<bytes::BytesMut>> = std::sync::Mutex::new(Vec::new());
+/// Buffers kept for reuse at most (each a piece long).
+const POOLED: usize = 32;
+
+fn take_buffer(len: usize) -> bytes::BytesMut {
+    let pooled = BUFFERS
+        .lock()
+        .expect("buffer pool lock")
+        .pop()
+        .filter(|b| b.capacity() >= len);
+    pooled.unwrap_or_else(|| bytes::BytesMut::with_capacity(len))
+}
+
+fn give_back(data: Bytes) {
+    if let Ok(mut buf) = data.try_into_mut() {
+        buf.clear();
+        let mut pool = BUFFERS.lock().expect("buffer pool lock");
+        if pool.len() < POOLED {
+            pool.push(buf);
+        }
+    }
 }
 
 /// Reads one piece from an origin response into the task file.

@@ -60,7 +60,7 @@ impl Default for SwarmConfig {
             labels: BTreeMap::new(),
             upload_slots: 64,
             seed: false,
-            piece_concurrency: 16,
+            piece_concurrency: 8,
             peer_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),

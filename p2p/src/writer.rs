@@ -36,7 +36,8 @@ enum Op {
         offset: u64,
         data: Bytes,
         digest: Digest,
-        reply: oneshot::Sender<io::Result<()>>,
+        /// The data back, for its buffer to be reused.
+        reply: oneshot::Sender<io::Result<Bytes>>,
     },
 }
 
@@ -87,7 +88,8 @@ impl TaskWriter {
                     } => {
                         let result = file
                             .write_all_at(&data, offset)
-                            .and_then(|()| store::append_record(&mut journal, piece, &digest));
+                            .and_then(|()| store::append_record(&mut journal, piece, &digest))
+                            .map(|()| data);
                         let _ = reply.send(result);
                     }
                     Op::Finish { piece, reply } => {
@@ -139,7 +141,7 @@ impl TaskWriter {
         offset: u64,
         data: Bytes,
         digest: Digest,
-    ) -> Result<()> {
+    ) -> Result<Bytes> {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Verified {
             piece,

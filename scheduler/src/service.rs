@@ -20,6 +20,8 @@ type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// How often a watcher gets its view again even when nothing changed (its liveness check).
 const KEEPALIVE: Duration = Duration::from_secs(5);
+/// How soon a view that changes with time alone is sent again.
+const RECHECK: Duration = Duration::from_millis(250);
 
 pub struct Service {
     pub(crate) state: Arc<Mutex<State>>,
@@ -113,14 +115,17 @@ impl SchedulerRpc for Service {
                     metrics.back_to_source.inc();
                 }
                 dispatch(&state, &metrics, assigned.seed_job);
-                let Some(view) = view else { break };
+                let Some((view, expiring)) = view else { break };
                 changed.borrow_and_update();
                 if tx.send(Ok(view)).await.is_err() {
                     break;
                 }
+                // A view that changes by itself (a seed's piece offered to everyone after a
+                // while) is sent again soon even if nothing is announced.
+                let wait = if expiring { RECHECK } else { KEEPALIVE };
                 tokio::select! {
                     r = changed.changed() => if r.is_err() { break },
-                    () = tokio::time::sleep(KEEPALIVE) => {}
+                    () = tokio::time::sleep(wait) => {}
                     () = tx.closed() => break,
                 }
                 // Coalesce bursts of announcements into one view.

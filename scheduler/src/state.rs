@@ -16,6 +16,9 @@ use tokio::sync::{mpsc, watch};
 pub const MAX_PARENTS: usize = 16;
 /// Corrupt-piece reports after which a host is offered to nobody for that task.
 pub const MAX_STRIKES: u32 = 2;
+/// How long a piece only seeds hold is offered to its one chosen host before every host is
+/// offered it.
+pub const SEED_EXCLUSIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// An attached host: its description and the channel its jobs go to.
 pub struct Attached {
@@ -31,6 +34,8 @@ pub struct TaskEntry {
     pub digests: Vec<Option<Vec<u8>>>,
     /// Whether a digest came from a seed (a seed's word beats a peer's).
     digest_from_seed: Vec<bool>,
+    /// When each piece was first announced by anyone.
+    first_held: Vec<Option<Instant>>,
     pub holders: HashMap<String, Holder>,
     /// The host told to fetch from the origin, if any.
     pub fetcher: Option<String>,
@@ -71,6 +76,7 @@ impl TaskEntry {
             length: None,
             digests: Vec::new(),
             digest_from_seed: Vec::new(),
+            first_held: Vec::new(),
             holders: HashMap::new(),
             fetcher: None,
             failure: None,
@@ -99,6 +105,7 @@ impl TaskEntry {
             let n = self.piece_count() as usize;
             self.digests = vec![None; n];
             self.digest_from_seed = vec![false; n];
+            self.first_held = vec![None; n];
             for h in self.holders.values_mut() {
                 h.bitmap = Bitmap::from_bytes(h.bitmap.as_bytes(), n as u32);
             }
@@ -121,6 +128,75 @@ impl TaskEntry {
             }
         }
         all.is_full()
+    }
+}
+
+/// The pieces seeds offer one host, and whether that changes with time alone.
+struct SeedOffer {
+    pieces: Bitmap,
+    expiring: bool,
+}
+
+impl TaskEntry {
+    /// Which of the seeds' pieces `host` is offered, so that a seed's upload carries each piece
+    /// about once and the hosts pass it on among themselves:
+    /// * a piece no other host holds goes to one host, chosen per piece by rendezvous hashing
+    ///   among the hosts still downloading; every host is offered it once it has been held for
+    ///   [`SEED_EXCLUSIVE`] with nobody else holding it (the chosen host may be slow);
+    /// * a piece other hosts hold is theirs to give while the seed is still fetching (its
+    ///   upload is for new pieces); once the seed has everything, it helps with those too.
+    fn seed_offer(
+        &self,
+        host: &str,
+        hosts: &BTreeMap<String, Attached>,
+        usable: impl Fn(&String, &Holder) -> bool,
+    ) -> SeedOffer {
+        let n = self.piece_count();
+        let is_seed = |id: &String| hosts.get(id).is_some_and(|a| a.host.seed);
+        let mut others = Bitmap::new(n);
+        let mut seeds = Bitmap::new(n);
+        let mut seed_complete = false;
+        let mut downloaders: Vec<&str> = Vec::new();
+        for (id, h) in &self.holders {
+            if is_seed(id) {
+                if h.strikes < MAX_STRIKES && hosts.contains_key(id) {
+                    seeds.union(&h.bitmap);
+                    seed_complete |= h.bitmap.is_full();
+                }
+                continue;
+            }
+            if usable(id, h) {
+                others.union(&h.bitmap);
+            }
+            if h.watching > 0
+                && h.strikes < MAX_STRIKES
+                && hosts.contains_key(id)
+                && !h.bitmap.is_full()
+            {
+                downloaders.push(id);
+            }
+        }
+        let mut pieces = Bitmap::new(n);
+        let mut expiring = false;
+        for p in seeds.ones() {
+            let offered = if others.get(p) {
+                seed_complete
+            } else {
+                let key = format!("{}#{p}", self.task.id);
+                let chosen = downloaders
+                    .iter()
+                    .max_by_key(|d| rendezvous(&key, d))
+                    .is_none_or(|d| *d == host);
+                let open =
+                    self.first_held[p as usize].is_none_or(|t| t.elapsed() >= SEED_EXCLUSIVE);
+                expiring |= !chosen && !open;
+                chosen || open
+            };
+            if offered {
+                pieces.set(p);
+            }
+        }
+        SeedOffer { pieces, expiring }
     }
 }
 
@@ -236,6 +312,10 @@ impl State {
         let announced = Bitmap::from_bytes(&pieces.bitmap, n);
         holder.bitmap = Bitmap::from_bytes(holder.bitmap.as_bytes(), n);
         holder.bitmap.union(&announced);
+        let now = Instant::now();
+        for p in announced.ones() {
+            entry.first_held[p as usize].get_or_insert(now);
+        }
         entry.notify();
         true
     }
@@ -314,26 +394,40 @@ impl State {
         Assigned::default()
     }
 
-    /// What `host` should know about the task now.
-    pub fn view(&self, task_id: &str, host: &Host) -> Option<TaskView> {
+    /// What `host` should know about the task now, and whether the view changes by itself later
+    /// (a seed's piece offered to every host once [`SEED_EXCLUSIVE`] is over).
+    pub fn view(&self, task_id: &str, host: &Host) -> Option<(TaskView, bool)> {
         let entry = self.tasks.get(task_id)?;
         let me = entry.holders.get(&host.id);
         let n = entry.piece_count();
         let mine = me
             .map(|h| Bitmap::from_bytes(h.bitmap.as_bytes(), n))
             .unwrap_or_else(|| Bitmap::new(n));
+        let usable = |id: &String, h: &Holder| {
+            *id != host.id
+                && h.strikes < MAX_STRIKES
+                && me.is_none_or(|m| !m.avoid.contains(id))
+                && self.hosts.contains_key(id)
+        };
+        let is_seed = |id: &String| self.hosts.get(id).is_some_and(|a| a.host.seed);
+        let offer = entry.seed_offer(&host.id, &self.hosts, |id, h| usable(id, h));
         let mut parents: Vec<(i64, Parent)> = entry
             .holders
             .iter()
-            .filter(|(id, h)| {
-                *id != &host.id
-                    && h.strikes < MAX_STRIKES
-                    && me.is_none_or(|m| !m.avoid.contains(*id))
-                    && h.bitmap.ones().any(|p| !mine.get(p))
-            })
+            .filter(|(id, h)| usable(id, h))
             .filter_map(|(id, h)| {
                 let attached = self.hosts.get(id)?;
-                let useful = h.bitmap.ones().filter(|p| !mine.get(*p)).count() as i64;
+                let bitmap = if is_seed(id) {
+                    let mut b = Bitmap::from_bytes(h.bitmap.as_bytes(), n);
+                    b.intersect(&offer.pieces);
+                    b
+                } else {
+                    Bitmap::from_bytes(h.bitmap.as_bytes(), n)
+                };
+                let useful = bitmap.ones().filter(|p| !mine.get(*p)).count() as i64;
+                if useful == 0 {
+                    return None;
+                }
                 let shared = attached
                     .host
                     .labels
@@ -346,7 +440,7 @@ impl State {
                 let parent = Parent {
                     host_id: id.clone(),
                     upload_addr: attached.host.upload_addr.clone(),
-                    bitmap: h.bitmap.as_bytes().to_vec(),
+                    bitmap: bitmap.as_bytes().to_vec(),
                     seed: attached.host.seed,
                 };
                 Some((score, parent))
@@ -354,7 +448,7 @@ impl State {
             .collect();
         parents.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.host_id.cmp(&b.1.host_id)));
         parents.truncate(MAX_PARENTS);
-        Some(TaskView {
+        let view = TaskView {
             length_known: entry.length.is_some(),
             content_length: entry.length.unwrap_or(0),
             digests: entry
@@ -365,7 +459,8 @@ impl State {
             parents: parents.into_iter().map(|(_, p)| p).collect(),
             back_to_source: entry.fetcher.as_deref() == Some(host.id.as_str()),
             failure: entry.failure.clone(),
-        })
+        };
+        Some((view, offer.expiring))
     }
 
     /// Forgets tasks nobody watched or announced for `idle`, and holders that are gone.
@@ -384,4 +479,133 @@ impl State {
 pub fn rendezvous(key: &str, node: &str) -> u64 {
     let h = blake3::hash(format!("{key}\0{node}").as_bytes());
     u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_p2p::proto::PieceDigest;
+
+    const PIECE: u64 = 4 << 20;
+
+    fn host(id: &str, seed: bool) -> Host {
+        Host {
+            id: id.into(),
+            upload_addr: format!("{id}:4000"),
+            seed,
+            ..Default::default()
+        }
+    }
+
+    /// A piece set of `pieces` out of `count`, with their digests.
+    fn have(count: u32, pieces: &[u32]) -> PieceSet {
+        let bitmap: Bitmap = (0..count).map(|p| pieces.contains(&p)).collect();
+        PieceSet {
+            length_known: true,
+            content_length: u64::from(count) * PIECE,
+            bitmap: bitmap.as_bytes().to_vec(),
+            digests: pieces
+                .iter()
+                .map(|&p| PieceDigest {
+                    number: p,
+                    blake3: vec![p as u8; 32],
+                })
+                .collect(),
+        }
+    }
+
+    /// A state with a seed and `n` downloading hosts watching task "t" of `count` pieces.
+    fn swarm(n: usize, count: u32) -> (State, Vec<Host>) {
+        let mut state = State::default();
+        let task = Task {
+            id: "t".into(),
+            url: "http://origin/blob".into(),
+            ..Default::default()
+        };
+        let mut hosts = vec![host("seed", true)];
+        hosts.extend((0..n).map(|i| host(&format!("h{i}"), false)));
+        for h in &hosts {
+            state.attach(h.clone(), mpsc::channel(1).0);
+            let _ = state.watch(h, task.clone(), &have(count, &[]));
+        }
+        (state, hosts)
+    }
+
+    fn offered_by(state: &State, to: &Host, parent: &str) -> Vec<u32> {
+        let (view, _) = state.view("t", to).unwrap();
+        let n = view.digests.len() as u32;
+        view.parents
+            .iter()
+            .find(|p| p.host_id == parent)
+            .map(|p| Bitmap::from_bytes(&p.bitmap, n).ones().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_new_piece_of_the_seed_is_offered_to_one_host_only() {
+        let (mut state, hosts) = swarm(5, 16);
+        state.merge("t", "seed", &have(16, &(0..8).collect::<Vec<_>>()));
+        for p in 0..8 {
+            let takers = hosts[1..]
+                .iter()
+                .filter(|h| offered_by(&state, h, "seed").contains(&p))
+                .count();
+            assert_eq!(takers, 1, "piece {p} offered to {takers} hosts");
+        }
+        // Pieces are spread over the hosts, not all given to one.
+        let busy = hosts[1..]
+            .iter()
+            .filter(|h| !offered_by(&state, h, "seed").is_empty())
+            .count();
+        assert!(busy >= 3, "only {busy} of 5 hosts get pieces from the seed");
+        assert!(state.view("t", &hosts[1]).unwrap().1 || busy < 5);
+    }
+
+    #[test]
+    fn once_a_host_holds_a_piece_the_others_get_it_from_that_host() {
+        let (mut state, hosts) = swarm(3, 4);
+        state.merge("t", "seed", &have(4, &[0, 1]));
+        let chosen = hosts[1..]
+            .iter()
+            .find(|h| offered_by(&state, h, "seed").contains(&0))
+            .unwrap()
+            .clone();
+        state.merge("t", &chosen.id, &have(4, &[0]));
+        for h in hosts[1..].iter().filter(|h| h.id != chosen.id) {
+            assert!(offered_by(&state, h, &chosen.id).contains(&0));
+            assert!(
+                !offered_by(&state, h, "seed").contains(&0),
+                "the seed still fetching should keep its upload for new pieces"
+            );
+        }
+        // A complete seed helps with every piece.
+        state.merge("t", "seed", &have(4, &[0, 1, 2, 3]));
+        let other = hosts[1..].iter().find(|h| h.id != chosen.id).unwrap();
+        assert!(offered_by(&state, other, "seed").contains(&0));
+    }
+
+    #[test]
+    fn a_piece_nobody_else_got_is_offered_to_everyone_after_a_while() {
+        let (mut state, hosts) = swarm(3, 4);
+        state.merge("t", "seed", &have(4, &[0]));
+        let entry = state.tasks.get_mut("t").unwrap();
+        entry.first_held[0] = Some(Instant::now() - SEED_EXCLUSIVE);
+        for h in &hosts[1..] {
+            assert_eq!(offered_by(&state, h, "seed"), vec![0]);
+        }
+    }
+
+    #[test]
+    fn a_host_is_never_its_own_parent_and_a_struck_host_is_offered_to_nobody() {
+        let (mut state, hosts) = swarm(3, 4);
+        let (h0, h1, h2) = (&hosts[1], &hosts[2], &hosts[3]);
+        state.merge("t", "h0", &have(4, &[0, 1]));
+        assert_eq!(offered_by(&state, h2, "h0"), vec![0, 1]);
+        let own = state.view("t", h0).unwrap().0;
+        assert!(own.parents.iter().all(|p| p.host_id != h0.id));
+        for _ in 0..MAX_STRIKES {
+            state.report("t", &h1.id, &h0.id, true);
+        }
+        assert!(offered_by(&state, h2, "h0").is_empty());
+    }
 }

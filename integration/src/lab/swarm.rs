@@ -127,9 +127,12 @@ pub struct Outcome {
     /// For the `corrupt-peer` fault: piece requests the corrupt peer answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub corrupt_peer_requests: Option<u64>,
-    /// For `shoal`: the largest peak RSS of the seed and the daemons.
+    /// For `shoal`: the largest peak RSS of the client daemons.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peak_rss_kib: Option<u64>,
+    /// For `shoal`: the seed's peak RSS (unless a fault killed it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed_peak_rss_kib: Option<u64>,
 }
 
 impl Outcome {
@@ -320,7 +323,7 @@ fn run_one(
         host_seconds.push(secs);
     }
     let mut by_source = BTreeMap::new();
-    let mut peak_rss = None;
+    let (mut peak_rss, mut seed_peak_rss) = (None, None);
     if scenario == Scenario::Shoal {
         for (i, d) in daemons.iter().enumerate() {
             if killed == Some(i) {
@@ -331,11 +334,9 @@ fn run_one(
                     d.metric(&format!("shoal_download_bytes_total{{source=\"{src}\"}}"));
             }
         }
-        peak_rss = daemons
-            .iter()
-            .chain(&seed)
-            .filter_map(|n| peak_rss_kib(n.svc.child.child.id()))
-            .max();
+        let rss = |n: &Node| peak_rss_kib(n.svc.child.child.id());
+        peak_rss = daemons.iter().filter_map(rss).max();
+        seed_peak_rss = seed.as_ref().and_then(rss);
     }
     drop((cache, scheduler, seed, daemons));
     for out in &outputs {
@@ -353,6 +354,7 @@ fn run_one(
         daemon_bytes_by_source: by_source,
         corrupt_peer_requests,
         peak_rss_kib: peak_rss,
+        seed_peak_rss_kib: seed_peak_rss,
     })
 }
 

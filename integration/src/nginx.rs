@@ -13,12 +13,26 @@ pub struct Nginx {
     _child: ChildGuard,
 }
 
-fn nginx_bin() -> PathBuf {
+/// Debian's nginx binary.
+pub fn nginx_bin() -> PathBuf {
     ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .iter()
         .map(PathBuf::from)
         .find(|p| p.exists())
         .expect("nginx is not installed: run scripts/setup.sh")
+}
+
+/// A whole nginx.conf: one process in the foreground, its pid, logs and temp files under `work`,
+/// and `http` (directives and server blocks) in the `http` block.
+pub fn config(work: &Path, http: &str) -> String {
+    let w = work.display();
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n\
+         client_body_temp_path {w}/tmp/body;\n  proxy_temp_path {w}/tmp/proxy;\n  fastcgi_temp_path {w}/tmp/fcgi;\n\
+         uwsgi_temp_path {w}/tmp/uwsgi;\n  scgi_temp_path {w}/tmp/scgi;\n{http}\n}}\n"
+    )
 }
 
 impl Nginx {
@@ -31,15 +45,9 @@ impl Nginx {
             .port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         std::fs::create_dir_all(work.join("tmp")).expect("nginx work dir");
-        let w = work.display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n\
-             client_body_temp_path {w}/tmp/body;\n  proxy_temp_path {w}/tmp/proxy;\n  fastcgi_temp_path {w}/tmp/fcgi;\n\
-             uwsgi_temp_path {w}/tmp/uwsgi;\n  scgi_temp_path {w}/tmp/scgi;\n\
-             server {{ listen {addr}; root {root}; }}\n}}\n",
-            root = root.display()
+        let conf = config(
+            work,
+            &format!("server {{ listen {addr}; root {}; }}", root.display()),
         );
         let conf_path = work.join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");

@@ -77,15 +77,30 @@ async fn eight_daemons_one_origin_fetch_and_pieces_shared_between_daemons() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn seed_killed_at_30_percent_everyone_completes() {
-    let size = 64 * MIB;
+/// A blob of `size` random bytes on an origin sending 16 MiB/s, so faults land mid-download.
+async fn slow_origin(size: usize) -> (bytes::Bytes, TestOrigin) {
     let data = random_bytes(size);
     let origin = TestOrigin::builder()
         .file("/blob", data.clone())
         .rate(16 * MIB as u64)
         .start()
         .await;
+    (data, origin)
+}
+
+/// Waits until the origin has sent `percent` % of `size` bytes.
+async fn origin_sent(origin: &TestOrigin, size: usize, percent: u64) {
+    let what = format!("{percent}% sent by the origin");
+    wait_until(Duration::from_secs(60), &what, || {
+        origin.bytes_sent() >= size as u64 * percent / 100
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_killed_at_30_percent_everyone_completes() {
+    let size = 64 * MIB;
+    let (data, origin) = slow_origin(size).await;
     let mut cluster = Cluster::builder()
         .daemons(3)
         .stall_timeout("2s")
@@ -93,10 +108,7 @@ async fn seed_killed_at_30_percent_everyone_completes() {
         .await;
     let mut seed = cluster.seed.take().unwrap();
     let kill = async {
-        wait_until(Duration::from_secs(60), "30% sent by the origin", || {
-            origin.bytes_sent() >= (size as u64) * 3 / 10
-        })
-        .await;
+        origin_sent(&origin, size, 30).await;
         seed.child.kill9();
     };
     let url = origin.url("/blob");
@@ -158,12 +170,7 @@ async fn scheduler_unreachable_everyone_completes_from_the_origin() {
 #[tokio::test(flavor = "multi_thread")]
 async fn scheduler_stopped_mid_run_everyone_completes() {
     let size = 48 * MIB;
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .rate(16 * MIB as u64)
-        .start()
-        .await;
+    let (data, origin) = slow_origin(size).await;
     let mut cluster = Cluster::builder()
         .daemons(3)
         .stall_timeout("2s")
@@ -171,10 +178,7 @@ async fn scheduler_stopped_mid_run_everyone_completes() {
         .await;
     let mut scheduler = cluster.scheduler.take().unwrap();
     let stop = async {
-        wait_until(Duration::from_secs(60), "30% sent by the origin", || {
-            origin.bytes_sent() >= (size as u64) * 3 / 10
-        })
-        .await;
+        origin_sent(&origin, size, 30).await;
         scheduler.kill9();
     };
     let url = origin.url("/blob");
@@ -185,12 +189,7 @@ async fn scheduler_stopped_mid_run_everyone_completes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn scheduler_restarted_mid_run_the_swarm_recovers() {
     let size = 48 * MIB;
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .rate(16 * MIB as u64)
-        .start()
-        .await;
+    let (data, origin) = slow_origin(size).await;
     let mut cluster = Cluster::builder()
         .daemons(3)
         .stall_timeout("5s")
@@ -199,10 +198,7 @@ async fn scheduler_restarted_mid_run_the_swarm_recovers() {
     let mut scheduler = cluster.scheduler.take().unwrap();
     let port = cluster.scheduler_port;
     let restart = async {
-        wait_until(Duration::from_secs(60), "30% sent by the origin", || {
-            origin.bytes_sent() >= (size as u64) * 3 / 10
-        })
-        .await;
+        origin_sent(&origin, size, 30).await;
         scheduler.kill9();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let mut cmd = shoal_integration::process::shoal();

@@ -40,8 +40,8 @@ enum Cmd {
             default_value = "direct,pullthrough,nginx,shoal"
         )]
         scenarios: Vec<Scenario>,
-        /// A fault for the shoal scenario: seed-kill[:FRACTION], parent-kill, origin-gone,
-        /// loss[:PERCENT], corrupt-peer.
+        /// A fault for the shoal scenario: `seed-kill[:FRACTION]`, `parent-kill`,
+        /// `origin-gone`, `loss[:PERCENT]`, `corrupt-peer`.
         #[arg(long)]
         fault: Option<Fault>,
         /// Also write the results as JSON here.

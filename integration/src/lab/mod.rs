@@ -361,6 +361,15 @@ pub fn namespaces() -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
+/// Whether process `pid` runs (a zombie, dead but not yet reaped, does not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
+}
+
 /// Removes the namespaces (and their processes) of lab runs whose process is gone.
 pub fn clean_stale() -> anyhow::Result<usize> {
     let mut removed = 0;
@@ -369,8 +378,7 @@ pub fn clean_stale() -> anyhow::Result<usize> {
             .split('-')
             .next()
             .and_then(|p| p.parse::<i32>().ok());
-        let alive = pid
-            .is_some_and(|p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok());
+        let alive = pid.is_some_and(running);
         if !alive {
             remove_ns(&ns);
             removed += 1;

@@ -122,27 +122,19 @@ pub fn registry(host: &Host, root: &Path, remote: Option<&str>) -> anyhow::Resul
 pub fn nginx_cache(host: &Host, upstream: &str) -> anyhow::Result<Service> {
     let w = host.dir.join("nginx");
     std::fs::create_dir_all(w.join("tmp"))?;
-    let w = w.display();
-    let conf = format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {w}/nginx.pid;\nerror_log {w}/error.log;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{\n  access_log off;\n  sendfile on;\n  tcp_nopush on;\n\
-         client_body_temp_path {w}/tmp/body;\n  proxy_temp_path {w}/tmp/proxy;\n  fastcgi_temp_path {w}/tmp/fcgi;\n\
-         uwsgi_temp_path {w}/tmp/uwsgi;\n  scgi_temp_path {w}/tmp/scgi;\n\
-         proxy_cache_path {w}/cache levels=1:2 keys_zone=lab:10m max_size=64g inactive=1h use_temp_path=off;\n\
+    let http = format!(
+        "proxy_cache_path {w}/cache levels=1:2 keys_zone=lab:10m max_size=64g inactive=1h use_temp_path=off;\n\
          server {{\n    listen {ip}:{NGINX_PORT};\n    location / {{\n\
          proxy_pass {upstream};\n      proxy_http_version 1.1;\n      proxy_cache lab;\n\
          proxy_cache_valid 200 1h;\n      proxy_cache_lock on;\n      proxy_cache_lock_timeout 1h;\n\
-         proxy_cache_lock_age 1h;\n    }}\n  }}\n}}\n",
+         proxy_cache_lock_age 1h;\n    }}\n  }}",
+        w = w.display(),
         ip = host.ip,
     );
+    let conf = crate::nginx::config(&w, &http);
     let path = host.dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .context("nginx is not installed: run scripts/setup.sh")?;
-    let mut cmd = host.command(nginx);
+    let mut cmd = host.command(crate::nginx::nginx_bin());
     cmd.arg("-c")
         .arg(&path)
         .arg("-e")

@@ -144,10 +144,15 @@ pub fn nginx_cache(host: &Host, upstream: &str) -> anyhow::Result<Service> {
     Ok(svc)
 }
 
+/// Shoal's log filter in the lab: `SHOAL_LOG` of the lab command, else `info`.
+fn log_level() -> String {
+    std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into())
+}
+
 /// `shoal scheduler` on `host`.
 pub fn scheduler(host: &Host) -> anyhow::Result<Service> {
     let mut cmd = host.command(shoal_bin());
-    cmd.env("SHOAL_LOG", "info")
+    cmd.env("SHOAL_LOG", log_level())
         .arg("scheduler")
         .arg("--listen")
         .arg(format!("{}:{SCHEDULER_PORT}", host.ip))
@@ -179,7 +184,7 @@ impl Node {
             ),
         )?;
         let mut cmd = host.command(shoal_bin());
-        cmd.env("SHOAL_LOG", "info")
+        cmd.env("SHOAL_LOG", log_level())
             .arg(if seed { "seed" } else { "daemon" })
             .arg("--config")
             .arg(&config)

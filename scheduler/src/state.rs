@@ -138,8 +138,15 @@ struct SeedOffer {
 }
 
 impl TaskEntry {
-    /// Which of the seeds' pieces `host` is offered, so that a seed's upload carries each piece
-    /// about once and the hosts pass it on among themselves:
+    /// Whether `id` fetches the task from the origin for the swarm: a seed, or the peer the
+    /// scheduler sent to the origin (after a seed died, or with no seed at all).
+    fn is_source(&self, id: &String, hosts: &BTreeMap<String, Attached>) -> bool {
+        hosts.get(id).is_some_and(|a| a.host.seed) || self.fetcher.as_ref() == Some(id)
+    }
+
+    /// Which of the sources' pieces `host` is offered (sources: seeds, and the peer fetching from
+    /// the origin for the swarm), so that a source's upload carries each piece about once and the
+    /// hosts pass it on among themselves:
     /// * a piece no other host holds goes to one host, chosen per piece by rendezvous hashing
     ///   among the hosts still downloading; every host is offered it once it has been held for
     ///   [`SEED_EXCLUSIVE`] with nobody else holding it (the chosen host may be slow);
@@ -152,13 +159,13 @@ impl TaskEntry {
         usable: impl Fn(&String, &Holder) -> bool,
     ) -> SeedOffer {
         let n = self.piece_count();
-        let is_seed = |id: &String| hosts.get(id).is_some_and(|a| a.host.seed);
+        let is_source = |id: &String| self.is_source(id, hosts);
         let mut others = Bitmap::new(n);
         let mut seeds = Bitmap::new(n);
         let mut seed_complete = false;
         let mut downloaders: Vec<&str> = Vec::new();
         for (id, h) in &self.holders {
-            if is_seed(id) {
+            if is_source(id) {
                 if h.strikes < MAX_STRIKES && hosts.contains_key(id) {
                     seeds.union(&h.bitmap);
                     seed_complete |= h.bitmap.is_full();
@@ -409,7 +416,6 @@ impl State {
                 && me.is_none_or(|m| !m.avoid.contains(id))
                 && self.hosts.contains_key(id)
         };
-        let is_seed = |id: &String| self.hosts.get(id).is_some_and(|a| a.host.seed);
         let offer = entry.seed_offer(&host.id, &self.hosts, |id, h| usable(id, h));
         let mut parents: Vec<(i64, Parent)> = entry
             .holders
@@ -417,7 +423,7 @@ impl State {
             .filter(|(id, h)| usable(id, h))
             .filter_map(|(id, h)| {
                 let attached = self.hosts.get(id)?;
-                let bitmap = if is_seed(id) {
+                let bitmap = if entry.is_source(id, &self.hosts) {
                     let mut b = Bitmap::from_bytes(h.bitmap.as_bytes(), n);
                     b.intersect(&offer.pieces);
                     b
@@ -607,5 +613,22 @@ mod tests {
             state.report("t", &h1.id, &h0.id, true);
         }
         assert!(offered_by(&state, h2, "h0").is_empty());
+    }
+
+    #[test]
+    fn the_peer_sent_to_the_origin_offers_its_new_pieces_like_a_seed() {
+        let (mut state, hosts) = swarm(4, 8);
+        // The seed dies; a peer is sent to the origin.
+        state.hosts.remove("seed");
+        let fetcher = &hosts[1];
+        assert!(state.plan("t", Some(&fetcher.id)).back_to_source_peer);
+        state.merge("t", &fetcher.id, &have(8, &[0, 1, 2, 3]));
+        for p in 0..4 {
+            let takers = hosts[2..]
+                .iter()
+                .filter(|h| offered_by(&state, h, &fetcher.id).contains(&p))
+                .count();
+            assert_eq!(takers, 1, "piece {p} offered to {takers} hosts");
+        }
     }
 }

@@ -462,6 +462,14 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A layout of 4 MiB pieces, whatever the default rule.
+    fn layout4(content_length: u64) -> Layout {
+        Layout {
+            content_length,
+            piece_length: 4 << 20,
+        }
+    }
     use url::Url;
 
     fn task(u: &str) -> TaskId {
@@ -485,7 +493,7 @@ mod tests {
     fn resume_keeps_recorded_pieces_and_drops_corrupt_ones() {
         let dir = tempfile::tempdir().unwrap();
         let id = task("http://h/f");
-        let layout = Layout::for_length(10 << 20);
+        let layout = layout4(10 << 20);
         {
             let store = Store::open(dir.path()).unwrap();
             let st = store.open_task(&id, "http://h/f", layout).unwrap();
@@ -512,10 +520,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = task("http://h/g");
-        let l1 = Layout::for_length(5 << 20);
+        let l1 = layout4(5 << 20);
         store.open_task(&id, "u", l1).unwrap();
         write(&store, &id, l1, 0, 7);
-        let l2 = Layout::for_length(6 << 20);
+        let l2 = layout4(6 << 20);
         let st = store.open_task(&id, "u", l2).unwrap();
         assert_eq!(st.missing().count(), 2);
         assert_eq!(fs::metadata(store.data_path(&id)).unwrap().len(), 6 << 20);
@@ -528,7 +536,7 @@ mod tests {
     fn unclean_stop_reverifies_recently_completed_tasks() {
         let dir = tempfile::tempdir().unwrap();
         let id = task("http://h/u");
-        let layout = Layout::for_length(6 << 20);
+        let layout = layout4(6 << 20);
         {
             let store = Store::open(dir.path()).unwrap();
             store.open_task(&id, "u", layout).unwrap();
@@ -578,7 +586,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = task("http://h/c");
-        let layout = Layout::for_length(100);
+        let layout = layout4(100);
         store.open_task(&id, "http://h/c", layout).unwrap();
         write(&store, &id, layout, 0, 9);
         let d = Digest::piece(&[9u8; 100]);

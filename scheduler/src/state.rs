@@ -492,7 +492,8 @@ mod tests {
     use super::*;
     use shoal_p2p::proto::PieceDigest;
 
-    const PIECE: u64 = 4 << 20;
+    /// Small tasks have pieces of the minimum length.
+    const PIECE: u64 = shoal_p2p::piece::MIN_PIECE_LENGTH;
 
     fn host(id: &str, seed: bool) -> Host {
         Host {

@@ -3,8 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use shoal_p2p::{DaemonConfig, Digest};
+use shoal_p2p::api::GetRequest;
+use shoal_p2p::get::{GetOptions, Output};
+use shoal_p2p::{DaemonConfig, Digest, daemon};
 use shoal_scheduler::SchedulerConfig;
 
 #[derive(Parser)]
@@ -45,6 +48,19 @@ pub struct StatusArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+impl StatusArgs {
+    /// The daemon's socket: `--socket`, else the one in the data directory.
+    pub fn socket(&self) -> PathBuf {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(daemon::default_data_dir);
+        self.socket
+            .clone()
+            .unwrap_or_else(|| daemon::socket_in(&data_dir))
+    }
 }
 
 #[derive(Args)]
@@ -153,4 +169,40 @@ pub struct GetArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+impl GetArgs {
+    /// The download the command line asks for.
+    pub fn options(self) -> anyhow::Result<GetOptions> {
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| {
+                h.split_once(':')
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            })
+            .collect::<Option<Vec<_>>>()
+            .context("--header must look like 'Name: value'")?;
+        let data_dir = self.data_dir.unwrap_or_else(daemon::default_data_dir);
+        Ok(GetOptions {
+            socket: self.socket.unwrap_or_else(|| daemon::socket_in(&data_dir)),
+            data_dir,
+            output: if self.output.as_os_str() == "-" {
+                Output::Stdout
+            } else {
+                Output::File(self.output)
+            },
+            progress: !self.quiet,
+            origin: Default::default(),
+            request: GetRequest {
+                url: self.url,
+                headers,
+                tag: self.tag,
+                application: self.application,
+                filtered_query_params: self.filtered_query_params,
+                digest: self.digest,
+                output: None,
+            },
+        })
+    }
 }

@@ -11,8 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use cli::{Cli, Command, GetArgs, StatusArgs};
 use prometheus_client::registry::Registry;
-use shoal_p2p::get::{GetOptions, Output};
-use shoal_p2p::{Daemon, DaemonConfig, admin, api::GetRequest, daemon};
+use shoal_p2p::{Daemon, DaemonConfig, admin};
 use shoal_scheduler::{Scheduler, SchedulerConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -131,9 +130,9 @@ async fn signal_shutdown(token: CancellationToken) {
 }
 
 async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
-    let data_dir = args.data_dir.unwrap_or_else(daemon::default_data_dir);
-    let socket = args.socket.unwrap_or_else(|| daemon::socket_in(&data_dir));
-    let status = shoal_p2p::api::LocalClient::new(socket).status().await?;
+    let status = shoal_p2p::api::LocalClient::new(args.socket())
+        .status()
+        .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -143,36 +142,7 @@ async fn run_status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 async fn run_get(args: GetArgs) -> anyhow::Result<ExitCode> {
-    let headers = args
-        .headers
-        .iter()
-        .map(|h| {
-            h.split_once(':')
-                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        })
-        .collect::<Option<Vec<_>>>()
-        .context("--header must look like 'Name: value'")?;
-    let data_dir = args.data_dir.unwrap_or_else(daemon::default_data_dir);
-    let opts = GetOptions {
-        socket: args.socket.unwrap_or_else(|| daemon::socket_in(&data_dir)),
-        data_dir,
-        output: if args.output.as_os_str() == "-" {
-            Output::Stdout
-        } else {
-            Output::File(args.output)
-        },
-        progress: !args.quiet,
-        origin: Default::default(),
-        request: GetRequest {
-            url: args.url,
-            headers,
-            tag: args.tag,
-            application: args.application,
-            filtered_query_params: args.filtered_query_params,
-            digest: args.digest,
-            output: None,
-        },
-    };
+    let opts = args.options()?;
     match shoal_p2p::get::get(opts).await {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(failure) => {

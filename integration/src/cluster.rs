@@ -35,6 +35,17 @@ pub fn node_config(
     )
 }
 
+/// `shoal scheduler` on `127.0.0.1:port` (metrics on an ephemeral port).
+pub fn scheduler_command(port: u16) -> Command {
+    let mut cmd = shoal();
+    cmd.arg("scheduler")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--metrics-addr")
+        .arg("127.0.0.1:0");
+    cmd
+}
+
 /// One `shoal` process of the cluster.
 pub struct Node {
     pub name: String,
@@ -148,13 +159,7 @@ impl Cluster {
 
     /// (Re)starts the scheduler on its port.
     pub async fn start_scheduler(&mut self) {
-        let mut cmd = shoal();
-        cmd.arg("scheduler")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.scheduler_port))
-            .arg("--metrics-addr")
-            .arg("127.0.0.1:0");
-        self.scheduler = Some(ChildGuard::spawn(cmd));
+        self.scheduler = Some(ChildGuard::spawn(scheduler_command(self.scheduler_port)));
         let port = self.scheduler_port;
         wait_until(Duration::from_secs(20), "scheduler to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use shoal_integration::cluster::Cluster;
+use shoal_integration::cluster::{Cluster, scheduler_command};
 use shoal_integration::fakepeer::CorruptPeer;
 use shoal_integration::origin::TestOrigin;
 use shoal_integration::process::wait_until;
@@ -201,13 +201,7 @@ async fn scheduler_restarted_mid_run_the_swarm_recovers() {
         origin_sent(&origin, size, 30).await;
         scheduler.kill9();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut cmd = shoal_integration::process::shoal();
-        cmd.arg("scheduler")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--metrics-addr")
-            .arg("127.0.0.1:0");
-        shoal_integration::process::ChildGuard::spawn(cmd)
+        shoal_integration::process::ChildGuard::spawn(scheduler_command(port))
     };
     let url = origin.url("/blob");
     let (results, _new_scheduler) = tokio::join!(cluster.get_all(&url), restart);

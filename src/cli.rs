@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use shoal_mirror::ProxyConfig;
 use shoal_p2p::api::GetRequest;
 use shoal_p2p::get::{GetOptions, Output};
 use shoal_p2p::{DaemonConfig, Digest, daemon};
@@ -35,6 +36,45 @@ pub enum Command {
     Get(GetArgs),
     /// The local daemon: its schedulers, its tasks, the bytes it got from origin / peers / cache.
     Status(StatusArgs),
+    /// Creates Shoal's CA for HTTPS hijack (if missing) and prints how to trust it.
+    Ca(CaArgs),
+}
+
+#[derive(Args)]
+pub struct CaArgs {
+    /// The daemon's TOML config file (its `[proxy.hijack]` may name the CA files).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The daemon's data directory (the CA goes to `<data_dir>/ca/` by default).
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl CaArgs {
+    /// The CA's certificate and key files.
+    pub fn paths(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let (daemon, proxy) = read_configs(self.config.as_deref())?;
+        let data_dir = self.data_dir.clone().unwrap_or(daemon.data_dir);
+        let (cert, key) = shoal_mirror::default_ca_paths(&data_dir);
+        Ok((
+            proxy.hijack.ca_cert.unwrap_or(cert),
+            proxy.hijack.ca_key.unwrap_or(key),
+        ))
+    }
+}
+
+/// The daemon config file's two parts (defaults without a file).
+fn read_configs(path: Option<&std::path::Path>) -> anyhow::Result<(DaemonConfig, ProxyConfig)> {
+    let Some(path) = path else {
+        return Ok((DaemonConfig::default(), ProxyConfig::default()));
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
+    let daemon =
+        DaemonConfig::from_toml(&text).with_context(|| format!("config {}", path.display()))?;
+    let proxy = ProxyConfig::from_daemon_toml(&text)
+        .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+    Ok((daemon, proxy))
 }
 
 #[derive(Args)]
@@ -86,15 +126,18 @@ pub struct DaemonArgs {
     /// Overrides `swarm.host_id`.
     #[arg(long)]
     pub host_id: Option<String>,
+    /// Overrides `proxy.listen` (the registry mirror and HTTP(S) proxy).
+    #[arg(long)]
+    pub proxy_listen: Option<SocketAddr>,
 }
 
 impl DaemonArgs {
-    /// The config file (or defaults) with the command line's overrides, validated.
-    pub fn config(self, seed: bool) -> anyhow::Result<DaemonConfig> {
-        let mut c = match &self.config {
-            Some(path) => DaemonConfig::load(path)?,
-            None => DaemonConfig::default(),
-        };
+    /// The config file (or defaults) with the command line's overrides, validated; the proxy's
+    /// part is `None` when it is off (always for a seed).
+    pub fn config(self, seed: bool) -> anyhow::Result<(DaemonConfig, Option<ProxyConfig>)> {
+        let (mut c, mut proxy) = read_configs(self.config.as_deref())?;
+        proxy.listen = self.proxy_listen.unwrap_or(proxy.listen);
+        let proxy = (proxy.enabled && !seed).then_some(proxy);
         c.data_dir = self.data_dir.unwrap_or(c.data_dir);
         c.metrics_addr = self.metrics_addr.unwrap_or(c.metrics_addr);
         c.socket = self.socket.or(c.socket);
@@ -104,7 +147,7 @@ impl DaemonArgs {
         c.swarm.upload_addr = self.upload_addr.unwrap_or(c.swarm.upload_addr);
         c.swarm.host_id = self.host_id.or(c.swarm.host_id);
         c.swarm.seed |= seed;
-        Ok(c.validate()?)
+        Ok((c.validate()?, proxy))
     }
 }
 

@@ -9,15 +9,19 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use cli::{Cli, Command, GetArgs, StatusArgs};
+use cli::{CaArgs, Cli, Command, GetArgs, StatusArgs};
 use prometheus_client::registry::Registry;
+use shoal_mirror::{Ca, Proxy, ProxyConfig};
 use shoal_p2p::{Daemon, DaemonConfig, admin};
 use shoal_scheduler::{Scheduler, SchedulerConfig};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(cli.command, Command::Get(_) | Command::Status(_));
+    let quiet = matches!(
+        cli.command,
+        Command::Get(_) | Command::Status(_) | Command::Ca(_)
+    );
     init_tracing(if quiet { "warn" } else { "info" });
     shoal_p2p::install_crypto_provider();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime starts");
@@ -35,12 +39,16 @@ fn main() -> ExitCode {
                     listen: args.scheduler_listen,
                     ..Default::default()
                 };
-                run_node(Some(scheduler), Some(daemon.config(true)?), None, shutdown).await
+                // The one daemon of `up` is the seed too, and still serves the mirror.
+                let (mut node, proxy) = daemon.config(false)?;
+                node.swarm.seed = true;
+                run_node(Some(scheduler), Some((node, proxy)), None, shutdown).await
             }
             Command::Daemon(args) => {
                 run_node(None, Some(args.config(false)?), None, shutdown).await
             }
             Command::Seed(args) => run_node(None, Some(args.config(true)?), None, shutdown).await,
+            Command::Ca(args) => run_ca(args),
             Command::Scheduler(args) => {
                 run_node(
                     Some(args.config()?),
@@ -73,7 +81,7 @@ fn init_tracing(default: &str) {
 /// Runs a scheduler, a daemon, or both in one process, with one metrics endpoint.
 async fn run_node(
     scheduler: Option<SchedulerConfig>,
-    daemon: Option<DaemonConfig>,
+    daemon: Option<(DaemonConfig, Option<ProxyConfig>)>,
     metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -89,12 +97,22 @@ async fn run_node(
     }
     let metrics_addr = daemon
         .as_ref()
-        .map(|d| d.metrics_addr)
+        .map(|(d, _)| d.metrics_addr)
         .or(metrics_addr)
         .context("no metrics address")?;
-    if let Some(config) = daemon {
+    if let Some((config, proxy)) = daemon {
+        let data_dir = config.data_dir.clone();
         let daemon = Daemon::build(config, &mut registry).await?;
         let socket = daemon.bind_socket().await?;
+        if let Some(proxy) = proxy {
+            let proxy = Proxy::new(proxy, &data_dir, daemon.downloader().clone(), &mut registry)?;
+            let listener = proxy.bind().await?;
+            let stop = shutdown.clone().cancelled_owned();
+            tasks.spawn(async move {
+                proxy.serve(listener, stop).await;
+                Ok(())
+            });
+        }
         let stop = shutdown.clone().cancelled_owned();
         tasks.spawn(async move { daemon.serve(socket, stop).await.context("daemon") });
     }
@@ -127,6 +145,24 @@ async fn signal_shutdown(token: CancellationToken) {
     }
     tracing::info!("shutting down");
     token.cancel();
+}
+
+/// `shoal ca`: makes the CA when missing, and says how to trust it.
+fn run_ca(args: CaArgs) -> anyhow::Result<()> {
+    let (cert, key) = args.paths()?;
+    let (_, created) = Ca::load_or_create(&cert, &key)?;
+    let cert = cert.display();
+    println!(
+        "{} CA certificate: {cert}\n\
+         Clients of the HTTPS hijack (proxy.hijack.hosts) must trust it:\n\
+         \x20 Docker, per registry:  mkdir -p /etc/docker/certs.d/<registry>[:port] && cp {cert} /etc/docker/certs.d/<registry>[:port]/ca.crt\n\
+         \x20 the system store:      cp {cert} /usr/local/share/ca-certificates/shoal.crt && update-ca-certificates\n\
+         and reach the registry through the proxy: HTTPS_PROXY=http://127.0.0.1:4001 (dockerd: a systemd drop-in).\n\
+         The key ({}) stays on this host, readable only by its owner.",
+        if created { "Created the" } else { "The" },
+        key.display()
+    );
+    Ok(())
 }
 
 async fn run_status(args: StatusArgs) -> anyhow::Result<()> {

@@ -20,7 +20,7 @@ pub fn free_port() -> u16 {
 
 /// A node's config file: its store, one scheduler, where it serves pieces, its host id, and how
 /// long it waits for news from the swarm before going to the origin. Origin retries are short,
-/// for tests. Ends inside the `[swarm]` table, so a caller may append swarm settings.
+/// for tests; the registry mirror listens on an ephemeral port. Ends inside the `[swarm]` table, so a caller may append swarm settings.
 pub fn node_config(
     store: &Path,
     scheduler: &str,
@@ -30,6 +30,7 @@ pub fn node_config(
 ) -> String {
     format!(
         "data_dir = {store:?}\n[origin]\nretries = 2\nretry_backoff = \"50ms\"\n\
+         [proxy]\nlisten = \"127.0.0.1:0\"\n\
          [swarm]\nschedulers = [{scheduler:?}]\nupload_addr = {upload_addr:?}\n\
          host_id = {host_id:?}\nstall_timeout = {stall_timeout:?}\n"
     )

@@ -23,7 +23,9 @@ fn start_daemon(data_dir: &Path, metrics_port: u16) -> ChildGuard {
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--metrics-addr")
-        .arg(format!("127.0.0.1:{metrics_port}"));
+        .arg(format!("127.0.0.1:{metrics_port}"))
+        .arg("--proxy-listen")
+        .arg("127.0.0.1:0");
     ChildGuard::spawn(cmd)
 }
 

@@ -1,5 +1,24 @@
 //! `shoal-mirror`: the registry mirror and HTTP(S) proxy on every node (port 4001).
 //!
-//! It will own `/v2/` mirror mode (containerd `hosts.toml`, Docker `registry-mirrors`), the forward
-//! proxy with CONNECT and HTTPS hijack, auth passthrough, and the turning of blob GETs into swarm
-//! tasks. Nothing is implemented yet: this crate exports no API.
+//! * **Mirror mode**: `/v2/…` requests with no host (containerd `hosts.toml`, also as the
+//!   catch-all `_default`; Docker `registry-mirrors`). The upstream is `X-Dragonfly-Registry`,
+//!   else containerd's `?ns=`, else `proxy.default_registry`.
+//! * **Forward proxy**: absolute-URL requests, and `CONNECT`, tunnelled untouched unless the
+//!   target matches `proxy.hijack.hosts`: then TLS ends here with a certificate from Shoal's CA
+//!   ([`Ca`]) and the requests inside are handled like the others.
+//! * A GET of `/v2/<name>/blobs/sha256:<hex>` becomes a swarm task (its id is the digest) once
+//!   the registry accepted the client's own credentials for it (a HEAD, cached briefly per
+//!   credential and resource): a blob held in the swarm is never served to a client that could
+//!   not read it from the registry. The credentials travel with the task in memory only.
+//!   Everything else goes to the upstream as it is, with the upstream's `Host`.
+
+pub mod ca;
+pub mod config;
+mod metrics;
+mod proxy;
+mod route;
+mod server;
+
+pub use ca::{Ca, CaError};
+pub use config::ProxyConfig;
+pub use server::{Proxy, ProxyError, default_ca_paths};

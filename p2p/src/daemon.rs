@@ -73,9 +73,15 @@ impl DaemonConfig {
         Self::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
+    /// Parses a daemon config file. Its `[proxy]` table belongs to the registry mirror
+    /// (`shoal-mirror`), which reads the same file; it is skipped here.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let config: DaemonConfig =
+        let mut table: toml::Table =
             toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        table.remove("proxy");
+        let config: DaemonConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;
         config.validate()
     }
 

@@ -139,6 +139,10 @@ impl Downloader {
         &self.metrics
     }
 
+    pub(crate) fn holdings(&self) -> &Holdings {
+        &self.holdings
+    }
+
     /// Makes the task for `req` complete in the store, from the cache or the origin, and
     /// returns where its content is. Concurrent calls for one task share the work.
     #[tracing::instrument(skip_all, fields(task))]

@@ -5,6 +5,7 @@
 //! * [`Store`] keeps task content and per-piece digests under one data directory, crash-safe.
 //! * [`Origin`] fetches from HTTP(S) origins: stat, ranges, redirects, timeouts, retries.
 //! * [`Downloader`] is the pipeline from a URL to a complete, verified task in the store.
+//! * [`Downloader::read`] streams a task's bytes while it downloads ([`reader`]).
 //! * [`daemon`] is the node daemon: the local API on a unix socket, `/healthz` and `/metrics`.
 //!
 //! ```no_run
@@ -35,10 +36,12 @@ mod fetch;
 pub mod get;
 pub mod id;
 pub mod metrics;
+pub mod net;
 pub mod origin;
 pub mod output;
 pub mod piece;
 pub mod proto;
+pub mod reader;
 pub mod store;
 pub mod swarm;
 pub mod upload;

@@ -27,29 +27,57 @@ const BLOCK: usize = 256 << 10;
 /// Connections open at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 1024;
 
-/// Pieces of unfinished tasks this host holds (complete tasks are known to the store).
-#[derive(Default)]
+/// Pieces of unfinished tasks this host holds (complete tasks are known to the store). Local
+/// readers [`subscribe`](Holdings::subscribe) to learn when a piece arrives.
 pub struct Holdings {
     active: Mutex<HashMap<TaskId, Bitmap>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Holdings {
+    fn default() -> Self {
+        Holdings {
+            active: Mutex::default(),
+            changed: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 impl Holdings {
     pub fn start(&self, id: &TaskId, have: Bitmap) {
         self.lock().insert(id.clone(), have);
+        self.bump();
     }
 
     pub fn add(&self, id: &TaskId, n: u32) {
         if let Some(b) = self.lock().get_mut(id) {
             b.set(n);
         }
+        self.bump();
     }
 
     pub fn stop(&self, id: &TaskId) {
         self.lock().remove(id);
+        self.bump();
     }
 
-    fn has(&self, id: &TaskId, n: u32) -> bool {
+    /// Whether piece `n` of the unfinished task `id` is stored here.
+    pub fn has(&self, id: &TaskId, n: u32) -> bool {
         self.lock().get(id).is_some_and(|b| b.get(n))
+    }
+
+    /// Whether `id` is downloading here.
+    pub fn is_active(&self, id: &TaskId) -> bool {
+        self.lock().contains_key(id)
+    }
+
+    /// Changes on every start, stored piece and stop (of any task).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, Bitmap>> {
@@ -79,39 +107,39 @@ pub async fn serve(
         slots: Arc::new(Semaphore::new(slots)),
         metrics,
     });
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            p = connections.clone().acquire_owned() => p.expect("never closed"),
-            () = &mut shutdown => return,
-        };
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = &mut shutdown => return,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // Out of file descriptors and the like: back off, never stop serving.
-                tracing::warn!(error = %e, "upload accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    crate::net::accept_loop(listener, MAX_CONNECTIONS, "upload", shutdown, |stream| {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        async move {
             let svc = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
-        });
-    }
+        }
+    })
+    .await;
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Reads `range` of `file` in blocks of 256 KiB, handing each to `send` until it returns false
+/// or a read fails (the error is handed on too). Blocking: call it off the async threads.
+pub(crate) fn read_blocks(
+    file: &std::fs::File,
+    range: std::ops::Range<u64>,
+    mut send: impl FnMut(std::io::Result<Bytes>) -> bool,
+) {
+    let mut pos = range.start;
+    while pos < range.end {
+        let len = BLOCK.min((range.end - pos) as usize);
+        let mut buf = vec![0u8; len];
+        let read = file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf));
+        let failed = read.is_err();
+        if !send(read) || failed {
+            return;
+        }
+        pos += len as u64;
+    }
+}
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     Response::builder()
@@ -169,29 +197,24 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>,
         Err(_) => return Ok(plain(StatusCode::NOT_FOUND, "piece not here\n")),
     };
     let range = layout.range(n);
+    let length = range.end - range.start;
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(2);
     let metrics = ctx.metrics.clone();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let mut pos = range.start;
-        while pos < range.end {
-            let len = BLOCK.min((range.end - pos) as usize);
-            let mut buf = vec![0u8; len];
-            let read = file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf));
-            let failed = read.is_err();
-            if tx.blocking_send(read).is_err() || failed {
-                return;
+        read_blocks(&file, range.clone(), |block| {
+            if let Ok(b) = &block {
+                metrics.upload_bytes.inc_by(b.len() as u64);
             }
-            metrics.upload_bytes.inc_by(len as u64);
-            pos += len as u64;
-        }
+            tx.blocking_send(block).is_ok()
+        });
     });
     let frames = futures_util::stream::poll_fn(move |cx| {
         rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data)))
     });
     Ok(Response::builder()
         .status(StatusCode::OK)
-        .header(http::header::CONTENT_LENGTH, range.end - range.start)
+        .header(http::header::CONTENT_LENGTH, length)
         .body(BodyExt::boxed(StreamBody::new(frames)))
         .expect("valid response"))
 }

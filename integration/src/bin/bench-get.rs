@@ -184,6 +184,8 @@ async fn main() -> anyhow::Result<()> {
             .arg("--data-dir")
             .arg(dd(i))
             .arg("--metrics-addr")
+            .arg("127.0.0.1:0")
+            .arg("--proxy-listen")
             .arg("127.0.0.1:0");
         *daemon.borrow_mut() = Some(ChildGuard::spawn(cmd));
         let socket = dd(i).join("shoal.sock");

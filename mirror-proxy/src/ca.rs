@@ -1,0 +1,213 @@
+//! Shoal's certificate authority for HTTPS hijack: a CA (made here, or the user's own) signs a
+//! leaf certificate per hijacked host, minted on first use and kept in memory.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// Leaf configs kept at most; the cache starts over when full.
+const MAX_LEAVES: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+    #[error("certificate for {host:?}: {detail}")]
+    Leaf { host: String, detail: String },
+}
+
+/// The CA and the leaf certificates it signed.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    cert_der: CertificateDer<'static>,
+    leaves: Mutex<HashMap<String, Arc<ServerConfig>>>,
+}
+
+impl Ca {
+    /// Loads the CA at `cert` / `key` (PEM), creating both first when neither exists.
+    /// Returns whether it was created.
+    pub fn load_or_create(cert: &Path, key: &Path) -> Result<(Ca, bool), CaError> {
+        let created = match (cert.exists(), key.exists()) {
+            (false, false) => {
+                create(cert, key)?;
+                true
+            }
+            (true, true) => false,
+            (true, false) => return Err(missing(key, cert)),
+            (false, true) => return Err(missing(cert, key)),
+        };
+        Ok((Ca::load(cert, key)?, created))
+    }
+
+    /// Loads an existing CA.
+    pub fn load(cert: &Path, key: &Path) -> Result<Ca, CaError> {
+        let read = |p: &Path| {
+            fs::read_to_string(p).map_err(|source| CaError::Io {
+                what: "read",
+                path: p.into(),
+                source,
+            })
+        };
+        let invalid = |p: &Path, e: rcgen::Error| CaError::Invalid {
+            path: p.into(),
+            detail: e.to_string(),
+        };
+        let key_pair = KeyPair::from_pem(&read(key)?).map_err(|e| invalid(key, e))?;
+        let cert_pem = read(cert)?;
+        let der =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| CaError::Invalid {
+                path: cert.into(),
+                detail: format!("no PEM certificate in it: {e}"),
+            })?;
+        let issuer = Issuer::from_ca_cert_der(&der, key_pair).map_err(|e| invalid(cert, e))?;
+        Ok(Ca {
+            issuer,
+            cert_der: der,
+            leaves: Mutex::default(),
+        })
+    }
+
+    /// A TLS server config presenting a certificate for `host` (a DNS name or an IP address),
+    /// offering HTTP/2 and HTTP/1.1.
+    pub fn server_config(&self, host: &str) -> Result<Arc<ServerConfig>, CaError> {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if let Some(c) = self.leaves().get(host) {
+            return Ok(c.clone());
+        }
+        let leaf_err = |detail: String| CaError::Leaf {
+            host: host.to_string(),
+            detail,
+        };
+        let mut params =
+            CertificateParams::new(vec![host.to_string()]).map_err(|e| leaf_err(e.to_string()))?;
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, host);
+        params.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().map_err(|e| leaf_err(e.to_string()))?;
+        let leaf = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| leaf_err(e.to_string()))?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let mut config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone(), self.cert_der.clone()], key_der)
+            .map_err(|e| leaf_err(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        let mut leaves = self.leaves();
+        if leaves.len() >= MAX_LEAVES {
+            leaves.clear();
+        }
+        leaves.insert(host.to_string(), config.clone());
+        Ok(config)
+    }
+
+    fn leaves(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ServerConfig>>> {
+        self.leaves.lock().expect("leaf cache lock")
+    }
+}
+
+fn missing(absent: &Path, present: &Path) -> CaError {
+    CaError::Invalid {
+        path: absent.into(),
+        detail: format!(
+            "missing, but {} exists: give both files or neither",
+            present.display()
+        ),
+    }
+}
+
+/// Makes a CA: an ECDSA P-256 key (mode 0600) and a self-signed certificate allowed to sign
+/// certificates (`basicConstraints=CA:TRUE`).
+fn create(cert: &Path, key: &Path) -> Result<(), CaError> {
+    let err = |e: rcgen::Error| CaError::Invalid {
+        path: cert.into(),
+        detail: e.to_string(),
+    };
+    let key_pair = KeyPair::generate().map_err(err)?;
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let name = format!(
+        "Shoal CA {}",
+        fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim()
+    );
+    params.distinguished_name.push(DnType::CommonName, name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Shoal");
+    let ca = params.self_signed(&key_pair).map_err(err)?;
+    write(key, key_pair.serialize_pem().as_bytes(), 0o600)?;
+    write(cert, ca.pem().as_bytes(), 0o644)
+}
+
+fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
+    let io = |what, source| CaError::Io {
+        what,
+        path: path.into(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| io("create directory for", e))?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| io("create", e))?;
+    f.write_all(data).map_err(|e| io("write", e))?;
+    f.sync_all().map_err(|e| io("sync", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_loads_and_signs() {
+        shoal_p2p::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+        let (ca, created) = Ca::load_or_create(&cert, &key).unwrap();
+        assert!(created);
+        let mode = fs::metadata(&key).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        let a = ca.server_config("registry.example").unwrap();
+        let b = ca.server_config("registry.example").unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "leaves are cached");
+        ca.server_config("127.0.0.1").unwrap();
+        ca.server_config("[::1]").unwrap();
+        let (_, created) = Ca::load_or_create(&cert, &key).unwrap();
+        assert!(!created, "an existing CA is kept");
+        fs::remove_file(&key).unwrap();
+        let e = Ca::load_or_create(&cert, &key).err().unwrap().to_string();
+        assert!(e.contains("neither"), "{e}");
+    }
+}

@@ -1,0 +1,226 @@
+//! The `[proxy]` table of the daemon's config.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use url::Url;
+
+/// The mirror and proxy's settings. Every field has a default.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Serve the mirror and proxy at all.
+    pub enabled: bool,
+    /// Where it listens. Loopback by default: a forward proxy open to the network lets anyone
+    /// reach whatever this host can reach.
+    pub listen: SocketAddr,
+    /// Upstream for `/v2/` requests that name none (no `X-Dragonfly-Registry`, no `?ns=`):
+    /// what Docker's `registry-mirrors` asks for. Docker Hub by default.
+    pub default_registry: String,
+    /// Upstream URL per registry host named by `?ns=` or a hijacked CONNECT, when it is not
+    /// `https://<host>`: `"docker.io" = "https://registry-1.docker.io"` is built in, and
+    /// `"registry.local:5000" = "http://10.0.0.7:5000"` serves a plain-HTTP registry.
+    pub registries: BTreeMap<String, String>,
+    /// URLs (forward-proxy mode) that become swarm tasks besides registry blobs, as dfdaemon's
+    /// `proxy.rules`. Only GETs are.
+    pub rules: Vec<RuleConfig>,
+    /// CONNECT targets whose TLS is terminated here, so their blob GETs use the swarm.
+    pub hijack: HijackConfig,
+    /// How long a successful "may this client read this repository" check is reused, per
+    /// credential and repository.
+    #[serde(with = "humantime_serde")]
+    pub auth_cache_ttl: Duration,
+    /// Connections open at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) accepted.
+    pub max_header_bytes: usize,
+    /// Time a client has to send its request head.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time to connect to an upstream registry.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 4001)),
+            default_registry: "https://index.docker.io".into(),
+            registries: BTreeMap::new(),
+            rules: Vec::new(),
+            hijack: HijackConfig::default(),
+            auth_cache_ttl: Duration::from_secs(30),
+            max_connections: 1024,
+            max_header_bytes: 64 << 10,
+            header_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A forward-proxy URL rule.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Matched against the URL without query or fragment.
+    pub regex: String,
+    /// Query parameters ignored when identifying the task (replaces the default list).
+    #[serde(default)]
+    pub filtered_query_params: Option<Vec<String>>,
+}
+
+/// HTTPS hijack: which CONNECT targets, and the CA that signs their certificates.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HijackConfig {
+    /// Regexes matched against the CONNECT target `host:port`. Others are tunnelled untouched.
+    pub hosts: Vec<String>,
+    /// CA certificate and key (PEM). Default: `<data_dir>/ca/ca.crt` and `ca.key`, made by
+    /// `shoal ca` (or on first start with hijacked hosts).
+    pub ca_cert: Option<PathBuf>,
+    pub ca_key: Option<PathBuf>,
+}
+
+/// The checked form of [`ProxyConfig`]'s patterns and URLs.
+#[derive(Clone, Debug)]
+pub(crate) struct Compiled {
+    pub default_registry: Url,
+    pub registries: BTreeMap<String, Url>,
+    pub rules: Vec<(Regex, Option<Vec<String>>)>,
+    pub hijack: Vec<Regex>,
+}
+
+impl ProxyConfig {
+    /// The `[proxy]` table of a daemon config file (defaults when absent), checked.
+    pub fn from_daemon_toml(text: &str) -> Result<Self, String> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let config: ProxyConfig = match table.remove("proxy") {
+            Some(t) => t
+                .try_into()
+                .map_err(|e: toml::de::Error| format!("[proxy]: {e}"))?,
+            None => ProxyConfig::default(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the config; the error names the bad field.
+    pub fn validate(&self) -> Result<(), String> {
+        self.compile().map(|_| ())
+    }
+
+    pub(crate) fn compile(&self) -> Result<Compiled, String> {
+        if self.max_connections == 0 {
+            return Err("proxy.max_connections must be at least 1".into());
+        }
+        if self.max_header_bytes < 8192 {
+            return Err("proxy.max_header_bytes must be at least 8192".into());
+        }
+        if self.header_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return Err("proxy timeouts must be greater than zero".into());
+        }
+        let default_registry = registry_url(&self.default_registry)
+            .map_err(|e| format!("proxy.default_registry: {e}"))?;
+        let mut registries = BTreeMap::new();
+        registries.insert(
+            "docker.io".to_string(),
+            Url::parse("https://registry-1.docker.io").expect("static URL"),
+        );
+        for (host, url) in &self.registries {
+            let url = registry_url(url).map_err(|e| format!("proxy.registries.{host:?}: {e}"))?;
+            registries.insert(host.to_ascii_lowercase(), url);
+        }
+        let regex = |what: &str, r: &str| {
+            Regex::new(r).map_err(|e| format!("{what} {r:?} is not a regex: {e}"))
+        };
+        let rules = self
+            .rules
+            .iter()
+            .map(|r| {
+                Ok((
+                    regex("proxy.rules", &r.regex)?,
+                    r.filtered_query_params.clone(),
+                ))
+            })
+            .collect::<Result<_, String>>()?;
+        let hijack = self
+            .hijack
+            .hosts
+            .iter()
+            .map(|h| regex("proxy.hijack.hosts", h))
+            .collect::<Result<_, String>>()?;
+        Ok(Compiled {
+            default_registry,
+            registries,
+            rules,
+            hijack,
+        })
+    }
+}
+
+/// A registry's base URL: `http(s)://host[:port]`, no path, query or credentials.
+pub(crate) fn registry_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text.trim_end_matches('/')).map_err(|e| format!("{text:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{text:?} is not an http(s) URL"));
+    }
+    if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+        return Err(format!(
+            "{text:?}: give only scheme, host and port (no path, query or credentials)"
+        ));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        let c = ProxyConfig::default().compile().unwrap();
+        assert_eq!(c.default_registry.as_str(), "https://index.docker.io/");
+        assert_eq!(
+            c.registries["docker.io"].as_str(),
+            "https://registry-1.docker.io/"
+        );
+    }
+
+    #[test]
+    fn the_example_config_shows_the_defaults() {
+        let example = include_str!("../../packaging/daemon.toml");
+        assert_eq!(
+            ProxyConfig::from_daemon_toml(example).unwrap(),
+            ProxyConfig::default()
+        );
+        assert!(ProxyConfig::from_daemon_toml("[proxy]\nlisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let c = ProxyConfig {
+            default_registry: "ftp://x".into(),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("default_registry"));
+        let c = ProxyConfig {
+            registries: [("r:5000".to_string(), "http://h/v2".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("r:5000"));
+        let c = ProxyConfig {
+            hijack: HijackConfig {
+                hosts: vec!["(".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(c.validate().unwrap_err().contains("hijack"));
+    }
+}

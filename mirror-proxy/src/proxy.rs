@@ -1,0 +1,590 @@
+//! Request handling, shared by the three ways requests arrive: mirror mode (`/v2/…` with no
+//! host), the forward proxy (absolute URLs), and requests inside a hijacked CONNECT.
+//!
+//! A GET of `/v2/<name>/blobs/sha256:<hex>` becomes a swarm task whose id is the digest, after the
+//! client's own credentials were checked against the registry; GETs matching `proxy.rules` (or
+//! sent with `X-Dragonfly-Use-P2P: true`) become URL tasks. Everything else goes straight to the
+//! upstream and its answer comes back unchanged.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::TryStreamExt as _;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use sha2::Digest as _;
+use shoal_p2p::origin::OriginRequest;
+use shoal_p2p::{Digest, DownloadRequest, Downloader, IdOptions, TaskId};
+use url::Url;
+
+use crate::ca::Ca;
+use crate::config::{Compiled, ProxyConfig};
+use crate::metrics::{Kind, ProxyMetrics};
+use crate::route::{self, BadPath, V2};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Everything a request handler needs.
+pub(crate) struct Ctx {
+    pub config: ProxyConfig,
+    pub compiled: Compiled,
+    pub downloader: Arc<Downloader>,
+    /// To upstreams: redirects are the client's to follow.
+    pub client: reqwest::Client,
+    pub access: Access,
+    pub ca: Option<Ca>,
+    pub metrics: ProxyMetrics,
+}
+
+/// Answers one request (not CONNECT). `hijacked` is the origin of a hijacked CONNECT.
+pub(crate) async fn handle(
+    ctx: Arc<Ctx>,
+    req: Request<Incoming>,
+    hijacked: Option<Url>,
+) -> Result<Response<Body>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let uri = parts.uri.clone();
+    let path = uri.path();
+    let is_v2 = path == "/v2" || path.starts_with("/v2/");
+    let base = match (hijacked, uri.scheme_str(), uri.authority()) {
+        (Some(base), _, _) => base,
+        (None, Some(scheme), Some(authority)) => {
+            match Url::parse(&format!("{scheme}://{authority}")) {
+                Ok(u) if matches!(scheme, "http" | "https") => u,
+                _ => return Ok(oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", "bad URL")),
+            }
+        }
+        (None, _, _) if !is_v2 => {
+            return Ok(oci_error(
+                StatusCode::NOT_FOUND,
+                "UNSUPPORTED",
+                "this is a registry mirror: only /v2/ paths are served",
+            ));
+        }
+        (None, _, _) => match route::upstream(&ctx.compiled, &parts.headers, uri.query()) {
+            Ok(u) => u,
+            Err(e) => return Ok(oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e)),
+        },
+    };
+    let response = if is_v2 {
+        let query = route::query_without_ns(uri.query());
+        match route::classify(path) {
+            Err(BadPath(code, message)) => oci_error(StatusCode::BAD_REQUEST, code, &message),
+            Ok(V2::Blob { name, digest }) if parts.method == Method::GET => {
+                ctx.metrics.request(Kind::Blob);
+                let url = route::join(&base, path, query.as_deref());
+                blob(&ctx, url, &digest, &name, &parts).await
+            }
+            Ok(_) => {
+                ctx.metrics.request(Kind::Pass);
+                let url = route::join(&base, path, query.as_deref());
+                passthrough(&ctx, url, parts, Some(body)).await
+            }
+        }
+    } else {
+        let url = route::join(&base, path, uri.query());
+        match rule_options(&ctx, &parts, &url) {
+            Some(id_options) => {
+                ctx.metrics.request(Kind::Rule);
+                url_task(&ctx, url, id_options, &parts).await
+            }
+            None => {
+                ctx.metrics.request(Kind::Pass);
+                passthrough(&ctx, url, parts, Some(body)).await
+            }
+        }
+    };
+    Ok(response)
+}
+
+/// A registry blob through the swarm, once the client proved it may read it.
+async fn blob(ctx: &Ctx, url: Url, digest: &Digest, name: &str, parts: &Parts) -> Response<Body> {
+    let headers = origin_headers(&parts.headers);
+    match ctx.access.check(&ctx.client, &url, &headers).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(repository = name, %digest, "client may not read the blob; the registry answers");
+            return passthrough(ctx, url, parts.clone(), None).await;
+        }
+        Err(e) => return upstream_unreachable(&url, e),
+    }
+    let req = DownloadRequest {
+        origin: OriginRequest { url, headers },
+        id_options: IdOptions::default(),
+        digest: Some(*digest),
+        task_id: Some(TaskId::for_blob(digest)),
+    };
+    let mut extra = HeaderMap::new();
+    let d = HeaderValue::from_str(&digest.to_string()).expect("a digest is ASCII");
+    extra.insert("docker-content-digest", d.clone());
+    extra.insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"{digest}\"")).expect("ASCII"),
+    );
+    serve_task(ctx, req, parts, extra).await
+}
+
+/// A rule-matched URL through the swarm. When the client sent credentials, it must be able to
+/// read the URL itself first.
+async fn url_task(ctx: &Ctx, url: Url, id_options: IdOptions, parts: &Parts) -> Response<Body> {
+    let headers = origin_headers(&parts.headers);
+    if headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE) {
+        match ctx.access.check(&ctx.client, &url, &headers).await {
+            Ok(true) => {}
+            Ok(false) => return passthrough(ctx, url, parts.clone(), None).await,
+            Err(e) => return upstream_unreachable(&url, e),
+        }
+    }
+    let req = DownloadRequest {
+        origin: OriginRequest { url, headers },
+        id_options,
+        digest: None,
+        task_id: None,
+    };
+    serve_task(ctx, req, parts, HeaderMap::new()).await
+}
+
+/// Whether a non-registry request becomes a URL task, and with which identity options.
+fn rule_options(ctx: &Ctx, parts: &Parts, url: &Url) -> Option<IdOptions> {
+    if parts.method != Method::GET {
+        return None;
+    }
+    let text = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let forced = text("x-dragonfly-use-p2p").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let mut bare = url.clone();
+    bare.set_query(None);
+    bare.set_fragment(None);
+    let rule = ctx
+        .compiled
+        .rules
+        .iter()
+        .find(|(re, _)| re.is_match(bare.as_str()));
+    if rule.is_none() && !forced {
+        return None;
+    }
+    let filtered = text("x-dragonfly-filtered-query-params")
+        .map(|v| {
+            v.split([',', '&'])
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .or_else(|| rule.and_then(|(_, f)| f.clone()));
+    Some(IdOptions {
+        tag: text("x-dragonfly-tag"),
+        application: text("x-dragonfly-application"),
+        filtered_query_params: filtered,
+    })
+}
+
+/// Answers a GET from a task: 200, or 206 for a `Range`, bytes flowing as pieces are verified.
+async fn serve_task(
+    ctx: &Ctx,
+    req: DownloadRequest,
+    parts: &Parts,
+    extra: HeaderMap,
+) -> Response<Body> {
+    let task = req.task_id();
+    let reading = match ctx.downloader.read(req).await {
+        Ok(r) => r,
+        Err(e) => return task_error(&e),
+    };
+    let len = reading.content_length();
+    let span = match parse_range(parts.headers.get(header::RANGE), len) {
+        Ok(span) => span,
+        Err(why) => {
+            let mut r = oci_error(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", &why);
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}")).expect("ASCII"),
+            );
+            return r;
+        }
+    };
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header("x-dragonfly-task-id", task.as_str())
+        .header("docker-distribution-api-version", "registry/2.0");
+    let range = match span {
+        Some(r) => {
+            builder = builder.status(StatusCode::PARTIAL_CONTENT).header(
+                header::CONTENT_RANGE,
+                format!("bytes {}-{}/{len}", r.start, r.end - 1),
+            );
+            r
+        }
+        None => 0..len,
+    };
+    builder = builder.header(header::CONTENT_LENGTH, range.end - range.start);
+    if let Some(h) = builder.headers_mut() {
+        h.extend(extra);
+    }
+    let served = ctx.metrics.served_bytes.clone();
+    let mut rx = reading.stream(range);
+    let frames = futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|item| {
+            item.map(|r| {
+                r.map(|b| {
+                    served.inc_by(b.len() as u64);
+                    Frame::data(b)
+                })
+                .map_err(BoxError::from)
+            })
+        })
+    });
+    builder
+        .body(UnsyncBoxBody::new(StreamBody::new(frames)))
+        .expect("valid response")
+}
+
+/// `Range: bytes=…` against a content of `len` bytes: `None` for the whole content. One range
+/// only (`a-b`, `a-`, `-n`); anything else is refused with the reason.
+pub(crate) fn parse_range(
+    value: Option<&HeaderValue>,
+    len: u64,
+) -> Result<Option<Range<u64>>, String> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| "Range is not text".to_string())?;
+    let bad = || format!("unsupported Range {text:?}: one bytes=first-last range only");
+    let spec = text.trim().strip_prefix("bytes=").ok_or_else(bad)?;
+    if spec.contains(',') {
+        return Err(bad());
+    }
+    let (a, b) = spec.trim().split_once('-').ok_or_else(bad)?;
+    let num = |s: &str| s.trim().parse::<u64>().map_err(|_| bad());
+    let range = match (a.trim().is_empty(), b.trim().is_empty()) {
+        (true, true) => return Err(bad()),
+        (true, false) => {
+            let n = num(b)?;
+            len.saturating_sub(n)..len
+        }
+        (false, true) => num(a)?..len,
+        (false, false) => {
+            let (a, b) = (num(a)?, num(b)?);
+            if b < a {
+                return Err(bad());
+            }
+            a..len.min(b.saturating_add(1))
+        }
+    };
+    if range.start >= range.end {
+        return Err(format!(
+            "Range {text:?} is outside the {len} bytes of content"
+        ));
+    }
+    Ok(Some(range))
+}
+
+/// The client's request to the upstream as it is; the answer back as it is.
+pub(crate) async fn passthrough(
+    ctx: &Ctx,
+    url: Url,
+    parts: Parts,
+    body: Option<Incoming>,
+) -> Response<Body> {
+    let has_body = parts.headers.contains_key(header::CONTENT_LENGTH)
+        || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let mut rb = ctx
+        .client
+        .request(parts.method, url.clone())
+        .headers(upstream_headers(&parts.headers));
+    if let (true, Some(body)) = (has_body, body) {
+        rb = rb.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    }
+    match rb.send().await {
+        Ok(resp) => relay(resp),
+        Err(e) => upstream_unreachable(&url, e),
+    }
+}
+
+fn relay(resp: reqwest::Response) -> Response<Body> {
+    let mut builder = Response::builder().status(resp.status());
+    if let Some(h) = builder.headers_mut() {
+        *h = strip_hop_by_hop(resp.headers());
+    }
+    let body = resp
+        .bytes_stream()
+        .map_ok(Frame::data)
+        .map_err(BoxError::from);
+    builder
+        .body(UnsyncBoxBody::new(StreamBody::new(body)))
+        .expect("valid response")
+}
+
+fn upstream_unreachable(url: &Url, e: reqwest::Error) -> Response<Body> {
+    let shown = shoal_p2p::origin::display_url(url);
+    tracing::warn!(url = %shown, error = %e.without_url(), "upstream unreachable");
+    let mut r = oci_error(
+        StatusCode::BAD_GATEWAY,
+        "UNAVAILABLE",
+        &format!("upstream {shown} unreachable"),
+    );
+    r.headers_mut()
+        .insert("x-dragonfly-error-type", HeaderValue::from_static("proxy"));
+    r
+}
+
+/// A download that could not start: the origin's refusal keeps its status.
+fn task_error(e: &shoal_p2p::Error) -> Response<Body> {
+    let (status, code) = match e.origin_status() {
+        Some(401) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+        Some(403) => (StatusCode::FORBIDDEN, "DENIED"),
+        Some(404) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+        Some(s) => (
+            StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY),
+            "UNKNOWN",
+        ),
+        None => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
+    };
+    tracing::warn!(error = %e, "task failed");
+    let mut r = oci_error(status, code, &e.to_string());
+    r.headers_mut().insert(
+        "x-dragonfly-error-type",
+        HeaderValue::from_static("backend"),
+    );
+    r
+}
+
+/// An error in the distribution-spec's shape: `{"errors":[{"code","message"}]}`.
+pub(crate) fn oci_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("docker-distribution-api-version", "registry/2.0")
+        .body(UnsyncBoxBody::new(
+            Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}),
+        ))
+        .expect("valid response")
+}
+
+pub(crate) fn empty(status: StatusCode) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .body(UnsyncBoxBody::new(
+            Empty::new().map_err(|never: Infallible| match never {}),
+        ))
+        .expect("valid response")
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those a
+/// proxy consumes. The `Connection` header may name more.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &HeaderMap) -> HeaderMap {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || named.iter().any(|x| x == n) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// The client's headers as the upstream should see them: no hop-by-hop headers, no `Host`
+/// (the upstream's own is set, as Harbor builds its token realm from it), no `X-Dragonfly-*`.
+fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = strip_hop_by_hop(headers);
+    out.remove(header::HOST);
+    let ours: Vec<HeaderName> = out
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-dragonfly-"))
+        .cloned()
+        .collect();
+    for k in ours {
+        out.remove(k);
+    }
+    out
+}
+
+/// Headers for whoever fetches a task from the origin (credentials included, in memory only):
+/// no body or range headers, no conditionals, no transfer compression.
+fn origin_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = upstream_headers(headers);
+    for h in [
+        header::RANGE,
+        header::IF_RANGE,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::ACCEPT_ENCODING,
+        header::CONTENT_LENGTH,
+        header::CONTENT_TYPE,
+    ] {
+        out.remove(h);
+    }
+    out
+}
+
+/// Remembers, briefly, which credentials may read which upstream resources. Keys are hashes;
+/// credentials themselves are never kept.
+pub(crate) struct Access {
+    ttl: Duration,
+    allowed: Mutex<HashMap<[u8; 32], Instant>>,
+}
+
+/// Entries kept at most; expired ones are dropped when this many are reached.
+const MAX_ACCESS_ENTRIES: usize = 100_000;
+
+impl Access {
+    pub fn new(ttl: Duration) -> Self {
+        Access {
+            ttl,
+            allowed: Mutex::default(),
+        }
+    }
+
+    /// Whether the client sending `headers` may read `url`: the upstream answers a HEAD with
+    /// the client's credentials with 2xx, or redirects it (to storage it signed for them).
+    pub async fn check(
+        &self,
+        client: &reqwest::Client,
+        url: &Url,
+        headers: &HeaderMap,
+    ) -> Result<bool, reqwest::Error> {
+        let key = access_key(url, headers);
+        let now = Instant::now();
+        if self.lock().get(&key).is_some_and(|&until| until > now) {
+            return Ok(true);
+        }
+        let resp = client
+            .head(url.clone())
+            .headers(headers.clone())
+            .send()
+            .await?;
+        let status = resp.status();
+        let ok = status.is_success() || status.is_redirection();
+        if ok && !self.ttl.is_zero() {
+            let mut allowed = self.lock();
+            if allowed.len() >= MAX_ACCESS_ENTRIES {
+                allowed.retain(|_, until| *until > now);
+                if allowed.len() >= MAX_ACCESS_ENTRIES {
+                    allowed.clear();
+                }
+            }
+            allowed.insert(key, now + self.ttl);
+        }
+        Ok(ok)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
+        self.allowed.lock().expect("access cache lock")
+    }
+}
+
+fn access_key(url: &Url, headers: &HeaderMap) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    h.update(url.as_str().as_bytes());
+    for name in [header::AUTHORIZATION, header::COOKIE] {
+        h.update([0u8]);
+        for v in headers.get_all(name) {
+            h.update(v.as_bytes());
+            h.update([1u8]);
+        }
+    }
+    h.finalize().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(v: &str, len: u64) -> Result<Option<Range<u64>>, String> {
+        parse_range(Some(&HeaderValue::from_str(v).unwrap()), len)
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(None, 10), Ok(None));
+        assert_eq!(range("bytes=0-0", 10), Ok(Some(0..1)));
+        assert_eq!(range("bytes=2-5", 10), Ok(Some(2..6)));
+        assert_eq!(range("bytes=2-50", 10), Ok(Some(2..10)));
+        assert_eq!(range("bytes=7-", 10), Ok(Some(7..10)));
+        assert_eq!(range("bytes=-3", 10), Ok(Some(7..10)));
+        assert_eq!(range("bytes=-30", 10), Ok(Some(0..10)));
+        for bad in [
+            "bytes=10-",
+            "bytes=5-2",
+            "bytes=-0",
+            "bytes=-",
+            "bytes=a-b",
+            "bytes=0-1,3-4",
+            "items=0-1",
+            "bytes=18446744073709551616-",
+        ] {
+            assert!(range(bad, 10).is_err(), "{bad}");
+        }
+        assert!(range("bytes=0-", 0).is_err());
+    }
+
+    #[test]
+    fn headers_for_the_upstream() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "127.0.0.1:4001".parse().unwrap());
+        h.insert(header::AUTHORIZATION, "Bearer t".parse().unwrap());
+        h.insert(header::CONNECTION, "close, x-hop".parse().unwrap());
+        h.insert("x-hop", "1".parse().unwrap());
+        h.insert("x-dragonfly-registry", "https://r".parse().unwrap());
+        h.insert(header::RANGE, "bytes=0-1".parse().unwrap());
+        h.insert(header::ACCEPT_ENCODING, "gzip".parse().unwrap());
+        let up = upstream_headers(&h);
+        assert_eq!(up.len(), 3, "{up:?}");
+        assert!(up.contains_key(header::AUTHORIZATION) && up.contains_key(header::RANGE));
+        let origin = origin_headers(&h);
+        assert_eq!(origin.len(), 1, "{origin:?}");
+    }
+
+    #[test]
+    fn access_keys_separate_credentials_and_resources() {
+        let u1 = Url::parse("http://r/v2/a/blobs/sha256:1").unwrap();
+        let u2 = Url::parse("http://r/v2/b/blobs/sha256:1").unwrap();
+        let mut a = HeaderMap::new();
+        a.insert(header::AUTHORIZATION, "Bearer a".parse().unwrap());
+        let mut b = HeaderMap::new();
+        b.insert(header::AUTHORIZATION, "Bearer b".parse().unwrap());
+        assert_ne!(access_key(&u1, &a), access_key(&u1, &b));
+        assert_ne!(access_key(&u1, &a), access_key(&u2, &a));
+        assert_ne!(access_key(&u1, &a), access_key(&u1, &HeaderMap::new()));
+        assert_eq!(access_key(&u1, &a), access_key(&u1, &a.clone()));
+    }
+}

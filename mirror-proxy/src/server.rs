@@ -1,0 +1,227 @@
+//! The listener: HTTP/1.1 from runtimes (mirror requests, proxy requests, CONNECT), and inside
+//! a hijacked CONNECT, TLS with HTTP/2 or HTTP/1.1.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use shoal_p2p::Downloader;
+use tokio::net::{TcpListener, TcpStream};
+use url::Url;
+
+use crate::ca::{Ca, CaError};
+use crate::config::ProxyConfig;
+use crate::metrics::{Kind, ProxyMetrics};
+use crate::proxy::{self, Access, Body, Ctx, empty, oci_error};
+use crate::route;
+
+/// Streams at once on one HTTP/2 connection inside a hijacked CONNECT.
+const MAX_STREAMS: u32 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("proxy config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error("cannot bind the proxy to {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The mirror and proxy, ready to serve.
+pub struct Proxy {
+    ctx: Arc<Ctx>,
+}
+
+/// Where `shoal ca` and the daemon keep the CA when the config names none.
+pub fn default_ca_paths(data_dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = data_dir.join("ca");
+    (dir.join("ca.crt"), dir.join("ca.key"))
+}
+
+impl Proxy {
+    /// Checks the config, loads (or makes) the CA when hosts are hijacked, and registers the
+    /// proxy's metrics. Downloads go through `downloader`.
+    pub fn new(
+        config: ProxyConfig,
+        data_dir: &Path,
+        downloader: Arc<Downloader>,
+        registry: &mut Registry,
+    ) -> Result<Proxy, ProxyError> {
+        shoal_p2p::install_crypto_provider();
+        let compiled = config.compile().map_err(ProxyError::Config)?;
+        let ca = if compiled.hijack.is_empty() {
+            None
+        } else {
+            let (cert, key) = ca_paths(&config, data_dir);
+            let (ca, created) = Ca::load_or_create(&cert, &key)?;
+            if created {
+                tracing::info!(cert = %cert.display(), "created a CA for HTTPS hijack; clients must trust it (see `shoal ca`)");
+            }
+            Some(ca)
+        };
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.connect_timeout)
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(32)
+            .build()
+            .map_err(|e| ProxyError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Proxy {
+            ctx: Arc::new(Ctx {
+                access: Access::new(config.auth_cache_ttl),
+                compiled,
+                downloader,
+                client,
+                ca,
+                metrics: ProxyMetrics::register(registry),
+                config,
+            }),
+        })
+    }
+
+    /// Binds the configured address.
+    pub async fn bind(&self) -> Result<TcpListener, ProxyError> {
+        let addr = self.ctx.config.listen;
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| ProxyError::Bind { addr, source })
+    }
+
+    /// Serves on `listener` until `shutdown` resolves.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let ctx = self.ctx;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, default_registry = %ctx.compiled.default_registry, "registry mirror and proxy listening");
+        }
+        let max = ctx.config.max_connections;
+        shoal_p2p::net::accept_loop(listener, max, "proxy", shutdown, |stream| {
+            let ctx = ctx.clone();
+            async move {
+                let svc = {
+                    let ctx = ctx.clone();
+                    service_fn(move |req| entry(ctx.clone(), req))
+                };
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(ctx.config.header_timeout)
+                    .max_buf_size(ctx.config.max_header_bytes)
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            }
+        })
+        .await;
+    }
+}
+
+fn ca_paths(config: &ProxyConfig, data_dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = default_ca_paths(data_dir);
+    (
+        config.hijack.ca_cert.clone().unwrap_or(cert),
+        config.hijack.ca_key.clone().unwrap_or(key),
+    )
+}
+
+async fn entry(
+    ctx: Arc<Ctx>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    if req.method() == Method::CONNECT {
+        return Ok(connect(ctx, req).await);
+    }
+    proxy::handle(ctx, req, None).await
+}
+
+/// `CONNECT host:port`: TLS terminated here for hijacked hosts, else a plain tunnel.
+async fn connect(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
+    let Some(target) = req.uri().authority().map(|a| a.to_string()) else {
+        return oci_error(
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+            "CONNECT needs host:port",
+        );
+    };
+    let hijack = ctx.ca.is_some() && ctx.compiled.hijack.iter().any(|r| r.is_match(&target));
+    if hijack {
+        let host = req.uri().host().unwrap_or_default().to_string();
+        let base = match route::registry_for_host(&ctx.compiled, &target) {
+            Ok(u) => u,
+            Err(e) => return oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e),
+        };
+        ctx.metrics.request(Kind::Hijack);
+        tokio::spawn(async move {
+            match hyper::upgrade::on(req).await {
+                Ok(upgraded) => serve_hijacked(ctx, upgraded, &host, base).await,
+                Err(e) => tracing::debug!(error = %e, "CONNECT upgrade failed"),
+            }
+        });
+        return empty(StatusCode::OK);
+    }
+    ctx.metrics.request(Kind::Tunnel);
+    let upstream =
+        match tokio::time::timeout(ctx.config.connect_timeout, TcpStream::connect(&target)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%target, error = %e, "CONNECT target unreachable");
+                return empty(StatusCode::BAD_GATEWAY);
+            }
+            Err(_) => return empty(StatusCode::GATEWAY_TIMEOUT),
+        };
+    tokio::spawn(async move {
+        let mut upstream = upstream;
+        if let Ok(upgraded) = hyper::upgrade::on(req).await {
+            let mut client = TokioIo::new(upgraded);
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        }
+    });
+    empty(StatusCode::OK)
+}
+
+/// Terminates the client's TLS with a certificate for `host` and serves its requests as
+/// requests for `base`.
+async fn serve_hijacked(ctx: Arc<Ctx>, upgraded: hyper::upgrade::Upgraded, host: &str, base: Url) {
+    let Some(ca) = &ctx.ca else { return };
+    let config = match ca.server_config(host) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hijack");
+            return;
+        }
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(TokioIo::new(upgraded));
+    let tls = match tokio::time::timeout(ctx.config.header_timeout, accept).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%host, error = %e, "TLS handshake with the client failed (does it trust Shoal's CA?)");
+            return;
+        }
+        Err(_) => return,
+    };
+    let svc = {
+        let ctx = ctx.clone();
+        service_fn(move |req| proxy::handle(ctx.clone(), req, Some(base.clone())))
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(ctx.config.header_timeout)
+        .max_buf_size(ctx.config.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(ctx.config.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+}

@@ -1,0 +1,151 @@
+//! Reading a task while it downloads: the local read path of the mirror (and, later, the
+//! snapshotter).
+//!
+//! [`Downloader::read`] starts the task's download in the background (or joins the one running)
+//! and returns as soon as the content length is known. [`Reading::stream`] then yields the bytes
+//! of a range in order, each piece as soon as it is verified and stored. The download goes on
+//! when the reader goes away, so a client that gives up still leaves the blob for the next one.
+//! The last piece of the content is held back until the whole content matched its digest (when
+//! one is known), so a reader never sees a clean end of a blob that turned out wrong.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use crate::download::{DownloadRequest, Downloader, Progress};
+use crate::error::{Error, Result};
+use crate::id::TaskId;
+use crate::piece::Layout;
+
+/// How a background download ended: `None` while it runs.
+type Done = Option<std::result::Result<(), Arc<Error>>>;
+
+/// A task being read; see the [module docs](self).
+pub struct Reading {
+    pub task: TaskId,
+    pub layout: Layout,
+    /// Whether the content was already complete in the store when reading began.
+    pub complete: bool,
+    downloader: Arc<Downloader>,
+    done: watch::Receiver<Done>,
+}
+
+impl Downloader {
+    /// Starts (or joins) the download of `req` and returns once its length is known. Fails with
+    /// the download's error when it ends before that (the origin refused, say).
+    pub async fn read(self: &Arc<Self>, req: DownloadRequest) -> Result<Reading, Arc<Error>> {
+        let id = req.task_id();
+        let mut changes = self.holdings().subscribe();
+        let (tx, mut done) = watch::channel::<Done>(None);
+        let downloader = self.clone();
+        tokio::spawn(async move {
+            let r = downloader.download(&req, &Progress::default()).await;
+            let _ = tx.send(Some(r.map(|_| ()).map_err(Arc::new)));
+        });
+        loop {
+            let store = self.store().clone();
+            let id2 = id.clone();
+            let meta = tokio::task::spawn_blocking(move || store.meta(&id2))
+                .await
+                .expect("meta read does not panic")
+                .map_err(Arc::new)?;
+            let finished = done.borrow_and_update().clone();
+            if let Some(meta) = meta
+                && (meta.complete || self.holdings().is_active(&id))
+            {
+                return Ok(Reading {
+                    task: id,
+                    layout: meta.layout,
+                    complete: meta.complete,
+                    downloader: self.clone(),
+                    done,
+                });
+            }
+            match finished {
+                Some(Err(e)) => return Err(e),
+                Some(Ok(())) => return Err(Arc::new(Error::TaskGone { task: id })),
+                None => {}
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = done.changed() => {}
+            }
+        }
+    }
+}
+
+impl Reading {
+    pub fn content_length(&self) -> u64 {
+        self.layout.content_length
+    }
+
+    /// The bytes of `range` (within the content), in order, in blocks of at most 256 KiB.
+    /// An error item ends the stream (the download failed, or the disk did).
+    pub fn stream(self, range: Range<u64>) -> mpsc::Receiver<std::io::Result<Bytes>> {
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            if let Err(e) = self.send_range(range, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        rx
+    }
+
+    async fn send_range(
+        mut self,
+        range: Range<u64>,
+        tx: &mpsc::Sender<std::io::Result<Bytes>>,
+    ) -> std::io::Result<()> {
+        let len = self.layout.content_length;
+        if range.start >= range.end {
+            return Ok(());
+        }
+        let file = Arc::new(
+            self.downloader
+                .store()
+                .reader(&self.task)
+                .map_err(std::io::Error::other)?,
+        );
+        let mut changes = self.downloader.holdings().subscribe();
+        let mut pos = range.start;
+        while pos < range.end {
+            let n = self.layout.pieces_covering(pos..pos + 1).start;
+            let end = self.layout.range(n).end.min(range.end);
+            // The content's end waits for the whole-content check.
+            let needs_all = end == len;
+            loop {
+                let finished = self.done.borrow_and_update().clone();
+                match finished {
+                    Some(Ok(())) => break,
+                    Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+                    None if self.complete => break,
+                    None if !needs_all && self.downloader.holdings().has(&self.task, n) => break,
+                    None => {}
+                }
+                tokio::select! {
+                    _ = changes.changed() => {}
+                    _ = self.done.changed() => {}
+                }
+            }
+            let file = file.clone();
+            let tx2 = tx.clone();
+            let sent = tokio::task::spawn_blocking(move || {
+                let mut all = true;
+                crate::upload::read_blocks(&file, pos..end, |block| {
+                    all = block.is_ok() && tx2.blocking_send(block).is_ok();
+                    all
+                });
+                all
+            })
+            .await
+            .expect("reading does not panic");
+            if !sent || tx.is_closed() {
+                return Ok(());
+            }
+            pos = end;
+        }
+        Ok(())
+    }
+}

@@ -10,6 +10,11 @@ declare -A NEED=(
   [docker-registry]=docker-registry  # the lab's origin and pull-through cache baseline
   [ip]=iproute2        # the lab's hosts (network namespaces, veth, bridge)
   [tc]=iproute2        # the lab's link shaping
+  [containerd]=containerd  # mirror tests: containerd 1.6 + ctr pull through the mirror (runc comes with it)
+  [ctr]=containerd
+  [skopeo]=skopeo      # mirror tests: skopeo copy through registries.conf
+  [dockerd]=docker.io  # mirror tests: dockerd with registry-mirrors / HTTPS_PROXY
+  [htpasswd]=apache2-utils  # mirror tests: the htpasswd-protected registry
 )
 
 missing=()

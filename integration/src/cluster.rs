@@ -19,18 +19,20 @@ pub fn free_port() -> u16 {
 }
 
 /// A node's config file: its store, one scheduler, where it serves pieces, its host id, and how
-/// long it waits for news from the swarm before going to the origin. Origin retries are short,
-/// for tests; the registry mirror listens on an ephemeral port. Ends inside the `[swarm]` table, so a caller may append swarm settings.
+/// long it waits for news from the swarm before going to the origin, and where its registry
+/// mirror listens. Origin retries are short, for tests. Ends inside the `[swarm]` table, so a
+/// caller may append swarm settings.
 pub fn node_config(
     store: &Path,
     scheduler: &str,
     upload_addr: &str,
     host_id: &str,
     stall_timeout: &str,
+    proxy_listen: &str,
 ) -> String {
     format!(
         "data_dir = {store:?}\n[origin]\nretries = 2\nretry_backoff = \"50ms\"\n\
-         [proxy]\nlisten = \"127.0.0.1:0\"\n\
+         [proxy]\nlisten = {proxy_listen:?}\n\
          [swarm]\nschedulers = [{scheduler:?}]\nupload_addr = {upload_addr:?}\n\
          host_id = {host_id:?}\nstall_timeout = {stall_timeout:?}\n"
     )
@@ -52,6 +54,8 @@ pub struct Node {
     pub name: String,
     pub data_dir: PathBuf,
     pub metrics_port: u16,
+    /// The registry mirror and proxy.
+    pub proxy_port: u16,
     pub child: ChildGuard,
 }
 
@@ -75,9 +79,30 @@ pub struct ClusterBuilder {
     seed_upload_slots: usize,
     stall_timeout: &'static str,
     scheduler: bool,
+    registries: Vec<(String, String)>,
+    default_registry: Option<String>,
+    log: &'static str,
 }
 
 impl ClusterBuilder {
+    /// The nodes' mirrors send requests naming no registry (Docker, skopeo) to `url`.
+    pub fn default_registry(mut self, url: &str) -> Self {
+        self.default_registry = Some(url.into());
+        self
+    }
+
+    /// The nodes' mirrors reach registry `host` (as named by `?ns=`) at `url`.
+    pub fn registry(mut self, host: &str, url: &str) -> Self {
+        self.registries.push((host.into(), url.into()));
+        self
+    }
+
+    /// The nodes' `SHOAL_LOG`.
+    pub fn log(mut self, filter: &'static str) -> Self {
+        self.log = filter;
+        self
+    }
+
     pub fn daemons(mut self, n: usize) -> Self {
         self.daemons = n;
         self
@@ -115,6 +140,9 @@ impl ClusterBuilder {
             seed: None,
             daemons: Vec::new(),
             stall: self.stall_timeout,
+            registries: self.registries,
+            default_registry: self.default_registry,
+            log: self.log,
         };
         if self.scheduler {
             cluster.start_scheduler().await;
@@ -141,6 +169,9 @@ pub struct Cluster {
     pub seed: Option<Node>,
     pub daemons: Vec<Node>,
     stall: &'static str,
+    registries: Vec<(String, String)>,
+    default_registry: Option<String>,
+    log: &'static str,
 }
 
 impl Cluster {
@@ -151,6 +182,9 @@ impl Cluster {
             seed_upload_slots: 64,
             stall_timeout: "3s",
             scheduler: true,
+            registries: Vec::new(),
+            default_registry: None,
+            log: "info",
         }
     }
 
@@ -172,20 +206,31 @@ impl Cluster {
         let data_dir = self.dir.path().join(name);
         std::fs::create_dir_all(&data_dir).expect("node dir");
         let config = data_dir.join("config.toml");
-        std::fs::write(
-            &config,
-            node_config(
-                &data_dir.join("store"),
-                &format!("http://127.0.0.1:{}", self.scheduler_port),
-                "127.0.0.1:0",
-                name,
-                self.stall,
-            ) + &format!("upload_slots = {upload_slots}\n"),
-        )
-        .expect("write node config");
+        let proxy_port = free_port();
+        let mut text = node_config(
+            &data_dir.join("store"),
+            &format!("http://127.0.0.1:{}", self.scheduler_port),
+            "127.0.0.1:0",
+            name,
+            self.stall,
+            &format!("127.0.0.1:{proxy_port}"),
+        ) + &format!("upload_slots = {upload_slots}\n");
+        if let Some(url) = &self.default_registry {
+            text = text.replacen(
+                "[proxy]\n",
+                &format!("[proxy]\ndefault_registry = {url:?}\n"),
+                1,
+            );
+        }
+        text += "[proxy.registries]\n";
+        for (host, url) in &self.registries {
+            text += &format!("{host:?} = {url:?}\n");
+        }
+        std::fs::write(&config, text).expect("write node config");
         let metrics_port = free_port();
         let mut cmd = shoal();
-        cmd.arg(if seed { "seed" } else { "daemon" })
+        cmd.env("SHOAL_LOG", self.log)
+            .arg(if seed { "seed" } else { "daemon" })
             .arg("--config")
             .arg(&config)
             .arg("--metrics-addr")
@@ -201,6 +246,7 @@ impl Cluster {
             name: name.to_owned(),
             data_dir,
             metrics_port,
+            proxy_port,
             child,
         }
     }

@@ -5,6 +5,7 @@
 //!   and headers seen, so tests can check what crossed the wire.
 //! * [`process`]: the real `shoal` binary as a child process, killed by pid when dropped.
 //! * [`cluster::Cluster`]: a scheduler, seed and daemons on 127.0.0.1.
+//! * [`registry::TestRegistry`]: a real docker-registry, and test images pushed to it.
 //! * [`lab::Lab`]: many hosts on one machine (network namespaces, shaped links), and the swarm
 //!   benchmark run by the `lab` command.
 
@@ -14,6 +15,8 @@ pub mod lab;
 pub mod nginx;
 pub mod origin;
 pub mod process;
+pub mod registry;
+pub mod runtimes;
 
 /// Random, incompressible bytes.
 pub fn random_bytes(len: usize) -> bytes::Bytes {

@@ -4,4 +4,5 @@
 mod daemon;
 mod get;
 mod lab;
+mod mirror;
 mod swarm;

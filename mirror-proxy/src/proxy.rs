@@ -51,6 +51,13 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     hijacked: Option<Url>,
 ) -> Result<Response<Body>, Infallible> {
+    if head_size(&req) > ctx.config.max_header_bytes {
+        return Ok(oci_error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "UNSUPPORTED",
+            "request head too large",
+        ));
+    }
     let (parts, body) = req.into_parts();
     let uri = parts.uri.clone();
     let path = uri.path();
@@ -104,6 +111,18 @@ pub(crate) async fn handle(
         }
     };
     Ok(response)
+}
+
+/// The size of a request's head: its target and headers. (hyper bounds its read buffer, not
+/// a head that arrives whole.)
+pub(crate) fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().to_string().len();
+    target
+        + req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
 }
 
 /// A registry blob through the swarm, once the client proved it may read it.

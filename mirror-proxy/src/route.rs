@@ -64,16 +64,13 @@ pub(crate) fn classify(path: &str) -> Result<V2, BadPath> {
         return match kind {
             Kind::Blob if tail.starts_with("uploads") => Ok(V2::Pass),
             Kind::Blob => blob(name, tail),
-            Kind::Manifest if TAG.is_match(tail) || DIGEST.is_match(tail) => Ok(V2::Pass),
+            Kind::Manifest if TAG.is_match(tail) => Ok(V2::Pass),
+            Kind::Manifest if tail.contains(':') => checked_digest(tail).map(|()| V2::Pass),
             Kind::Manifest => Err(BadPath(
                 "MANIFEST_INVALID",
                 format!("{tail:?} is neither a tag nor a digest"),
             )),
-            Kind::Referrers if DIGEST.is_match(tail) => Ok(V2::Pass),
-            Kind::Referrers => Err(BadPath(
-                "DIGEST_INVALID",
-                format!("invalid digest {tail:?}"),
-            )),
+            Kind::Referrers => checked_digest(tail).map(|()| V2::Pass),
             Kind::Other => Ok(V2::Pass),
         };
     }
@@ -91,23 +88,34 @@ enum Kind {
 }
 
 fn blob(name: &str, tail: &str) -> Result<V2, BadPath> {
-    if !DIGEST.is_match(tail) {
-        return Err(BadPath(
-            "DIGEST_INVALID",
-            format!("invalid digest {tail:?}"),
-        ));
-    }
+    checked_digest(tail)?;
     match tail.parse::<Digest>() {
         Ok(digest) if digest.algorithm() == Algorithm::Sha256 => Ok(V2::Blob {
             name: name.to_string(),
             digest,
         }),
         // Well-formed, but not one Shoal verifies (sha512, ...): the registry decides.
-        _ if !tail.starts_with("sha256:") => Ok(V2::Pass),
-        _ => Err(BadPath(
-            "DIGEST_INVALID",
-            format!("invalid digest {tail:?}"),
-        )),
+        _ => Ok(V2::Pass),
+    }
+}
+
+/// A digest in the OCI grammar; the registered algorithms (`sha256`, `sha512`) must have their
+/// exact length of lowercase hex. (docker-registry 2.8 answers 500 to `sha256:totallywrong`.)
+fn checked_digest(text: &str) -> Result<(), BadPath> {
+    let invalid = || BadPath("DIGEST_INVALID", format!("invalid digest {text:?}"));
+    let (algorithm, encoded) = text.split_once(':').ok_or_else(invalid)?;
+    let hex_len = match algorithm {
+        "sha256" => Some(64),
+        "sha512" => Some(128),
+        _ => None,
+    };
+    let lower_hex = encoded
+        .bytes()
+        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    match hex_len {
+        _ if !DIGEST.is_match(text) => Err(invalid()),
+        Some(n) if encoded.len() != n || !lower_hex => Err(invalid()),
+        _ => Ok(()),
     }
 }
 
@@ -209,11 +217,11 @@ mod tests {
             "/v2",
             "/v2/_catalog",
             "/v2/team/app/manifests/v1",
-            "/v2/team/app/manifests/sha256:abc",
+            "/v2/team/app/manifests/sha256:4b6f0a26f0ac5e1fcc2a9f5c0f7a2f1f5b9fd1bc2f9d39c3b8d1d0f7c6e2a1b0",
             "/v2/team/app/tags/list",
             "/v2/team/app/blobs/uploads/",
             "/v2/team/app/blobs/uploads/123-456",
-            "/v2/team/app/blobs/sha512:abcdef",
+            "/v2/team/app/blobs/blake3:abcdef",
         ] {
             assert_eq!(classify(p), Ok(V2::Pass), "{p}");
         }
@@ -225,6 +233,12 @@ mod tests {
             ("/v2/Team/app/manifests/v1", "NAME_INVALID"),
             ("/v2/team/app/blobs/sha256:totallywrong", "DIGEST_INVALID"),
             ("/v2/team/app/blobs/not-a-digest", "DIGEST_INVALID"),
+            (
+                "/v2/team/app/manifests/sha256:totallywrong",
+                "DIGEST_INVALID",
+            ),
+            ("/v2/team/app/blobs/sha512:abcdef", "DIGEST_INVALID"),
+            ("/v2/team/app/referrers/sha256:ABC", "DIGEST_INVALID"),
             ("/v2/team/app/manifests/-bad", "MANIFEST_INVALID"),
             ("/v2/team/app/manifests/..%2f", "MANIFEST_INVALID"),
             ("/v2/team/app/whatever", "UNSUPPORTED"),

@@ -137,6 +137,9 @@ async fn entry(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     if req.method() == Method::CONNECT {
+        if proxy::head_size(&req) > ctx.config.max_header_bytes {
+            return Ok(empty(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        }
         return Ok(connect(ctx, req).await);
     }
     proxy::handle(ctx, req, None).await

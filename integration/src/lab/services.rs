@@ -17,6 +17,7 @@ pub const REGISTRY_PORT: u16 = 5000;
 pub const NGINX_PORT: u16 = 80;
 pub const SCHEDULER_PORT: u16 = 8002;
 pub const UPLOAD_PORT: u16 = 4000;
+pub const PROXY_PORT: u16 = 4001;
 pub const METRICS_PORT: u16 = 4002;
 
 /// A process on a host, its log in the host's directory; killed by pid when dropped.
@@ -68,14 +69,6 @@ impl Service {
     }
 }
 
-fn registry_bin() -> anyhow::Result<PathBuf> {
-    ["/usr/bin/docker-registry", "/usr/local/bin/registry"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .context("docker-registry is not installed: run scripts/setup.sh")
-}
-
 /// Stores `data` as a blob of [`REPO`] in a registry's filesystem storage under `root` (the
 /// layout docker-registry reads: the blob, and the repository's link to it). Returns its digest.
 pub fn store_blob(root: &Path, data: &[u8]) -> anyhow::Result<String> {
@@ -101,16 +94,10 @@ pub fn registry(host: &Host, root: &Path, remote: Option<&str>) -> anyhow::Resul
     let proxy = remote
         .map(|r| format!("proxy:\n  remoteurl: {r}\n"))
         .unwrap_or_default();
-    let config = format!(
-        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
-         storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
-         http:\n  addr: {ip}:{REGISTRY_PORT}\n{proxy}",
-        root = root.display(),
-        ip = host.ip,
-    );
+    let config = crate::registry::config(root, &format!("{}:{REGISTRY_PORT}", host.ip), &proxy);
     let path = host.dir.join("registry.yml");
     std::fs::write(&path, config)?;
-    let mut cmd = host.command(registry_bin()?);
+    let mut cmd = host.command(crate::registry::registry_bin()?);
     cmd.arg("serve").arg(&path);
     let mut svc = Service::spawn(host, "registry", cmd)?;
     svc.wait_ready(&format!("http://{}:{REGISTRY_PORT}/v2/", host.ip))?;
@@ -181,6 +168,7 @@ impl Node {
                 &format!("{}:{UPLOAD_PORT}", host.ip),
                 &host.name,
                 "10s",
+                &format!("{}:{PROXY_PORT}", host.ip),
             ),
         )?;
         let mut cmd = host.command(shoal_bin());

@@ -1,0 +1,225 @@
+//! A real docker-registry (CNCF distribution 2.8) on 127.0.0.1 for tests, and test images made
+//! here and pushed through the registry's HTTP API.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+
+use crate::cluster::free_port;
+use crate::process::{ChildGuard, wait_until};
+
+/// The docker-registry binary (Debian's package, or a `registry` from upstream).
+pub fn registry_bin() -> anyhow::Result<PathBuf> {
+    ["/usr/bin/docker-registry", "/usr/local/bin/registry"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("docker-registry is not installed: run scripts/setup.sh")
+}
+
+/// A registry config: filesystem storage under `root`, listening on `addr`, plus `extra` YAML
+/// (auth, proxy, middleware) at the top level.
+pub fn config(root: &Path, addr: &str, extra: &str) -> String {
+    format!(
+        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+         storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n\
+         http:\n  addr: {addr}\n{extra}",
+        root = root.display(),
+    )
+}
+
+/// How the test registry lets clients in.
+pub enum Access {
+    Anonymous,
+    /// HTTP Basic with one user (bcrypt in an htpasswd file, made with `htpasswd -B`).
+    Basic {
+        user: String,
+        password: String,
+    },
+}
+
+/// A docker-registry process on 127.0.0.1.
+pub struct TestRegistry {
+    pub port: u16,
+    pub root: PathBuf,
+    _child: ChildGuard,
+}
+
+impl TestRegistry {
+    /// Starts a registry with its storage and config under `dir`.
+    pub async fn start(dir: &Path, access: &Access) -> anyhow::Result<TestRegistry> {
+        let root = dir.join("storage");
+        std::fs::create_dir_all(&root)?;
+        let extra = match access {
+            Access::Anonymous => String::new(),
+            Access::Basic { user, password } => {
+                let out = std::process::Command::new("htpasswd")
+                    .args(["-Bbn", user, password])
+                    .output()
+                    .context("htpasswd (apache2-utils) is not installed: run scripts/setup.sh")?;
+                if !out.status.success() {
+                    bail!("htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                let file = dir.join("htpasswd");
+                std::fs::write(&file, &out.stdout)?;
+                format!(
+                    "auth:\n  htpasswd:\n    realm: basic-realm\n    path: {}\n",
+                    file.display()
+                )
+            }
+        };
+        let port = free_port();
+        let path = dir.join("registry.yml");
+        std::fs::write(&path, config(&root, &format!("127.0.0.1:{port}"), &extra))?;
+        let mut cmd = std::process::Command::new(registry_bin()?);
+        cmd.arg("serve")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log"))?);
+        let child = ChildGuard::spawn(cmd);
+        wait_until(Duration::from_secs(20), "registry to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        Ok(TestRegistry {
+            port,
+            root,
+            _child: child,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// An OCI image: uncompressed tar layers (`application/vnd.oci.image.layer.v1.tar`), a config,
+/// and the manifest naming them.
+pub struct Image {
+    pub layers: Vec<Bytes>,
+    pub config: Bytes,
+    pub manifest: Bytes,
+}
+
+pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+impl Image {
+    /// One layer per size, each a tar holding one file of that many random bytes.
+    pub fn random(sizes: &[usize]) -> Image {
+        let layers: Vec<Bytes> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| tar_one_file(&format!("layer-{i}.bin"), &crate::random_bytes(n)))
+            .collect();
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            other => other,
+        };
+        let diff_ids: Vec<String> = layers.iter().map(|l| crate::sha256(l)).collect();
+        let config = serde_json::json!({
+            "architecture": arch, "os": "linux", "config": {},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        let config = Bytes::from(config.to_string());
+        let descriptor = |media: &str, data: &Bytes| serde_json::json!({"mediaType": media, "digest": crate::sha256(data), "size": data.len()});
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+            "layers": layers.iter().map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", l)).collect::<Vec<_>>(),
+        });
+        Image {
+            layers,
+            config,
+            manifest: Bytes::from(manifest.to_string()),
+        }
+    }
+
+    pub fn manifest_digest(&self) -> String {
+        crate::sha256(&self.manifest)
+    }
+
+    /// Pushes the blobs and the manifest (as `tag`) to `registry` (`http://host:port`) under
+    /// `name`, sending `authorization` with every request when given.
+    pub async fn push(
+        &self,
+        registry: &str,
+        name: &str,
+        tag: &str,
+        authorization: Option<&str>,
+    ) -> anyhow::Result<()> {
+        shoal_p2p::install_crypto_provider();
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        let with_auth = |rb: reqwest::RequestBuilder| match authorization {
+            Some(a) => rb.header("authorization", a),
+            None => rb,
+        };
+        for blob in std::iter::once(&self.config).chain(&self.layers) {
+            let resp = with_auth(client.post(format!("{registry}/v2/{name}/blobs/uploads/")))
+                .send()
+                .await?;
+            if resp.status() != reqwest::StatusCode::ACCEPTED {
+                bail!("upload start: {}", resp.status());
+            }
+            let location = resp
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .context("upload without Location")?;
+            let mut url = reqwest::Url::parse(registry)?.join(location)?;
+            url.query_pairs_mut()
+                .append_pair("digest", &crate::sha256(blob));
+            let resp = with_auth(client.put(url))
+                .header("content-type", "application/octet-stream")
+                .body(blob.clone())
+                .send()
+                .await?;
+            if resp.status() != reqwest::StatusCode::CREATED {
+                bail!("blob upload: {}", resp.status());
+            }
+        }
+        let resp = with_auth(client.put(format!("{registry}/v2/{name}/manifests/{tag}")))
+            .header("content-type", MANIFEST_TYPE)
+            .body(self.manifest.clone())
+            .send()
+            .await?;
+        if resp.status() != reqwest::StatusCode::CREATED {
+            bail!("manifest upload: {}", resp.status());
+        }
+        Ok(())
+    }
+}
+
+/// A tar archive (ustar) holding one regular file.
+pub fn tar_one_file(name: &str, data: &[u8]) -> Bytes {
+    assert!(name.len() < 100, "short names only");
+    let mut header = [0u8; 512];
+    let field = |h: &mut [u8; 512], at: usize, value: &[u8]| {
+        h[at..at + value.len()].copy_from_slice(value);
+    };
+    field(&mut header, 0, name.as_bytes());
+    field(&mut header, 100, b"0000644\0");
+    field(&mut header, 108, b"0000000\0");
+    field(&mut header, 116, b"0000000\0");
+    field(
+        &mut header,
+        124,
+        format!("{:011o}\0", data.len()).as_bytes(),
+    );
+    field(&mut header, 136, b"14572426440\0"); // a fixed mtime: same bytes, same digest
+    field(&mut header, 148, b"        ");
+    header[156] = b'0';
+    field(&mut header, 257, b"ustar\0");
+    field(&mut header, 263, b"00");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    field(&mut header, 148, format!("{sum:06o}\0 ").as_bytes());
+    let mut out = Vec::with_capacity(512 + data.len() + 512 + 1024);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out.resize(out.len() + 1024, 0);
+    out.into()
+}

@@ -1,0 +1,456 @@
+//! The registry mirror (port 4001 of every daemon) with real clients: a real docker-registry
+//! upstream, containerd 1.6 through `ctr --hosts-dir`, skopeo, and HTTP requests for the
+//! distribution-spec's pull assertions.
+
+use std::path::Path;
+
+use reqwest::StatusCode;
+use shoal_integration::cluster::Cluster;
+use shoal_integration::registry::{Access, Image, TestRegistry};
+use shoal_integration::runtimes::{Containerd, hosts_toml};
+
+const MIB: usize = 1 << 20;
+/// The registry as images name it; the mirror maps it to the test registry.
+const REGISTRY: &str = "upstream.invalid:5000";
+const NS: &str = "ns=upstream.invalid%3A5000";
+
+fn client() -> reqwest::Client {
+    shoal_p2p::install_crypto_provider();
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn origin_bytes(cluster: &Cluster) -> u64 {
+    let mut total = 0;
+    for node in cluster.seed.iter().chain(&cluster.daemons) {
+        total += node
+            .metric("shoal_download_bytes_total{source=\"origin\"}")
+            .await;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_answers_the_distribution_spec_pull_assertions_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start(dir.path(), &Access::Anonymous)
+        .await
+        .unwrap();
+    let image = Image::random(&[3 * MIB + 17, 1000]);
+    image
+        .push(&registry.url(), "team/app", "v1", None)
+        .await
+        .unwrap();
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry(REGISTRY, &registry.url())
+        .start()
+        .await;
+    let mirror = format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port);
+    let http = client();
+    let get = |path: &str| http.get(format!("{mirror}{path}?{NS}"));
+    let head = |path: &str| http.head(format!("{mirror}{path}?{NS}"));
+
+    // 1. Unknown blob: 404 for HEAD and GET.
+    let unknown = shoal_integration::sha256(b"nothing");
+    for rb in [
+        head(&format!("/v2/team/app/blobs/{unknown}")),
+        get(&format!("/v2/team/app/blobs/{unknown}")),
+    ] {
+        assert_eq!(rb.send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    }
+    // 2. Existing blob: HEAD 200 with its digest; GET 200 with its bytes, twice (the second
+    // from the store).
+    let layer = &image.layers[0];
+    let digest = shoal_integration::sha256(layer);
+    let blob_path = format!("/v2/team/app/blobs/{digest}");
+    let resp = head(&blob_path).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["docker-content-digest"], digest.as_str());
+    for _ in 0..2 {
+        let resp = get(&blob_path)
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers().clone();
+        assert_eq!(h["docker-content-digest"], digest.as_str());
+        assert_eq!(h["x-dragonfly-task-id"], digest.as_str());
+        assert_eq!(h["content-length"], layer.len().to_string().as_str());
+        assert!(h.get("content-encoding").is_none());
+        assert!(resp.bytes().await.unwrap() == *layer);
+    }
+    // 3. Unknown manifest: 404.
+    for rb in [
+        head("/v2/team/app/manifests/nope"),
+        get("/v2/team/app/manifests/nope"),
+    ] {
+        assert_eq!(rb.send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    }
+    // 4. Manifest by tag and by digest: HEAD with length and digest, GET with the bytes.
+    let md = image.manifest_digest();
+    for reference in ["v1", md.as_str()] {
+        let path = format!("/v2/team/app/manifests/{reference}");
+        let accept = shoal_integration::registry::MANIFEST_TYPE;
+        let resp = head(&path).header("accept", accept).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "HEAD {reference}");
+        assert_eq!(resp.headers()["docker-content-digest"], md.as_str());
+        assert_eq!(
+            resp.headers()["content-length"],
+            image.manifest.len().to_string().as_str()
+        );
+        let resp = get(&path).header("accept", accept).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.bytes().await.unwrap() == image.manifest);
+    }
+    // 5. A malformed digest: 400 or 404.
+    let s = get("/v2/team/app/manifests/sha256:totallywrong")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(
+        s == StatusCode::BAD_REQUEST || s == StatusCode::NOT_FOUND,
+        "{s}"
+    );
+
+    // Ranges: the mirror answers as the registry does (206, Content-Range, bytes).
+    for range in [
+        "bytes=10-19",
+        "bytes=1048570-1048589",
+        "bytes=2097152-",
+        "bytes=-5",
+        "bytes=0-",
+    ] {
+        let ours = get(&blob_path).header("range", range).send().await.unwrap();
+        let theirs = http
+            .get(format!("{}{blob_path}", registry.url()))
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ours.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(ours.status(), theirs.status(), "{range}");
+        assert_eq!(
+            ours.headers()["content-range"],
+            theirs.headers()["content-range"],
+            "{range}"
+        );
+        assert!(ours.bytes().await.unwrap() == theirs.bytes().await.unwrap());
+    }
+    for bad in ["bytes=5-2", "bytes=0-1,5-6", "bytes=99999999-", "pages=1-2"] {
+        let resp = get(&blob_path).header("range", bad).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{bad}");
+        assert_eq!(
+            resp.headers()["content-range"],
+            format!("bytes */{}", layer.len()).as_str()
+        );
+    }
+
+    // Bad input: clear 4xx answers in the distribution-spec's error shape.
+    let resp = get(&format!("/v2/Team/App/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["errors"][0]["code"], "NAME_INVALID");
+    let resp = get("/v2/team/app/blobs/sha256:0123").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = get("/not-a-registry-path").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = get(&blob_path)
+        .header("x-big", "a".repeat(100 << 10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let resp = http
+        .get(format!("{mirror}{blob_path}?ns=bad%2Fhost"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    // The upstream named by X-Dragonfly-Registry instead of ?ns=.
+    let resp = http
+        .get(format!(
+            "{mirror}/v2/team/app/blobs/{}",
+            shoal_integration::sha256(&image.layers[1])
+        ))
+        .header("x-dragonfly-registry", registry.url())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.bytes().await.unwrap() == image.layers[1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctr_pulls_through_the_mirror_and_a_second_host_gets_the_layers_from_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
+        .await
+        .unwrap();
+    let image = Image::random(&[8 * MIB, 4 * MIB, 1000]);
+    image
+        .push(&registry.url(), "team/app", "v1", None)
+        .await
+        .unwrap();
+    let cluster = Cluster::builder()
+        .daemons(2)
+        .registry(REGISTRY, &registry.url())
+        .start()
+        .await;
+    let reference = format!("{REGISTRY}/team/app:v1");
+
+    // Host A: a hosts.toml for the registry; host B: the catch-all `_default`.
+    let a = Containerd::start(&dir.path().join("ctd-a")).await;
+    let b = Containerd::start(&dir.path().join("ctd-b")).await;
+    let (hosts_a, hosts_b) = (dir.path().join("hosts-a"), dir.path().join("hosts-b"));
+    let mirror = |i: usize| format!("http://127.0.0.1:{}", cluster.daemons[i].proxy_port);
+    hosts_toml(&hosts_a, REGISTRY, None, &mirror(0));
+    hosts_toml(&hosts_b, "_default", None, &mirror(1));
+
+    ctr_pull(&a, &hosts_a, &reference, &[]).await;
+    let layers: u64 = image.layers.iter().map(|l| l.len() as u64).sum();
+    let blobs = layers + image.config.len() as u64;
+    let after_a = origin_bytes(&cluster).await;
+    assert!(
+        after_a >= blobs,
+        "the swarm fetched {after_a} of {blobs} bytes"
+    );
+    assert!(
+        after_a <= blobs + blobs / 20,
+        "the origin sent {after_a} bytes for {blobs}"
+    );
+
+    ctr_pull(&b, &hosts_b, &reference, &[]).await;
+    assert_eq!(
+        origin_bytes(&cluster).await,
+        after_a,
+        "the second host's pull reached the origin"
+    );
+    let d1 = &cluster.daemons[1];
+    let from_swarm = d1
+        .metric("shoal_download_bytes_total{source=\"peer\"}")
+        .await
+        + d1.metric("shoal_download_bytes_total{source=\"seed\"}")
+            .await;
+    assert!(
+        from_swarm >= blobs,
+        "host B got {from_swarm} bytes from the swarm"
+    );
+
+    // Both runtimes hold the same, complete image.
+    for ctd in [&a, &b] {
+        let out = ctd.run(&["images", "check"]).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("complete"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_blobs_reach_only_clients_the_registry_accepts_and_credentials_stay_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(12)));
+    let access = Access::Basic {
+        user: "alice".into(),
+        password: password.clone(),
+    };
+    let registry = TestRegistry::start(&dir.path().join("registry"), &access)
+        .await
+        .unwrap();
+    let basic = format!("alice:{password}");
+    let authorization = format!("Basic {}", base64(basic.as_bytes()));
+    let image = Image::random(&[2 * MIB, 1000]);
+    image
+        .push(&registry.url(), "team/private", "v1", Some(&authorization))
+        .await
+        .unwrap();
+    // Debug logs: the secret must not appear even there.
+    let cluster = Cluster::builder()
+        .daemons(2)
+        .registry(REGISTRY, &registry.url())
+        .log("debug")
+        .start()
+        .await;
+
+    // An authorised pull with containerd (credentials are given for the mirror host).
+    let ctd = Containerd::start(&dir.path().join("ctd")).await;
+    let hosts = dir.path().join("hosts");
+    let mirror = |i: usize| format!("http://127.0.0.1:{}", cluster.daemons[i].proxy_port);
+    hosts_toml(&hosts, REGISTRY, None, &mirror(0));
+    ctr_pull(
+        &ctd,
+        &hosts,
+        &format!("{REGISTRY}/team/private:v1"),
+        &["--user", &basic],
+    )
+    .await;
+
+    // Daemon 0 holds the layer now. Clients without the right credentials get the registry's
+    // own refusal from it, never the bytes; daemon 1 (holding nothing) answers the same way.
+    let http = client();
+    let layer = &image.layers[0];
+    let path = format!(
+        "/v2/team/private/blobs/{}?{NS}",
+        shoal_integration::sha256(layer)
+    );
+    let wrong = format!("Basic {}", base64(b"alice:guess"));
+    for i in 0..2 {
+        for auth in [None, Some(wrong.as_str())] {
+            let mut rb = http.get(format!("{}{path}", mirror(i)));
+            if let Some(a) = auth {
+                rb = rb.header("authorization", a);
+            }
+            let resp = rb.send().await.unwrap();
+            assert_eq!(
+                resp.status(),
+                StatusCode::UNAUTHORIZED,
+                "daemon {i}, {auth:?}"
+            );
+            let challenge = resp.headers()["www-authenticate"].to_str().unwrap();
+            assert!(challenge.starts_with("Basic"), "{challenge}");
+            let body = resp.bytes().await.unwrap();
+            assert!(body.len() < 1000, "daemon {i} sent {} bytes", body.len());
+        }
+        let resp = http
+            .get(format!("{}{path}", mirror(i)))
+            .header("authorization", &authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.bytes().await.unwrap() == *layer);
+    }
+
+    // Credential hygiene: no node's logs, config or data hold the password or the header.
+    let encoded = base64(basic.as_bytes());
+    let mut checked = 0;
+    for entry in walk(cluster.dir()) {
+        let data = std::fs::read(&entry).unwrap_or_default();
+        for secret in [password.as_bytes(), encoded.as_bytes()] {
+            assert!(
+                !data.windows(secret.len()).any(|w| w == secret),
+                "{} contains the credential",
+                entry.display()
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 5, "only {checked} files checked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn skopeo_copies_through_the_mirror() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
+        .await
+        .unwrap();
+    let image = Image::random(&[3 * MIB]);
+    image
+        .push(&registry.url(), "team/app", "v1", None)
+        .await
+        .unwrap();
+    // skopeo sends no `ns`: the mirror's default registry is the test registry.
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .default_registry(&registry.url())
+        .start()
+        .await;
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nprefix = {REGISTRY:?}\nlocation = {REGISTRY:?}\n\
+             [[registry.mirror]]\nlocation = \"127.0.0.1:{}\"\ninsecure = true\n",
+            cluster.daemons[0].proxy_port
+        ),
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("copy");
+    let mut cmd = std::process::Command::new("skopeo");
+    cmd.arg("copy")
+        .arg("--policy")
+        .arg(&policy)
+        .arg("--registries-conf")
+        .arg(&conf)
+        .arg(format!("docker://{REGISTRY}/team/app:v1"))
+        .arg(format!("dir:{}", out_dir.display()));
+    let out = shoal_integration::process::run(cmd).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = shoal_integration::sha256(&image.layers[0]);
+    let copied = std::fs::read(out_dir.join(&digest["sha256:".len()..])).unwrap();
+    assert!(copied == image.layers[0]);
+    let blobs = cluster.daemons[0]
+        .metric("shoal_proxy_requests_total{kind=\"blob\"}")
+        .await;
+    assert!(blobs >= 1, "skopeo's blob GETs did not become tasks");
+}
+
+/// `ctr images pull` through `hosts`; the image must be pulled and unpacked.
+async fn ctr_pull(ctd: &Containerd, hosts: &Path, reference: &str, extra: &[&str]) {
+    let hosts = hosts.to_string_lossy();
+    let mut args = vec!["images", "pull", "--hosts-dir", &hosts];
+    args.extend_from_slice(extra);
+    args.push(reference);
+    let out = ctd.run(&args).await;
+    assert!(
+        out.status.success(),
+        "ctr pull failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("unpacking"),
+        "not unpacked"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -81,10 +81,24 @@ pub struct ClusterBuilder {
     scheduler: bool,
     registries: Vec<(String, String)>,
     default_registry: Option<String>,
+    hijack: Vec<String>,
+    origin_ca: Option<PathBuf>,
     log: &'static str,
 }
 
 impl ClusterBuilder {
+    /// The nodes' proxies terminate TLS of CONNECT targets matching `regex`.
+    pub fn hijack(mut self, regex: &str) -> Self {
+        self.hijack.push(regex.into());
+        self
+    }
+
+    /// The nodes trust this CA (PEM file) for origins and registries.
+    pub fn origin_ca(mut self, path: &Path) -> Self {
+        self.origin_ca = Some(path.into());
+        self
+    }
+
     /// The nodes' mirrors send requests naming no registry (Docker, skopeo) to `url`.
     pub fn default_registry(mut self, url: &str) -> Self {
         self.default_registry = Some(url.into());
@@ -142,6 +156,8 @@ impl ClusterBuilder {
             stall: self.stall_timeout,
             registries: self.registries,
             default_registry: self.default_registry,
+            hijack: self.hijack,
+            origin_ca: self.origin_ca,
             log: self.log,
         };
         if self.scheduler {
@@ -171,6 +187,8 @@ pub struct Cluster {
     stall: &'static str,
     registries: Vec<(String, String)>,
     default_registry: Option<String>,
+    hijack: Vec<String>,
+    origin_ca: Option<PathBuf>,
     log: &'static str,
 }
 
@@ -184,6 +202,8 @@ impl Cluster {
             scheduler: true,
             registries: Vec::new(),
             default_registry: None,
+            hijack: Vec::new(),
+            origin_ca: None,
             log: "info",
         }
     }
@@ -222,10 +242,14 @@ impl Cluster {
                 1,
             );
         }
+        if let Some(ca) = &self.origin_ca {
+            text = text.replacen("[origin]\n", &format!("[origin]\nca_certs = [{ca:?}]\n"), 1);
+        }
         text += "[proxy.registries]\n";
         for (host, url) in &self.registries {
             text += &format!("{host:?} = {url:?}\n");
         }
+        text += &format!("[proxy.hijack]\nhosts = {:?}\n", self.hijack);
         std::fs::write(&config, text).expect("write node config");
         let metrics_port = free_port();
         let mut cmd = shoal();

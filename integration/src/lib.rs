@@ -17,6 +17,7 @@ pub mod origin;
 pub mod process;
 pub mod registry;
 pub mod runtimes;
+pub mod tls;
 
 /// Random, incompressible bytes.
 pub fn random_bytes(len: usize) -> bytes::Bytes {

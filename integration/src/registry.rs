@@ -44,15 +44,26 @@ pub enum Access {
 pub struct TestRegistry {
     pub port: u16,
     pub root: PathBuf,
+    tls: bool,
     _child: ChildGuard,
 }
 
 impl TestRegistry {
-    /// Starts a registry with its storage and config under `dir`.
+    /// Starts a plain-HTTP registry with its storage and config under `dir`.
     pub async fn start(dir: &Path, access: &Access) -> anyhow::Result<TestRegistry> {
+        Self::start_with(dir, access, None).await
+    }
+
+    /// Starts a registry, serving HTTPS with `tls` = (certificate, key) PEM files when given.
+    pub async fn start_with(
+        dir: &Path,
+        access: &Access,
+        tls: Option<(&Path, &Path)>,
+    ) -> anyhow::Result<TestRegistry> {
+        std::fs::create_dir_all(dir)?;
         let root = dir.join("storage");
         std::fs::create_dir_all(&root)?;
-        let extra = match access {
+        let mut extra = match access {
             Access::Anonymous => String::new(),
             Access::Basic { user, password } => {
                 let out = std::process::Command::new("htpasswd")
@@ -72,7 +83,17 @@ impl TestRegistry {
         };
         let port = free_port();
         let path = dir.join("registry.yml");
-        std::fs::write(&path, config(&root, &format!("127.0.0.1:{port}"), &extra))?;
+        let mut config = config(&root, &format!("127.0.0.1:{port}"), "");
+        if let Some((cert, key)) = tls {
+            // Part of the `http` table `config` ends with.
+            config += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+        }
+        extra.insert_str(0, &config);
+        std::fs::write(&path, extra)?;
         let mut cmd = std::process::Command::new(registry_bin()?);
         cmd.arg("serve")
             .arg(&path)
@@ -86,12 +107,14 @@ impl TestRegistry {
         Ok(TestRegistry {
             port,
             root,
+            tls: tls.is_some(),
             _child: child,
         })
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 }
 
@@ -153,6 +176,19 @@ impl Image {
     ) -> anyhow::Result<()> {
         shoal_p2p::install_crypto_provider();
         let client = reqwest::Client::builder().no_proxy().build()?;
+        self.push_with(&client, registry, name, tag, authorization)
+            .await
+    }
+
+    /// [`push`](Self::push) with the given client (one that trusts a test CA, say).
+    pub async fn push_with(
+        &self,
+        client: &reqwest::Client,
+        registry: &str,
+        name: &str,
+        tag: &str,
+        authorization: Option<&str>,
+    ) -> anyhow::Result<()> {
         let with_auth = |rb: reqwest::RequestBuilder| match authorization {
             Some(a) => rb.header("authorization", a),
             None => rb,

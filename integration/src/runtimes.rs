@@ -1,4 +1,4 @@
-//! Real container runtimes for tests: containerd 1.6 driven by `ctr`, and skopeo.
+//! Real container runtimes for tests: containerd 1.6 driven by `ctr`, and dockerd 20.10.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -63,18 +63,118 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // Unpacked layers are overlay mounts under the root: release them with the process.
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-        let root = self.dir.to_string_lossy().into_owned();
-        let mut points: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(1))
-            .filter(|p| p.starts_with(&root))
-            .collect();
-        points.sort_unstable_by(|a, b| b.cmp(a));
-        for p in points {
-            let _ = Command::new("umount").arg("-l").arg(p).status();
+        unmount_under(&self.dir);
+    }
+}
+
+/// Unmounts whatever a runtime left mounted under `dir` (deepest first).
+fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let root = dir.to_string_lossy().into_owned();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|p| p.starts_with(&root))
+        .collect();
+    points.sort_unstable_by(|a, b| b.cmp(a));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(p).status();
+    }
+}
+
+/// dockerd 20.10 with its data, exec root and socket under a directory (no iptables, no
+/// bridge, the vfs storage driver), as root. It starts its own containerd.
+pub struct Dockerd {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl Dockerd {
+    /// Starts dockerd with extra `args` and environment (`HTTPS_PROXY`, ...).
+    pub async fn start(dir: &Path, args: &[String], env: &[(&str, String)]) -> Dockerd {
+        std::fs::create_dir_all(dir.join("cli")).expect("dockerd dir");
+        let socket = dir.join("docker.sock");
+        let mut cmd = Command::new("dockerd");
+        cmd.arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("docker.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args([
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+                "--storage-driver=vfs",
+            ])
+            .args(args)
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .envs(env.iter().map(|(k, v)| (*k, v)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("dockerd.log")).expect("log"));
+        let child = ChildGuard::spawn(cmd);
+        let s = socket.clone();
+        wait_until(Duration::from_secs(30), "dockerd socket", || {
+            std::os::unix::net::UnixStream::connect(&s).is_ok()
+        })
+        .await;
+        Dockerd {
+            dir: dir.to_owned(),
+            socket,
+            child: Some(child),
         }
+    }
+
+    /// The docker CLI of the same release (`/usr/bin/docker`), talking to this daemon, with its
+    /// config (`config.json`: registry credentials) in `<dir>/cli`.
+    pub fn docker(&self, args: &[&str]) -> Command {
+        let bin = if Path::new("/usr/bin/docker").exists() {
+            "/usr/bin/docker"
+        } else {
+            "docker"
+        };
+        let mut cmd = Command::new(bin);
+        cmd.env("DOCKER_CONFIG", self.dir.join("cli"))
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args);
+        cmd
+    }
+
+    /// Credentials the CLI hands dockerd for `registry` (`host:port`).
+    pub fn login(&self, registry: &str, basic_base64: &str) {
+        std::fs::write(
+            self.dir.join("cli/config.json"),
+            serde_json::json!({"auths": {registry: {"auth": basic_base64}}}).to_string(),
+        )
+        .expect("docker config");
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Output {
+        crate::process::run(self.docker(args)).await
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // SIGTERM, so dockerd stops the containerd it started; SIGKILL after 10 s.
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(child.pid(), nix::sys::signal::Signal::SIGTERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if matches!(child.child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        unmount_under(&self.dir);
     }
 }
 

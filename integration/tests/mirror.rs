@@ -7,7 +7,8 @@ use std::path::Path;
 use reqwest::StatusCode;
 use shoal_integration::cluster::Cluster;
 use shoal_integration::registry::{Access, Image, TestRegistry};
-use shoal_integration::runtimes::{Containerd, hosts_toml};
+use shoal_integration::runtimes::{Containerd, Dockerd, hosts_toml};
+use shoal_integration::tls::TestCa;
 
 const MIB: usize = 1 << 20;
 /// The registry as images name it; the mirror maps it to the test registry.
@@ -397,6 +398,142 @@ async fn skopeo_copies_through_the_mirror() {
         .metric("shoal_proxy_requests_total{kind=\"blob\"}")
         .await;
     assert!(blobs >= 1, "skopeo's blob GETs did not become tasks");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dockerd_pulls_a_docker_hub_image_through_registry_mirrors() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
+        .await
+        .unwrap();
+    let image = Image::random(&[3 * MIB, 1000]);
+    image
+        .push(&registry.url(), "library/app", "v1", None)
+        .await
+        .unwrap();
+    // Docker sends Hub requests to the mirror with no `ns`: they go to the default registry,
+    // which stands in for Docker Hub here.
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .default_registry(&registry.url())
+        .start()
+        .await;
+    let mirror = format!(
+        "--registry-mirror=http://127.0.0.1:{}",
+        cluster.daemons[0].proxy_port
+    );
+    let dockerd = Dockerd::start(&dir.path().join("dockerd"), &[mirror], &[]).await;
+    // Without the mirror this pull would go to registry-1.docker.io, which this machine
+    // cannot reach.
+    let out = dockerd.run(&["pull", "app:v1"]).await;
+    assert!(
+        out.status.success(),
+        "docker pull failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = dockerd.run(&["image", "inspect", "app:v1"]).await;
+    assert!(out.status.success());
+    let blobs = cluster.daemons[0]
+        .metric("shoal_proxy_requests_total{kind=\"blob\"}")
+        .await;
+    assert!(blobs >= 3, "{blobs} blob GETs became tasks");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dockerd_pulls_from_a_tls_registry_through_the_https_hijack_with_its_own_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    // A private registry with its own CA, under a name only the proxy resolves.
+    let host = format!(
+        "registry-{}.invalid",
+        hex::encode(shoal_integration::random_bytes(4))
+    );
+    let ca = TestCa::new(dir.path()).unwrap();
+    let (cert, key) = ca.server(dir.path(), &[&host, "127.0.0.1"]).unwrap();
+    let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
+    let access = Access::Basic {
+        user: "bob".into(),
+        password: password.clone(),
+    };
+    let registry =
+        TestRegistry::start_with(&dir.path().join("registry"), &access, Some((&cert, &key)))
+            .await
+            .unwrap();
+    let basic = base64(format!("bob:{password}").as_bytes());
+    shoal_p2p::install_crypto_provider();
+    let trusting = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let image = Image::random(&[3 * MIB, 1000]);
+    image
+        .push_with(
+            &trusting,
+            &registry.url(),
+            "team/app",
+            "v1",
+            Some(&format!("Basic {basic}")),
+        )
+        .await
+        .unwrap();
+    let target = format!("{host}:5443");
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry(&target, &registry.url())
+        .hijack(&format!("^{}$", target.replace('.', "\\.")))
+        .origin_ca(&ca.cert)
+        .start()
+        .await;
+    // dockerd trusts Shoal's CA for this registry, and reaches it through the proxy.
+    let shoal_ca = cluster.daemons[0].data_dir.join("store/ca/ca.crt");
+    let certs_d = Path::new("/etc/docker/certs.d").join(&target);
+    std::fs::create_dir_all(&certs_d).unwrap();
+    std::fs::copy(&shoal_ca, certs_d.join("ca.crt")).unwrap();
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _certs_d = Remove(certs_d);
+    let proxy = format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port);
+    let dockerd = Dockerd::start(
+        &dir.path().join("dockerd"),
+        &[],
+        &[("HTTPS_PROXY", proxy.clone()), ("HTTP_PROXY", proxy)],
+    )
+    .await;
+    dockerd.login(&target, &basic);
+    let out = dockerd
+        .run(&["pull", &format!("{target}/team/app:v1")])
+        .await;
+    assert!(
+        out.status.success(),
+        "docker pull failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = &cluster.daemons[0];
+    let hijacked = d
+        .metric("shoal_proxy_requests_total{kind=\"hijack\"}")
+        .await;
+    let blobs = d.metric("shoal_proxy_requests_total{kind=\"blob\"}").await;
+    assert!(
+        hijacked >= 1 && blobs >= 3,
+        "hijacked {hijacked}, blobs {blobs}"
+    );
+    let origin = d
+        .metric("shoal_download_bytes_total{source=\"origin\"}")
+        .await
+        + cluster
+            .seed
+            .as_ref()
+            .unwrap()
+            .metric("shoal_download_bytes_total{source=\"origin\"}")
+            .await;
+    assert!(
+        origin >= 3 * MIB as u64,
+        "the blobs did not come through a task: {origin}"
+    );
 }
 
 /// `ctr images pull` through `hosts`; the image must be pulled and unpacked.

@@ -69,10 +69,14 @@ impl Proxy {
             }
             Some(ca)
         };
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
+        // Upstreams are trusted as the origin client trusts them (system CAs plus
+        // `origin.ca_certs`).
+        let client = downloader
+            .origin_config()
+            .client_builder()
+            .map_err(|e| ProxyError::Config(e.to_string()))?
             .connect_timeout(config.connect_timeout)
-            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(32)
             .build()
             .map_err(|e| ProxyError::Config(format!("cannot build the HTTP client: {e}")))?;

@@ -139,6 +139,11 @@ impl Downloader {
         &self.metrics
     }
 
+    /// The origin client's settings (timeouts, trusted CAs).
+    pub fn origin_config(&self) -> &crate::origin::OriginConfig {
+        self.origin.config()
+    }
+
     pub(crate) fn holdings(&self) -> &Holdings {
         &self.holdings
     }

@@ -9,6 +9,7 @@
 //!   timeouts, 5xx, 429) are retried with exponential backoff, others are returned at once.
 
 use std::ops::Range;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -39,6 +40,9 @@ pub struct OriginConfig {
     pub retry_backoff: Duration,
     /// Pieces fetched from the origin at once for one task.
     pub concurrency: usize,
+    /// CA certificates (PEM files) trusted besides the system's, for origins and registries
+    /// with a private CA.
+    pub ca_certs: Vec<PathBuf>,
 }
 
 impl Default for OriginConfig {
@@ -50,11 +54,36 @@ impl Default for OriginConfig {
             retries: 3,
             retry_backoff: Duration::from_millis(200),
             concurrency: 8,
+            ca_certs: Vec::new(),
         }
     }
 }
 
 impl OriginConfig {
+    /// An HTTP client builder that trusts the system's CAs and [`ca_certs`](Self::ca_certs),
+    /// with the connect timeout: the base of every client that talks to origins and registries.
+    pub fn client_builder(&self) -> Result<reqwest::ClientBuilder> {
+        crate::install_crypto_provider();
+        let mut roots = Vec::new();
+        for path in &self.ca_certs {
+            let pem =
+                std::fs::read(path).map_err(|e| Error::io("read CA certificates", path, e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(Error::Config(format!(
+                    "{}: no PEM certificates",
+                    path.display()
+                )));
+            }
+            roots.extend(certs);
+        }
+        Ok(reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .tls_certs_merge(roots))
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.concurrency == 0 {
             return Err("origin.concurrency must be at least 1".into());
@@ -107,13 +136,11 @@ pub struct Origin {
 
 impl Origin {
     pub fn new(config: OriginConfig) -> Result<Self> {
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
+        let client = config
+            .client_builder()?
             .read_timeout(config.read_timeout)
             .timeout(config.request_timeout)
             .redirect(reqwest::redirect::Policy::limited(10))
-            .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::InvalidRequest(format!("cannot build the HTTP client: {e}")))?;
         Ok(Origin { client, config })

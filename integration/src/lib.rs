@@ -18,6 +18,7 @@ pub mod process;
 pub mod registry;
 pub mod runtimes;
 pub mod tls;
+pub mod token;
 
 /// Random, incompressible bytes.
 pub fn random_bytes(len: usize) -> bytes::Bytes {

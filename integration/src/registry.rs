@@ -38,6 +38,11 @@ pub enum Access {
         user: String,
         password: String,
     },
+    /// Bearer tokens from a token server (see [`crate::token::TokenServer`]).
+    Token {
+        realm: String,
+        bundle: PathBuf,
+    },
 }
 
 /// A docker-registry process on 127.0.0.1.
@@ -51,20 +56,29 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// Starts a plain-HTTP registry with its storage and config under `dir`.
     pub async fn start(dir: &Path, access: &Access) -> anyhow::Result<TestRegistry> {
-        Self::start_with(dir, access, None).await
+        Self::start_with(dir, access, None, "").await
     }
 
-    /// Starts a registry, serving HTTPS with `tls` = (certificate, key) PEM files when given.
+    /// Starts a registry, serving HTTPS with `tls` = (certificate, key) PEM files when given,
+    /// with `extra` top-level YAML (middleware, say).
     pub async fn start_with(
         dir: &Path,
         access: &Access,
         tls: Option<(&Path, &Path)>,
+        extra: &str,
     ) -> anyhow::Result<TestRegistry> {
         std::fs::create_dir_all(dir)?;
         let root = dir.join("storage");
         std::fs::create_dir_all(&root)?;
-        let mut extra = match access {
+        let mut yaml = match access {
             Access::Anonymous => String::new(),
+            Access::Token { realm, bundle } => format!(
+                "auth:\n  token:\n    realm: {realm}\n    service: {}\n    issuer: {}\n    \
+                 rootcertbundle: {}\n",
+                crate::token::SERVICE,
+                crate::token::ISSUER,
+                bundle.display()
+            ),
             Access::Basic { user, password } => {
                 let out = std::process::Command::new("htpasswd")
                     .args(["-Bbn", user, password])
@@ -92,8 +106,9 @@ impl TestRegistry {
                 key.display()
             );
         }
-        extra.insert_str(0, &config);
-        std::fs::write(&path, extra)?;
+        yaml.insert_str(0, &config);
+        yaml += extra;
+        std::fs::write(&path, yaml)?;
         let mut cmd = std::process::Command::new(registry_bin()?);
         cmd.arg("serve")
             .arg(&path)

@@ -4,11 +4,15 @@
 
 use std::path::Path;
 
+use base64::Engine as _;
+
 use reqwest::StatusCode;
 use shoal_integration::cluster::Cluster;
+use shoal_integration::origin::TestOrigin;
 use shoal_integration::registry::{Access, Image, TestRegistry};
 use shoal_integration::runtimes::{Containerd, Dockerd, hosts_toml};
 use shoal_integration::tls::TestCa;
+use shoal_integration::token::TokenServer;
 
 const MIB: usize = 1 << 20;
 /// The registry as images name it; the mirror maps it to the test registry.
@@ -344,6 +348,147 @@ async fn private_blobs_reach_only_clients_the_registry_accepts_and_credentials_s
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn ctr_pulls_through_the_mirror_from_a_token_auth_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
+    let tokens = TokenServer::start(dir.path(), "carol", &password)
+        .await
+        .unwrap();
+    let access = Access::Token {
+        realm: tokens.realm(),
+        bundle: tokens.bundle.clone(),
+    };
+    let registry = TestRegistry::start(&dir.path().join("registry"), &access)
+        .await
+        .unwrap();
+    let image = Image::random(&[3 * MIB, 1000]);
+    let push = format!(
+        "Bearer {}",
+        tokens.token_for("repository:team/app:pull,push")
+    );
+    image
+        .push(&registry.url(), "team/app", "v1", Some(&push))
+        .await
+        .unwrap();
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry(REGISTRY, &registry.url())
+        .start()
+        .await;
+    let ctd = Containerd::start(&dir.path().join("ctd")).await;
+    let hosts = dir.path().join("hosts");
+    let mirror = format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port);
+    hosts_toml(&hosts, REGISTRY, None, &mirror);
+    // containerd runs the token dance itself: the mirror passes the challenge and the
+    // Bearer token through.
+    let user = format!("carol:{password}");
+    ctr_pull(
+        &ctd,
+        &hosts,
+        &format!("{REGISTRY}/team/app:v1"),
+        &["--user", &user],
+    )
+    .await;
+    let blobs = cluster.daemons[0]
+        .metric("shoal_proxy_requests_total{kind=\"blob\"}")
+        .await;
+    assert!(blobs >= 3, "{blobs}");
+
+    // No token, or a token for another repository: the registry's challenge, not the bytes.
+    let http = client();
+    let path = format!(
+        "{mirror}/v2/team/app/blobs/{}?{NS}",
+        shoal_integration::sha256(&image.layers[0])
+    );
+    let other = format!("Bearer {}", tokens.token_for("repository:other/app:pull"));
+    for auth in [None, Some(other)] {
+        let mut rb = http.get(&path);
+        if let Some(a) = &auth {
+            rb = rb.header("authorization", a);
+        }
+        let resp = rb.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let challenge = resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(challenge.starts_with("Bearer realm="), "{challenge}");
+        assert!(resp.bytes().await.unwrap().len() < 1000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blobs_the_registry_redirects_to_storage_are_fetched_without_the_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = Image::random(&[3 * MIB, 1000]);
+    // The "object store": the registry's blob files at the paths its redirect middleware names.
+    let mut storage = TestOrigin::builder();
+    for blob in std::iter::once(&image.config).chain(&image.layers) {
+        let digest = shoal_integration::sha256(blob);
+        let hex = &digest["sha256:".len()..];
+        storage = storage.file(
+            &format!("/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]),
+            blob.clone(),
+        );
+    }
+    let storage = storage.start().await;
+    let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
+    let access = Access::Basic {
+        user: "dave".into(),
+        password: password.clone(),
+    };
+    let redirect = format!(
+        "middleware:\n  storage:\n    - name: redirect\n      options:\n        baseurl: {}\n",
+        storage.url("")
+    );
+    let registry = TestRegistry::start_with(&dir.path().join("registry"), &access, None, &redirect)
+        .await
+        .unwrap();
+    let user = format!("dave:{password}");
+    let basic = format!("Basic {}", base64(user.as_bytes()));
+    image
+        .push(&registry.url(), "team/app", "v1", Some(&basic))
+        .await
+        .unwrap();
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry(REGISTRY, &registry.url())
+        .start()
+        .await;
+    let ctd = Containerd::start(&dir.path().join("ctd")).await;
+    let hosts = dir.path().join("hosts");
+    hosts_toml(
+        &hosts,
+        REGISTRY,
+        None,
+        &format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port),
+    );
+    ctr_pull(
+        &ctd,
+        &hosts,
+        &format!("{REGISTRY}/team/app:v1"),
+        &["--user", &user],
+    )
+    .await;
+    let seen = storage.seen();
+    let digest = shoal_integration::sha256(&image.layers[0]);
+    let hex = &digest["sha256:".len()..];
+    let layer = format!("/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]);
+    assert!(
+        seen.iter().any(|s| s.method == "GET" && s.path == layer),
+        "the layer never came from storage: {seen:?}"
+    );
+    for s in &seen {
+        assert!(
+            !s.headers.contains_key("authorization"),
+            "{} {} carried the registry credentials",
+            s.method,
+            s.path
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn skopeo_copies_through_the_mirror() {
     let dir = tempfile::tempdir().unwrap();
     let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
@@ -454,10 +599,14 @@ async fn dockerd_pulls_from_a_tls_registry_through_the_https_hijack_with_its_own
         user: "bob".into(),
         password: password.clone(),
     };
-    let registry =
-        TestRegistry::start_with(&dir.path().join("registry"), &access, Some((&cert, &key)))
-            .await
-            .unwrap();
+    let registry = TestRegistry::start_with(
+        &dir.path().join("registry"),
+        &access,
+        Some((&cert, &key)),
+        "",
+    )
+    .await
+    .unwrap();
     let basic = base64(format!("bob:{password}").as_bytes());
     shoal_p2p::install_crypto_provider();
     let trusting = reqwest::Client::builder()
@@ -572,22 +721,5 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(data)
 }

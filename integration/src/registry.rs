@@ -30,6 +30,54 @@ pub fn config(root: &Path, addr: &str, extra: &str) -> String {
     )
 }
 
+/// Stores `data` as a blob of repository `repo` in a registry's filesystem storage under `root`
+/// (the layout docker-registry reads: the blob, and the repository's link to it), without a
+/// push. Returns its digest.
+pub fn store_blob(root: &Path, repo: &str, data: &[u8]) -> anyhow::Result<String> {
+    let digest = crate::sha256(data);
+    let hex = &digest["sha256:".len()..];
+    let v2 = root.join("docker/registry/v2");
+    let blob = v2.join("blobs/sha256").join(&hex[..2]).join(hex);
+    std::fs::create_dir_all(&blob)?;
+    std::fs::write(blob.join("data"), data)?;
+    let link = v2
+        .join("repositories")
+        .join(repo)
+        .join("_layers/sha256")
+        .join(hex);
+    std::fs::create_dir_all(&link)?;
+    std::fs::write(link.join("link"), &digest)?;
+    Ok(digest)
+}
+
+/// Stores `image` in a registry's filesystem storage under `root` as `repo:tag`, without a push
+/// (for large images in the lab). Returns the manifest's digest.
+pub fn store_image(root: &Path, repo: &str, tag: &str, image: &Image) -> anyhow::Result<String> {
+    for blob in std::iter::once(&image.config).chain(&image.layers) {
+        store_blob(root, repo, blob)?;
+    }
+    let digest = image.manifest_digest();
+    let hex = &digest["sha256:".len()..];
+    let v2 = root.join("docker/registry/v2");
+    let blob = v2.join("blobs/sha256").join(&hex[..2]).join(hex);
+    std::fs::create_dir_all(&blob)?;
+    std::fs::write(blob.join("data"), &image.manifest)?;
+    let manifests = v2.join("repositories").join(repo).join("_manifests");
+    for link in [
+        manifests.join("revisions/sha256").join(hex),
+        manifests.join("tags").join(tag).join("current"),
+        manifests
+            .join("tags")
+            .join(tag)
+            .join("index/sha256")
+            .join(hex),
+    ] {
+        std::fs::create_dir_all(&link)?;
+        std::fs::write(link.join("link"), &digest)?;
+    }
+    Ok(digest)
+}
+
 /// How the test registry lets clients in.
 pub enum Access {
     Anonymous,

@@ -15,7 +15,16 @@ pub struct Containerd {
 
 impl Containerd {
     pub async fn start(dir: &Path) -> Containerd {
-        std::fs::create_dir_all(dir).expect("containerd dir");
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || Containerd::spawn(&dir))
+            .await
+            .expect("join")
+            .expect("containerd starts")
+    }
+
+    /// [`start`](Self::start) for synchronous callers (the lab).
+    pub fn spawn(dir: &Path) -> anyhow::Result<Containerd> {
+        std::fs::create_dir_all(dir)?;
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
         std::fs::write(
@@ -28,24 +37,27 @@ impl Containerd {
                 dir.join("state"),
                 socket
             ),
-        )
-        .expect("containerd config");
+        )?;
         let mut cmd = Command::new("containerd");
         cmd.arg("--config")
             .arg(&config)
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("containerd.log")).expect("log"));
+            .stderr(std::fs::File::create(dir.join("containerd.log"))?);
         let child = ChildGuard::spawn(cmd);
-        let s = socket.clone();
-        wait_until(Duration::from_secs(20), "containerd socket", || {
-            std::os::unix::net::UnixStream::connect(&s).is_ok()
-        })
-        .await;
-        Containerd {
+        let start = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "containerd did not listen on {} (is it installed? scripts/setup.sh)",
+                socket.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Containerd {
             dir: dir.to_owned(),
             socket,
             _child: child,
-        }
+        })
     }
 
     /// `ctr --address <socket> <args>`.
@@ -83,7 +95,9 @@ fn unmount_under(dir: &Path) {
 }
 
 /// dockerd 20.10 with its data, exec root and socket under a directory (no iptables, no
-/// bridge, the vfs storage driver), as root. It starts its own containerd.
+/// bridge, the vfs storage driver), as root. It starts its own containerd. It runs in a private
+/// mount namespace where `/etc/docker` and `/run/docker` are directories of the test, so it
+/// neither writes the host's (`key.json`, plugins) nor reads its `certs.d`.
 pub struct Dockerd {
     pub dir: PathBuf,
     pub socket: PathBuf,
@@ -93,10 +107,22 @@ pub struct Dockerd {
 impl Dockerd {
     /// Starts dockerd with extra `args` and environment (`HTTPS_PROXY`, ...).
     pub async fn start(dir: &Path, args: &[String], env: &[(&str, String)]) -> Dockerd {
-        std::fs::create_dir_all(dir.join("cli")).expect("dockerd dir");
+        for sub in ["cli", "etc-docker/certs.d", "run-docker"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("dockerd dir");
+        }
+        for mount_point in ["/etc/docker", "/run/docker"] {
+            std::fs::create_dir_all(mount_point).expect("mount point");
+        }
         let socket = dir.join("docker.sock");
-        let mut cmd = Command::new("dockerd");
-        cmd.arg("--data-root")
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "mount --bind \"$1\" /etc/docker && mount --bind \"$2\" /run/docker && shift 2 && exec dockerd \"$@\"",
+            )
+            .arg("sh")
+            .arg(dir.join("etc-docker"))
+            .arg(dir.join("run-docker"))
+            .arg("--data-root")
             .arg(dir.join("data"))
             .arg("--exec-root")
             .arg(dir.join("exec"))
@@ -145,6 +171,14 @@ impl Dockerd {
             .arg(format!("unix://{}", self.socket.display()))
             .args(args);
         cmd
+    }
+
+    /// dockerd trusts the CA in `ca` (a PEM file) for `registry` (`host:port`): its
+    /// `/etc/docker/certs.d/<registry>/ca.crt`.
+    pub fn trust(&self, registry: &str, ca: &Path) {
+        let d = self.dir.join("etc-docker/certs.d").join(registry);
+        std::fs::create_dir_all(&d).expect("certs.d");
+        std::fs::copy(ca, d.join("ca.crt")).expect("copy CA");
     }
 
     /// Credentials the CLI hands dockerd for `registry` (`host:port`).

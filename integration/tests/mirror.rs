@@ -348,6 +348,85 @@ async fn private_blobs_reach_only_clients_the_registry_accepts_and_credentials_s
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn hijacked_connections_speak_http2_and_other_hosts_are_tunnelled_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path()).unwrap();
+    let (cert, key) = ca
+        .server(dir.path(), &["registry.invalid", "127.0.0.1"])
+        .unwrap();
+    let registry = TestRegistry::start_with(
+        &dir.path().join("registry"),
+        &Access::Anonymous,
+        Some((&cert, &key)),
+        "",
+    )
+    .await
+    .unwrap();
+    shoal_p2p::install_crypto_provider();
+    let test_ca = reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap();
+    let image = Image::random(&[2 * MIB]);
+    let direct = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([test_ca.clone()])
+        .build()
+        .unwrap();
+    image
+        .push_with(&direct, &registry.url(), "team/app", "v1", None)
+        .await
+        .unwrap();
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry("registry.invalid:443", &registry.url())
+        .hijack("^registry\\.invalid:443$")
+        .origin_ca(&ca.cert)
+        .start()
+        .await;
+    let d = &cluster.daemons[0];
+    let proxy = reqwest::Proxy::all(format!("http://127.0.0.1:{}", d.proxy_port)).unwrap();
+    let shoal_ca = std::fs::read(d.data_dir.join("store/ca/ca.crt")).unwrap();
+    let hijacked = reqwest::Client::builder()
+        .proxy(proxy.clone())
+        .tls_certs_only([reqwest::Certificate::from_pem(&shoal_ca).unwrap()])
+        .build()
+        .unwrap();
+    let layer = &image.layers[0];
+    let resp = hijacked
+        .get(format!(
+            "https://registry.invalid/v2/team/app/blobs/{}",
+            shoal_integration::sha256(layer)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert!(resp.bytes().await.unwrap() == *layer);
+    assert_eq!(
+        d.metric("shoal_proxy_requests_total{kind=\"blob\"}").await,
+        1
+    );
+    // A host not listed: the client talks TLS with the registry itself, through a tunnel.
+    let tunnelled = reqwest::Client::builder()
+        .proxy(proxy)
+        .tls_certs_only([test_ca])
+        .build()
+        .unwrap();
+    let resp = tunnelled
+        .get(format!("{}/v2/team/app/manifests/v1", registry.url()))
+        .header("accept", shoal_integration::registry::MANIFEST_TYPE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.bytes().await.unwrap() == image.manifest);
+    assert_eq!(
+        d.metric("shoal_proxy_requests_total{kind=\"tunnel\"}")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn ctr_pulls_through_the_mirror_from_a_token_auth_registry() {
     let dir = tempfile::tempdir().unwrap();
     let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
@@ -633,18 +712,6 @@ async fn dockerd_pulls_from_a_tls_registry_through_the_https_hijack_with_its_own
         .origin_ca(&ca.cert)
         .start()
         .await;
-    // dockerd trusts Shoal's CA for this registry, and reaches it through the proxy.
-    let shoal_ca = cluster.daemons[0].data_dir.join("store/ca/ca.crt");
-    let certs_d = Path::new("/etc/docker/certs.d").join(&target);
-    std::fs::create_dir_all(&certs_d).unwrap();
-    std::fs::copy(&shoal_ca, certs_d.join("ca.crt")).unwrap();
-    struct Remove(std::path::PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _certs_d = Remove(certs_d);
     let proxy = format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port);
     let dockerd = Dockerd::start(
         &dir.path().join("dockerd"),
@@ -652,6 +719,11 @@ async fn dockerd_pulls_from_a_tls_registry_through_the_https_hijack_with_its_own
         &[("HTTPS_PROXY", proxy.clone()), ("HTTP_PROXY", proxy)],
     )
     .await;
+    // dockerd trusts Shoal's CA for this registry, and reaches it through the proxy.
+    dockerd.trust(
+        &target,
+        &cluster.daemons[0].data_dir.join("store/ca/ca.crt"),
+    );
     dockerd.login(&target, &basic);
     let out = dockerd
         .run(&["pull", &format!("{target}/team/app:v1")])

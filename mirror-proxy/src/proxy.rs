@@ -452,6 +452,7 @@ fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
     for k in ours {
         out.remove(k);
     }
+    shoal_p2p::origin::mark_sensitive(&mut out);
     out
 }
 

@@ -64,6 +64,7 @@ impl GetRequest {
             })?;
             headers.append(name, value);
         }
+        crate::origin::mark_sensitive(&mut headers);
         if let Some(out) = &self.output
             && !out.is_absolute()
         {

@@ -381,6 +381,7 @@ async fn seed_job(downloader: &Downloader, job: crate::proto::Job) {
                     headers.append(k, v);
                 }
             }
+            crate::origin::mark_sensitive(&mut headers);
             Ok(crate::DownloadRequest {
                 origin: crate::OriginRequest { url, headers },
                 id_options: Default::default(),

@@ -295,6 +295,22 @@ impl Origin {
     }
 }
 
+/// Marks credential headers (`Authorization`, `Proxy-Authorization`, `Cookie`) sensitive, so
+/// `Debug` output shows them as `Sensitive` and HTTP/2 never puts them in its index tables.
+pub fn mark_sensitive(headers: &mut HeaderMap) {
+    for name in [
+        header::AUTHORIZATION,
+        header::PROXY_AUTHORIZATION,
+        header::COOKIE,
+    ] {
+        if let http::header::Entry::Occupied(mut e) = headers.entry(name) {
+            for v in e.iter_mut() {
+                v.set_sensitive(true);
+            }
+        }
+    }
+}
+
 /// `url` without user info and without the default filtered query parameters (signatures).
 pub fn display_url(url: &Url) -> String {
     let mut u = url.clone();
@@ -362,6 +378,23 @@ mod tests {
         assert_eq!(parse_content_range("bytes 0-10/10"), None);
         assert_eq!(parse_content_range("items 0-1/2"), None);
         assert_eq!(parse_content_range(""), None);
+    }
+
+    #[test]
+    fn credentials_are_not_debug_printed() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer s3cr3t"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("session=s3cr3t"));
+        h.append(header::ACCEPT, HeaderValue::from_static("*/*"));
+        mark_sensitive(&mut h);
+        let shown = format!("{h:?}");
+        assert!(
+            !shown.contains("s3cr3t") && shown.contains("*/*"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p shoal-integration --bin lab -- swarm --hosts 8 --size 256MiB --rate 200mbit \
-//!     [--scenarios direct,pullthrough,nginx,shoal] [--fault seed-kill:0.3] [--json out.json]
+//!     [--scenarios direct,pullthrough,nginx,shoal] [--fault seed-kill:0.3] [--pull-layers 4]
+//!     [--json out.json]
 //! cargo run --release -p shoal-integration --bin lab -- clean
 //! ```
 
@@ -24,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// N hosts fetch one blob at once, by each scenario, every link shaped to one rate.
+    /// N hosts fetch one blob (or pull one image) at once, by each scenario, every link shaped
+    /// to one rate.
     Swarm {
         #[arg(long, default_value_t = 8)]
         hosts: usize,
@@ -44,6 +46,10 @@ enum Cmd {
         /// `origin-gone`, `loss[:PERCENT]`, `corrupt-peer`.
         #[arg(long)]
         fault: Option<Fault>,
+        /// Pull an image of this many layers (`--size` in all) with containerd's
+        /// `ctr images pull` on every host, instead of fetching one blob.
+        #[arg(long)]
+        pull_layers: Option<usize>,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -87,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             rate,
             scenarios,
             fault,
+            pull_layers,
             json,
             dir,
         } => {
@@ -97,6 +104,7 @@ fn main() -> anyhow::Result<()> {
                 rate_bits_per_s: rate,
                 scenarios,
                 fault,
+                pull_layers,
             };
             let mut lab = Lab::new(dir.as_deref())?;
             let scratch = lab.temporary_dir().map(std::path::Path::to_path_buf);

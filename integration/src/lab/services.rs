@@ -1,7 +1,6 @@
 //! Real programs on lab hosts: docker-registry (as the origin, or as distribution's pull-through
 //! cache), an nginx caching proxy, and Shoal's scheduler, seed and daemons.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +17,8 @@ pub const NGINX_PORT: u16 = 80;
 pub const SCHEDULER_PORT: u16 = 8002;
 pub const UPLOAD_PORT: u16 = 4000;
 pub const PROXY_PORT: u16 = 4001;
+/// The registry name images in the lab use; daemons' mirrors map it to the origin registry.
+pub const LAB_REGISTRY: &str = "lab.invalid:5000";
 pub const METRICS_PORT: u16 = 4002;
 
 /// A process on a host, its log in the host's directory; killed by pid when dropped.
@@ -67,25 +68,6 @@ impl Service {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-}
-
-/// Stores `data` as a blob of [`REPO`] in a registry's filesystem storage under `root` (the
-/// layout docker-registry reads: the blob, and the repository's link to it). Returns its digest.
-pub fn store_blob(root: &Path, data: &[u8]) -> anyhow::Result<String> {
-    let digest = crate::sha256(data);
-    let hex = &digest["sha256:".len()..];
-    let v2 = root.join("docker/registry/v2");
-    let blob = v2.join("blobs/sha256").join(&hex[..2]).join(hex);
-    std::fs::create_dir_all(&blob)?;
-    std::fs::File::create(blob.join("data"))?.write_all(data)?;
-    let link = v2
-        .join("repositories")
-        .join(REPO)
-        .join("_layers/sha256")
-        .join(hex);
-    std::fs::create_dir_all(&link)?;
-    std::fs::write(link.join("link"), &digest)?;
-    Ok(digest)
 }
 
 /// docker-registry on `host` serving the storage under `root`; a pull-through cache of
@@ -157,7 +139,9 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn start(host: &Host, scheduler: &Host, seed: bool) -> anyhow::Result<Node> {
+    /// Starts the node; its registry mirror (on the host's address) maps [`LAB_REGISTRY`] to the
+    /// registry on `origin`.
+    pub fn start(host: &Host, scheduler: &Host, origin: &Host, seed: bool) -> anyhow::Result<Node> {
         let store = host.dir.join("store");
         let config = host.dir.join("shoal.toml");
         std::fs::write(
@@ -169,6 +153,9 @@ impl Node {
                 &host.name,
                 "10s",
                 &format!("{}:{PROXY_PORT}", host.ip),
+            ) + &format!(
+                "[proxy.registries]\n{LAB_REGISTRY:?} = \"http://{}:{REGISTRY_PORT}\"\n",
+                origin.ip
             ),
         )?;
         let mut cmd = host.command(shoal_bin());

@@ -1,5 +1,6 @@
-//! The swarm benchmark: N client hosts fetch one blob at the same moment, by each scenario in
-//! turn, every link shaped to the same rate. Each scenario starts from a clean state (fresh
+//! The swarm benchmark: N client hosts fetch one blob at the same moment (or, with
+//! `pull_layers`, pull one image with containerd's `ctr images pull --hosts-dir`), by each
+//! scenario in turn, every link shaped to the same rate. Each scenario starts from a clean state (fresh
 //! caches, fresh Shoal stores, the page cache dropped); only the origin registry stays.
 
 use std::collections::BTreeMap;
@@ -105,12 +106,24 @@ pub struct Params {
     pub rate_bits_per_s: u64,
     pub scenarios: Vec<Scenario>,
     pub fault: Option<Fault>,
+    /// Pull an image of this many layers (`size` in all) with ctr instead of fetching one blob.
+    pub pull_layers: Option<usize>,
+}
+
+/// What the clients fetch.
+enum Target {
+    /// One blob by digest, with curl or `shoal get`.
+    Blob(String),
+    /// An image with containerd (ctr), through each scenario's registry endpoint.
+    Image,
 }
 
 /// One scenario's outcome (the JSON the `lab` command writes has an array of these).
 #[derive(Clone, Debug, Serialize)]
 pub struct Outcome {
     pub name: String,
+    /// `blob` (one blob with curl / `shoal get`) or `pull` (an image with `ctr images pull`).
+    pub mode: String,
     pub hosts: usize,
     pub size_bytes: u64,
     pub rate_bits_per_s: u64,
@@ -187,9 +200,36 @@ pub fn run(lab: &mut Lab, params: &Params) -> anyhow::Result<Vec<Outcome>> {
         lab.lose(&hosts.clients[0], p)?;
     }
     let root = hosts.origin.dir.join("registry");
-    let digest = {
-        let data = crate::random_bytes(usize::try_from(params.size).context("size")?);
-        services::store_blob(&root, &data)?
+    let size = usize::try_from(params.size).context("size")?;
+    let (target, size) = match params.pull_layers {
+        None => {
+            let data = crate::random_bytes(size);
+            (
+                Target::Blob(crate::registry::store_blob(&root, REPO, &data)?),
+                params.size,
+            )
+        }
+        Some(n) => {
+            ensure!(n > 0, "an image needs a layer");
+            ensure!(
+                params.fault != Some(Fault::CorruptPeer),
+                "the corrupt-peer fault is for blob runs"
+            );
+            let sizes: Vec<usize> = (0..n)
+                .map(|i| size / n + usize::from(i < size % n))
+                .collect();
+            let image = crate::registry::Image::random(&sizes);
+            crate::registry::store_image(&root, REPO, "v1", &image)?;
+            let total = std::iter::once(&image.config)
+                .chain(&image.layers)
+                .map(|b| b.len() as u64)
+                .sum();
+            (Target::Image, total)
+        }
+    };
+    let params = &Params {
+        size,
+        ..params.clone()
     };
     let mut origin = Some(services::registry(&hosts.origin, &root, None)?);
     let mut out = Vec::new();
@@ -199,7 +239,7 @@ pub fn run(lab: &mut Lab, params: &Params) -> anyhow::Result<Vec<Outcome>> {
             origin = Some(services::registry(&hosts.origin, &root, None)?);
         }
         eprintln!("lab: {} ({} hosts)", scenario.name(), params.hosts);
-        let outcome = run_one(scenario, params, &hosts, &digest, &mut origin)
+        let outcome = run_one(scenario, params, &hosts, &target, &mut origin)
             .with_context(|| format!("scenario {}", scenario.name()))?;
         out.push(outcome);
     }
@@ -214,9 +254,13 @@ fn run_one(
     scenario: Scenario,
     params: &Params,
     hosts: &Hosts,
-    digest: &str,
+    target: &Target,
     origin: &mut Option<Service>,
 ) -> anyhow::Result<Outcome> {
+    let digest = match target {
+        Target::Blob(d) => d.as_str(),
+        Target::Image => "",
+    };
     let path = blob_path(digest);
     let outputs: Vec<PathBuf> = hosts.clients.iter().map(|h| h.dir.join("blob")).collect();
     for h in [&hosts.cache, &hosts.seed]
@@ -245,21 +289,59 @@ fn run_one(
         }
         Scenario::Shoal => {
             scheduler = Some(services::scheduler(&hosts.scheduler)?);
-            seed = Some(Node::start(&hosts.seed, &hosts.scheduler, true)?);
+            seed = Some(Node::start(
+                &hosts.seed,
+                &hosts.scheduler,
+                &hosts.origin,
+                true,
+            )?);
             for h in &hosts.clients {
-                daemons.push(Node::start(h, &hosts.scheduler, false)?);
+                daemons.push(Node::start(h, &hosts.scheduler, &hosts.origin, false)?);
             }
             format!("{origin_url}{path}")
         }
     };
+    // For image pulls: a containerd per client, and its hosts.toml naming this scenario's
+    // registry endpoint.
+    let mut containerds = Vec::new();
+    if let Target::Image = target {
+        for h in &hosts.clients {
+            let endpoint = match scenario {
+                Scenario::Direct => origin_url.clone(),
+                Scenario::Pullthrough => format!("http://{}:{REGISTRY_PORT}", hosts.cache.ip),
+                Scenario::Nginx => format!("http://{}:{NGINX_PORT}", hosts.cache.ip),
+                Scenario::Shoal => format!("http://{}:{}", h.ip, services::PROXY_PORT),
+            };
+            crate::runtimes::hosts_toml(
+                &h.dir.join("hosts"),
+                services::LAB_REGISTRY,
+                None,
+                &endpoint,
+            );
+            containerds.push(crate::runtimes::Containerd::spawn(
+                &h.dir.join("containerd"),
+            )?);
+        }
+    }
+    let reference = format!("{}/{REPO}:v1", services::LAB_REGISTRY);
     let commands: Vec<Command> = hosts
         .clients
         .iter()
         .zip(&outputs)
         .enumerate()
-        .map(|(i, (h, out))| match scenario {
-            Scenario::Shoal => daemons[i].get(&url, out),
-            _ => {
+        .map(|(i, (h, out))| match (target, scenario) {
+            (Target::Image, _) => {
+                // ctr itself fetches (containerd only stores): it runs inside the host.
+                let mut c = h.command("ctr");
+                c.arg("--address")
+                    .arg(&containerds[i].socket)
+                    .args(["images", "pull", "--hosts-dir"])
+                    .arg(h.dir.join("hosts"))
+                    .arg(&reference);
+                c
+            }
+            (Target::Blob(_), Scenario::Shoal) => daemons[i].get(&url, out),
+            (Target::Blob(_), _) => {
                 let mut c = h.command("curl");
                 c.args(["-sSf", "-o"]).arg(out).arg(&url);
                 c
@@ -314,12 +396,15 @@ fn run_one(
             continue;
         }
         let secs = r.with_context(|| format!("host {}", hosts.clients[i].name))?;
-        let got = sha256_file(out)?;
-        ensure!(
-            got == digest,
-            "host {} got {got}, not {digest}",
-            hosts.clients[i].name
-        );
+        // ctr checked every blob's digest itself.
+        if let Target::Blob(digest) = target {
+            let got = sha256_file(out)?;
+            ensure!(
+                got == *digest,
+                "host {} got {got}, not {digest}",
+                hosts.clients[i].name
+            );
+        }
         host_seconds.push(secs);
     }
     let mut by_source = BTreeMap::new();
@@ -338,12 +423,17 @@ fn run_one(
         peak_rss = daemons.iter().filter_map(rss).max();
         seed_peak_rss = seed.as_ref().and_then(rss);
     }
-    drop((cache, scheduler, seed, daemons));
+    drop((cache, scheduler, seed, daemons, containerds));
     for out in &outputs {
         let _ = std::fs::remove_file(out);
     }
     Ok(Outcome {
         name: scenario.name().to_owned(),
+        mode: match target {
+            Target::Blob(_) => "blob",
+            Target::Image => "pull",
+        }
+        .to_owned(),
         hosts: params.hosts,
         size_bytes: params.size,
         rate_bits_per_s: params.rate_bits_per_s,

@@ -19,6 +19,9 @@ use crate::error::{Error, Result};
 use crate::id::TaskId;
 use crate::piece::Layout;
 
+/// Bytes read from the task file at a time for a local reader.
+const READ_BLOCK: usize = 256 << 10;
+
 /// How a background download ended: `None` while it runs.
 type Done = Option<std::result::Result<(), Arc<Error>>>;
 
@@ -81,7 +84,7 @@ impl Reading {
         self.layout.content_length
     }
 
-    /// The bytes of `range` (within the content), in order, in blocks of at most 256 KiB.
+    /// The bytes of `range` (within the content), in order, in blocks of at most 1 MiB.
     /// An error item ends the stream (the download failed, or the disk did).
     pub fn stream(self, range: Range<u64>) -> mpsc::Receiver<std::io::Result<Bytes>> {
         let (tx, rx) = mpsc::channel(4);
@@ -133,7 +136,7 @@ impl Reading {
             let tx2 = tx.clone();
             let sent = tokio::task::spawn_blocking(move || {
                 let mut all = true;
-                crate::upload::read_blocks(&file, pos..end, |block| {
+                crate::upload::read_blocks(&file, pos..end, READ_BLOCK, |block| {
                     all = block.is_ok() && tx2.blocking_send(block).is_ok();
                     all
                 });

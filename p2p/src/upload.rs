@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -121,18 +120,33 @@ pub async fn serve(
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
-/// Reads `range` of `file` in blocks of 256 KiB, handing each to `send` until it returns false
-/// or a read fails (the error is handed on too). Blocking: call it off the async threads.
+/// Reads `range` of `file` in blocks of `block` bytes, handing each to `send` until it returns
+/// false or a read fails (the error is handed on too). Moves the file's cursor: give each
+/// reader its own handle. Blocking: call it off the async threads.
 pub(crate) fn read_blocks(
-    file: &std::fs::File,
+    mut file: &std::fs::File,
     range: std::ops::Range<u64>,
+    block: usize,
     mut send: impl FnMut(std::io::Result<Bytes>) -> bool,
 ) {
+    use std::io::{Read, Seek};
+    if let Err(e) = file.seek(std::io::SeekFrom::Start(range.start)) {
+        send(Err(e));
+        return;
+    }
     let mut pos = range.start;
     while pos < range.end {
-        let len = BLOCK.min((range.end - pos) as usize);
-        let mut buf = vec![0u8; len];
-        let read = file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf));
+        let len = block.min((range.end - pos) as usize);
+        // read_to_end fills spare capacity without zeroing it first.
+        let mut buf = Vec::with_capacity(len);
+        let read = match file.take(len as u64).read_to_end(&mut buf) {
+            Ok(n) if n == len => Ok(Bytes::from(buf)),
+            Ok(n) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("task file ended {n} bytes into a {len} byte block at {pos}"),
+            )),
+            Err(e) => Err(e),
+        };
         let failed = read.is_err();
         if !send(read) || failed {
             return;
@@ -202,7 +216,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>,
     let metrics = ctx.metrics.clone();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        read_blocks(&file, range.clone(), |block| {
+        read_blocks(&file, range.clone(), BLOCK, |block| {
             if let Ok(b) = &block {
                 metrics.upload_bytes.inc_by(b.len() as u64);
             }

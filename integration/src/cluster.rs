@@ -60,6 +60,11 @@ pub struct Node {
 }
 
 impl Node {
+    /// The node's registry mirror, `http://127.0.0.1:<port>`.
+    pub fn mirror_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.proxy_port)
+    }
+
     /// A metric's value (0 when absent), e.g. `shoal_download_bytes_total{source="peer"}`.
     pub async fn metric(&self, series: &str) -> u64 {
         let text = http_get(self.metrics_port, "/metrics")

@@ -1,98 +1,77 @@
-//! A small lab run (3 hosts, 32 MiB, every scenario) as a correctness check: every host gets the
-//! right bytes, Shoal's origin sends the blob about once, and the lab leaves nothing behind.
-//! Never a time: timings are for the `lab` command and `BENCHMARKS.md`.
+//! Small lab runs (3 hosts, every scenario; one blob, or one image pulled with ctr) as correctness
+//! checks: every host gets the right bytes, Shoal's origin sends them about once, and the lab
+//! leaves nothing behind. Never a time: timings are for the `lab` command and `BENCHMARKS.md`.
 
-use shoal_integration::lab::swarm::{self, Params, Scenario};
+use shoal_integration::lab::swarm::{self, Outcome, Params, Scenario};
 use shoal_integration::lab::{self, Lab};
 
 /// One lab at a time: each checks that the set of namespaces is the same after as before.
 static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-#[test]
-fn small_lab_every_scenario_gets_the_right_bytes_and_leaves_nothing_behind() {
+/// Runs `params` on 3 hosts at 400 Mbit/s in a fresh lab; checks every host finished and the
+/// lab's namespaces are gone afterwards. `run` fails on any host's wrong bytes (sha256 of each
+/// copy; ctr checks every blob's digest itself).
+fn run_small(scenarios: Vec<Scenario>, size: u64, pull_layers: Option<usize>) -> Vec<Outcome> {
     let _one = ONE_LAB
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let before = lab::namespaces().expect("ip netns list");
-    {
+    let outcomes = {
         let mut lab = Lab::new(None).expect("lab (needs root and iproute2)");
         let params = Params {
             hosts: 3,
-            size: 32 << 20,
+            size,
             rate_bits_per_s: 400_000_000,
-            scenarios: Scenario::ALL.to_vec(),
+            scenarios,
             fault: None,
-            pull_layers: None,
+            pull_layers,
         };
-        // `run` checks the sha256 of every host's copy and fails on any difference.
-        let outcomes = swarm::run(&mut lab, &params).expect("lab run");
-        assert_eq!(outcomes.len(), 4);
-        for o in &outcomes {
-            assert_eq!(o.host_seconds.len(), 3, "{}: a host is missing", o.name);
-        }
-        let shoal = outcomes
-            .iter()
-            .find(|o| o.name == "shoal")
-            .expect("shoal ran");
-        assert!(
-            shoal.origin_ratio() <= 1.05,
-            "the origin sent {:.3}× the blob to the swarm",
-            shoal.origin_ratio()
-        );
-        let direct = outcomes
-            .iter()
-            .find(|o| o.name == "direct")
-            .expect("direct ran");
-        assert!(
-            direct.origin_ratio() >= 3.0,
-            "the origin's counter missed bytes: {:.3}× for 3 direct downloads",
-            direct.origin_ratio()
-        );
+        swarm::run(&mut lab, &params).expect("lab run")
+    };
+    for o in &outcomes {
+        assert_eq!(o.host_seconds.len(), 3, "{}: a host is missing", o.name);
     }
     let after = lab::namespaces().expect("ip netns list");
     assert_eq!(before, after, "the lab left namespaces behind");
+    outcomes
+}
+
+fn origin_ratio(outcomes: &[Outcome], name: &str) -> f64 {
+    outcomes
+        .iter()
+        .find(|o| o.name == name)
+        .map(Outcome::origin_ratio)
+        .expect("scenario ran")
+}
+
+#[test]
+fn small_lab_every_scenario_gets_the_right_bytes_and_leaves_nothing_behind() {
+    let outcomes = run_small(Scenario::ALL.to_vec(), 32 << 20, None);
+    assert_eq!(outcomes.len(), 4);
+    let shoal = origin_ratio(&outcomes, "shoal");
+    assert!(
+        shoal <= 1.05,
+        "the origin sent {shoal:.3}× the blob to the swarm"
+    );
+    let direct = origin_ratio(&outcomes, "direct");
+    assert!(
+        direct >= 3.0,
+        "the origin's counter missed bytes: {direct:.3}× for 3 direct downloads"
+    );
 }
 
 #[test]
 fn small_lab_image_pulls_with_ctr_through_the_mirror_reach_the_origin_once() {
-    let _one = ONE_LAB
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let before = lab::namespaces().expect("ip netns list");
-    {
-        let mut lab = Lab::new(None).expect("lab (needs root and iproute2)");
-        let params = Params {
-            hosts: 3,
-            size: 24 << 20,
-            rate_bits_per_s: 400_000_000,
-            scenarios: vec![Scenario::Direct, Scenario::Shoal],
-            fault: None,
-            pull_layers: Some(3),
-        };
-        // ctr checks every blob's digest; a failed pull fails the run.
-        let outcomes = swarm::run(&mut lab, &params).expect("lab run");
-        for o in &outcomes {
-            assert_eq!(o.mode, "pull");
-            assert_eq!(o.host_seconds.len(), 3, "{}: a host is missing", o.name);
-        }
-        let ratio = |name: &str| {
-            outcomes
-                .iter()
-                .find(|o| o.name == name)
-                .map(|o| o.origin_ratio())
-                .expect("scenario ran")
-        };
-        assert!(
-            ratio("shoal") <= 1.05,
-            "shoal: origin sent {:.3}×",
-            ratio("shoal")
-        );
-        assert!(
-            ratio("direct") >= 3.0,
-            "direct: origin sent {:.3}×",
-            ratio("direct")
-        );
-    }
-    let after = lab::namespaces().expect("ip netns list");
-    assert_eq!(before, after, "the lab left namespaces behind");
+    let outcomes = run_small(vec![Scenario::Direct, Scenario::Shoal], 24 << 20, Some(3));
+    assert!(outcomes.iter().all(|o| o.mode == "pull"));
+    let shoal = origin_ratio(&outcomes, "shoal");
+    assert!(
+        shoal <= 1.05,
+        "shoal: the origin sent {shoal:.3}× the image"
+    );
+    let direct = origin_ratio(&outcomes, "direct");
+    assert!(
+        direct >= 3.0,
+        "direct: the origin sent {direct:.3}× the image"
+    );
 }

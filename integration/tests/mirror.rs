@@ -2,7 +2,7 @@
 //! upstream, containerd 1.6 through `ctr --hosts-dir`, skopeo, and HTTP requests for the
 //! distribution-spec's pull assertions.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 
@@ -37,20 +37,16 @@ async fn origin_bytes(cluster: &Cluster) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn mirror_answers_the_distribution_spec_pull_assertions_and_ranges() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = TestRegistry::start(dir.path(), &Access::Anonymous)
-        .await
-        .unwrap();
-    let image = Image::random(&[3 * MIB + 17, 1000]);
-    image
-        .push(&registry.url(), "team/app", "v1", None)
-        .await
-        .unwrap();
-    let cluster = Cluster::builder()
-        .daemons(1)
-        .registry(REGISTRY, &registry.url())
-        .start()
-        .await;
-    let mirror = format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port);
+    let (registry, image) = registry_with_image(
+        dir.path(),
+        &Access::Anonymous,
+        "team/app",
+        &[3 * MIB + 17, 1000],
+        None,
+    )
+    .await;
+    let cluster = mirrors_of(&registry, 1).await;
+    let mirror = cluster.daemons[0].mirror_url();
     let http = client();
     let get = |path: &str| http.get(format!("{mirror}{path}?{NS}"));
     let head = |path: &str| http.head(format!("{mirror}{path}?{NS}"));
@@ -194,28 +190,27 @@ async fn mirror_answers_the_distribution_spec_pull_assertions_and_ranges() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ctr_pulls_through_the_mirror_and_a_second_host_gets_the_layers_from_peers() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
-        .await
-        .unwrap();
-    let image = Image::random(&[8 * MIB, 4 * MIB, 1000]);
-    image
-        .push(&registry.url(), "team/app", "v1", None)
-        .await
-        .unwrap();
-    let cluster = Cluster::builder()
-        .daemons(2)
-        .registry(REGISTRY, &registry.url())
-        .start()
-        .await;
+    let (registry, image) = registry_with_image(
+        dir.path(),
+        &Access::Anonymous,
+        "team/app",
+        &[8 * MIB, 4 * MIB, 1000],
+        None,
+    )
+    .await;
+    let cluster = mirrors_of(&registry, 2).await;
     let reference = format!("{REGISTRY}/team/app:v1");
 
     // Host A: a hosts.toml for the registry; host B: the catch-all `_default`.
-    let a = Containerd::start(&dir.path().join("ctd-a")).await;
-    let b = Containerd::start(&dir.path().join("ctd-b")).await;
-    let (hosts_a, hosts_b) = (dir.path().join("hosts-a"), dir.path().join("hosts-b"));
-    let mirror = |i: usize| format!("http://127.0.0.1:{}", cluster.daemons[i].proxy_port);
-    hosts_toml(&hosts_a, REGISTRY, None, &mirror(0));
-    hosts_toml(&hosts_b, "_default", None, &mirror(1));
+    let (a, hosts_a) =
+        containerd_via(dir.path(), "a", REGISTRY, &cluster.daemons[0].mirror_url()).await;
+    let (b, hosts_b) = containerd_via(
+        dir.path(),
+        "b",
+        "_default",
+        &cluster.daemons[1].mirror_url(),
+    )
+    .await;
 
     ctr_pull(&a, &hosts_a, &reference, &[]).await;
     let layers: u64 = image.layers.iter().map(|l| l.len() as u64).sum();
@@ -258,21 +253,21 @@ async fn ctr_pulls_through_the_mirror_and_a_second_host_gets_the_layers_from_pee
 #[tokio::test(flavor = "multi_thread")]
 async fn private_blobs_reach_only_clients_the_registry_accepts_and_credentials_stay_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(12)));
+    let password = secret();
     let access = Access::Basic {
         user: "alice".into(),
         password: password.clone(),
     };
-    let registry = TestRegistry::start(&dir.path().join("registry"), &access)
-        .await
-        .unwrap();
     let basic = format!("alice:{password}");
     let authorization = format!("Basic {}", base64(basic.as_bytes()));
-    let image = Image::random(&[2 * MIB, 1000]);
-    image
-        .push(&registry.url(), "team/private", "v1", Some(&authorization))
-        .await
-        .unwrap();
+    let (registry, image) = registry_with_image(
+        dir.path(),
+        &access,
+        "team/private",
+        &[2 * MIB, 1000],
+        Some(&authorization),
+    )
+    .await;
     // Debug logs: the secret must not appear even there.
     let cluster = Cluster::builder()
         .daemons(2)
@@ -282,10 +277,14 @@ async fn private_blobs_reach_only_clients_the_registry_accepts_and_credentials_s
         .await;
 
     // An authorised pull with containerd (credentials are given for the mirror host).
-    let ctd = Containerd::start(&dir.path().join("ctd")).await;
-    let hosts = dir.path().join("hosts");
-    let mirror = |i: usize| format!("http://127.0.0.1:{}", cluster.daemons[i].proxy_port);
-    hosts_toml(&hosts, REGISTRY, None, &mirror(0));
+    let (ctd, hosts) = containerd_via(
+        dir.path(),
+        "ctd",
+        REGISTRY,
+        &cluster.daemons[0].mirror_url(),
+    )
+    .await;
+    let mirror = |i: usize| cluster.daemons[i].mirror_url();
     ctr_pull(
         &ctd,
         &hosts,
@@ -401,10 +400,7 @@ async fn hijacked_connections_speak_http2_and_other_hosts_are_tunnelled_untouche
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert!(resp.bytes().await.unwrap() == *layer);
-    assert_eq!(
-        d.metric("shoal_proxy_requests_total{kind=\"blob\"}").await,
-        1
-    );
+    assert_eq!(requests(&d, "blob").await, 1);
     // A host not listed: the client talks TLS with the registry itself, through a tunnel.
     let tunnelled = reqwest::Client::builder()
         .proxy(proxy)
@@ -419,17 +415,13 @@ async fn hijacked_connections_speak_http2_and_other_hosts_are_tunnelled_untouche
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(resp.bytes().await.unwrap() == image.manifest);
-    assert_eq!(
-        d.metric("shoal_proxy_requests_total{kind=\"tunnel\"}")
-            .await,
-        1
-    );
+    assert_eq!(requests(&d, "tunnel").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ctr_pulls_through_the_mirror_from_a_token_auth_registry() {
     let dir = tempfile::tempdir().unwrap();
-    let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
+    let password = secret();
     let tokens = TokenServer::start(dir.path(), "carol", &password)
         .await
         .unwrap();
@@ -437,27 +429,21 @@ async fn ctr_pulls_through_the_mirror_from_a_token_auth_registry() {
         realm: tokens.realm(),
         bundle: tokens.bundle.clone(),
     };
-    let registry = TestRegistry::start(&dir.path().join("registry"), &access)
-        .await
-        .unwrap();
-    let image = Image::random(&[3 * MIB, 1000]);
     let push = format!(
         "Bearer {}",
         tokens.token_for("repository:team/app:pull,push")
     );
-    image
-        .push(&registry.url(), "team/app", "v1", Some(&push))
-        .await
-        .unwrap();
-    let cluster = Cluster::builder()
-        .daemons(1)
-        .registry(REGISTRY, &registry.url())
-        .start()
-        .await;
-    let ctd = Containerd::start(&dir.path().join("ctd")).await;
-    let hosts = dir.path().join("hosts");
-    let mirror = format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port);
-    hosts_toml(&hosts, REGISTRY, None, &mirror);
+    let (registry, image) = registry_with_image(
+        dir.path(),
+        &access,
+        "team/app",
+        &[3 * MIB, 1000],
+        Some(&push),
+    )
+    .await;
+    let cluster = mirrors_of(&registry, 1).await;
+    let mirror = cluster.daemons[0].mirror_url();
+    let (ctd, hosts) = containerd_via(dir.path(), "ctd", REGISTRY, &mirror).await;
     // containerd runs the token dance itself: the mirror passes the challenge and the
     // Bearer token through.
     let user = format!("carol:{password}");
@@ -468,9 +454,7 @@ async fn ctr_pulls_through_the_mirror_from_a_token_auth_registry() {
         &["--user", &user],
     )
     .await;
-    let blobs = cluster.daemons[0]
-        .metric("shoal_proxy_requests_total{kind=\"blob\"}")
-        .await;
+    let blobs = requests(&cluster.daemons[0], "blob").await;
     assert!(blobs >= 3, "{blobs}");
 
     // No token, or a token for another repository: the registry's challenge, not the bytes.
@@ -511,7 +495,7 @@ async fn blobs_the_registry_redirects_to_storage_are_fetched_without_the_credent
         );
     }
     let storage = storage.start().await;
-    let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
+    let password = secret();
     let access = Access::Basic {
         user: "dave".into(),
         password: password.clone(),
@@ -529,19 +513,14 @@ async fn blobs_the_registry_redirects_to_storage_are_fetched_without_the_credent
         .push(&registry.url(), "team/app", "v1", Some(&basic))
         .await
         .unwrap();
-    let cluster = Cluster::builder()
-        .daemons(1)
-        .registry(REGISTRY, &registry.url())
-        .start()
-        .await;
-    let ctd = Containerd::start(&dir.path().join("ctd")).await;
-    let hosts = dir.path().join("hosts");
-    hosts_toml(
-        &hosts,
+    let cluster = mirrors_of(&registry, 1).await;
+    let (ctd, hosts) = containerd_via(
+        dir.path(),
+        "ctd",
         REGISTRY,
-        None,
-        &format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port),
-    );
+        &cluster.daemons[0].mirror_url(),
+    )
+    .await;
     ctr_pull(
         &ctd,
         &hosts,
@@ -570,14 +549,8 @@ async fn blobs_the_registry_redirects_to_storage_are_fetched_without_the_credent
 #[tokio::test(flavor = "multi_thread")]
 async fn skopeo_copies_through_the_mirror() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
-        .await
-        .unwrap();
-    let image = Image::random(&[3 * MIB]);
-    image
-        .push(&registry.url(), "team/app", "v1", None)
-        .await
-        .unwrap();
+    let (registry, image) =
+        registry_with_image(dir.path(), &Access::Anonymous, "team/app", &[3 * MIB], None).await;
     // skopeo sends no `ns`: the mirror's default registry is the test registry.
     let cluster = Cluster::builder()
         .daemons(1)
@@ -610,31 +583,25 @@ async fn skopeo_copies_through_the_mirror() {
         .arg(format!("docker://{REGISTRY}/team/app:v1"))
         .arg(format!("dir:{}", out_dir.display()));
     let out = shoal_integration::process::run(cmd).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out, "");
     let digest = shoal_integration::sha256(&image.layers[0]);
     let copied = std::fs::read(out_dir.join(&digest["sha256:".len()..])).unwrap();
     assert!(copied == image.layers[0]);
-    let blobs = cluster.daemons[0]
-        .metric("shoal_proxy_requests_total{kind=\"blob\"}")
-        .await;
+    let blobs = requests(&cluster.daemons[0], "blob").await;
     assert!(blobs >= 1, "skopeo's blob GETs did not become tasks");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dockerd_pulls_a_docker_hub_image_through_registry_mirrors() {
     let dir = tempfile::tempdir().unwrap();
-    let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
-        .await
-        .unwrap();
-    let image = Image::random(&[3 * MIB, 1000]);
-    image
-        .push(&registry.url(), "library/app", "v1", None)
-        .await
-        .unwrap();
+    let (registry, _image) = registry_with_image(
+        dir.path(),
+        &Access::Anonymous,
+        "library/app",
+        &[3 * MIB, 1000],
+        None,
+    )
+    .await;
     // Docker sends Hub requests to the mirror with no `ns`: they go to the default registry,
     // which stands in for Docker Hub here.
     let cluster = Cluster::builder()
@@ -650,16 +617,10 @@ async fn dockerd_pulls_a_docker_hub_image_through_registry_mirrors() {
     // Without the mirror this pull would go to registry-1.docker.io, which this machine
     // cannot reach.
     let out = dockerd.run(&["pull", "app:v1"]).await;
-    assert!(
-        out.status.success(),
-        "docker pull failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out, "docker pull failed: ");
     let out = dockerd.run(&["image", "inspect", "app:v1"]).await;
     assert!(out.status.success());
-    let blobs = cluster.daemons[0]
-        .metric("shoal_proxy_requests_total{kind=\"blob\"}")
-        .await;
+    let blobs = requests(&cluster.daemons[0], "blob").await;
     assert!(blobs >= 3, "{blobs} blob GETs became tasks");
 }
 
@@ -673,7 +634,7 @@ async fn dockerd_pulls_from_a_tls_registry_through_the_https_hijack_with_its_own
     );
     let ca = TestCa::new(dir.path()).unwrap();
     let (cert, key) = ca.server(dir.path(), &[&host, "127.0.0.1"]).unwrap();
-    let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
+    let password = secret();
     let access = Access::Basic {
         user: "bob".into(),
         password: password.clone(),
@@ -728,16 +689,10 @@ async fn dockerd_pulls_from_a_tls_registry_through_the_https_hijack_with_its_own
     let out = dockerd
         .run(&["pull", &format!("{target}/team/app:v1")])
         .await;
-    assert!(
-        out.status.success(),
-        "docker pull failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out, "docker pull failed: ");
     let d = &cluster.daemons[0];
-    let hijacked = d
-        .metric("shoal_proxy_requests_total{kind=\"hijack\"}")
-        .await;
-    let blobs = d.metric("shoal_proxy_requests_total{kind=\"blob\"}").await;
+    let hijacked = requests(&d, "hijack").await;
+    let blobs = requests(&d, "blob").await;
     assert!(
         hijacked >= 1 && blobs >= 3,
         "hijacked {hijacked}, blobs {blobs}"
@@ -755,6 +710,69 @@ async fn dockerd_pulls_from_a_tls_registry_through_the_https_hijack_with_its_own
         origin >= 3 * MIB as u64,
         "the blobs did not come through a task: {origin}"
     );
+}
+
+/// What became of the mirror's requests, by kind (`blob`, `pass`, `tunnel`, `hijack`).
+async fn requests(node: &shoal_integration::cluster::Node, kind: &str) -> u64 {
+    node.metric(&format!("shoal_proxy_requests_total{{kind=\"{kind}\"}}"))
+        .await
+}
+
+/// Fails the test with the program's stderr unless it exited 0.
+fn succeeded(out: &std::process::Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A random password, new in every test.
+fn secret() -> String {
+    format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)))
+}
+
+/// A registry (in `dir/registry`) holding a random image with layers of `sizes` as `name:v1`,
+/// pushed with `authorization`.
+async fn registry_with_image(
+    dir: &Path,
+    access: &Access,
+    name: &str,
+    sizes: &[usize],
+    authorization: Option<&str>,
+) -> (TestRegistry, Image) {
+    let registry = TestRegistry::start(&dir.join("registry"), access)
+        .await
+        .unwrap();
+    let image = Image::random(sizes);
+    image
+        .push(&registry.url(), name, "v1", authorization)
+        .await
+        .unwrap();
+    (registry, image)
+}
+
+/// `n` daemons (and a seed) whose mirrors send requests for [`REGISTRY`] to `registry`.
+async fn mirrors_of(registry: &TestRegistry, n: usize) -> Cluster {
+    Cluster::builder()
+        .daemons(n)
+        .registry(REGISTRY, &registry.url())
+        .start()
+        .await
+}
+
+/// A containerd (in `dir/ctd-<name>`) whose `ctr` pulls `registry` (a `hosts.toml` directory
+/// name, or `_default`) through `mirror`; and that hosts directory.
+async fn containerd_via(
+    dir: &Path,
+    name: &str,
+    registry: &str,
+    mirror: &str,
+) -> (Containerd, PathBuf) {
+    let ctd = Containerd::start(&dir.join(format!("ctd-{name}"))).await;
+    let hosts = dir.join(format!("hosts-{name}"));
+    hosts_toml(&hosts, registry, None, mirror);
+    (ctd, hosts)
 }
 
 /// `ctr images pull` through `hosts`; the image must be pulled and unpacked.

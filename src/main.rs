@@ -103,7 +103,8 @@ async fn run_node(
     if let Some((config, proxy)) = daemon {
         let data_dir = config.data_dir.clone();
         let daemon = Daemon::build(config, &mut registry).await?;
-        let socket = daemon.bind_socket().await?;
+        // The mirror binds before the local API socket: a client that finds the socket ready
+        // finds the mirror ready too.
         if let Some(proxy) = proxy {
             let proxy = Proxy::new(proxy, &data_dir, daemon.downloader().clone(), &mut registry)?;
             let listener = proxy.bind().await?;
@@ -113,6 +114,7 @@ async fn run_node(
                 Ok(())
             });
         }
+        let socket = daemon.bind_socket().await?;
         let stop = shutdown.clone().cancelled_owned();
         tasks.spawn(async move { daemon.serve(socket, stop).await.context("daemon") });
     }

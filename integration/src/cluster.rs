@@ -85,7 +85,7 @@ pub struct ClusterBuilder {
     stall_timeout: &'static str,
     scheduler: bool,
     registries: Vec<(String, String)>,
-    default_registry: Option<String>,
+    proxy_settings: Vec<String>,
     hijack: Vec<String>,
     origin_ca: Option<PathBuf>,
     log: &'static str,
@@ -106,7 +106,14 @@ impl ClusterBuilder {
 
     /// The nodes' mirrors send requests naming no registry (Docker, skopeo) to `url`.
     pub fn default_registry(mut self, url: &str) -> Self {
-        self.default_registry = Some(url.into());
+        self.proxy_settings
+            .push(format!("default_registry = {url:?}"));
+        self
+    }
+
+    /// A line for the nodes' `[proxy]` table (`header_timeout = "1s"`, say).
+    pub fn proxy_setting(mut self, line: &str) -> Self {
+        self.proxy_settings.push(line.into());
         self
     }
 
@@ -160,7 +167,7 @@ impl ClusterBuilder {
             daemons: Vec::new(),
             stall: self.stall_timeout,
             registries: self.registries,
-            default_registry: self.default_registry,
+            proxy_settings: self.proxy_settings,
             hijack: self.hijack,
             origin_ca: self.origin_ca,
             log: self.log,
@@ -191,7 +198,7 @@ pub struct Cluster {
     pub daemons: Vec<Node>,
     stall: &'static str,
     registries: Vec<(String, String)>,
-    default_registry: Option<String>,
+    proxy_settings: Vec<String>,
     hijack: Vec<String>,
     origin_ca: Option<PathBuf>,
     log: &'static str,
@@ -206,7 +213,7 @@ impl Cluster {
             stall_timeout: "3s",
             scheduler: true,
             registries: Vec::new(),
-            default_registry: None,
+            proxy_settings: Vec::new(),
             hijack: Vec::new(),
             origin_ca: None,
             log: "info",
@@ -240,12 +247,8 @@ impl Cluster {
             self.stall,
             &format!("127.0.0.1:{proxy_port}"),
         ) + &format!("upload_slots = {upload_slots}\n");
-        if let Some(url) = &self.default_registry {
-            text = text.replacen(
-                "[proxy]\n",
-                &format!("[proxy]\ndefault_registry = {url:?}\n"),
-                1,
-            );
+        for line in &self.proxy_settings {
+            text = text.replacen("[proxy]\n", &format!("[proxy]\n{line}\n"), 1);
         }
         if let Some(ca) = &self.origin_ca {
             text = text.replacen("[origin]\n", &format!("[origin]\nca_certs = [{ca:?}]\n"), 1);

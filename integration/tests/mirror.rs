@@ -188,6 +188,72 @@ async fn mirror_answers_the_distribution_spec_pull_assertions_and_ranges() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn slow_garbled_and_vanishing_clients_get_clear_answers_and_leave_nothing_stuck() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, image) =
+        registry_with_image(dir.path(), &Access::Anonymous, "team/app", &[8 * MIB], None).await;
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry(REGISTRY, &registry.url())
+        .proxy_setting("header_timeout = \"1s\"")
+        .start()
+        .await;
+    let port = cluster.daemons[0].proxy_port;
+    let read_all = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = Vec::new();
+        let r =
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        (r.is_ok(), String::from_utf8_lossy(&buf).into_owned())
+    };
+
+    // A request head that never ends: the connection is closed after header_timeout.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (closed, answer) = read_all(s).await;
+    assert!(closed, "a slow client kept its connection");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // Not HTTP at all: 400.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"\x16\x03\x01 hello\r\n\r\n").await.unwrap();
+    let (_, answer) = read_all(s).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // A client that goes away after the first bytes of a blob: the next one gets all of it.
+    let path = format!(
+        "/v2/team/app/blobs/{}?{NS}",
+        shoal_integration::sha256(&image.layers[0])
+    );
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    s.read_exact(&mut first).await.unwrap();
+    drop(s);
+    let body = client()
+        .get(format!("{}{path}", cluster.daemons[0].mirror_url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(body == image.layers[0]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn ctr_pulls_through_the_mirror_and_a_second_host_gets_the_layers_from_peers() {
     let dir = tempfile::tempdir().unwrap();
     let (registry, image) = registry_with_image(

@@ -20,6 +20,8 @@ pub enum Kind {
     Tunnel,
     /// A CONNECT whose TLS was terminated here.
     Hijack,
+    /// A layer started because its manifest passed through (`prefetch_layers`).
+    Prefetch,
 }
 
 impl EncodeLabelValue for Kind {
@@ -30,6 +32,7 @@ impl EncodeLabelValue for Kind {
             Kind::Pass => "pass",
             Kind::Tunnel => "tunnel",
             Kind::Hijack => "hijack",
+            Kind::Prefetch => "prefetch",
         })
     }
 }

@@ -25,7 +25,6 @@ fn run_small(scenarios: Vec<Scenario>, size: u64, pull_layers: Option<usize>) ->
             scenarios,
             fault: None,
             pull_layers,
-            prefetch_layers: pull_layers.is_some(),
         };
         swarm::run(&mut lab, &params).expect("lab run")
     };

@@ -254,53 +254,6 @@ async fn slow_garbled_and_vanishing_clients_get_clear_answers_and_leave_nothing_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn with_prefetch_a_manifest_starts_all_its_layers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (registry, image) = registry_with_image(
-        dir.path(),
-        &Access::Anonymous,
-        "team/app",
-        &[2 * MIB, MIB, 1000],
-        None,
-    )
-    .await;
-    let cluster = Cluster::builder()
-        .daemons(1)
-        .registry(REGISTRY, &registry.url())
-        .proxy_setting("prefetch_layers = true")
-        .start()
-        .await;
-    let d = &cluster.daemons[0];
-    let resp = client()
-        .get(format!("{}/v2/team/app/manifests/v1?{NS}", d.mirror_url()))
-        .header("accept", shoal_integration::registry::MANIFEST_TYPE)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.bytes().await.unwrap() == image.manifest);
-    // The config and the three layers download with no client asking for them.
-    shoal_integration::process::wait_until(
-        std::time::Duration::from_secs(30),
-        "the prefetched layers",
-        || {
-            let out = std::process::Command::new(shoal_integration::process::shoal_bin())
-                .args(["status", "--json", "--data-dir"])
-                .arg(d.data_dir.join("store"))
-                .output()
-                .unwrap();
-            let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-            status["tasks"]
-                .as_array()
-                .is_some_and(|t| t.len() == 4 && t.iter().all(|t| t["complete"] == true))
-        },
-    )
-    .await;
-    assert_eq!(requests(d, "prefetch").await, 4);
-    assert_eq!(requests(d, "blob").await, 0);
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn ctr_pulls_through_the_mirror_and_a_second_host_gets_the_layers_from_peers() {
     let dir = tempfile::tempdir().unwrap();
     let (registry, image) = registry_with_image(

@@ -44,10 +44,6 @@ pub struct ProxyConfig {
     /// Time to connect to an upstream registry.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// When an image manifest passes through, start downloading all its layers at once (with
-    /// the client's credentials). Off by default: a runtime that already holds most layers
-    /// would make the node fetch them again.
-    pub prefetch_layers: bool,
 }
 
 impl Default for ProxyConfig {
@@ -64,7 +60,6 @@ impl Default for ProxyConfig {
             max_header_bytes: 64 << 10,
             header_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
-            prefetch_layers: false,
         }
     }
 }

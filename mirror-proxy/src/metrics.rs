@@ -20,8 +20,6 @@ pub enum Kind {
     Tunnel,
     /// A CONNECT whose TLS was terminated here.
     Hijack,
-    /// A layer started because its manifest passed through (`prefetch_layers`).
-    Prefetch,
 }
 
 impl EncodeLabelValue for Kind {
@@ -32,7 +30,6 @@ impl EncodeLabelValue for Kind {
             Kind::Pass => "pass",
             Kind::Tunnel => "tunnel",
             Kind::Hijack => "hijack",
-            Kind::Prefetch => "prefetch",
         })
     }
 }

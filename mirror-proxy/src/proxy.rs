@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use sha2::Digest as _;
 use shoal_p2p::origin::OriginRequest;
-use shoal_p2p::{Digest, DownloadRequest, Downloader, IdOptions, Progress, TaskId};
+use shoal_p2p::{Digest, DownloadRequest, Downloader, IdOptions, TaskId};
 use url::Url;
 
 use crate::ca::Ca;
@@ -90,13 +90,6 @@ pub(crate) async fn handle(
                 ctx.metrics.request(Kind::Blob);
                 let url = route::join(&base, path, query.as_deref());
                 blob(&ctx, url, &digest, &name, &parts).await
-            }
-            Ok(V2::Manifest { name })
-                if parts.method == Method::GET && ctx.config.prefetch_layers =>
-            {
-                ctx.metrics.request(Kind::Pass);
-                let url = route::join(&base, path, query.as_deref());
-                manifest_and_prefetch(&ctx, &base, &name, url, parts).await
             }
             Ok(_) => {
                 ctx.metrics.request(Kind::Pass);
@@ -328,18 +321,6 @@ pub(crate) async fn passthrough(
     parts: Parts,
     body: Option<Incoming>,
 ) -> Response<Body> {
-    match send_upstream(ctx, &url, parts, body).await {
-        Ok(resp) => relay(resp),
-        Err(e) => upstream_unreachable(&url, e),
-    }
-}
-
-async fn send_upstream(
-    ctx: &Ctx,
-    url: &Url,
-    parts: Parts,
-    body: Option<Incoming>,
-) -> Result<reqwest::Response, reqwest::Error> {
     let has_body = parts.headers.contains_key(header::CONTENT_LENGTH)
         || parts.headers.contains_key(header::TRANSFER_ENCODING);
     let mut rb = ctx
@@ -349,97 +330,10 @@ async fn send_upstream(
     if let (true, Some(body)) = (has_body, body) {
         rb = rb.body(reqwest::Body::wrap_stream(body.into_data_stream()));
     }
-    rb.send().await
-}
-
-/// Image manifests this large at most are read whole to find their layers.
-const MAX_MANIFEST: u64 = 4 << 20;
-
-/// A manifest GET passed through; when the answer is an image manifest, each of its layers
-/// (and its config) starts downloading into the swarm at once, with the client's credentials,
-/// so runtimes that fetch a few layers at a time find the others already on their way. The
-/// client still passes the registry check for each blob it then asks for.
-async fn manifest_and_prefetch(
-    ctx: &Ctx,
-    base: &Url,
-    name: &str,
-    url: Url,
-    parts: Parts,
-) -> Response<Body> {
-    let headers = origin_headers(&parts.headers);
-    let resp = match send_upstream(ctx, &url, parts, None).await {
-        Ok(r) => r,
-        Err(e) => return upstream_unreachable(&url, e),
-    };
-    let media = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let image_manifest = matches!(
-        media.split(';').next().unwrap_or("").trim(),
-        "application/vnd.oci.image.manifest.v1+json"
-            | "application/vnd.docker.distribution.manifest.v2+json"
-    );
-    let small = resp.content_length().is_some_and(|n| n <= MAX_MANIFEST);
-    if resp.status() != StatusCode::OK || !image_manifest || !small {
-        return relay(resp);
+    match rb.send().await {
+        Ok(resp) => relay(resp),
+        Err(e) => upstream_unreachable(&url, e),
     }
-    let status = resp.status();
-    let head = strip_hop_by_hop(resp.headers());
-    let body = match resp.bytes().await {
-        Ok(b) => b,
-        Err(e) => return upstream_unreachable(&url, e),
-    };
-    for digest in manifest_blobs(&body) {
-        ctx.metrics.request(Kind::Prefetch);
-        let req = DownloadRequest {
-            origin: OriginRequest {
-                url: route::join(base, &format!("/v2/{name}/blobs/{digest}"), None),
-                headers: headers.clone(),
-            },
-            id_options: IdOptions::default(),
-            digest: Some(digest),
-            task_id: Some(TaskId::for_blob(&digest)),
-        };
-        let downloader = ctx.downloader.clone();
-        tokio::spawn(async move {
-            if let Err(e) = downloader.download(&req, &Progress::default()).await {
-                tracing::debug!(error = %e, "layer prefetch failed");
-            }
-        });
-    }
-    let mut r = Response::builder().status(status);
-    if let Some(h) = r.headers_mut() {
-        *h = head;
-    }
-    r.body(UnsyncBoxBody::new(
-        Full::new(body).map_err(|never: Infallible| match never {}),
-    ))
-    .expect("valid response")
-}
-
-/// The SHA-256 digests of an image manifest's config and layers.
-fn manifest_blobs(body: &[u8]) -> Vec<Digest> {
-    #[derive(serde::Deserialize)]
-    struct Descriptor {
-        digest: String,
-    }
-    #[derive(serde::Deserialize)]
-    struct Manifest {
-        config: Option<Descriptor>,
-        #[serde(default)]
-        layers: Vec<Descriptor>,
-    }
-    let Ok(m) = serde_json::from_slice::<Manifest>(body) else {
-        return Vec::new();
-    };
-    m.config
-        .into_iter()
-        .chain(m.layers)
-        .filter_map(|d| d.digest.parse::<Digest>().ok())
-        .filter(|d| d.algorithm() == shoal_p2p::Algorithm::Sha256)
-        .collect()
 }
 
 fn relay(resp: reqwest::Response) -> Response<Body> {
@@ -698,23 +592,6 @@ mod tests {
         assert!(up.contains_key(header::AUTHORIZATION) && up.contains_key(header::RANGE));
         let origin = origin_headers(&h);
         assert_eq!(origin.len(), 1, "{origin:?}");
-    }
-
-    #[test]
-    fn manifest_blobs_are_config_and_layers() {
-        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
-        let m = serde_json::json!({
-            "schemaVersion": 2,
-            "config": {"digest": d('a'), "size": 1},
-            "layers": [{"digest": d('b')}, {"digest": "sha512:abc"}, {"digest": d('c')}],
-        });
-        let got: Vec<String> = manifest_blobs(m.to_string().as_bytes())
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        assert_eq!(got, vec![d('a'), d('b'), d('c')]);
-        assert!(manifest_blobs(b"not json").is_empty());
-        assert!(manifest_blobs(br#"{"manifests": []}"#).is_empty());
     }
 
     #[test]

@@ -18,10 +18,8 @@ pub const REGISTRY_HEADER: &str = "x-dragonfly-registry";
 pub(crate) enum V2 {
     /// A blob by a digest Shoal can verify (SHA-256): a swarm task when fetched with GET.
     Blob { name: String, digest: Digest },
-    /// A manifest (by tag or digest): straight to the upstream; its layers may be prefetched.
-    Manifest { name: String },
-    /// Everything else (`/v2/` itself, tags, referrers, uploads, other digest algorithms):
-    /// straight to the upstream.
+    /// Everything else (`/v2/` itself, manifests, tags, referrers, uploads, other digest
+    /// algorithms): straight to the upstream.
     Pass,
 }
 
@@ -66,10 +64,8 @@ pub(crate) fn classify(path: &str) -> Result<V2, BadPath> {
         return match kind {
             Kind::Blob if tail.starts_with("uploads") => Ok(V2::Pass),
             Kind::Blob => blob(name, tail),
-            Kind::Manifest if TAG.is_match(tail) => Ok(V2::Manifest { name: name.into() }),
-            Kind::Manifest if tail.contains(':') => {
-                checked_digest(tail).map(|()| V2::Manifest { name: name.into() })
-            }
+            Kind::Manifest if TAG.is_match(tail) => Ok(V2::Pass),
+            Kind::Manifest if tail.contains(':') => checked_digest(tail).map(|()| V2::Pass),
             Kind::Manifest => Err(BadPath(
                 "MANIFEST_INVALID",
                 format!("{tail:?} is neither a tag nor a digest"),
@@ -217,21 +213,11 @@ mod tests {
     #[test]
     fn everything_else_passes() {
         for p in [
-            "/v2/team/app/manifests/v1",
-            "/v2/team/app/manifests/sha256:4b6f0a26f0ac5e1fcc2a9f5c0f7a2f1f5b9fd1bc2f9d39c3b8d1d0f7c6e2a1b0",
-        ] {
-            assert_eq!(
-                classify(p),
-                Ok(V2::Manifest {
-                    name: "team/app".into()
-                }),
-                "{p}"
-            );
-        }
-        for p in [
             "/v2/",
             "/v2",
             "/v2/_catalog",
+            "/v2/team/app/manifests/v1",
+            "/v2/team/app/manifests/sha256:4b6f0a26f0ac5e1fcc2a9f5c0f7a2f1f5b9fd1bc2f9d39c3b8d1d0f7c6e2a1b0",
             "/v2/team/app/tags/list",
             "/v2/team/app/blobs/uploads/",
             "/v2/team/app/blobs/uploads/123-456",

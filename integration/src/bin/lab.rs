@@ -50,10 +50,6 @@ enum Cmd {
         /// `ctr images pull` on every host, instead of fetching one blob.
         #[arg(long)]
         pull_layers: Option<usize>,
-        /// Shoal's mirrors start every layer of a manifest that passes through
-        /// (`proxy.prefetch_layers`).
-        #[arg(long)]
-        prefetch_layers: bool,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -98,7 +94,6 @@ fn main() -> anyhow::Result<()> {
             scenarios,
             fault,
             pull_layers,
-            prefetch_layers,
             json,
             dir,
         } => {
@@ -110,7 +105,6 @@ fn main() -> anyhow::Result<()> {
                 scenarios,
                 fault,
                 pull_layers,
-                prefetch_layers,
             };
             let mut lab = Lab::new(dir.as_deref())?;
             let scratch = lab.temporary_dir().map(std::path::Path::to_path_buf);

@@ -140,33 +140,24 @@ pub struct Node {
 
 impl Node {
     /// Starts the node; its registry mirror (on the host's address) maps [`LAB_REGISTRY`] to the
-    /// registry on `origin`, and prefetches the layers of manifests when `prefetch` is set.
-    pub fn start(
-        host: &Host,
-        scheduler: &Host,
-        origin: &Host,
-        seed: bool,
-        prefetch: bool,
-    ) -> anyhow::Result<Node> {
+    /// registry on `origin`.
+    pub fn start(host: &Host, scheduler: &Host, origin: &Host, seed: bool) -> anyhow::Result<Node> {
         let store = host.dir.join("store");
         let config = host.dir.join("shoal.toml");
-        let text = crate::cluster::node_config(
-            &store,
-            &format!("http://{}:{SCHEDULER_PORT}", scheduler.ip),
-            &format!("{}:{UPLOAD_PORT}", host.ip),
-            &host.name,
-            "10s",
-            &format!("{}:{PROXY_PORT}", host.ip),
-        )
-        .replacen(
-            "[proxy]\n",
-            &format!("[proxy]\nprefetch_layers = {prefetch}\n"),
-            1,
-        ) + &format!(
-            "[proxy.registries]\n{LAB_REGISTRY:?} = \"http://{}:{REGISTRY_PORT}\"\n",
-            origin.ip
-        );
-        std::fs::write(&config, text)?;
+        std::fs::write(
+            &config,
+            crate::cluster::node_config(
+                &store,
+                &format!("http://{}:{SCHEDULER_PORT}", scheduler.ip),
+                &format!("{}:{UPLOAD_PORT}", host.ip),
+                &host.name,
+                "10s",
+                &format!("{}:{PROXY_PORT}", host.ip),
+            ) + &format!(
+                "[proxy.registries]\n{LAB_REGISTRY:?} = \"http://{}:{REGISTRY_PORT}\"\n",
+                origin.ip
+            ),
+        )?;
         let mut cmd = host.command(shoal_bin());
         cmd.env("SHOAL_LOG", log_level())
             .arg(if seed { "seed" } else { "daemon" })

@@ -108,8 +108,6 @@ pub struct Params {
     pub fault: Option<Fault>,
     /// Pull an image of this many layers (`size` in all) with ctr instead of fetching one blob.
     pub pull_layers: Option<usize>,
-    /// Shoal's mirrors start every layer of a manifest that passes through.
-    pub prefetch_layers: bool,
 }
 
 /// What the clients fetch.
@@ -291,13 +289,14 @@ fn run_one(
         }
         Scenario::Shoal => {
             scheduler = Some(services::scheduler(&hosts.scheduler)?);
-            let prefetch = params.prefetch_layers;
-            let node = |h: &Host, seed: bool| {
-                Node::start(h, &hosts.scheduler, &hosts.origin, seed, prefetch)
-            };
-            seed = Some(node(&hosts.seed, true)?);
+            seed = Some(Node::start(
+                &hosts.seed,
+                &hosts.scheduler,
+                &hosts.origin,
+                true,
+            )?);
             for h in &hosts.clients {
-                daemons.push(node(h, false)?);
+                daemons.push(Node::start(h, &hosts.scheduler, &hosts.origin, false)?);
             }
             format!("{origin_url}{path}")
         }

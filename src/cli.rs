@@ -184,6 +184,24 @@ pub struct UpArgs {
     pub scheduler_listen: SocketAddr,
 }
 
+impl UpArgs {
+    /// The embedded scheduler's config, and the one daemon's: the seed too (it uses the local
+    /// scheduler unless told otherwise), still serving the mirror.
+    pub fn configs(self) -> anyhow::Result<(SchedulerConfig, (DaemonConfig, Option<ProxyConfig>))> {
+        let mut daemon = self.daemon;
+        if daemon.schedulers.is_empty() {
+            daemon.schedulers = vec![format!("http://127.0.0.1:{}", self.scheduler_listen.port())];
+        }
+        let scheduler = SchedulerConfig {
+            listen: self.scheduler_listen,
+            ..Default::default()
+        };
+        let (mut node, proxy) = daemon.config(false)?;
+        node.swarm.seed = true;
+        Ok((scheduler, (node, proxy)))
+    }
+}
+
 #[derive(Args)]
 pub struct GetArgs {
     pub url: String,

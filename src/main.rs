@@ -30,19 +30,8 @@ fn main() -> ExitCode {
         tokio::spawn(signal_shutdown(shutdown.clone()));
         match cli.command {
             Command::Up(args) => {
-                let mut daemon = args.daemon;
-                if daemon.schedulers.is_empty() {
-                    daemon.schedulers =
-                        vec![format!("http://127.0.0.1:{}", args.scheduler_listen.port())];
-                }
-                let scheduler = SchedulerConfig {
-                    listen: args.scheduler_listen,
-                    ..Default::default()
-                };
-                // The one daemon of `up` is the seed too, and still serves the mirror.
-                let (mut node, proxy) = daemon.config(false)?;
-                node.swarm.seed = true;
-                run_node(Some(scheduler), Some((node, proxy)), None, shutdown).await
+                let (scheduler, node) = args.configs()?;
+                run_node(Some(scheduler), Some(node), None, shutdown).await
             }
             Command::Daemon(args) => {
                 run_node(None, Some(args.config(false)?), None, shutdown).await
@@ -153,16 +142,9 @@ async fn signal_shutdown(token: CancellationToken) {
 fn run_ca(args: CaArgs) -> anyhow::Result<()> {
     let (cert, key) = args.paths()?;
     let (_, created) = Ca::load_or_create(&cert, &key)?;
-    let cert = cert.display();
     println!(
-        "{} CA certificate: {cert}\n\
-         Clients of the HTTPS hijack (proxy.hijack.hosts) must trust it:\n\
-         \x20 Docker, per registry:  mkdir -p /etc/docker/certs.d/<registry>[:port] && cp {cert} /etc/docker/certs.d/<registry>[:port]/ca.crt\n\
-         \x20 the system store:      cp {cert} /usr/local/share/ca-certificates/shoal.crt && update-ca-certificates\n\
-         and reach the registry through the proxy: HTTPS_PROXY=http://127.0.0.1:4001 (dockerd: a systemd drop-in).\n\
-         The key ({}) stays on this host, readable only by its owner.",
-        if created { "Created the" } else { "The" },
-        key.display()
+        "{}",
+        shoal_mirror::ca::trust_instructions(&cert, &key, created)
     );
     Ok(())
 }

@@ -124,6 +124,24 @@ impl Ca {
     }
 }
 
+/// What `shoal ca` prints: where the CA is, and how clients of the hijack come to trust it.
+pub fn trust_instructions(cert: &Path, key: &Path, created: bool) -> String {
+    let cert = cert.display();
+    format!(
+        "{} CA certificate: {cert}\n\
+         Clients of the HTTPS hijack (proxy.hijack.hosts) must trust it:\n\
+         \x20 Docker, per registry:  mkdir -p /etc/docker/certs.d/<registry>[:port] && \
+         cp {cert} /etc/docker/certs.d/<registry>[:port]/ca.crt\n\
+         \x20 the system store:      cp {cert} /usr/local/share/ca-certificates/shoal.crt && \
+         update-ca-certificates\n\
+         and reach the registry through the proxy: HTTPS_PROXY=http://127.0.0.1:4001 (dockerd: a \
+         systemd drop-in).\n\
+         The key ({}) stays on this host, readable only by its owner.",
+        if created { "Created the" } else { "The" },
+        key.display()
+    )
+}
+
 fn missing(absent: &Path, present: &Path) -> CaError {
     CaError::Invalid {
         path: absent.into(),

@@ -1,0 +1,222 @@
+//! The mirror as an HTTP server: the distribution-spec pull assertions, ranges, bad input.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mirror_answers_the_distribution_spec_pull_assertions_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, image) = registry_with_image(
+        dir.path(),
+        &Access::Anonymous,
+        "team/app",
+        &[3 * MIB + 17, 1000],
+        None,
+    )
+    .await;
+    let cluster = mirrors_of(&registry, 1).await;
+    let mirror = cluster.daemons[0].mirror_url();
+    let http = client();
+    let get = |path: &str| http.get(format!("{mirror}{path}?{NS}"));
+    let head = |path: &str| http.head(format!("{mirror}{path}?{NS}"));
+
+    // 1. Unknown blob: 404 for HEAD and GET.
+    let unknown = shoal_integration::sha256(b"nothing");
+    for rb in [
+        head(&format!("/v2/team/app/blobs/{unknown}")),
+        get(&format!("/v2/team/app/blobs/{unknown}")),
+    ] {
+        assert_eq!(rb.send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    }
+    // 2. Existing blob: HEAD 200 with its digest; GET 200 with its bytes, twice (the second
+    // from the store).
+    let layer = &image.layers[0];
+    let digest = shoal_integration::sha256(layer);
+    let blob_path = format!("/v2/team/app/blobs/{digest}");
+    let resp = head(&blob_path).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["docker-content-digest"], digest.as_str());
+    for _ in 0..2 {
+        let resp = get(&blob_path)
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let h = resp.headers().clone();
+        assert_eq!(h["docker-content-digest"], digest.as_str());
+        assert_eq!(h["x-dragonfly-task-id"], digest.as_str());
+        assert_eq!(h["content-length"], layer.len().to_string().as_str());
+        assert!(h.get("content-encoding").is_none());
+        assert!(resp.bytes().await.unwrap() == *layer);
+    }
+    // 3. Unknown manifest: 404.
+    for rb in [
+        head("/v2/team/app/manifests/nope"),
+        get("/v2/team/app/manifests/nope"),
+    ] {
+        assert_eq!(rb.send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    }
+    // 4. Manifest by tag and by digest: HEAD with length and digest, GET with the bytes.
+    let md = image.manifest_digest();
+    for reference in ["v1", md.as_str()] {
+        let path = format!("/v2/team/app/manifests/{reference}");
+        let accept = shoal_integration::registry::MANIFEST_TYPE;
+        let resp = head(&path).header("accept", accept).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "HEAD {reference}");
+        assert_eq!(resp.headers()["docker-content-digest"], md.as_str());
+        assert_eq!(
+            resp.headers()["content-length"],
+            image.manifest.len().to_string().as_str()
+        );
+        let resp = get(&path).header("accept", accept).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.bytes().await.unwrap() == image.manifest);
+    }
+    // 5. A malformed digest: 400 or 404.
+    let s = get("/v2/team/app/manifests/sha256:totallywrong")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(
+        s == StatusCode::BAD_REQUEST || s == StatusCode::NOT_FOUND,
+        "{s}"
+    );
+
+    // Ranges: the mirror answers as the registry does (206, Content-Range, bytes).
+    for range in [
+        "bytes=10-19",
+        "bytes=1048570-1048589",
+        "bytes=2097152-",
+        "bytes=-5",
+        "bytes=0-",
+    ] {
+        let ours = get(&blob_path).header("range", range).send().await.unwrap();
+        let theirs = http
+            .get(format!("{}{blob_path}", registry.url()))
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ours.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(ours.status(), theirs.status(), "{range}");
+        assert_eq!(
+            ours.headers()["content-range"],
+            theirs.headers()["content-range"],
+            "{range}"
+        );
+        assert!(ours.bytes().await.unwrap() == theirs.bytes().await.unwrap());
+    }
+    for bad in ["bytes=5-2", "bytes=0-1,5-6", "bytes=99999999-", "pages=1-2"] {
+        let resp = get(&blob_path).header("range", bad).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::RANGE_NOT_SATISFIABLE, "{bad}");
+        assert_eq!(
+            resp.headers()["content-range"],
+            format!("bytes */{}", layer.len()).as_str()
+        );
+    }
+
+    // Bad input: clear 4xx answers in the distribution-spec's error shape.
+    let resp = get(&format!("/v2/Team/App/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(body["errors"][0]["code"], "NAME_INVALID");
+    let resp = get("/v2/team/app/blobs/sha256:0123").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let resp = get("/not-a-registry-path").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let resp = get(&blob_path)
+        .header("x-big", "a".repeat(100 << 10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let resp = http
+        .get(format!("{mirror}{blob_path}?ns=bad%2Fhost"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+
+    // The upstream named by X-Dragonfly-Registry instead of ?ns=.
+    let resp = http
+        .get(format!(
+            "{mirror}/v2/team/app/blobs/{}",
+            shoal_integration::sha256(&image.layers[1])
+        ))
+        .header("x-dragonfly-registry", registry.url())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.bytes().await.unwrap() == image.layers[1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_garbled_and_vanishing_clients_get_clear_answers_and_leave_nothing_stuck() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, image) =
+        registry_with_image(dir.path(), &Access::Anonymous, "team/app", &[8 * MIB], None).await;
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry(REGISTRY, &registry.url())
+        .proxy_setting("header_timeout = \"1s\"")
+        .start()
+        .await;
+    let port = cluster.daemons[0].proxy_port;
+    let read_all = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = Vec::new();
+        let r =
+            tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        (r.is_ok(), String::from_utf8_lossy(&buf).into_owned())
+    };
+
+    // A request head that never ends: the connection is closed after header_timeout.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (closed, answer) = read_all(s).await;
+    assert!(closed, "a slow client kept its connection");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // Not HTTP at all: 400.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"\x16\x03\x01 hello\r\n\r\n").await.unwrap();
+    let (_, answer) = read_all(s).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // A client that goes away after the first bytes of a blob: the next one gets all of it.
+    let path = format!(
+        "/v2/team/app/blobs/{}?{NS}",
+        shoal_integration::sha256(&image.layers[0])
+    );
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut first = [0u8; 1024];
+    s.read_exact(&mut first).await.unwrap();
+    drop(s);
+    let body = client()
+        .get(format!("{}{path}", cluster.daemons[0].mirror_url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(body == image.layers[0]);
+}

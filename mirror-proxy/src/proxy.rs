@@ -19,7 +19,8 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
+use shoal_p2p::http1::FileBody;
 use sha2::Digest as _;
 use shoal_p2p::origin::OriginRequest;
 use shoal_p2p::{Digest, DownloadRequest, Downloader, IdOptions, TaskId};
@@ -46,19 +47,20 @@ pub(crate) struct Ctx {
 }
 
 /// Answers one request (not CONNECT). `hijacked` is the origin of a hijacked CONNECT.
-pub(crate) async fn handle(
-    ctx: Arc<Ctx>,
-    req: Request<Incoming>,
-    hijacked: Option<Url>,
-) -> Result<Response<Body>, Infallible> {
+pub(crate) async fn handle<B>(ctx: Arc<Ctx>, req: Request<B>, hijacked: Option<Url>) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     if head_size(&req) > ctx.config.max_header_bytes {
-        return Ok(oci_error(
+        return oci_error(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "UNSUPPORTED",
             "request head too large",
-        ));
+        );
     }
     let (parts, body) = req.into_parts();
+    let body = Some(reqwest::Body::wrap_stream(body.into_data_stream()));
     let uri = parts.uri.clone();
     let path = uri.path();
     let is_v2 = path == "/v2" || path.starts_with("/v2/");
@@ -67,22 +69,22 @@ pub(crate) async fn handle(
         (None, Some(scheme), Some(authority)) => {
             match Url::parse(&format!("{scheme}://{authority}")) {
                 Ok(u) if matches!(scheme, "http" | "https") => u,
-                _ => return Ok(oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", "bad URL")),
+                _ => return oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", "bad URL"),
             }
         }
         (None, _, _) if !is_v2 => {
-            return Ok(oci_error(
+            return oci_error(
                 StatusCode::NOT_FOUND,
                 "UNSUPPORTED",
                 "this is a registry mirror: only /v2/ paths are served",
-            ));
+            );
         }
         (None, _, _) => match route::upstream(&ctx.compiled, &parts.headers, uri.query()) {
             Ok(u) => u,
-            Err(e) => return Ok(oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e)),
+            Err(e) => return oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e),
         },
     };
-    let response = if is_v2 {
+    if is_v2 {
         let query = route::query_without_ns(uri.query());
         match route::classify(path) {
             Err(BadPath(code, message)) => oci_error(StatusCode::BAD_REQUEST, code, &message),
@@ -94,7 +96,7 @@ pub(crate) async fn handle(
             Ok(_) => {
                 ctx.metrics.request(Kind::Pass);
                 let url = route::join(&base, path, query.as_deref());
-                passthrough(&ctx, url, parts, Some(body)).await
+                passthrough(&ctx, url, parts, body).await
             }
         }
     } else {
@@ -106,11 +108,10 @@ pub(crate) async fn handle(
             }
             None => {
                 ctx.metrics.request(Kind::Pass);
-                passthrough(&ctx, url, parts, Some(body)).await
+                passthrough(&ctx, url, parts, body).await
             }
         }
-    };
-    Ok(response)
+    }
 }
 
 /// The size of a request's head: its target and headers. (hyper bounds its read buffer, not
@@ -255,8 +256,28 @@ async fn serve_task(
         h.extend(extra);
     }
     let served = ctx.metrics.served_bytes.clone();
-    let mut rx = reading.stream(range);
+    // A complete task's bytes may go out with sendfile (on plain connections).
+    let file = if reading.complete {
+        ctx.downloader.store().reader(&task).ok()
+    } else {
+        None
+    };
+    let mut response = builder;
+    if let Some(file) = file {
+        response = response.extension(FileBody {
+            file: Arc::new(file),
+            range: range.clone(),
+            sent: served.clone(),
+        });
+    }
+    // The stream starts at the first poll: not at all when the file is sent instead.
+    let mut pending = Some((reading, range));
+    let mut rx = None;
     let frames = futures_util::stream::poll_fn(move |cx| {
+        let rx = rx.get_or_insert_with(|| {
+            let (reading, range) = pending.take().expect("started once");
+            reading.stream(range)
+        });
         rx.poll_recv(cx).map(|item| {
             item.map(|r| {
                 r.map(|b| {
@@ -267,7 +288,7 @@ async fn serve_task(
             })
         })
     });
-    builder
+    response
         .body(UnsyncBoxBody::new(StreamBody::new(frames)))
         .expect("valid response")
 }
@@ -319,7 +340,7 @@ pub(crate) async fn passthrough(
     ctx: &Ctx,
     url: Url,
     parts: Parts,
-    body: Option<Incoming>,
+    body: Option<reqwest::Body>,
 ) -> Response<Body> {
     let has_body = parts.headers.contains_key(header::CONTENT_LENGTH)
         || parts.headers.contains_key(header::TRANSFER_ENCODING);
@@ -328,7 +349,7 @@ pub(crate) async fn passthrough(
         .request(parts.method, url.clone())
         .headers(upstream_headers(&parts.headers));
     if let (true, Some(body)) = (has_body, body) {
-        rb = rb.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+        rb = rb.body(body);
     }
     match rb.send().await {
         Ok(resp) => relay(resp),

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
-use shoal_p2p::Downloader;
+use shoal_p2p::{Downloader, http1};
 use tokio::net::{TcpListener, TcpStream};
 use url::Url;
 
@@ -110,7 +110,16 @@ impl Proxy {
         let max = ctx.config.max_connections;
         shoal_p2p::net::accept_loop(listener, max, "proxy", shutdown, |stream| {
             let ctx = ctx.clone();
-            async move {
+            let limits = http1::Limits {
+                header_timeout: Some(ctx.config.header_timeout),
+                max_head: ctx.config.max_header_bytes,
+            };
+            let simple = {
+                let ctx = ctx.clone();
+                move |req| proxy::handle(ctx.clone(), req, None)
+            };
+            // Pushes, CONNECT and whatever the simple path does not parse: hyper.
+            let hyper = move |io| async move {
                 let svc = {
                     let ctx = ctx.clone();
                     service_fn(move |req| entry(ctx.clone(), req))
@@ -119,10 +128,11 @@ impl Proxy {
                     .timer(TokioTimer::new())
                     .header_read_timeout(ctx.config.header_timeout)
                     .max_buf_size(ctx.config.max_header_bytes)
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection(TokioIo::new(io), svc)
                     .with_upgrades()
                     .await;
-            }
+            };
+            http1::serve(stream, limits, simple, hyper)
         })
         .await;
     }
@@ -146,7 +156,7 @@ async fn entry(
         }
         return Ok(connect(ctx, req).await);
     }
-    proxy::handle(ctx, req, None).await
+    Ok(proxy::handle(ctx, req, None).await)
 }
 
 /// `CONNECT host:port`: TLS terminated here for hijacked hosts, else a plain tunnel.
@@ -216,7 +226,10 @@ async fn serve_hijacked(ctx: Arc<Ctx>, upgraded: hyper::upgrade::Upgraded, host:
     };
     let svc = {
         let ctx = ctx.clone();
-        service_fn(move |req| proxy::handle(ctx.clone(), req, Some(base.clone())))
+        service_fn(move |req| {
+            let response = proxy::handle(ctx.clone(), req, Some(base.clone()));
+            async move { Ok::<_, std::convert::Infallible>(response.await) }
+        })
     };
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder

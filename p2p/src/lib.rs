@@ -34,6 +34,7 @@ pub mod download;
 pub mod error;
 mod fetch;
 pub mod get;
+pub mod http1;
 pub mod id;
 pub mod metrics;
 pub mod net;

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::bitmap::Bitmap;
+use crate::http1::FileBody;
 use crate::id::TaskId;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -108,12 +109,24 @@ pub async fn serve(
     });
     crate::net::accept_loop(listener, MAX_CONNECTIONS, "upload", shutdown, |stream| {
         let ctx = ctx.clone();
-        async move {
-            let svc = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
+        let limits = crate::http1::Limits {
+            header_timeout: None,
+            max_head: 64 << 10,
+        };
+        let simple = {
+            let ctx = ctx.clone();
+            move |req| handle(ctx.clone(), req)
+        };
+        let hyper = move |io| async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let response = handle(ctx.clone(), req);
+                async move { Ok::<_, Infallible>(response.await) }
+            });
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
+                .serve_connection(TokioIo::new(io), svc)
                 .await;
-        }
+        };
+        crate::http1::serve(stream, limits, simple, hyper)
     })
     .await;
 }
@@ -173,21 +186,21 @@ fn parse_path(path: &str) -> Option<(TaskId, u32)> {
     Some((task.parse().ok()?, n.parse().ok()?))
 }
 
-async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle<B>(ctx: Arc<Ctx>, req: Request<B>) -> Response<Body> {
     if req.method() != Method::GET {
-        return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"));
+        return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     let Some((id, n)) = parse_path(req.uri().path()) else {
-        return Ok(plain(
+        return plain(
             StatusCode::BAD_REQUEST,
             "expected /tasks/<task>/pieces/<n>\n",
-        ));
+        );
     };
     let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
-        return Ok(plain(
+        return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "all upload slots busy\n",
-        ));
+        );
     };
     let store = ctx.store.clone();
     let id2 = id.clone();
@@ -200,37 +213,52 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>,
         {
             meta.layout
         }
-        Ok(_) => return Ok(plain(StatusCode::NOT_FOUND, "piece not here\n")),
+        Ok(_) => return plain(StatusCode::NOT_FOUND, "piece not here\n"),
         Err(e) => {
             tracing::warn!(error = %e, "upload metadata read failed");
-            return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, "metadata error\n"));
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, "metadata error\n");
         }
     };
     let file = match ctx.store.reader(&id) {
-        Ok(f) => f,
-        Err(_) => return Ok(plain(StatusCode::NOT_FOUND, "piece not here\n")),
+        Ok(f) => Arc::new(f),
+        Err(_) => return plain(StatusCode::NOT_FOUND, "piece not here\n"),
     };
     let range = layout.range(n);
     let length = range.end - range.start;
-    let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(2);
+    // On a plain connection the piece goes out with sendfile and the body is never polled;
+    // either way the slot is held until the body is dropped.
+    let sendfile = FileBody {
+        file: file.clone(),
+        range: range.clone(),
+        sent: ctx.metrics.upload_bytes.clone(),
+    };
     let metrics = ctx.metrics.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        read_blocks(&file, range.clone(), BLOCK, |block| {
-            if let Ok(b) = &block {
-                metrics.upload_bytes.inc_by(b.len() as u64);
-            }
-            tx.blocking_send(block).is_ok()
-        });
-    });
+    let mut pending = Some(permit);
+    let mut rx = None;
     let frames = futures_util::stream::poll_fn(move |cx| {
+        let rx = rx.get_or_insert_with(|| {
+            let permit = pending.take();
+            let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(2);
+            let (file, range, metrics) = (file.clone(), range.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                read_blocks(&file, range, BLOCK, |block| {
+                    if let Ok(b) = &block {
+                        metrics.upload_bytes.inc_by(b.len() as u64);
+                    }
+                    tx.blocking_send(block).is_ok()
+                });
+            });
+            rx
+        });
         rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data)))
     });
-    Ok(Response::builder()
+    Response::builder()
         .status(StatusCode::OK)
         .header(http::header::CONTENT_LENGTH, length)
+        .extension(sendfile)
         .body(BodyExt::boxed(StreamBody::new(frames)))
-        .expect("valid response"))
+        .expect("valid response")
 }
 
 #[cfg(test)]

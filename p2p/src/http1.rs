@@ -1,0 +1,543 @@
+//! HTTP/1.1 with file bodies sent by `sendfile(2)`.
+//!
+//! hyper cannot send a body with sendfile: every byte of a file it serves is read into memory and
+//! written out again, which costs a large blob or piece a third of its throughput on loopback.
+//! [`serve`] therefore answers the simple requests of a plain connection itself (GET and HEAD
+//! without a body, upgrade or `Expect`) with the same service, and when the response carries a
+//! [`FileBody`] extension its bytes go from the page cache to the socket without a copy through
+//! user space; other responses are written from their body (with `Content-Length` or chunked).
+//! At the first request it does not take (a push, `CONNECT`, anything it cannot parse) it hands
+//! the connection, with the bytes already read, to hyper ([`Rewound`]) for the rest of its life.
+//! Inside TLS hyper serves everything and the body is used instead of the file.
+
+use std::future::Future;
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Body;
+use prometheus_client::metrics::counter::Counter;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Headers in one request head we parse ourselves; more go to hyper (which refuses them).
+const MAX_HEADERS: usize = 100;
+/// Bytes handed to one `sendfile` call.
+const SENDFILE_CHUNK: usize = 4 << 20;
+
+/// A response extension: the body is `range` of `file`, which [`serve`] sends with sendfile
+/// (counting the bytes in `sent`) instead of polling the response's body. The body is dropped
+/// unpolled only after the file was sent, so it may hold what must live as long as the sending
+/// (an upload slot, say); it must yield the same bytes, for connections hyper serves.
+#[derive(Clone)]
+pub struct FileBody {
+    pub file: Arc<std::fs::File>,
+    pub range: Range<u64>,
+    pub sent: Counter,
+}
+
+/// Bounds on reading a request head.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long a request head may take to arrive (from the first read for it), idle
+    /// keep-alive time included, as hyper's `header_read_timeout`.
+    pub header_timeout: Option<Duration>,
+    /// Largest request head read here; a larger one goes to hyper, which answers 431.
+    pub max_head: usize,
+}
+
+/// Serves `stream`: the simple requests with `service` here, and from the first other one on,
+/// the whole connection with `fallback` (see the [module docs](self)).
+pub async fn serve<S, Fut, B, F, FFut>(stream: TcpStream, limits: Limits, service: S, fallback: F)
+where
+    S: Fn(Request<Empty<Bytes>>) -> Fut,
+    Fut: Future<Output = Response<B>>,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+    F: FnOnce(Rewound) -> FFut,
+    FFut: Future<Output = ()>,
+{
+    let mut stream = stream;
+    let mut buf = BytesMut::with_capacity(8 << 10);
+    loop {
+        let head = match read_head(&mut stream, &mut buf, limits).await {
+            Head::Closed => return,
+            Head::Request(req, len) => (req, len),
+            Head::Other => {
+                let rewound = Rewound {
+                    prefix: buf.freeze(),
+                    inner: stream,
+                };
+                return fallback(rewound).await;
+            }
+        };
+        let (req, len) = head;
+        buf.advance(len);
+        let method = req.method().clone();
+        let version = req.version();
+        let close = wants_close(req.headers(), version);
+        let response = service(req).await;
+        match write_response(&mut stream, response, &method, version, close).await {
+            Ok(true) if !close => {}
+            Ok(_) => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "HTTP/1.1 response not sent whole");
+                return;
+            }
+        }
+    }
+}
+
+enum Head {
+    /// The connection ended (or timed out) between requests.
+    Closed,
+    /// A request to serve here, and the length of its head in the buffer.
+    Request(Request<Empty<Bytes>>, usize),
+    /// Anything else: hyper's.
+    Other,
+}
+
+async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut, limits: Limits) -> Head {
+    let read = async {
+        loop {
+            if !buf.is_empty() {
+                match parse(buf) {
+                    Ok(Some(Head::Request(_, len))) if len > limits.max_head => return Head::Other,
+                    Ok(Some(head)) => return head,
+                    Ok(None) if buf.len() <= limits.max_head => {}
+                    _ => return Head::Other,
+                }
+            }
+            match stream.read_buf(buf).await {
+                Ok(0) if buf.is_empty() => return Head::Closed,
+                // A partial head and EOF (or an error): hyper says what it says to that.
+                Ok(0) | Err(_) => return Head::Other,
+                Ok(_) => {}
+            }
+        }
+    };
+    match limits.header_timeout {
+        Some(t) => tokio::time::timeout(t, read).await.unwrap_or(Head::Closed),
+        None => read.await,
+    }
+}
+
+/// `Ok(None)`: the head is not complete yet. `Err`: not a request served here.
+fn parse(buf: &[u8]) -> Result<Option<Head>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(()),
+    };
+    let method = Method::from_bytes(parsed.method.ok_or(())?.as_bytes()).map_err(|_| ())?;
+    if method != Method::GET && method != Method::HEAD {
+        return Ok(Some(Head::Other));
+    }
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        Some(1) => Version::HTTP_11,
+        _ => return Err(()),
+    };
+    let uri: Uri = parsed.path.ok_or(())?.parse().map_err(|_| ())?;
+    let mut map = HeaderMap::with_capacity(parsed.headers.len());
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ())?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| ())?;
+        map.append(name, value);
+    }
+    let has_body = map.contains_key(header::TRANSFER_ENCODING)
+        || map
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body || map.contains_key(header::UPGRADE) || map.contains_key(header::EXPECT) {
+        return Ok(Some(Head::Other));
+    }
+    let mut req = Request::new(Empty::new());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = map;
+    Ok(Some(Head::Request(req, len)))
+}
+
+fn wants_close(headers: &HeaderMap, version: Version) -> bool {
+    let has = |token: &str| {
+        headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    if version == Version::HTTP_10 {
+        !has("keep-alive")
+    } else {
+        has("close")
+    }
+}
+
+/// Writes `response`; `Ok(true)` when the connection may carry another request.
+async fn write_response<B>(
+    stream: &mut TcpStream,
+    response: Response<B>,
+    method: &Method,
+    version: Version,
+    close: bool,
+) -> io::Result<bool>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let (mut parts, body) = response.into_parts();
+    let status = parts.status;
+    let file = parts.extensions.remove::<FileBody>();
+    let no_body = *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let headers = &mut parts.headers;
+    // A HEAD answer keeps the Content-Length it was given, of the body it does not carry.
+    let length = match &file {
+        _ if no_body => None,
+        Some(f) => Some(f.range.end - f.range.start),
+        None => body.size_hint().exact().or_else(|| {
+            headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+        }),
+    };
+    // Without a known length an HTTP/1.0 body ends with the connection.
+    let chunked = !no_body && length.is_none() && version == Version::HTTP_11;
+    let keep = !close && (no_body || length.is_some() || chunked);
+    if let Some(n) = length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    headers.remove(header::TRANSFER_ENCODING);
+    if chunked {
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+    if !keep {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if !headers.contains_key(header::DATE) {
+        let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+        headers.insert(header::DATE, HeaderValue::from_str(&now).expect("ASCII date"));
+    }
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in headers.iter() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    stream.write_all(&head).await?;
+    if no_body {
+        return Ok(keep);
+    }
+    if let Some(file) = file {
+        send_file(stream, &file).await?;
+        drop(body);
+        return Ok(keep);
+    }
+    let mut body = std::pin::pin!(body);
+    let mut written = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| io::Error::other(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        written += data.len() as u64;
+        if length.is_some_and(|n| written > n) {
+            return Err(io::Error::other("the body is longer than its Content-Length"));
+        }
+        if chunked {
+            stream
+                .write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .await?;
+            stream.write_all(&data).await?;
+            stream.write_all(b"\r\n").await?;
+        } else {
+            stream.write_all(&data).await?;
+        }
+    }
+    if chunked {
+        stream.write_all(b"0\r\n\r\n").await?;
+    }
+    if length.is_some_and(|n| written != n) {
+        return Err(io::Error::other("the body is shorter than its Content-Length"));
+    }
+    Ok(keep)
+}
+
+/// `file.range` to the socket with sendfile, as the socket takes it. A page the cache lacks is
+/// read from disk on this thread: task files are read soon after they were written.
+async fn send_file(stream: &TcpStream, file: &FileBody) -> io::Result<()> {
+    let mut offset = file.range.start as i64;
+    let end = file.range.end as i64;
+    while offset < end {
+        let count = ((end - offset) as usize).min(SENDFILE_CHUNK);
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            nix::sys::sendfile::sendfile64(stream, file.file.as_ref(), Some(&mut offset), count)
+                .map_err(io::Error::from)
+        });
+        match sent {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than its range",
+                ));
+            }
+            Ok(n) => {
+                file.sent.inc_by(n as u64);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A connection handed to hyper: the bytes [`serve`] already read, then the socket.
+pub struct Rewound {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use http_body_util::{Full, StreamBody, combinators::BoxBody};
+    use hyper::body::{Frame, Incoming};
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    type Boxed = BoxBody<Bytes, io::Error>;
+
+    fn full(text: &'static str) -> Boxed {
+        Full::new(Bytes::from_static(text.as_bytes()))
+            .map_err(|never| match never {})
+            .boxed()
+    }
+
+    /// `/file` answers bytes 2..10 of a file with a FileBody (its body says "wrong" so a test
+    /// sees which was sent), `/chunks` a body of unknown length, anything else its path.
+    async fn answer<B>(file: Arc<std::fs::File>, sent: Counter, req: Request<B>) -> Response<Boxed> {
+        match req.uri().path() {
+            "/file" => Response::builder()
+                .extension(FileBody {
+                    file,
+                    range: 2..10,
+                    sent,
+                })
+                .body(full("wrong!!!"))
+                .expect("response"),
+            "/chunks" => {
+                let frames = futures_util::stream::iter(
+                    ["ab", "cde"].map(|s| Ok::<_, io::Error>(Frame::data(Bytes::from(s)))),
+                );
+                Response::new(StreamBody::new(frames).boxed())
+            }
+            path => {
+                let text = format!("{} {path}", req.method());
+                Response::new(
+                    Full::new(Bytes::from(text))
+                        .map_err(|never| match never {})
+                        .boxed(),
+                )
+            }
+        }
+    }
+
+    /// A server on loopback; returns its address and the sendfile counter.
+    async fn server() -> (std::net::SocketAddr, Counter) {
+        let mut f = tempfile::tempfile().expect("temp file");
+        f.write_all(b"0123456789abcdef").expect("write");
+        let file = Arc::new(f);
+        let sent = Counter::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let counter = sent.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.expect("accept");
+                let (file, sent) = (file.clone(), counter.clone());
+                let limits = Limits {
+                    header_timeout: Some(Duration::from_secs(5)),
+                    max_head: 4096,
+                };
+                let simple = {
+                    let (file, sent) = (file.clone(), sent.clone());
+                    move |req| answer(file.clone(), sent.clone(), req)
+                };
+                let hyper = move |io| async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let r = answer(file.clone(), sent.clone(), req);
+                        async move { Ok::<_, std::convert::Infallible>(r.await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(io), svc)
+                        .await;
+                };
+                tokio::spawn(serve(stream, limits, simple, hyper));
+            }
+        });
+        (addr, sent)
+    }
+
+    /// Writes `request` and reads until the server closes.
+    async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.expect("read");
+        String::from_utf8(out).expect("text")
+    }
+
+    fn bodies(text: &str) -> Vec<&str> {
+        text.split("HTTP/1.1 ")
+            .skip(1)
+            .map(|r| r.split_once("\r\n\r\n").expect("head").1)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn keep_alive_sendfile_chunked_head_and_hyper_after() {
+        let (addr, sent) = server().await;
+        // Pipelined on one connection: a file, a chunked body, a HEAD, then a POST (hyper's from
+        // there on), then a GET that hyper answers, closing.
+        let text = exchange(
+            addr,
+            "GET /file HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /chunks HTTP/1.1\r\nHost: x\r\n\r\n\
+             HEAD /file HTTP/1.1\r\nHost: x\r\n\r\n\
+             POST /post HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi\
+             GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 5, "{text}");
+        let b = bodies(&text);
+        assert_eq!(b[0].split("HTTP/1.1").next(), Some("23456789"));
+        assert!(text.contains("content-length: 8\r\n"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(b[1].starts_with("2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"), "{text}");
+        assert_eq!(b[2], "", "HEAD carries no body: {text}");
+        assert_eq!(b[3], "POST /post");
+        assert_eq!(b[4], "GET /last");
+        assert_eq!(sent.get(), 8, "only the GET sent the file");
+    }
+
+    #[tokio::test]
+    async fn http10_closes_and_bad_heads_go_to_hyper() {
+        let (addr, _) = server().await;
+        let text = exchange(addr, "GET /a HTTP/1.0\r\n\r\n").await;
+        assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+        assert!(text.ends_with("GET /a"), "{text}");
+        let text = exchange(addr, "GARBAGE\r\n\r\n").await;
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        let big = format!(
+            "GET /{} HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "a".repeat(8000)
+        );
+        let text = exchange(addr, &big).await;
+        assert!(text.starts_with("HTTP/1.1 "), "hyper has the huge head: {text:.40}");
+        // A client that goes away between requests just ends the connection.
+        let s = TcpStream::connect(addr).await.expect("connect");
+        drop(s);
+    }
+
+    #[tokio::test]
+    async fn reqwest_reuses_the_connection() {
+        crate::install_crypto_provider();
+        let (addr, sent) = server().await;
+        let client = reqwest::Client::new();
+        for _ in 0..3 {
+            let r = client
+                .get(format!("http://{addr}/file"))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.text().await.expect("body"), "23456789");
+            let r = client
+                .get(format!("http://{addr}/chunks"))
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(r.text().await.expect("body"), "abcde");
+        }
+        assert_eq!(sent.get(), 24);
+    }
+}

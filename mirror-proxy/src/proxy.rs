@@ -20,8 +20,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::Frame;
-use shoal_p2p::http1::FileBody;
 use sha2::Digest as _;
+use shoal_p2p::http1::FileBody;
 use shoal_p2p::origin::OriginRequest;
 use shoal_p2p::{Digest, DownloadRequest, Downloader, IdOptions, TaskId};
 use url::Url;
@@ -47,7 +47,11 @@ pub(crate) struct Ctx {
 }
 
 /// Answers one request (not CONNECT). `hijacked` is the origin of a hijacked CONNECT.
-pub(crate) async fn handle<B>(ctx: Arc<Ctx>, req: Request<B>, hijacked: Option<Url>) -> Response<Body>
+pub(crate) async fn handle<B>(
+    ctx: Arc<Ctx>,
+    req: Request<B>,
+    hijacked: Option<Url>,
+) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -256,7 +260,7 @@ async fn serve_task(
         h.extend(extra);
     }
     let served = ctx.metrics.served_bytes.clone();
-    // A complete task's bytes may go out with sendfile (on plain connections).
+    // A complete task's bytes go out straight from its file on plain connections.
     let file = if reading.complete {
         ctx.downloader.store().reader(&task).ok()
     } else {

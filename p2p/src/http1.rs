@@ -1,14 +1,17 @@
-//! HTTP/1.1 with file bodies sent by `sendfile(2)`.
+//! HTTP/1.1 with file bodies sent straight from the file.
 //!
-//! hyper cannot send a body with sendfile: every byte of a file it serves is read into memory and
-//! written out again, which costs a large blob or piece a third of its throughput on loopback.
-//! [`serve`] therefore answers the simple requests of a plain connection itself (GET and HEAD
-//! without a body, upgrade or `Expect`) with the same service, and when the response carries a
-//! [`FileBody`] extension its bytes go from the page cache to the socket without a copy through
-//! user space; other responses are written from their body (with `Content-Length` or chunked).
-//! At the first request it does not take (a push, `CONNECT`, anything it cannot parse) it hands
-//! the connection, with the bytes already read, to hyper ([`Rewound`]) for the rest of its life.
-//! Inside TLS hyper serves everything and the body is used instead of the file.
+//! hyper serves a file's bytes through its body: a blocking thread reads each block, hands it over
+//! a channel, and a runtime thread writes it; on two cores beside the client, those hand-offs cost
+//! a warm blob a third of its loopback throughput. [`serve`] therefore answers the simple requests
+//! of a plain connection itself (GET and HEAD without a body, upgrade or `Expect`) with the same
+//! service, and when the response carries a [`FileBody`] extension it reads the file a block at a
+//! time into one buffer and writes each block out on the connection's own task, as a plain
+//! read/write loop does. (`sendfile(2)` was measured too: on this machine's loopback it is slower
+//! than the copy, see `integration/BENCHMARKS.md`.) Other responses are written from their body,
+//! with `Content-Length` or chunked. At the first request it does not take (a push, `CONNECT`,
+//! anything it cannot parse) it hands the connection, with the bytes already read, to hyper
+//! ([`Rewound`]) for the rest of its life. Inside TLS hyper serves everything and the body is used
+//! instead of the file.
 
 use std::future::Future;
 use std::io;
@@ -24,15 +27,16 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Body;
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Headers in one request head we parse ourselves; more go to hyper (which refuses them).
 const MAX_HEADERS: usize = 100;
-/// Bytes handed to one `sendfile` call.
-const SENDFILE_CHUNK: usize = 4 << 20;
+/// Bytes of a [`FileBody`] read and written at a time: on loopback here 64 KiB blocks reach half
+/// the throughput of 1 MiB ones, and 4 MiB ones no more (see `integration/BENCHMARKS.md`).
+const FILE_BLOCK: usize = 1 << 20;
 
-/// A response extension: the body is `range` of `file`, which [`serve`] sends with sendfile
+/// A response extension: the body is `range` of `file`, which [`serve`] sends from the file
 /// (counting the bytes in `sent`) instead of polling the response's body. The body is dropped
 /// unpolled only after the file was sent, so it may hold what must live as long as the sending
 /// (an upload slot, say); it must yield the same bytes, for connections hyper serves.
@@ -66,10 +70,12 @@ where
 {
     let mut stream = stream;
     let mut buf = BytesMut::with_capacity(8 << 10);
+    // For file bodies; grown at the first one.
+    let mut block = Vec::new();
     loop {
         let head = match read_head(&mut stream, &mut buf, limits).await {
             Head::Closed => return,
-            Head::Request(req, len) => (req, len),
+            Head::Request(req, len) => (*req, len),
             Head::Other => {
                 let rewound = Rewound {
                     prefix: buf.freeze(),
@@ -84,7 +90,7 @@ where
         let version = req.version();
         let close = wants_close(req.headers(), version);
         let response = service(req).await;
-        match write_response(&mut stream, response, &method, version, close).await {
+        match write_response(&mut stream, &mut block, response, &method, version, close).await {
             Ok(true) if !close => {}
             Ok(_) => {
                 let _ = stream.shutdown().await;
@@ -102,7 +108,7 @@ enum Head {
     /// The connection ended (or timed out) between requests.
     Closed,
     /// A request to serve here, and the length of its head in the buffer.
-    Request(Request<Empty<Bytes>>, usize),
+    Request(Box<Request<Empty<Bytes>>>, usize),
     /// Anything else: hyper's.
     Other,
 }
@@ -169,7 +175,7 @@ fn parse(buf: &[u8]) -> Result<Option<Head>, ()> {
     *req.uri_mut() = uri;
     *req.version_mut() = version;
     *req.headers_mut() = map;
-    Ok(Some(Head::Request(req, len)))
+    Ok(Some(Head::Request(Box::new(req), len)))
 }
 
 fn wants_close(headers: &HeaderMap, version: Version) -> bool {
@@ -189,6 +195,7 @@ fn wants_close(headers: &HeaderMap, version: Version) -> bool {
 /// Writes `response`; `Ok(true)` when the connection may carry another request.
 async fn write_response<B>(
     stream: &mut TcpStream,
+    block: &mut Vec<u8>,
     response: Response<B>,
     method: &Method,
     version: Version,
@@ -224,14 +231,20 @@ where
     }
     headers.remove(header::TRANSFER_ENCODING);
     if chunked {
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
     }
     if !keep {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if !headers.contains_key(header::DATE) {
         let now = httpdate::fmt_http_date(std::time::SystemTime::now());
-        headers.insert(header::DATE, HeaderValue::from_str(&now).expect("ASCII date"));
+        headers.insert(
+            header::DATE,
+            HeaderValue::from_str(&now).expect("ASCII date"),
+        );
     }
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(if version == Version::HTTP_10 {
@@ -255,7 +268,7 @@ where
         return Ok(keep);
     }
     if let Some(file) = file {
-        send_file(stream, &file).await?;
+        send_file(stream, block, &file).await?;
         drop(body);
         return Ok(keep);
     }
@@ -271,7 +284,9 @@ where
         }
         written += data.len() as u64;
         if length.is_some_and(|n| written > n) {
-            return Err(io::Error::other("the body is longer than its Content-Length"));
+            return Err(io::Error::other(
+                "the body is longer than its Content-Length",
+            ));
         }
         if chunked {
             stream
@@ -287,36 +302,35 @@ where
         stream.write_all(b"0\r\n\r\n").await?;
     }
     if length.is_some_and(|n| written != n) {
-        return Err(io::Error::other("the body is shorter than its Content-Length"));
+        return Err(io::Error::other(
+            "the body is shorter than its Content-Length",
+        ));
     }
     Ok(keep)
 }
 
-/// `file.range` to the socket with sendfile, as the socket takes it. A page the cache lacks is
-/// read from disk on this thread: task files are read soon after they were written.
-async fn send_file(stream: &TcpStream, file: &FileBody) -> io::Result<()> {
-    let mut offset = file.range.start as i64;
-    let end = file.range.end as i64;
-    while offset < end {
-        let count = ((end - offset) as usize).min(SENDFILE_CHUNK);
-        stream.writable().await?;
-        let sent = stream.try_io(Interest::WRITABLE, || {
-            nix::sys::sendfile::sendfile64(stream, file.file.as_ref(), Some(&mut offset), count)
-                .map_err(io::Error::from)
-        });
-        match sent {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the file is shorter than its range",
-                ));
-            }
-            Ok(n) => {
-                file.sent.inc_by(n as u64);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+/// `file.range` to the socket: each block read into one buffer and written out on this task.
+/// A page the cache lacks is read from disk on this thread: task files are read soon after they
+/// were written.
+async fn send_file(stream: &mut TcpStream, buf: &mut Vec<u8>, file: &FileBody) -> io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let len = FILE_BLOCK.min((file.range.end - file.range.start) as usize);
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let mut pos = file.range.start;
+    while pos < file.range.end {
+        let want = buf.len().min((file.range.end - pos) as usize);
+        let n = file.file.read_at(&mut buf[..want], pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file is shorter than its range",
+            ));
         }
+        stream.write_all(&buf[..n]).await?;
+        file.sent.inc_by(n as u64);
+        pos += n as u64;
     }
     Ok(())
 }
@@ -394,7 +408,11 @@ mod tests {
 
     /// `/file` answers bytes 2..10 of a file with a FileBody (its body says "wrong" so a test
     /// sees which was sent), `/chunks` a body of unknown length, anything else its path.
-    async fn answer<B>(file: Arc<std::fs::File>, sent: Counter, req: Request<B>) -> Response<Boxed> {
+    async fn answer<B>(
+        file: Arc<std::fs::File>,
+        sent: Counter,
+        req: Request<B>,
+    ) -> Response<Boxed> {
         match req.uri().path() {
             "/file" => Response::builder()
                 .extension(FileBody {
@@ -421,7 +439,7 @@ mod tests {
         }
     }
 
-    /// A server on loopback; returns its address and the sendfile counter.
+    /// A server on loopback; returns its address and the file-body counter.
     async fn server() -> (std::net::SocketAddr, Counter) {
         let mut f = tempfile::tempfile().expect("temp file");
         f.write_all(b"0123456789abcdef").expect("write");
@@ -474,7 +492,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn keep_alive_sendfile_chunked_head_and_hyper_after() {
+    async fn keep_alive_file_chunked_head_and_hyper_after() {
         let (addr, sent) = server().await;
         // Pipelined on one connection: a file, a chunked body, a HEAD, then a POST (hyper's from
         // there on), then a GET that hyper answers, closing.
@@ -492,7 +510,10 @@ mod tests {
         assert_eq!(b[0].split("HTTP/1.1").next(), Some("23456789"));
         assert!(text.contains("content-length: 8\r\n"), "{text}");
         assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
-        assert!(b[1].starts_with("2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"), "{text}");
+        assert!(
+            b[1].starts_with("2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"),
+            "{text}"
+        );
         assert_eq!(b[2], "", "HEAD carries no body: {text}");
         assert_eq!(b[3], "POST /post");
         assert_eq!(b[4], "GET /last");
@@ -513,7 +534,10 @@ mod tests {
             "a".repeat(8000)
         );
         let text = exchange(addr, &big).await;
-        assert!(text.starts_with("HTTP/1.1 "), "hyper has the huge head: {text:.40}");
+        assert!(
+            text.starts_with("HTTP/1.1 "),
+            "hyper has the huge head: {text:.40}"
+        );
         // A client that goes away between requests just ends the connection.
         let s = TcpStream::connect(addr).await.expect("connect");
         drop(s);

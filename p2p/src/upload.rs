@@ -197,10 +197,7 @@ async fn handle<B>(ctx: Arc<Ctx>, req: Request<B>) -> Response<Body> {
         );
     };
     let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "all upload slots busy\n",
-        );
+        return plain(StatusCode::SERVICE_UNAVAILABLE, "all upload slots busy\n");
     };
     let store = ctx.store.clone();
     let id2 = id.clone();
@@ -225,9 +222,9 @@ async fn handle<B>(ctx: Arc<Ctx>, req: Request<B>) -> Response<Body> {
     };
     let range = layout.range(n);
     let length = range.end - range.start;
-    // On a plain connection the piece goes out with sendfile and the body is never polled;
+    // On a plain connection the piece goes out from the file and the body is never polled;
     // either way the slot is held until the body is dropped.
-    let sendfile = FileBody {
+    let from_file = FileBody {
         file: file.clone(),
         range: range.clone(),
         sent: ctx.metrics.upload_bytes.clone(),
@@ -256,7 +253,7 @@ async fn handle<B>(ctx: Arc<Ctx>, req: Request<B>) -> Response<Body> {
     Response::builder()
         .status(StatusCode::OK)
         .header(http::header::CONTENT_LENGTH, length)
-        .extension(sendfile)
+        .extension(from_file)
         .body(BodyExt::boxed(StreamBody::new(frames)))
         .expect("valid response")
 }

@@ -60,6 +60,7 @@ const ENDGAME_PIECES: usize = 3;
 /// Requests in flight to one parent at most.
 const PER_PARENT: usize = 4;
 
+#[derive(Debug)]
 enum PieceSource {
     Origin,
     Peer {
@@ -355,6 +356,7 @@ impl<'a> Run<'a> {
             .expected(n)
             .expect("only pieces with known digests are asked of peers");
         let (client, job) = (link.peers.clone(), self.job.clone());
+        tracing::debug!(task = %self.job.id, piece = n, parent, "piece requested");
         *self.per_parent.entry(parent.clone()).or_default() += 1;
         let asked = parent.clone();
         let handle = set.spawn(async move {
@@ -436,6 +438,7 @@ impl<'a> Run<'a> {
                 self.stored[n as usize] = Some(digest);
                 let r = self.job.layout.range(n);
                 progress.add(r.end - r.start);
+                tracing::debug!(task = %self.job.id, piece = n, from = ?source, "piece stored");
                 match source {
                     PieceSource::Origin => self.fetched_digests.push(piece_digest(n, &digest)),
                     PieceSource::Peer { seed, .. } => {

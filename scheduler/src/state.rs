@@ -147,8 +147,9 @@ impl TaskEntry {
     /// Which of the sources' pieces `host` is offered (sources: seeds, and the peer fetching from
     /// the origin for the swarm), so that a source's upload carries each piece about once and the
     /// hosts pass it on among themselves:
-    /// * a piece no other host holds goes to one host, chosen per piece by rendezvous hashing
-    ///   among the hosts still downloading; every host is offered it once it has been held for
+    /// * a piece no other host holds goes to one host: the hosts still downloading take the
+    ///   pieces in turn (piece `p` to the `p mod k`-th of them, in an order hashed from the task
+    ///   id), so each host's upload carries as many new pieces as the next; every host is offered it once it has been held for
     ///   [`SEED_EXCLUSIVE`] with nobody else holding it (the chosen host may be slow);
     /// * a piece other hosts hold is theirs to give while the seed is still fetching (its
     ///   upload is for new pieces); once the seed has everything, it helps with those too.
@@ -183,17 +184,16 @@ impl TaskEntry {
                 downloaders.push(id);
             }
         }
+        // The downloaders in an order of their own for this task; new pieces go round it.
+        downloaders.sort_by_key(|d| rendezvous(&self.task.id, d));
         let mut pieces = Bitmap::new(n);
         let mut expiring = false;
         for p in seeds.ones() {
             let offered = if others.get(p) {
                 seed_complete
             } else {
-                let key = format!("{}#{p}", self.task.id);
-                let chosen = downloaders
-                    .iter()
-                    .max_by_key(|d| rendezvous(&key, d))
-                    .is_none_or(|d| *d == host);
+                let chosen =
+                    downloaders.is_empty() || downloaders[p as usize % downloaders.len()] == host;
                 let open =
                     self.first_held[p as usize].is_none_or(|t| t.elapsed() >= SEED_EXCLUSIVE);
                 expiring |= !chosen && !open;
@@ -559,12 +559,17 @@ mod tests {
                 .count();
             assert_eq!(takers, 1, "piece {p} offered to {takers} hosts");
         }
-        // Pieces are spread over the hosts, not all given to one.
-        let busy = hosts[1..]
+        // New pieces go round the hosts: each is offered as many as the next, give or take one.
+        let shares: Vec<usize> = hosts[1..]
             .iter()
-            .filter(|h| !offered_by(&state, h, "seed").is_empty())
-            .count();
-        assert!(busy >= 3, "only {busy} of 5 hosts get pieces from the seed");
+            .map(|h| offered_by(&state, h, "seed").len())
+            .collect();
+        let (lo, hi) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
+        assert!(
+            *lo > 0 && hi - lo <= 1,
+            "shares of the seed's pieces: {shares:?}"
+        );
+        let busy = shares.iter().filter(|&&n| n > 0).count();
         assert!(state.view("t", &hosts[1]).unwrap().1 || busy < 5);
     }
 

@@ -1,5 +1,10 @@
 //! The listener: HTTP/1.1 from runtimes (mirror requests, proxy requests, CONNECT), and inside
 //! a hijacked CONNECT, TLS with HTTP/2 or HTTP/1.1.
+//!
+//! On a plain connection, GETs and HEADs are read by [`shoal_p2p::http1`], which sends a complete
+//! blob straight from the task file (a warm blob at the registry's own loopback throughput); the
+//! first other request (a push, CONNECT) hands the connection to hyper. Both call the same
+//! [`proxy::handle`].
 
 use std::future::Future;
 use std::path::Path;

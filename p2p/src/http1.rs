@@ -91,7 +91,7 @@ where
         let close = wants_close(req.headers(), version);
         let response = service(req).await;
         match write_response(&mut stream, &mut block, response, &method, version, close).await {
-            Ok(true) if !close => {}
+            Ok(true) => {}
             Ok(_) => {
                 let _ = stream.shutdown().await;
                 return;
@@ -165,8 +165,9 @@ fn parse(buf: &[u8]) -> Result<Option<Head>, ()> {
     }
     let has_body = map.contains_key(header::TRANSFER_ENCODING)
         || map
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0");
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0");
     if has_body || map.contains_key(header::UPGRADE) || map.contains_key(header::EXPECT) {
         return Ok(Some(Head::Other));
     }

@@ -7,6 +7,8 @@
 //! * [`Downloader`] is the pipeline from a URL to a complete, verified task in the store.
 //! * [`Downloader::read`] streams a task's bytes while it downloads ([`reader`]).
 //! * [`daemon`] is the node daemon: the local API on a unix socket, `/healthz` and `/metrics`.
+//! * [`http1`] serves plain HTTP/1.1 GETs with file bodies sent straight from the file (the
+//!   upload server's pieces, the mirror's complete blobs), and hands everything else to hyper.
 //!
 //! ```no_run
 //! # async fn demo() -> shoal_p2p::Result<()> {

@@ -3,7 +3,9 @@
 //! `GET /tasks/<task>/pieces/<n>` answers the piece's bytes (200), `404` at once when this host
 //! does not hold that piece, and `503` when all upload slots are busy (the peer asks another
 //! parent). Only pieces that are stored (written and recorded after verification) are served.
-//! Bytes are streamed from the task file in 256 KiB blocks, so an upload costs little memory.
+//! Requests are read by [`crate::http1`], which sends the piece from the task file in 1 MiB
+//! blocks on the connection's own task; anything else it hands to hyper, where the bytes stream
+//! in 256 KiB blocks read on a blocking thread. Either way an upload costs little memory.
 
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -107,6 +107,70 @@ async fn get_through_the_daemon_then_a_cache_hit_counted_in_metrics() {
     assert!(!socket.exists());
 }
 
+/// `shoal get` of `url` into `out` through the daemon whose data is in `data_dir`.
+async fn get(url: &str, out: &Path, data_dir: &Path) {
+    let mut cmd = shoal();
+    cmd.arg("get")
+        .arg(url)
+        .arg("-O")
+        .arg(out)
+        .arg("--data-dir")
+        .arg(data_dir);
+    let res = run(cmd).await;
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shoal_up_counts_each_byte_once_by_source() {
+    let data = random_bytes(6 * MIB);
+    let origin = TestOrigin::builder().file("/f", data.clone()).start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let port = free_port();
+    let mut cmd = shoal();
+    cmd.arg("up")
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--metrics-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--proxy-listen")
+        .arg("127.0.0.1:0")
+        .arg("--upload-addr")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--scheduler-listen")
+        .arg(format!("127.0.0.1:{}", free_port()));
+    let _up = ChildGuard::spawn(cmd);
+    let socket = data_dir.join("shoal.sock");
+    wait_until(Duration::from_secs(20), "daemon socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+    .await;
+    let url = origin.url("/f");
+    let len = data.len() as u64;
+    // The daemon is also the seed: the scheduler's seed job for this task comes back to it.
+    // What it fetched for the user is not counted again as served from the cache.
+    get(&url, &dir.path().join("a"), &data_dir).await;
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), data);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = http_get(port, "/metrics").await;
+    let by = |source: &str| {
+        metric(
+            &metrics,
+            &format!("shoal_download_bytes_total{{source=\"{source}\"}}"),
+        )
+    };
+    assert_eq!((by("origin"), by("cache")), (len, 0), "{metrics}");
+    // A second get is served from the store, and counted so once.
+    get(&url, &dir.path().join("b"), &data_dir).await;
+    let metrics = http_get(port, "/metrics").await;
+    let cache = metric(&metrics, "shoal_download_bytes_total{source=\"cache\"}");
+    assert_eq!(cache, len, "{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn daemon_reports_origin_errors_to_the_client() {
     let origin = TestOrigin::builder().start().await;

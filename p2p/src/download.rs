@@ -168,8 +168,14 @@ impl Downloader {
             running.entry(id.clone()).or_default().clone()
         };
         let result = {
-            let _one_at_a_time = lock.lock().await;
-            self.download_locked(&id, req, expected, progress).await
+            // A download that waited for another of the same task (a seed job and the request
+            // that caused it, say) does not count that one's bytes again as a cache hit.
+            let (_one_at_a_time, joined) = match lock.try_lock() {
+                Ok(guard) => (guard, false),
+                Err(_) => (lock.lock().await, true),
+            };
+            self.download_locked(&id, req, expected, progress, joined)
+                .await
         };
         {
             let mut running = self.running.lock().expect("running map lock");
@@ -196,6 +202,7 @@ impl Downloader {
         req: &DownloadRequest,
         expected: Option<Digest>,
         progress: &Progress,
+        joined: bool,
     ) -> Result<Downloaded> {
         let path = self.store.data_path(id);
         if let Some(meta) = self
@@ -209,7 +216,9 @@ impl Downloader {
             let meta = self.check_cached(id, meta, expected).await?;
             let len = meta.layout.content_length;
             progress.start(len, len);
-            self.metrics.bytes(Source::Cache, len);
+            if !joined {
+                self.metrics.bytes(Source::Cache, len);
+            }
             return Ok(Downloaded {
                 task: id.clone(),
                 meta,

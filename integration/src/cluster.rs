@@ -285,15 +285,7 @@ impl Cluster {
 
     /// `shoal get` through daemon `i`, writing to `out`.
     pub fn get(&self, i: usize, url: &str, out: &Path) -> Command {
-        let mut cmd = shoal();
-        cmd.arg("get")
-            .arg(url)
-            .arg("-O")
-            .arg(out)
-            .arg("--data-dir")
-            .arg(self.daemons[i].data_dir.join("store"))
-            .arg("-q");
-        cmd
+        crate::process::get(&self.daemons[i].data_dir.join("store"), url, out)
     }
 
     /// Runs `shoal get` on every daemon at once; returns their outputs' paths and results.

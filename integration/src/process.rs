@@ -37,6 +37,19 @@ pub fn shoal() -> Command {
 }
 
 /// Runs `shoal get` to completion off the async threads.
+/// `shoal get -q url -O out` through the daemon (or standalone store) in `data_dir`.
+pub fn get(data_dir: &Path, url: &str, out: &Path) -> Command {
+    let mut cmd = shoal();
+    cmd.arg("get")
+        .arg(url)
+        .arg("-O")
+        .arg(out)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("-q");
+    cmd
+}
+
 pub async fn run(mut cmd: Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().expect("shoal runs"))
         .await

@@ -3,19 +3,12 @@
 use std::path::Path;
 use std::time::Duration;
 
+use shoal_integration::cluster::free_port;
 use shoal_integration::origin::TestOrigin;
-use shoal_integration::process::{ChildGuard, run, shoal, wait_until};
+use shoal_integration::process::{self, ChildGuard, run, shoal, wait_until};
 use shoal_integration::random_bytes;
 
 const MIB: usize = 1 << 20;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start_daemon(data_dir: &Path, metrics_port: u16) -> ChildGuard {
     let mut cmd = shoal();
@@ -68,19 +61,7 @@ async fn get_through_the_daemon_then_a_cache_hit_counted_in_metrics() {
 
     for (i, expect_origin) in [(1, data.len() as u64 + 1), (2, data.len() as u64 + 1)] {
         let out = dir.path().join(format!("out{i}"));
-        let mut cmd = shoal();
-        cmd.arg("get")
-            .arg(origin.url("/f"))
-            .arg("-O")
-            .arg(&out)
-            .arg("--data-dir")
-            .arg(&data_dir);
-        let res = run(cmd).await;
-        assert!(
-            res.status.success(),
-            "{}",
-            String::from_utf8_lossy(&res.stderr)
-        );
+        get(&origin.url("/f"), &out, &data_dir).await;
         assert_eq!(std::fs::read(&out).unwrap(), data);
         assert_eq!(origin.bytes_sent(), expect_origin);
     }
@@ -109,14 +90,7 @@ async fn get_through_the_daemon_then_a_cache_hit_counted_in_metrics() {
 
 /// `shoal get` of `url` into `out` through the daemon whose data is in `data_dir`.
 async fn get(url: &str, out: &Path, data_dir: &Path) {
-    let mut cmd = shoal();
-    cmd.arg("get")
-        .arg(url)
-        .arg("-O")
-        .arg(out)
-        .arg("--data-dir")
-        .arg(data_dir);
-    let res = run(cmd).await;
+    let res = run(process::get(data_dir, url, out)).await;
     assert!(
         res.status.success(),
         "{}",

@@ -1,26 +1,13 @@
 //! `shoal get` without a daemon: bytes, caching, resume, redirects, errors.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use shoal_integration::origin::TestOrigin;
-use shoal_integration::process::{ChildGuard, run, shoal, wait_until};
+use shoal_integration::process::{ChildGuard, get, run, wait_until};
 use shoal_integration::{random_bytes, sha256};
 
 const MIB: usize = 1 << 20;
-
-fn get(data_dir: &Path, url: &str, out: &Path) -> Command {
-    let mut cmd = shoal();
-    cmd.arg("get")
-        .arg(url)
-        .arg("-O")
-        .arg(out)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("-q");
-    cmd
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn identical_bytes_then_a_cache_hit_that_costs_the_origin_nothing() {

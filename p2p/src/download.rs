@@ -22,6 +22,7 @@ use crate::id::{IdOptions, TaskId};
 use crate::metrics::{Metrics, Outcome, OutcomeLabel, Source};
 use crate::origin::{Origin, OriginRequest, Stat};
 use crate::piece::Layout;
+use crate::prefix::PrefixHash;
 use crate::proto::PieceSet;
 use crate::store::{self, Store, TaskMeta};
 use crate::swarm::Swarm;
@@ -278,7 +279,13 @@ impl Downloader {
             metrics: self.metrics.clone(),
         };
         let is_fetcher = link.as_ref().is_some_and(|l| l.view.back_to_source);
-        let pieces = match Run::new(job, state.pieces, link, stat).run(progress).await {
+        let prefix = match expected {
+            Some(exp) => Some(PrefixHash::start(self.store.reader(id)?, exp.algorithm())),
+            None => None,
+        };
+        let reporter = prefix.as_ref().map(PrefixHash::reporter);
+        let run = Run::new(job, state.pieces, link, stat, reporter);
+        let pieces = match run.run(progress).await {
             Ok(p) => p,
             Err(e) => {
                 if is_fetcher {
@@ -288,8 +295,18 @@ impl Downloader {
             }
         };
 
-        let digest = match expected {
-            Some(exp) => Some(self.verify_whole(id, exp).await?),
+        let digest = match expected.zip(prefix) {
+            Some((exp, prefix)) => {
+                let started = std::time::Instant::now();
+                let d = self
+                    .verify_whole(id, exp, prefix, layout.content_length)
+                    .await?;
+                tracing::debug!(
+                    secs = started.elapsed().as_secs_f64(),
+                    "whole content verified"
+                );
+                Some(d)
+            }
             None => None,
         };
         let meta = self
@@ -436,9 +453,19 @@ impl Downloader {
         Ok(meta)
     }
 
-    /// Checks the whole content against `expected`; a mismatch deletes the task.
-    async fn verify_whole(&self, id: &TaskId, expected: Digest) -> Result<Digest> {
-        let actual = self.hash_task(id, expected).await?;
+    /// Checks the whole content against `expected` (hashed by `prefix` while it was stored); a
+    /// mismatch deletes the task.
+    async fn verify_whole(
+        &self,
+        id: &TaskId,
+        expected: Digest,
+        prefix: PrefixHash,
+        len: u64,
+    ) -> Result<Digest> {
+        let actual = prefix
+            .finish(len)
+            .await
+            .map_err(|e| Error::io("read task file", self.store.data_path(id), e))?;
         if actual != expected {
             let id2 = id.clone();
             self.blocking(move |s| s.remove(&id2)).await?;

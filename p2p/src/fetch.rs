@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rand::Rng;
+use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::bitmap::Bitmap;
@@ -29,6 +30,7 @@ use crate::id::TaskId;
 use crate::metrics::{Metrics, Source};
 use crate::origin::{Origin, Stat};
 use crate::piece::Layout;
+use crate::prefix::PrefixHash;
 use crate::proto::{Fault, Parent, PieceDigest, PieceSet, TaskView};
 use crate::swarm::Swarm;
 use crate::upload::Holdings;
@@ -102,6 +104,10 @@ pub(crate) struct Run<'a> {
     spawned: HashMap<tokio::task::Id, Option<String>>,
     last_news: Instant,
     dirty: bool,
+    /// Where to report the stored prefix for the whole content's hash, and how many pieces it
+    /// holds (see [`PrefixHash`]).
+    prefix: Option<watch::Sender<u64>>,
+    prefix_pieces: u32,
 }
 
 impl<'a> Run<'a> {
@@ -110,6 +116,7 @@ impl<'a> Run<'a> {
         stored: Vec<Option<Digest>>,
         link: Option<SwarmLink<'a>>,
         stat: Option<Stat>,
+        prefix: Option<watch::Sender<u64>>,
     ) -> Self {
         let to_origin = link.as_ref().is_none_or(|l| l.view.back_to_source);
         Run {
@@ -126,6 +133,20 @@ impl<'a> Run<'a> {
             spawned: HashMap::new(),
             last_news: Instant::now(),
             dirty: false,
+            prefix,
+            prefix_pieces: 0,
+        }
+    }
+
+    /// Reports how far the stored prefix reaches, for the whole content's hash.
+    fn advance_prefix(&mut self) {
+        let Some(tx) = &self.prefix else { return };
+        let count = self.job.layout.piece_count();
+        while self.prefix_pieces < count && self.stored[self.prefix_pieces as usize].is_some() {
+            self.prefix_pieces += 1;
+        }
+        if let Some(last) = self.prefix_pieces.checked_sub(1) {
+            PrefixHash::advance(tx, self.job.layout.range(last).end);
         }
     }
 
@@ -134,6 +155,7 @@ impl<'a> Run<'a> {
         let mut set: JoinSet<Outcome> = JoinSet::new();
         let mut next_announce = Instant::now();
         let mut reconnect_at: Option<Instant> = None;
+        self.advance_prefix();
         loop {
             if let Some(f) = self.link.as_ref().and_then(|l| l.view.failure.clone()) {
                 return Err(Error::OriginStatus {
@@ -153,6 +175,7 @@ impl<'a> Run<'a> {
                 // An origin without ranges is one stream; nothing else can run beside it.
                 let digests =
                     crate::download::fetch_stream(&self.job, &mut self.stored, progress).await?;
+                self.advance_prefix();
                 self.fetched_digests
                     .extend(digests.into_iter().map(|(n, d)| piece_digest(n, &d)));
                 continue;
@@ -436,6 +459,7 @@ impl<'a> Run<'a> {
                     return Ok(());
                 }
                 self.stored[n as usize] = Some(digest);
+                self.advance_prefix();
                 let r = self.job.layout.range(n);
                 progress.add(r.end - r.start);
                 tracing::debug!(task = %self.job.id, piece = n, from = ?source, "piece stored");

@@ -43,6 +43,7 @@ pub mod net;
 pub mod origin;
 pub mod output;
 pub mod piece;
+mod prefix;
 pub mod proto;
 pub mod reader;
 pub mod store;

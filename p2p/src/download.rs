@@ -5,7 +5,8 @@
 //! missing pieces to the piece loop (the `fetch` module), which takes them from peers and the
 //! origin. Every byte stream is cut at piece boundaries, written at its offset and hashed on one
 //! writer thread; a piece counts once its record is in the task's journal. The whole content is
-//! checked against its digest when one is known.
+//! checked against its digest when one is known, hashed while the pieces arrive (the `prefix`
+//! module).
 
 use std::collections::HashMap;
 use std::path::PathBuf;

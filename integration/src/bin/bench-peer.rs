@@ -59,6 +59,21 @@ async fn checked(cmd: Command, what: &str, recycle: (&Path, u64)) -> anyhow::Res
     Ok(secs)
 }
 
+/// A VM whose balloon reports free pages to the host at once makes every first write of new page
+/// cache a fault in the hypervisor: all three cases are then bound by it (see BENCHMARKS.md, "What
+/// the VM's memory costs").
+fn warn_of_page_reporting() {
+    let knob = "/sys/module/page_reporting/parameters/min_free_ms";
+    if let Ok(ms) = std::fs::read_to_string(knob)
+        && ms.trim() == "0"
+    {
+        eprintln!(
+            "note: free page reporting is on with {knob} = 0: new page cache costs a fault in the \
+             hypervisor here, and the figures below are bound by it (integration/BENCHMARKS.md)"
+        );
+    }
+}
+
 fn same(a: &Path, b: &Path) -> anyhow::Result<()> {
     let ok = Command::new("cmp")
         .arg("-s")
@@ -75,6 +90,7 @@ fn same(a: &Path, b: &Path) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(args.runs >= 1, "--runs must be at least 1");
+    warn_of_page_reporting();
     let tmp = tempfile::Builder::new()
         .prefix("shoal-bench-peer-")
         .tempdir_in(args.dir.clone().unwrap_or("/var/tmp".into()))?;

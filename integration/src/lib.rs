@@ -51,6 +51,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+/// The median of `v` (the upper one of an even count).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 /// Writes `size` random bytes to `path`, a MiB at a time.
 pub fn write_random(path: &std::path::Path, size: u64) -> std::io::Result<()> {
     use rand::RngCore;

@@ -36,7 +36,6 @@ pub fn shoal() -> Command {
     cmd
 }
 
-/// Runs `shoal get` to completion off the async threads.
 /// `shoal get -q url -O out` through the daemon (or standalone store) in `data_dir`.
 pub fn get(data_dir: &Path, url: &str, out: &Path) -> Command {
     let mut cmd = shoal();
@@ -50,6 +49,7 @@ pub fn get(data_dir: &Path, url: &str, out: &Path) -> Command {
     cmd
 }
 
+/// Runs a command to completion off the async threads.
 pub async fn run(mut cmd: Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().expect("shoal runs"))
         .await

@@ -13,7 +13,7 @@ use anyhow::{Context, bail, ensure};
 use clap::Parser;
 use shoal_integration::nginx::Nginx;
 use shoal_integration::process::{ChildGuard, peak_rss_kib, shoal, wait_until};
-use shoal_integration::{parse_size, write_random};
+use shoal_integration::{median, parse_size, write_random};
 
 #[derive(Parser)]
 struct Args {
@@ -57,21 +57,9 @@ async fn timed(mut cmd: Command, rss_of: Option<u32>) -> anyhow::Result<(f64, Op
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn get_cmd(url: &str, out: &Path, data_dir: &Path) -> Command {
-    let mut c = shoal();
-    c.env("SHOAL_LOG", "warn")
-        .arg("get")
-        .arg(url)
-        .arg("-O")
-        .arg(out)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg("-q");
+    let mut c = shoal_integration::process::get(data_dir, url, out);
+    c.env("SHOAL_LOG", "warn");
     c
 }
 

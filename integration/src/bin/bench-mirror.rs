@@ -17,7 +17,7 @@ use clap::Parser;
 use shoal_integration::cluster::free_port;
 use shoal_integration::process::{ChildGuard, peak_rss_kib, shoal, wait_until};
 use shoal_integration::registry::{Access, Image, TestRegistry, store_blob};
-use shoal_integration::{parse_size, random_bytes};
+use shoal_integration::{median, parse_size, random_bytes};
 
 #[derive(Parser)]
 struct Args {
@@ -37,11 +37,6 @@ struct Args {
 
 const REGISTRY: &str = "bench.invalid:5000";
 const NS: &str = "ns=bench.invalid%3A5000";
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// curl's download time for `url` into /dev/null, checking the size.
 fn curl_seconds(url: &str, size: u64) -> anyhow::Result<f64> {

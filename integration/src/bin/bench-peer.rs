@@ -15,8 +15,8 @@ use anyhow::{Context, ensure};
 use clap::Parser;
 use shoal_integration::cluster::Cluster;
 use shoal_integration::nginx::Nginx;
-use shoal_integration::process::{peak_rss_kib, run, shoal};
-use shoal_integration::{parse_size, write_random};
+use shoal_integration::process::{get, peak_rss_kib, run};
+use shoal_integration::{median, parse_size, write_random};
 
 #[derive(Parser)]
 struct Args {
@@ -29,11 +29,6 @@ struct Args {
     /// Working directory (default: a temporary directory under /var/tmp).
     #[arg(long)]
     dir: Option<PathBuf>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Runs `cmd` and times it, after giving the kernel `recycle` bytes of page cache to reuse: a file
@@ -122,14 +117,11 @@ async fn main() -> anyhow::Result<()> {
 
         let cluster = Cluster::builder().daemons(1).start().await;
         let seed = cluster.seed.as_ref().context("seed")?;
-        let mut warm = shoal();
-        warm.arg("get")
-            .arg(&url)
-            .arg("-O")
-            .arg(cluster.dir().join("warm"))
-            .arg("--data-dir")
-            .arg(seed.data_dir.join("store"))
-            .arg("-q");
+        let warm = get(
+            &seed.data_dir.join("store"),
+            &url,
+            &cluster.dir().join("warm"),
+        );
         checked(warm, "warming the seed", (tmp.path(), 0)).await?;
         // Let the seed's announcement of the complete task reach the scheduler.
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -18,6 +18,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until a node answers on its local socket; an error if it exits first or takes 20 s.
+async fn ready(child: &mut ChildGuard, socket: &Path) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    loop {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.child.try_wait() {
+            return Err(format!("it exited: {status}"));
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            return Err("no socket after 20 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A node's config file: its store, one scheduler, where it serves pieces, its host id, and how
 /// long it waits for news from the swarm before going to the origin, and where its registry
 /// mirror listens. Origin retries are short, for tests. Ends inside the `[swarm]` table, so a
@@ -238,49 +255,62 @@ impl Cluster {
         let data_dir = self.dir.path().join(name);
         std::fs::create_dir_all(&data_dir).expect("node dir");
         let config = data_dir.join("config.toml");
-        let proxy_port = free_port();
-        let mut text = node_config(
-            &data_dir.join("store"),
-            &format!("http://127.0.0.1:{}", self.scheduler_port),
-            "127.0.0.1:0",
-            name,
-            self.stall,
-            &format!("127.0.0.1:{proxy_port}"),
-        ) + &format!("upload_slots = {upload_slots}\n");
-        for line in &self.proxy_settings {
-            text = text.replacen("[proxy]\n", &format!("[proxy]\n{line}\n"), 1);
-        }
-        if let Some(ca) = &self.origin_ca {
-            text = text.replacen("[origin]\n", &format!("[origin]\nca_certs = [{ca:?}]\n"), 1);
-        }
-        text += "[proxy.registries]\n";
-        for (host, url) in &self.registries {
-            text += &format!("{host:?} = {url:?}\n");
-        }
-        text += &format!("[proxy.hijack]\nhosts = {:?}\n", self.hijack);
-        std::fs::write(&config, text).expect("write node config");
-        let metrics_port = free_port();
-        let mut cmd = shoal();
-        cmd.env("SHOAL_LOG", self.log)
-            .arg(if seed { "seed" } else { "daemon" })
-            .arg("--config")
-            .arg(&config)
-            .arg("--metrics-addr")
-            .arg(format!("127.0.0.1:{metrics_port}"))
-            .stderr(std::fs::File::create(data_dir.join("log")).expect("log file"));
-        let child = ChildGuard::spawn(cmd);
+        let log = data_dir.join("log");
         let socket = data_dir.join("store").join("shoal.sock");
-        wait_until(Duration::from_secs(20), "daemon socket", || {
-            std::os::unix::net::UnixStream::connect(&socket).is_ok()
-        })
-        .await;
-        Node {
-            name: name.to_owned(),
-            data_dir,
-            metrics_port,
-            proxy_port,
-            child,
+        // `free_port` can race with other tests for a port: a node that could not bind one is
+        // started again on new ports.
+        for attempt in 1.. {
+            let proxy_port = free_port();
+            let mut text = node_config(
+                &data_dir.join("store"),
+                &format!("http://127.0.0.1:{}", self.scheduler_port),
+                "127.0.0.1:0",
+                name,
+                self.stall,
+                &format!("127.0.0.1:{proxy_port}"),
+            ) + &format!("upload_slots = {upload_slots}\n");
+            for line in &self.proxy_settings {
+                text = text.replacen("[proxy]\n", &format!("[proxy]\n{line}\n"), 1);
+            }
+            if let Some(ca) = &self.origin_ca {
+                text = text.replacen("[origin]\n", &format!("[origin]\nca_certs = [{ca:?}]\n"), 1);
+            }
+            text += "[proxy.registries]\n";
+            for (host, url) in &self.registries {
+                text += &format!("{host:?} = {url:?}\n");
+            }
+            text += &format!("[proxy.hijack]\nhosts = {:?}\n", self.hijack);
+            std::fs::write(&config, text).expect("write node config");
+            let metrics_port = free_port();
+            let mut cmd = shoal();
+            cmd.env("SHOAL_LOG", self.log)
+                .arg(if seed { "seed" } else { "daemon" })
+                .arg("--config")
+                .arg(&config)
+                .arg("--metrics-addr")
+                .arg(format!("127.0.0.1:{metrics_port}"))
+                .stderr(std::fs::File::create(&log).expect("log file"));
+            let mut child = ChildGuard::spawn(cmd);
+            match ready(&mut child, &socket).await {
+                Ok(()) => {
+                    return Node {
+                        name: name.to_owned(),
+                        data_dir,
+                        metrics_port,
+                        proxy_port,
+                        child,
+                    };
+                }
+                Err(why) => {
+                    let log = std::fs::read_to_string(&log).unwrap_or_default();
+                    assert!(
+                        attempt < 3 && log.contains("in use"),
+                        "node {name} did not start ({why}); its log:\n{log}"
+                    );
+                }
+            }
         }
+        unreachable!("the loop returns or panics")
     }
 
     /// `shoal get` through daemon `i`, writing to `out`.

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use shoal_mirror::ProxyConfig;
-use shoal_p2p::api::GetRequest;
-use shoal_p2p::get::{GetOptions, Output};
-use shoal_p2p::{DaemonConfig, Digest, daemon};
+use shoal_mirror::{Ca, ProxyConfig};
+use shoal_node::DaemonConfig;
+use shoal_node::get::{GetOptions, Output};
+use shoal_p2p::Digest;
+use shoal_p2p::api::{GetRequest, LocalClient, default_data_dir, socket_in};
 use shoal_scheduler::SchedulerConfig;
 
 #[derive(Parser)]
@@ -61,6 +62,15 @@ impl CaArgs {
             proxy.hijack.ca_key.unwrap_or(key),
         ))
     }
+
+    /// `shoal ca`: makes the CA when missing, and says how to trust it.
+    pub fn run(&self) -> anyhow::Result<()> {
+        let (cert, key) = self.paths()?;
+        let (_, created) = Ca::load_or_create(&cert, &key)?;
+        let instructions = shoal_mirror::ca::trust_instructions(&cert, &key, created);
+        println!("{instructions}");
+        Ok(())
+    }
 }
 
 /// The daemon config file's two parts (defaults without a file).
@@ -93,13 +103,19 @@ pub struct StatusArgs {
 impl StatusArgs {
     /// The daemon's socket: `--socket`, else the one in the data directory.
     pub fn socket(&self) -> PathBuf {
-        let data_dir = self
-            .data_dir
-            .clone()
-            .unwrap_or_else(daemon::default_data_dir);
-        self.socket
-            .clone()
-            .unwrap_or_else(|| daemon::socket_in(&data_dir))
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        self.socket.clone().unwrap_or_else(|| socket_in(&data_dir))
+    }
+
+    /// `shoal status`: the local daemon's state, as text or JSON.
+    pub async fn run(&self) -> anyhow::Result<()> {
+        let status = LocalClient::new(self.socket()).status().await?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        } else {
+            print!("{status}");
+        }
+        Ok(())
     }
 }
 
@@ -133,7 +149,7 @@ pub struct DaemonArgs {
 
 impl DaemonArgs {
     /// The config file (or defaults) with the command line's overrides, validated; the proxy's
-    /// part is `None` when it is off (always for a seed).
+    /// part is `None` when it is off (always for a `seed`).
     pub fn config(self, seed: bool) -> anyhow::Result<(DaemonConfig, Option<ProxyConfig>)> {
         let (mut c, mut proxy) = read_configs(self.config.as_deref())?;
         proxy.listen = self.proxy_listen.unwrap_or(proxy.listen);
@@ -146,7 +162,6 @@ impl DaemonArgs {
         }
         c.swarm.upload_addr = self.upload_addr.unwrap_or(c.swarm.upload_addr);
         c.swarm.host_id = self.host_id.or(c.swarm.host_id);
-        c.swarm.seed |= seed;
         Ok((c.validate()?, proxy))
     }
 }
@@ -185,8 +200,8 @@ pub struct UpArgs {
 }
 
 impl UpArgs {
-    /// The embedded scheduler's config, and the one daemon's: the seed too (it uses the local
-    /// scheduler unless told otherwise), still serving the mirror.
+    /// The embedded scheduler's config, and the one daemon's (it uses the local scheduler unless
+    /// told otherwise, and serves the mirror; `up` makes it the seed too).
     pub fn configs(self) -> anyhow::Result<(SchedulerConfig, (DaemonConfig, Option<ProxyConfig>))> {
         let mut daemon = self.daemon;
         if daemon.schedulers.is_empty() {
@@ -196,9 +211,7 @@ impl UpArgs {
             listen: self.scheduler_listen,
             ..Default::default()
         };
-        let (mut node, proxy) = daemon.config(false)?;
-        node.swarm.seed = true;
-        Ok((scheduler, (node, proxy)))
+        Ok((scheduler, daemon.config(false)?))
     }
 }
 
@@ -244,9 +257,9 @@ impl GetArgs {
             })
             .collect::<Option<Vec<_>>>()
             .context("--header must look like 'Name: value'")?;
-        let data_dir = self.data_dir.unwrap_or_else(daemon::default_data_dir);
+        let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
         Ok(GetOptions {
-            socket: self.socket.unwrap_or_else(|| daemon::socket_in(&data_dir)),
+            socket: self.socket.unwrap_or_else(|| socket_in(&data_dir)),
             data_dir,
             output: if self.output.as_os_str() == "-" {
                 Output::Stdout

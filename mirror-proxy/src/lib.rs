@@ -12,8 +12,10 @@
 //!   not read it from the registry. The credentials travel with the task in memory only.
 //!   Everything else goes to the upstream as it is, with the upstream's `Host`.
 
+mod access;
 pub mod ca;
 pub mod config;
+mod error;
 mod metrics;
 mod proxy;
 mod route;
@@ -21,4 +23,5 @@ mod server;
 
 pub use ca::{Ca, CaError};
 pub use config::ProxyConfig;
-pub use server::{Proxy, ProxyError, default_ca_paths};
+pub use error::Error;
+pub use server::{Proxy, default_ca_paths};

@@ -6,11 +6,8 @@
 //! sent with `X-Dragonfly-Use-P2P: true`) become URL tasks. Everything else goes straight to the
 //! upstream and its answer comes back unchanged.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::TryStreamExt as _;
@@ -18,21 +15,19 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use sha2::Digest as _;
 use shoal_p2p::http1::FileBody;
 use shoal_p2p::origin::OriginRequest;
 use shoal_p2p::{Digest, DownloadRequest, Downloader, IdOptions, TaskId};
 use url::Url;
 
+use crate::access::Access;
 use crate::ca::Ca;
 use crate::config::{Compiled, ProxyConfig};
+use crate::error::{Body, BoxError, Error};
 use crate::metrics::{Kind, ProxyMetrics};
 use crate::route::{self, BadPath, V2};
-
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Everything a request handler needs.
 pub(crate) struct Ctx {
@@ -57,11 +52,7 @@ where
     B::Error: Into<BoxError>,
 {
     if head_size(&req) > ctx.config.max_header_bytes {
-        return oci_error(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "UNSUPPORTED",
-            "request head too large",
-        );
+        return Error::HeadTooLarge.into_response();
     }
     let (parts, body) = req.into_parts();
     let body = Some(reqwest::Body::wrap_stream(body.into_data_stream()));
@@ -73,25 +64,19 @@ where
         (None, Some(scheme), Some(authority)) => {
             match Url::parse(&format!("{scheme}://{authority}")) {
                 Ok(u) if matches!(scheme, "http" | "https") => u,
-                _ => return oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", "bad URL"),
+                _ => return Error::BadTarget(format!("bad URL {uri}")).into_response(),
             }
         }
-        (None, _, _) if !is_v2 => {
-            return oci_error(
-                StatusCode::NOT_FOUND,
-                "UNSUPPORTED",
-                "this is a registry mirror: only /v2/ paths are served",
-            );
-        }
+        (None, _, _) if !is_v2 => return Error::NotMirrored.into_response(),
         (None, _, _) => match route::upstream(&ctx.compiled, &parts.headers, uri.query()) {
             Ok(u) => u,
-            Err(e) => return oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e),
+            Err(e) => return Error::BadTarget(e).into_response(),
         },
     };
     if is_v2 {
         let query = route::query_without_ns(uri.query());
         match route::classify(path) {
-            Err(BadPath(code, message)) => oci_error(StatusCode::BAD_REQUEST, code, &message),
+            Err(BadPath(code, message)) => Error::BadPath { code, message }.into_response(),
             Ok(V2::Blob { name, digest }) if parts.method == Method::GET => {
                 ctx.metrics.request(Kind::Blob);
                 let url = route::join(&base, path, query.as_deref());
@@ -139,7 +124,7 @@ async fn blob(ctx: &Ctx, url: Url, digest: &Digest, name: &str, parts: &Parts) -
             tracing::debug!(repository = name, %digest, "client may not read the blob; the registry answers");
             return passthrough(ctx, url, parts.clone(), None).await;
         }
-        Err(e) => return upstream_unreachable(&url, e),
+        Err(e) => return Error::unreachable(&url, e).into_response(),
     }
     let req = DownloadRequest {
         origin: OriginRequest { url, headers },
@@ -165,7 +150,7 @@ async fn url_task(ctx: &Ctx, url: Url, id_options: IdOptions, parts: &Parts) -> 
         match ctx.access.check(&ctx.client, &url, &headers).await {
             Ok(true) => {}
             Ok(false) => return passthrough(ctx, url, parts.clone(), None).await,
-            Err(e) => return upstream_unreachable(&url, e),
+            Err(e) => return Error::unreachable(&url, e).into_response(),
         }
     }
     let req = DownloadRequest {
@@ -226,19 +211,12 @@ async fn serve_task(
     let task = req.task_id();
     let reading = match ctx.downloader.read(req).await {
         Ok(r) => r,
-        Err(e) => return task_error(&e),
+        Err(e) => return Error::Task(e).into_response(),
     };
     let len = reading.content_length();
     let span = match parse_range(parts.headers.get(header::RANGE), len) {
         Ok(span) => span,
-        Err(why) => {
-            let mut r = oci_error(StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", &why);
-            r.headers_mut().insert(
-                header::CONTENT_RANGE,
-                HeaderValue::from_str(&format!("bytes */{len}")).expect("ASCII"),
-            );
-            return r;
-        }
+        Err(reason) => return Error::RangeNotSatisfiable { reason, len }.into_response(),
     };
     let mut builder = Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -357,7 +335,7 @@ pub(crate) async fn passthrough(
     }
     match rb.send().await {
         Ok(resp) => relay(resp),
-        Err(e) => upstream_unreachable(&url, e),
+        Err(e) => Error::unreachable(&url, e).into_response(),
     }
 }
 
@@ -372,62 +350,6 @@ fn relay(resp: reqwest::Response) -> Response<Body> {
         .map_err(BoxError::from);
     builder
         .body(UnsyncBoxBody::new(StreamBody::new(body)))
-        .expect("valid response")
-}
-
-fn upstream_unreachable(url: &Url, e: reqwest::Error) -> Response<Body> {
-    let shown = shoal_p2p::origin::display_url(url);
-    tracing::warn!(url = %shown, error = %e.without_url(), "upstream unreachable");
-    let mut r = oci_error(
-        StatusCode::BAD_GATEWAY,
-        "UNAVAILABLE",
-        &format!("upstream {shown} unreachable"),
-    );
-    r.headers_mut()
-        .insert("x-dragonfly-error-type", HeaderValue::from_static("proxy"));
-    r
-}
-
-/// A download that could not start: the origin's refusal keeps its status.
-fn task_error(e: &shoal_p2p::Error) -> Response<Body> {
-    let (status, code) = match e.origin_status() {
-        Some(401) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
-        Some(403) => (StatusCode::FORBIDDEN, "DENIED"),
-        Some(404) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
-        Some(s) => (
-            StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY),
-            "UNKNOWN",
-        ),
-        None => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
-    };
-    tracing::warn!(error = %e, "task failed");
-    let mut r = oci_error(status, code, &e.to_string());
-    r.headers_mut().insert(
-        "x-dragonfly-error-type",
-        HeaderValue::from_static("backend"),
-    );
-    r
-}
-
-/// An error in the distribution-spec's shape: `{"errors":[{"code","message"}]}`.
-pub(crate) fn oci_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .header("docker-distribution-api-version", "registry/2.0")
-        .body(UnsyncBoxBody::new(
-            Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}),
-        ))
-        .expect("valid response")
-}
-
-pub(crate) fn empty(status: StatusCode) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .body(UnsyncBoxBody::new(
-            Empty::new().map_err(|never: Infallible| match never {}),
-        ))
         .expect("valid response")
 }
 
@@ -501,75 +423,6 @@ fn origin_headers(headers: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// Remembers, briefly, which credentials may read which upstream resources. Keys are hashes;
-/// credentials themselves are never kept.
-pub(crate) struct Access {
-    ttl: Duration,
-    allowed: Mutex<HashMap<[u8; 32], Instant>>,
-}
-
-/// Entries kept at most; expired ones are dropped when this many are reached.
-const MAX_ACCESS_ENTRIES: usize = 100_000;
-
-impl Access {
-    pub fn new(ttl: Duration) -> Self {
-        Access {
-            ttl,
-            allowed: Mutex::default(),
-        }
-    }
-
-    /// Whether the client sending `headers` may read `url`: the upstream answers a HEAD with
-    /// the client's credentials with 2xx, or redirects it (to storage it signed for them).
-    pub async fn check(
-        &self,
-        client: &reqwest::Client,
-        url: &Url,
-        headers: &HeaderMap,
-    ) -> Result<bool, reqwest::Error> {
-        let key = access_key(url, headers);
-        let now = Instant::now();
-        if self.lock().get(&key).is_some_and(|&until| until > now) {
-            return Ok(true);
-        }
-        let resp = client
-            .head(url.clone())
-            .headers(headers.clone())
-            .send()
-            .await?;
-        let status = resp.status();
-        let ok = status.is_success() || status.is_redirection();
-        if ok && !self.ttl.is_zero() {
-            let mut allowed = self.lock();
-            if allowed.len() >= MAX_ACCESS_ENTRIES {
-                allowed.retain(|_, until| *until > now);
-                if allowed.len() >= MAX_ACCESS_ENTRIES {
-                    allowed.clear();
-                }
-            }
-            allowed.insert(key, now + self.ttl);
-        }
-        Ok(ok)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {
-        self.allowed.lock().expect("access cache lock")
-    }
-}
-
-fn access_key(url: &Url, headers: &HeaderMap) -> [u8; 32] {
-    let mut h = sha2::Sha256::new();
-    h.update(url.as_str().as_bytes());
-    for name in [header::AUTHORIZATION, header::COOKIE] {
-        h.update([0u8]);
-        for v in headers.get_all(name) {
-            h.update(v.as_bytes());
-            h.update([1u8]);
-        }
-    }
-    h.finalize().into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,19 +470,5 @@ mod tests {
         assert!(up.contains_key(header::AUTHORIZATION) && up.contains_key(header::RANGE));
         let origin = origin_headers(&h);
         assert_eq!(origin.len(), 1, "{origin:?}");
-    }
-
-    #[test]
-    fn access_keys_separate_credentials_and_resources() {
-        let u1 = Url::parse("http://r/v2/a/blobs/sha256:1").unwrap();
-        let u2 = Url::parse("http://r/v2/b/blobs/sha256:1").unwrap();
-        let mut a = HeaderMap::new();
-        a.insert(header::AUTHORIZATION, "Bearer a".parse().unwrap());
-        let mut b = HeaderMap::new();
-        b.insert(header::AUTHORIZATION, "Bearer b".parse().unwrap());
-        assert_ne!(access_key(&u1, &a), access_key(&u1, &b));
-        assert_ne!(access_key(&u1, &a), access_key(&u2, &a));
-        assert_ne!(access_key(&u1, &a), access_key(&u1, &HeaderMap::new()));
-        assert_eq!(access_key(&u1, &a), access_key(&u1, &a.clone()));
     }
 }

@@ -20,27 +20,16 @@ use shoal_p2p::{Downloader, http1};
 use tokio::net::{TcpListener, TcpStream};
 use url::Url;
 
-use crate::ca::{Ca, CaError};
+use crate::access::Access;
+use crate::ca::Ca;
 use crate::config::ProxyConfig;
+use crate::error::{Body, Error, empty};
 use crate::metrics::{Kind, ProxyMetrics};
-use crate::proxy::{self, Access, Body, Ctx, empty, oci_error};
+use crate::proxy::{self, Ctx};
 use crate::route;
 
 /// Streams at once on one HTTP/2 connection inside a hijacked CONNECT.
 const MAX_STREAMS: u32 = 64;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error("proxy config: {0}")]
-    Config(String),
-    #[error(transparent)]
-    Ca(#[from] CaError),
-    #[error("cannot bind the proxy to {addr}: {source}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        source: std::io::Error,
-    },
-}
 
 /// The mirror and proxy, ready to serve.
 pub struct Proxy {
@@ -61,9 +50,9 @@ impl Proxy {
         data_dir: &Path,
         downloader: Arc<Downloader>,
         registry: &mut Registry,
-    ) -> Result<Proxy, ProxyError> {
+    ) -> Result<Proxy, Error> {
         shoal_p2p::install_crypto_provider();
-        let compiled = config.compile().map_err(ProxyError::Config)?;
+        let compiled = config.compile().map_err(Error::Config)?;
         let ca = if compiled.hijack.is_empty() {
             None
         } else {
@@ -79,12 +68,12 @@ impl Proxy {
         let client = downloader
             .origin_config()
             .client_builder()
-            .map_err(|e| ProxyError::Config(e.to_string()))?
+            .map_err(|e| Error::Config(e.to_string()))?
             .connect_timeout(config.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .pool_max_idle_per_host(32)
             .build()
-            .map_err(|e| ProxyError::Config(format!("cannot build the HTTP client: {e}")))?;
+            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Proxy {
             ctx: Arc::new(Ctx {
                 access: Access::new(config.auth_cache_ttl),
@@ -99,11 +88,11 @@ impl Proxy {
     }
 
     /// Binds the configured address.
-    pub async fn bind(&self) -> Result<TcpListener, ProxyError> {
+    pub async fn bind(&self) -> Result<TcpListener, Error> {
         let addr = self.ctx.config.listen;
         TcpListener::bind(addr)
             .await
-            .map_err(|source| ProxyError::Bind { addr, source })
+            .map_err(|source| Error::Bind { addr, source })
     }
 
     /// Serves on `listener` until `shutdown` resolves.
@@ -167,18 +156,14 @@ async fn entry(
 /// `CONNECT host:port`: TLS terminated here for hijacked hosts, else a plain tunnel.
 async fn connect(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     let Some(target) = req.uri().authority().map(|a| a.to_string()) else {
-        return oci_error(
-            StatusCode::BAD_REQUEST,
-            "UNSUPPORTED",
-            "CONNECT needs host:port",
-        );
+        return Error::BadTarget("CONNECT needs host:port".into()).into_response();
     };
     let hijack = ctx.ca.is_some() && ctx.compiled.hijack.iter().any(|r| r.is_match(&target));
     if hijack {
         let host = req.uri().host().unwrap_or_default().to_string();
         let base = match route::registry_for_host(&ctx.compiled, &target) {
             Ok(u) => u,
-            Err(e) => return oci_error(StatusCode::BAD_REQUEST, "UNSUPPORTED", &e),
+            Err(e) => return Error::BadTarget(e).into_response(),
         };
         ctx.metrics.request(Kind::Hijack);
         tokio::spawn(async move {

@@ -1,4 +1,5 @@
-//! The daemon's local API (HTTP/1.1 + JSON on a unix socket) and its client.
+//! The node's local API (HTTP/1.1 + JSON on a unix socket): where its socket is, its request
+//! and answer types, and a client. The node (`shoal-node`) serves it.
 //!
 //! `POST /v1/get` with a [`GetRequest`] answers a stream of newline-delimited [`Event`]s: progress
 //! while the task downloads, then one `done` or `failed`. Bulk bytes never cross the socket: the
@@ -19,6 +20,36 @@ use crate::download::DownloadRequest;
 use crate::error::{Error, Fault};
 use crate::id::IdOptions;
 use crate::origin::OriginRequest;
+
+/// The local API socket's path for a data directory.
+pub fn socket_in(data_dir: &Path) -> PathBuf {
+    data_dir.join("shoal.sock")
+}
+
+/// `$SHOAL_DATA_DIR`, else `/var/lib/shoal` for root, else `$XDG_DATA_HOME/shoal` or
+/// `~/.local/share/shoal`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SHOAL_DATA_DIR") {
+        return dir.into();
+    }
+    if is_root() {
+        return "/var/lib/shoal".into();
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(xdg).join("shoal");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/shoal"),
+        None => "/var/lib/shoal".into(),
+    }
+}
+
+fn is_root() -> bool {
+    // The owner of our own /proc entry is our effective uid; no libc call needed.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
 
 /// A download a local client asks the daemon for.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

@@ -1,20 +1,27 @@
-//! `shoal-p2p`: the core every Shoal service shares.
+//! `shoal-p2p`: the core every Shoal service shares. No daemon wiring, no CLI.
 //!
-//! * [`TaskId`] says which downloads are the same content ([`id`]); [`Digest`] names content.
-//! * [`Layout`] cuts a task into pieces ([`piece`]).
-//! * [`Store`] keeps task content and per-piece digests under one data directory, crash-safe.
-//! * [`Origin`] fetches from HTTP(S) origins: stat, ranges, redirects, timeouts, retries.
-//! * [`Downloader`] is the pipeline from a URL to a complete, verified task in the store.
-//! * [`Downloader::read`] streams a task's bytes while it downloads ([`reader`]).
-//! * [`daemon`] is the node daemon: the local API on a unix socket, `/healthz` and `/metrics`.
-//! * [`http1`] serves plain HTTP/1.1 GETs with file bodies sent straight from the file (the
-//!   upload server's pieces, the mirror's complete blobs), and hands everything else to hyper.
+//! * Names: [`TaskId`] says which downloads are the same content ([`id`]); [`Digest`] names
+//!   content ([`digest`]); [`Layout`] cuts a task into pieces ([`piece`]); [`Bitmap`] says which.
+//! * [`store`]: [`Store`] keeps task content and per-piece digests under one data directory,
+//!   crash-safe; [`AsyncStore`] is its face for async code; [`Holdings`] tells what unfinished
+//!   tasks hold, piece by piece.
+//! * [`origin`]: [`Origin`] fetches from HTTP(S) origins (stat, ranges, redirects, timeouts,
+//!   retries). Every node can fall back to it.
+//! * [`peer`]: the peer wire protocol (a piece's path on a peer's upload server, and the client
+//!   that fetches and checks it).
+//! * [`swarm`]: the scheduler protocol's client ([`Swarm`]); [`proto`] is the protocol itself;
+//!   [`seeding`] is how a node hands seed jobs to the seed role.
+//! * [`download`]: [`Downloader`], the pipeline from a request to a complete, verified task,
+//!   taking pieces from peers and the origin; [`Downloader::read`] streams a task while it
+//!   downloads.
+//! * [`api`]: the node's local API (unix socket): its request and answer types and a client,
+//!   so `shoal get`, the mirror and the snapshotter need no node internals.
+//! * [`http1`] and [`net`]: the plain HTTP/1.1 fast path and the accept loop the servers share.
 //!
 //! ```no_run
 //! # async fn demo() -> shoal_p2p::Result<()> {
-//! use std::sync::Arc;
-//! use shoal_p2p::{Downloader, DownloadRequest, Metrics, Origin, OriginConfig, OriginRequest, Progress, Store};
-//! let store = Arc::new(Store::open("/tmp/shoal-data")?);
+//! use shoal_p2p::{AsyncStore, Downloader, DownloadRequest, Metrics, Origin, OriginConfig, OriginRequest, Progress};
+//! let store = AsyncStore::open("/tmp/shoal-data")?;
 //! let downloader = Downloader::new(store, Origin::new(OriginConfig::default())?, Metrics::default());
 //! let req = DownloadRequest {
 //!     origin: OriginRequest::new("http://127.0.0.1:8000/big.bin".parse().expect("valid URL")),
@@ -27,40 +34,34 @@
 //! # Ok(()) }
 //! ```
 
-pub mod admin;
 pub mod api;
 pub mod bitmap;
-pub mod daemon;
 pub mod digest;
 pub mod download;
 pub mod error;
-mod fetch;
-pub mod get;
 pub mod http1;
 pub mod id;
 pub mod metrics;
 pub mod net;
 pub mod origin;
-pub mod output;
+pub mod peer;
 pub mod piece;
-mod prefix;
 pub mod proto;
-pub mod reader;
+pub mod seeding;
 pub mod store;
 pub mod swarm;
-pub mod upload;
-mod writer;
 
 pub use bitmap::Bitmap;
-pub use daemon::{Daemon, DaemonConfig};
 pub use digest::{Algorithm, Digest};
-pub use download::{DownloadRequest, Downloaded, Downloader, Progress};
+pub use download::{DownloadRequest, Downloaded, Downloader, Progress, Reading};
 pub use error::{Error, Fault, Result};
 pub use id::{IdOptions, TaskId};
 pub use metrics::{Metrics, Source};
 pub use origin::{Origin, OriginConfig, OriginRequest, Stat};
 pub use piece::Layout;
-pub use store::{Store, TaskMeta, TaskState};
+pub use seeding::JobHandler;
+pub use store::{AsyncStore, Holdings, Store, TaskMeta, TaskState};
+pub use swarm::{Swarm, SwarmConfig};
 
 /// Installs ring as the process's rustls crypto provider (once; later calls do nothing).
 /// Every TLS client and server in Shoal needs it, tests included.

@@ -32,6 +32,17 @@ use crate::error::{Error, Result};
 use crate::id::TaskId;
 use crate::piece::Layout;
 
+mod handle;
+mod holdings;
+mod journal;
+pub(crate) mod prefix;
+pub(crate) mod writer;
+
+pub use handle::AsyncStore;
+pub use holdings::Holdings;
+pub use journal::append_record;
+use journal::{decode_digest, encode_digest};
+
 /// Written when a store is closed cleanly, removed when it is opened.
 const CLEAN_MARKER: &str = "clean-shutdown";
 /// How far back from an unclean stop completed content is re-verified.
@@ -295,6 +306,17 @@ impl Store {
         self.recorded_pieces(id, &meta)
     }
 
+    /// The task's record and the digests of the pieces stored so far, if the store has it.
+    pub fn state(&self, id: &TaskId) -> Result<Option<TaskState>> {
+        let Some(meta) = self.meta(id)? else {
+            return Ok(None);
+        };
+        Ok(Some(TaskState {
+            pieces: self.recorded_pieces(id, &meta)?,
+            meta,
+        }))
+    }
+
     /// Records that a complete task was used (for LRU eviction).
     pub fn touch(&self, id: &TaskId, meta: &mut TaskMeta) -> Result<()> {
         meta.accessed_at = unix_now();
@@ -333,9 +355,8 @@ impl Store {
         }
         // Pieces of an unfinished task are in its journal; a torn last record is ignored.
         if let Ok(journal) = fs::read(self.journal_path(id)) {
-            for rec in journal.chunks_exact(RECORD_LEN) {
-                let n = u32::from_le_bytes(rec[..4].try_into().expect("4 bytes")) as usize;
-                if let (Some(slot), Some(d)) = (pieces.get_mut(n), decode_digest(&rec[4..])) {
+            for (n, d) in journal::records(&journal) {
+                if let Some(slot) = pieces.get_mut(n as usize) {
                     *slot = Some(d);
                 }
             }
@@ -403,6 +424,41 @@ impl Drop for Store {
     }
 }
 
+/// Reads `range` of `file` in blocks of `block` bytes, handing each to `send` until it returns
+/// false or a read fails (the error is handed on too). Moves the file's cursor: give each
+/// reader its own handle. Blocking: call it off the async threads.
+pub fn read_blocks(
+    mut file: &File,
+    range: std::ops::Range<u64>,
+    block: usize,
+    mut send: impl FnMut(io::Result<bytes::Bytes>) -> bool,
+) {
+    use std::io::Seek;
+    if let Err(e) = file.seek(io::SeekFrom::Start(range.start)) {
+        send(Err(e));
+        return;
+    }
+    let mut pos = range.start;
+    while pos < range.end {
+        let len = block.min((range.end - pos) as usize);
+        // read_to_end fills spare capacity without zeroing it first.
+        let mut buf = Vec::with_capacity(len);
+        let read = match file.take(len as u64).read_to_end(&mut buf) {
+            Ok(n) if n == len => Ok(bytes::Bytes::from(buf)),
+            Ok(n) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("task file ended {n} bytes into a {len} byte block at {pos}"),
+            )),
+            Err(e) => Err(e),
+        };
+        let failed = read.is_err();
+        if !send(read) || failed {
+            return;
+        }
+        pos += len as u64;
+    }
+}
+
 /// Hashes a whole file with `algorithm`, reading it in 1 MiB blocks.
 pub fn hash_file(file: &mut File, algorithm: crate::digest::Algorithm) -> io::Result<Digest> {
     let mut h = algorithm.hasher();
@@ -416,40 +472,8 @@ pub fn hash_file(file: &mut File, algorithm: crate::digest::Algorithm) -> io::Re
     }
 }
 
-/// Length of one piece journal record: piece number (u32 LE) and encoded digest.
-const RECORD_LEN: usize = 4 + 33;
-
-/// Appends "piece `n` is stored, with digest `d`" to a task's journal. The journal is never
-/// fsynced: a process crash keeps it (page cache), and after a power loss every record is checked
-/// against the bytes before the task resumes, so a record can only ever save work, never lie.
-pub fn append_record(journal: &mut File, n: u32, d: &Digest) -> io::Result<()> {
-    let mut rec = [0u8; RECORD_LEN];
-    rec[..4].copy_from_slice(&n.to_le_bytes());
-    rec[4..].copy_from_slice(&encode_digest(d));
-    io::Write::write_all(journal, &rec)
-}
-
 fn decode_meta(bytes: &[u8]) -> Result<TaskMeta> {
     serde_json::from_slice(bytes).map_err(|e| Error::Metadata(Box::new(e)))
-}
-
-fn encode_digest(d: &Digest) -> [u8; 33] {
-    let mut out = [0u8; 33];
-    out[0] = match d.algorithm() {
-        crate::digest::Algorithm::Sha256 => 1,
-        crate::digest::Algorithm::Blake3 => 2,
-    };
-    out[1..].copy_from_slice(d.bytes());
-    out
-}
-
-fn decode_digest(bytes: &[u8]) -> Option<Digest> {
-    let algo = match bytes.first()? {
-        1 => crate::digest::Algorithm::Sha256,
-        2 => crate::digest::Algorithm::Blake3,
-        _ => return None,
-    };
-    Some(Digest::new(algo, bytes.get(1..33)?.try_into().ok()?))
 }
 
 fn unix_now() -> u64 {
@@ -460,150 +484,4 @@ fn unix_now() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A layout of 4 MiB pieces, whatever the default rule.
-    fn layout4(content_length: u64) -> Layout {
-        Layout {
-            content_length,
-            piece_length: 4 << 20,
-        }
-    }
-    use url::Url;
-
-    fn task(u: &str) -> TaskId {
-        TaskId::for_url(&Url::parse(u).unwrap(), &Default::default())
-    }
-
-    fn write(store: &Store, id: &TaskId, layout: Layout, n: u32, byte: u8) -> Digest {
-        let r = layout.range(n);
-        let data = vec![byte; (r.end - r.start) as usize];
-        store
-            .writer(id)
-            .unwrap()
-            .write_all_at(&data, r.start)
-            .unwrap();
-        let d = Digest::piece(&data);
-        append_record(&mut store.journal(id).unwrap(), n, &d).unwrap();
-        d
-    }
-
-    #[test]
-    fn resume_keeps_recorded_pieces_and_drops_corrupt_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = task("http://h/f");
-        let layout = layout4(10 << 20);
-        {
-            let store = Store::open(dir.path()).unwrap();
-            let st = store.open_task(&id, "http://h/f", layout).unwrap();
-            assert_eq!(st.missing().count(), 3);
-            write(&store, &id, layout, 0, 1);
-            write(&store, &id, layout, 2, 3);
-        }
-        let store = Store::open(dir.path()).unwrap();
-        let st = store.open_task(&id, "http://h/f", layout).unwrap();
-        assert_eq!(st.missing().collect::<Vec<_>>(), vec![1]);
-        assert_eq!(st.stored_bytes(), (4 << 20) + (2 << 20));
-        // Corrupt piece 2 on disk: the next open notices and drops it.
-        store
-            .writer(&id)
-            .unwrap()
-            .write_all_at(b"x", 9 << 20)
-            .unwrap();
-        let st = store.open_task(&id, "http://h/f", layout).unwrap();
-        assert_eq!(st.missing().collect::<Vec<_>>(), vec![1, 2]);
-    }
-
-    #[test]
-    fn another_layout_starts_over_and_remove_forgets() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = task("http://h/g");
-        let l1 = layout4(5 << 20);
-        store.open_task(&id, "u", l1).unwrap();
-        write(&store, &id, l1, 0, 7);
-        let l2 = layout4(6 << 20);
-        let st = store.open_task(&id, "u", l2).unwrap();
-        assert_eq!(st.missing().count(), 2);
-        assert_eq!(fs::metadata(store.data_path(&id)).unwrap().len(), 6 << 20);
-        store.remove(&id).unwrap();
-        assert!(store.meta(&id).unwrap().is_none());
-        assert!(!store.data_path(&id).exists());
-    }
-
-    #[test]
-    fn unclean_stop_reverifies_recently_completed_tasks() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = task("http://h/u");
-        let layout = layout4(6 << 20);
-        {
-            let store = Store::open(dir.path()).unwrap();
-            store.open_task(&id, "u", layout).unwrap();
-            write(&store, &id, layout, 0, 1);
-            write(&store, &id, layout, 1, 2);
-            let pieces = store.open_task(&id, "u", layout).unwrap().pieces;
-            let pieces: Vec<Digest> = pieces.into_iter().map(Option::unwrap).collect();
-            store.complete(&id, None, &pieces).unwrap();
-        }
-        // A clean stop: the next open trusts the content (even if it changed since).
-        let path = Store::open(dir.path()).unwrap().data_path(&id);
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .write_all_at(b"zz", 5 << 20)
-            .unwrap();
-        assert!(
-            Store::open(dir.path())
-                .unwrap()
-                .meta(&id)
-                .unwrap()
-                .unwrap()
-                .complete
-        );
-        // An unclean stop (no marker): the damaged piece is found and the task is unfinished.
-        fs::remove_file(dir.path().join(CLEAN_MARKER)).unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert!(!store.meta(&id).unwrap().unwrap().complete);
-        let st = store.open_task(&id, "u", layout).unwrap();
-        assert_eq!(st.missing().collect::<Vec<_>>(), vec![1]);
-    }
-
-    #[test]
-    fn second_open_of_the_same_dir_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let _a = Store::open(dir.path()).unwrap();
-        assert!(matches!(
-            Store::open(dir.path()),
-            Err(Error::StoreBusy { .. })
-        ));
-    }
-
-    #[test]
-    fn complete_and_list() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = task("http://h/c");
-        let layout = layout4(100);
-        store.open_task(&id, "http://h/c", layout).unwrap();
-        write(&store, &id, layout, 0, 9);
-        let d = Digest::piece(&[9u8; 100]);
-        let meta = store.complete(&id, None, &[d]).unwrap();
-        assert_eq!(store.piece_digests(&id).unwrap(), vec![Some(d)]);
-        assert!(meta.complete);
-        let listed = store.list().unwrap();
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].0, id);
-        let digest = hash_file(
-            &mut store.reader(&id).unwrap(),
-            crate::digest::Algorithm::Sha256,
-        )
-        .unwrap();
-        assert_eq!(
-            digest,
-            Digest::of(crate::digest::Algorithm::Sha256, &[9u8; 100])
-        );
-    }
-}
+mod tests;

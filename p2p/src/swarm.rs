@@ -1,6 +1,6 @@
-//! The daemon's side of the control plane: attach to the schedulers, watch tasks, announce
-//! pieces, report bad parents. Several schedulers share the tasks by rendezvous hashing of the
-//! task id; the host attaches to all of them.
+//! The scheduler protocol's client: attach to the schedulers, watch tasks, announce pieces,
+//! report bad parents, receive seed jobs. Several schedulers share the tasks by rendezvous
+//! hashing of the task id; the host attaches to all of them.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -35,8 +35,6 @@ pub struct SwarmConfig {
     pub labels: BTreeMap<String, String>,
     /// Uploads served at once.
     pub upload_slots: usize,
-    /// Fetch from the origin for the swarm when the scheduler asks (a seed peer).
-    pub seed: bool,
     /// Pieces fetched from peers at once, per download.
     pub piece_concurrency: usize,
     /// Longest time for one piece from a peer.
@@ -59,7 +57,6 @@ impl Default for SwarmConfig {
             host_id: None,
             labels: BTreeMap::new(),
             upload_slots: 64,
-            seed: false,
             piece_concurrency: 8,
             peer_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(10),
@@ -91,8 +88,9 @@ pub struct Swarm {
 }
 
 impl Swarm {
-    /// `upload` is the bound upload address. Channels connect lazily and reconnect by themselves.
-    pub fn new(config: SwarmConfig, upload: SocketAddr) -> Result<Swarm> {
+    /// `upload` is the bound upload address; `seed` says whether this host takes seed jobs.
+    /// Channels connect lazily and reconnect by themselves.
+    pub fn new(config: SwarmConfig, upload: SocketAddr, seed: bool) -> Result<Swarm> {
         let mut schedulers = Vec::new();
         for url in &config.schedulers {
             let endpoint = Endpoint::from_shared(url.clone())
@@ -118,7 +116,7 @@ impl Swarm {
             upload_addr: advertised.to_string(),
             labels: config.labels.clone().into_iter().collect(),
             upload_slots: u32::try_from(config.upload_slots).unwrap_or(u32::MAX),
-            seed: config.seed,
+            seed,
         };
         Ok(Swarm {
             host,

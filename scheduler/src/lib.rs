@@ -22,6 +22,7 @@
 //!
 //! [`TaskView`]: shoal_p2p::proto::TaskView
 
+mod error;
 mod metrics;
 mod service;
 mod state;
@@ -35,6 +36,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use shoal_p2p::proto::scheduler_server::SchedulerServer;
 
+pub use error::Error;
 pub use metrics::Metrics;
 
 /// The scheduler's configuration (TOML; see `packaging/scheduler.toml`). Every field has a default.
@@ -59,18 +61,16 @@ impl Default for SchedulerConfig {
 
 impl SchedulerConfig {
     /// Reads a TOML file.
-    pub fn load(path: &std::path::Path) -> std::io::Result<Self> {
-        let text = std::fs::read_to_string(path)?;
-        Self::from_toml(&text).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        })
+    pub fn load(path: &std::path::Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    pub fn from_toml(text: &str) -> Result<Self, Error> {
+        toml::from_str(text).map_err(|e| Error::Config(e.to_string()))
     }
 }
 

@@ -13,6 +13,7 @@ use shoal_p2p::proto::{
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::state::State;
 
@@ -51,18 +52,17 @@ fn dispatch(
     }
 }
 
-fn check_host(host: Option<Host>) -> Result<Host, Status> {
-    let host = host.ok_or_else(|| Status::invalid_argument("host is required"))?;
+fn check_host(host: Option<Host>) -> Result<Host, Error> {
+    let host = host.ok_or(Error::Missing("host"))?;
     if host.id.is_empty() || host.id.len() > 256 {
-        return Err(Status::invalid_argument("host.id must be 1-256 bytes"));
+        return Err(Error::HostId);
     }
     Ok(host)
 }
 
-fn check_task_id(id: &str) -> Result<(), Status> {
-    id.parse::<shoal_p2p::TaskId>()
-        .map(|_| ())
-        .map_err(|e| Status::invalid_argument(e.to_string()))
+fn check_task_id(id: &str) -> Result<(), Error> {
+    id.parse::<shoal_p2p::TaskId>()?;
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -77,18 +77,14 @@ impl SchedulerRpc for Service {
         let started = Instant::now();
         let req = request.into_inner();
         let host = check_host(req.host)?;
-        let task = req
-            .task
-            .ok_or_else(|| Status::invalid_argument("task is required"))?;
+        let task = req.task.ok_or(Error::Missing("task"))?;
         check_task_id(&task.id)?;
         let have = req.have.unwrap_or_default();
         let task_id = task.id.clone();
         let mut changed = {
             let mut state = self.lock();
             if !state.hosts.contains_key(&host.id) {
-                return Err(Status::failed_precondition(
-                    "attach the host before watching tasks",
-                ));
+                return Err(Error::NotAttached.into());
             }
             state.watch(&host, task, &have)
         };
@@ -200,7 +196,7 @@ impl SchedulerRpc for Service {
     ) -> Result<Response<Self::AttachStream>, Status> {
         let host = check_host(request.into_inner().host)?;
         if host.upload_addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Status::invalid_argument("host.upload_addr must be ip:port"));
+            return Err(Error::UploadAddr.into());
         }
         let (tx, rx) = mpsc::channel::<Job>(64);
         let id = host.id.clone();

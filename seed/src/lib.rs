@@ -1,6 +1,31 @@
-//! `shoal-seed`: the peer that talks to the origin.
+//! `shoal-seed`: the peer that talks to the origin for the swarm (`shoal seed`, and the seed
+//! inside `shoal up`).
 //!
-//! It will own `shoal seed`: registry clients with token auth, manifest resolution, and
-//! back-to-source downloads whose pieces are hashed and announced as they arrive. The plain
-//! HTTP origin client it builds on lives in `shoal-p2p` (`origin`), because every daemon must be
-//! able to fall back to the origin itself. Nothing is implemented yet: this crate exports no API.
+//! A scheduler sends a seed a job when a task's first downloader appears and nobody holds it:
+//! [`Seed`] (a [`JobHandler`]) turns the job into a download with the requester's credentials
+//! (in memory only) and runs it with the node's downloader, which fetches the origin in parallel
+//! ranges, hashes each piece as it arrives and announces it at once. The node daemon
+//! (`shoal-node`) runs the seed's store, upload server and scheduler links; the binary gives it a
+//! `Seed`. The plain HTTP origin client stays in `shoal-p2p`, because every node must be able to
+//! fall back to the origin itself.
+//!
+//!
+//! [`Registry`] is the seed's registry client: token auth (Bearer challenges answered with the
+//! seed's or the requester's credentials, in memory only) and manifest resolution, a tag or a
+//! digest to the layers of every platform (or the ones asked for), every manifest checked
+//! against its digest. Harbor preheat and the gzip index of lazy pulling build on it.
+//!
+//! ```
+//! // What the binary hands the node daemon to make it a seed.
+//! let seed: std::sync::Arc<dyn shoal_p2p::JobHandler> = std::sync::Arc::new(shoal_seed::Seed);
+//! # let _ = seed;
+//! ```
+
+mod error;
+mod job;
+pub mod registry;
+
+pub use error::{Error, Result};
+pub use job::Seed;
+pub use registry::{Credentials, Registry};
+pub use shoal_p2p::JobHandler;

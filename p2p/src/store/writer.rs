@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::journal;
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, Result};
-use crate::store;
 
 enum Op {
     /// (Re)starts a piece: a retried piece starts its hash over.
@@ -63,7 +63,7 @@ pub(crate) struct TaskWriter {
 }
 
 impl TaskWriter {
-    /// Starts the thread; finished pieces are recorded in `journal` (see [`store::append_record`]).
+    /// Starts the thread; finished pieces are recorded in `journal` (see [`journal::append_record`]).
     pub(crate) fn start(file: File, mut journal: File, path: PathBuf) -> Self {
         // Enough queued chunks to keep the thread busy; few enough to bound memory (chunks are
         // what one socket read returned).
@@ -100,7 +100,7 @@ impl TaskWriter {
                         reply,
                     } => {
                         let result = write_in_slices(&file, &data, offset)
-                            .and_then(|()| store::append_record(&mut journal, piece, &digest))
+                            .and_then(|()| journal::append_record(&mut journal, piece, &digest))
                             .map(|()| data);
                         let _ = reply.send(result);
                     }
@@ -109,7 +109,7 @@ impl TaskWriter {
                             (Some(e), _) => Err(e),
                             (None, Some(h)) => {
                                 let d = h.finish();
-                                store::append_record(&mut journal, piece, &d).map(|()| d)
+                                journal::append_record(&mut journal, piece, &d).map(|()| d)
                             }
                             (None, None) => {
                                 Err(io::Error::other(format!("piece {piece} was not begun")))

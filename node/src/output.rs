@@ -4,7 +4,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use shoal_p2p::{Error, Result};
 
 /// Makes `dst` hold the content of `src` (a complete task file): a hard link when both are on one
 /// file system, a copy otherwise. `dst` appears whole or not at all (written beside it, then

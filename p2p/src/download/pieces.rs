@@ -17,59 +17,21 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use rand::Rng;
 use tokio::sync::watch;
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::task::JoinSet;
 
+use super::choose::{Candidate, Inflight, Snapshot};
+use super::job::Job;
+use super::link::{SwarmLink, next_view, task_message};
+use super::request::Progress;
 use crate::bitmap::Bitmap;
 use crate::digest::Digest;
-use crate::download::{DownloadRequest, Progress};
 use crate::error::{Error, Result};
-use crate::id::TaskId;
-use crate::metrics::{Metrics, Source};
-use crate::origin::{Origin, Stat};
-use crate::piece::Layout;
-use crate::prefix::PrefixHash;
-use crate::proto::{Fault, Parent, PieceDigest, PieceSet, TaskView};
-use crate::swarm::Swarm;
-use crate::upload::Holdings;
-use crate::writer::TaskWriter;
-
-/// Everything the piece loop needs about one download.
-#[derive(Clone)]
-pub(crate) struct Job {
-    pub id: TaskId,
-    pub req: DownloadRequest,
-    pub layout: Layout,
-    pub writer: TaskWriter,
-    pub origin: Origin,
-    pub metrics: Metrics,
-}
-
-/// The swarm side of a download, when there is one.
-pub(crate) struct SwarmLink<'a> {
-    pub swarm: &'a Swarm,
-    pub holdings: &'a Holdings,
-    pub peers: reqwest::Client,
-    /// The open watch stream (None once lost).
-    pub stream: Option<tonic::Streaming<TaskView>>,
-    pub view: TaskView,
-}
-
-/// The endgame starts when this few pieces are missing (and all are in flight).
-const ENDGAME_PIECES: usize = 3;
-/// Requests in flight to one parent at most: the download's share spread over its parents, and
-/// never fewer than [`MIN_PER_PARENT`]. In the lab (8 hosts, 7 peers and a seed each) 2 per
-/// parent gave a median of 1.25–1.26× ideal against 1.28–1.34× with 4: more requests to one parent
-/// pile onto the few that hold the newest pieces, whose uploads are already the busiest.
-fn per_parent_limit(piece_concurrency: usize, parents: usize) -> usize {
-    piece_concurrency
-        .div_ceil(parents.max(1))
-        .max(MIN_PER_PARENT)
-}
-
-const MIN_PER_PARENT: usize = 2;
+use crate::metrics::Source;
+use crate::origin::Stat;
+use crate::peer::{self, PieceError};
+use crate::proto::{Fault, PieceDigest, PieceSet, TaskView};
+use crate::store::prefix::PrefixHash;
 
 #[derive(Debug)]
 enum PieceSource {
@@ -81,18 +43,15 @@ enum PieceSource {
     },
 }
 
-enum PieceError {
-    /// The parent does not hold it (any more) or is busy: try another.
-    NotThere,
-    /// The parent could not be reached or timed out.
-    Unreachable,
-    /// The bytes did not match the published digest.
-    Corrupt,
+/// How a piece request failed.
+enum Failure {
+    /// A parent failed it: try another (and maybe report this one).
+    Peer(PieceError),
     /// A download error that ends the download (disk, origin refused).
     Fatal(Error),
 }
 
-type Outcome = (u32, PieceSource, Result<Digest, PieceError>);
+type Outcome = (u32, PieceSource, Result<Digest, Failure>);
 
 pub(crate) struct Run<'a> {
     job: Job,
@@ -105,7 +64,7 @@ pub(crate) struct Run<'a> {
     avoid: HashSet<String>,
     /// Requests in flight per piece: the parent asked (None: the origin), to abort the rest when
     /// one copy arrives.
-    inflight: HashMap<u32, Vec<(Option<String>, AbortHandle)>>,
+    inflight: Inflight,
     per_parent: HashMap<String, usize>,
     origin_inflight: usize,
     /// Who every running request asks (None: the origin), by task id, to free its slot even when
@@ -182,8 +141,7 @@ impl<'a> Run<'a> {
             }
             if self.to_origin && self.stat.as_ref().is_some_and(|s| !s.ranges) && set.is_empty() {
                 // An origin without ranges is one stream; nothing else can run beside it.
-                let digests =
-                    crate::download::fetch_stream(&self.job, &mut self.stored, progress).await?;
+                let digests = self.job.origin_stream(&mut self.stored, progress).await?;
                 self.advance_prefix();
                 self.fetched_digests
                     .extend(digests.into_iter().map(|(n, d)| piece_digest(n, &d)));
@@ -240,120 +198,30 @@ impl<'a> Run<'a> {
             .map_or(Duration::from_secs(10), |l| l.swarm.config().stall_timeout)
     }
 
-    fn parents(&self) -> Vec<&Parent> {
-        self.link
-            .as_ref()
-            .map(|l| {
-                l.view
-                    .parents
-                    .iter()
-                    .filter(|p| !self.avoid.contains(&p.host_id))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
     /// Starts piece requests until the limits are reached or nothing more can start.
     async fn fill(&mut self, set: &mut JoinSet<Outcome>) -> Result<()> {
-        let n_pieces = self.job.layout.piece_count();
-        let peer_limit = self
+        let piece_concurrency = self
             .link
             .as_ref()
             .map_or(0, |l| l.swarm.config().piece_concurrency);
         loop {
             let peer_inflight: usize = self.per_parent.values().sum();
-            let parents: Vec<(String, String, Bitmap, bool)> = self
-                .parents()
-                .into_iter()
-                .map(|p| {
-                    (
-                        p.host_id.clone(),
-                        p.upload_addr.clone(),
-                        Bitmap::from_bytes(&p.bitmap, n_pieces),
-                        p.seed,
-                    )
-                })
-                .collect();
-            let per_parent = per_parent_limit(peer_limit, parents.len());
-            let missing: Vec<u32> = (0..n_pieces)
-                .filter(|&n| self.stored[n as usize].is_none())
-                .collect();
-            let known: Vec<bool> = (0..n_pieces).map(|n| self.expected(n).is_some()).collect();
-            let expected = |n: u32| known[n as usize];
-            let mut started = false;
-            if peer_inflight < peer_limit {
-                // Rarest first, random among equals.
-                let mut best: Option<(usize, u32, u32)> = None;
-                let mut rng = rand::rng();
-                for n in missing
-                    .iter()
-                    .copied()
-                    .filter(|n| !self.inflight.contains_key(n) && expected(*n))
-                {
-                    let free =
-                        |id: &String| self.per_parent.get(id).copied().unwrap_or(0) < per_parent;
-                    let holders = parents.iter().filter(|p| p.2.get(n) && free(&p.0)).count();
-                    if holders == 0 {
-                        continue;
-                    }
-                    let tie: u32 = rng.random();
-                    if best.is_none_or(|(h, _, t)| (holders, tie) < (h, t)) {
-                        best = Some((holders, n, tie));
-                    }
-                }
-                // Endgame: every missing piece is in flight, so a piece in flight from one peer
-                // is asked of another holder too.
-                let endgame = missing.len() <= ENDGAME_PIECES
-                    && missing.iter().all(|n| self.inflight.contains_key(n));
-                let pick = best.map(|(_, n, _)| n).or_else(|| {
-                    if !endgame {
-                        return None;
-                    }
-                    self.inflight
-                        .iter()
-                        .filter(|(_, reqs)| reqs.len() == 1)
-                        .find(|(n, reqs)| {
-                            expected(**n)
-                                && parents
-                                    .iter()
-                                    .any(|p| p.2.get(**n) && reqs[0].0.as_ref() != Some(&p.0))
-                        })
-                        .map(|(n, _)| *n)
-                });
-                if let Some(n) = pick {
-                    let asked: Vec<&String> = self
-                        .inflight
-                        .get(&n)
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|(p, _)| p.as_ref())
-                        .collect();
-                    // A peer before a seed (the seed's upload is for pieces only it holds), then
-                    // the parent we ask least; at most `per_parent` requests to one parent.
-                    let load = |id: &String| self.per_parent.get(id).copied().unwrap_or(0);
-                    let chosen = parents
-                        .iter()
-                        .filter(|p| p.2.get(n) && !asked.contains(&&p.0) && load(&p.0) < per_parent)
-                        .min_by_key(|p| (p.3, load(&p.0)));
-                    if let Some((id, addr, _, seed)) = chosen {
-                        let (id, addr, seed) = (id.clone(), addr.clone(), *seed);
-                        self.spawn_peer(set, n, id, addr, seed);
-                        started = true;
-                    }
-                }
-            }
-            if !started
-                && self.to_origin
-                && self.origin_inflight < self.job.origin.config().concurrency
-            {
-                // Pieces a peer could give us (held by a parent, digest known) are left to the
-                // peers; the rest come from the origin.
-                let from_peers = |n: u32| expected(n) && parents.iter().any(|p| p.2.get(n));
-                if let Some(n) = missing
-                    .iter()
-                    .copied()
-                    .find(|n| !self.inflight.contains_key(n) && !from_peers(*n))
-                {
+            let origin_free =
+                self.to_origin && self.origin_inflight < self.job.origin.config().concurrency;
+            let (to_peer, to_origin) = {
+                let snap = self.snapshot(piece_concurrency);
+                let to_peer = (peer_inflight < piece_concurrency)
+                    .then(|| snap.peer())
+                    .flatten()
+                    .map(|(n, p)| (n, p.id.clone(), p.addr.clone(), p.seed));
+                let to_origin = (to_peer.is_none() && origin_free)
+                    .then(|| snap.origin())
+                    .flatten();
+                (to_peer, to_origin)
+            };
+            match (to_peer, to_origin) {
+                (Some((n, id, addr, seed)), _) => self.spawn_peer(set, n, id, addr, seed),
+                (None, Some(n)) => {
                     if self.stat.is_none() {
                         self.stat = Some(self.job.origin.stat(&self.job.req.origin).await?);
                         if self.stat.as_ref().is_some_and(|s| !s.ranges) {
@@ -361,12 +229,37 @@ impl<'a> Run<'a> {
                         }
                     }
                     self.spawn_origin(set, n);
-                    started = true;
                 }
+                (None, None) => return Ok(()),
             }
-            if !started {
-                return Ok(());
-            }
+        }
+    }
+
+    /// What the chooser needs to know now.
+    fn snapshot(&self, piece_concurrency: usize) -> Snapshot<'_> {
+        let count = self.job.layout.piece_count();
+        let parents = self.link.as_ref().map_or(Vec::new(), |l| {
+            l.view
+                .parents
+                .iter()
+                .filter(|p| !self.avoid.contains(&p.host_id))
+                .map(|p| Candidate {
+                    id: p.host_id.clone(),
+                    addr: p.upload_addr.clone(),
+                    holds: Bitmap::from_bytes(&p.bitmap, count),
+                    seed: p.seed,
+                })
+                .collect()
+        });
+        Snapshot {
+            parents,
+            missing: (0..count)
+                .filter(|&n| self.stored[n as usize].is_none())
+                .collect(),
+            known: (0..count).map(|n| self.expected(n).is_some()).collect(),
+            inflight: &self.inflight,
+            load: &self.per_parent,
+            piece_concurrency,
         }
     }
 
@@ -393,7 +286,7 @@ impl<'a> Run<'a> {
         *self.per_parent.entry(parent.clone()).or_default() += 1;
         let asked = parent.clone();
         let handle = set.spawn(async move {
-            let result = fetch_from_peer(&client, &job, &addr, n, expected).await;
+            let result = from_peer(&client, &job, &addr, n, expected).await;
             (
                 n,
                 PieceSource::Peer {
@@ -415,19 +308,7 @@ impl<'a> Run<'a> {
         let job = self.job.clone();
         self.origin_inflight += 1;
         let handle = set.spawn(async move {
-            let range = job.layout.range(n);
-            let result = job
-                .origin
-                .retrying(&job.req.origin, || async {
-                    let resp = job
-                        .origin
-                        .open(&job.req.origin, Some(range.clone()))
-                        .await?;
-                    let mut skip = Vec::new();
-                    consume_one(&job, resp, n, &mut skip).await
-                })
-                .await
-                .map_err(PieceError::Fatal);
+            let result = job.origin_piece(n).await.map_err(Failure::Fatal);
             (n, PieceSource::Origin, result)
         });
         self.spawned.insert(handle.id(), None);
@@ -451,7 +332,7 @@ impl<'a> Run<'a> {
         &mut self,
         n: u32,
         source: PieceSource,
-        result: Result<Digest, PieceError>,
+        result: Result<Digest, Failure>,
         progress: &Progress,
     ) -> Result<()> {
         self.release(Some(match &source {
@@ -494,16 +375,14 @@ impl<'a> Run<'a> {
                         self.inflight.remove(&n);
                     }
                 }
-                let PieceSource::Peer { id, addr, .. } = source else {
-                    return match e {
-                        PieceError::Fatal(e) => Err(e),
-                        _ => Err(Error::Metadata(
-                            "origin piece failed without an error".into(),
-                        )),
-                    };
+                let (id, addr, e) = match (source, e) {
+                    (_, Failure::Fatal(e)) => return Err(e),
+                    (PieceSource::Peer { id, addr, .. }, Failure::Peer(e)) => (id, addr, e),
+                    (PieceSource::Origin, Failure::Peer(_)) => {
+                        return Err(Error::Metadata("an origin piece failed as a peer".into()));
+                    }
                 };
                 let fault = match e {
-                    PieceError::Fatal(e) => return Err(e),
                     PieceError::NotThere => return Ok(()),
                     PieceError::Unreachable => Fault::Unreachable,
                     PieceError::Corrupt => Fault::Corrupt,
@@ -548,7 +427,7 @@ impl<'a> Run<'a> {
         let Some(link) = self.link.as_mut() else {
             return true;
         };
-        let task = crate::download::task_message(&self.job.id, &self.job.req);
+        let task = task_message(&self.job.id, &self.job.req);
         match link.swarm.watch(task, have).await {
             Ok(stream) => {
                 tracing::info!(task = %self.job.id, "watching the task again");
@@ -587,11 +466,6 @@ impl<'a> Run<'a> {
     }
 }
 
-async fn next_view(link: &mut Option<SwarmLink<'_>>) -> Option<TaskView> {
-    let stream = link.as_mut()?.stream.as_mut()?;
-    stream.message().await.ok().flatten()
-}
-
 fn piece_digest(n: u32, d: &Digest) -> PieceDigest {
     PieceDigest {
         number: n,
@@ -599,125 +473,23 @@ fn piece_digest(n: u32, d: &Digest) -> PieceDigest {
     }
 }
 
-/// Fetches piece `n` from a parent's upload server, checks it, and stores it.
-async fn fetch_from_peer(
+/// Fetches piece `n` from a parent, checked against `expected`, and stores it.
+async fn from_peer(
     client: &reqwest::Client,
     job: &Job,
     addr: &str,
     n: u32,
     expected: Digest,
-) -> Result<Digest, PieceError> {
-    let url = format!("http://{addr}/tasks/{}/pieces/{n}", job.id);
-    let resp = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|_| PieceError::Unreachable)?;
-    match resp.status() {
-        http::StatusCode::OK => {}
-        http::StatusCode::NOT_FOUND | http::StatusCode::SERVICE_UNAVAILABLE => {
-            return Err(PieceError::NotThere);
-        }
-        _ => return Err(PieceError::Unreachable),
-    }
+) -> Result<Digest, Failure> {
     let range = job.layout.range(n);
-    let len = usize::try_from(range.end - range.start).expect("a piece fits in memory");
-    // Read into one buffer of the piece's size (no copy when the body is complete, no growth
-    // beyond it): a peer that sends more than the piece is cut off as corrupt.
-    let mut buf = take_buffer(len);
-    let mut resp = resp;
-    while let Some(chunk) = resp.chunk().await.map_err(|_| PieceError::Unreachable)? {
-        if buf.len() + chunk.len() > len {
-            return Err(PieceError::Corrupt);
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    if buf.len() != len {
-        return Err(PieceError::Corrupt);
-    }
-    let data: Bytes = buf.freeze();
-    let (data, actual) = tokio::task::spawn_blocking(move || {
-        let d = Digest::piece(&data);
-        (data, d)
-    })
-    .await
-    .expect("hashing does not panic");
-    if actual != expected {
-        return Err(PieceError::Corrupt);
-    }
+    let data = peer::fetch_piece(client, addr, &job.id, n, range.clone(), expected)
+        .await
+        .map_err(Failure::Peer)?;
     let data = job
         .writer
-        .write_verified(n, range.start, data, actual)
+        .write_verified(n, range.start, data, expected)
         .await
-        .map_err(PieceError::Fatal)?;
-    give_back(data);
-    Ok(actual)
-}
-
-/// Piece buffers of peer fetches, reused. A fresh piece-sized buffer per piece made glibc raise
-/// its mmap threshold and keep the freed buffers in per-thread arenas: a daemon's RSS reached
-/// 170 MiB in the lab. Reused, they stay about the pieces in flight.
-static BUFFERS: std::sync::Mutex<Vec<bytes::BytesMut>> = std::sync::Mutex::new(Vec::new());
-/// Buffers kept for reuse at most (each a piece long).
-const POOLED: usize = 32;
-
-fn take_buffer(len: usize) -> bytes::BytesMut {
-    let pooled = BUFFERS
-        .lock()
-        .expect("buffer pool lock")
-        .pop()
-        .filter(|b| b.capacity() >= len);
-    pooled.unwrap_or_else(|| bytes::BytesMut::with_capacity(len))
-}
-
-fn give_back(data: Bytes) {
-    if let Ok(mut buf) = data.try_into_mut() {
-        buf.clear();
-        let mut pool = BUFFERS.lock().expect("buffer pool lock");
-        if pool.len() < POOLED {
-            pool.push(buf);
-        }
-    }
-}
-
-/// Reads one piece from an origin response into the task file.
-async fn consume_one(
-    job: &Job,
-    resp: reqwest::Response,
-    n: u32,
-    skip: &mut Vec<bool>,
-) -> Result<Digest> {
-    skip.clear();
-    let mut out = crate::download::consume(job, resp, n..n + 1, skip).await?;
-    out.pop()
-        .map(|(_, d)| d)
-        .ok_or_else(|| Error::Metadata("origin piece produced no digest".into()))
-}
-
-/// Reports a download's swarm holdings as stopped when dropped.
-pub(crate) struct HoldingGuard<'a> {
-    pub holdings: &'a Holdings,
-    pub id: TaskId,
-}
-
-impl Drop for HoldingGuard<'_> {
-    fn drop(&mut self) {
-        self.holdings.stop(&self.id);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_spread_over_parents_but_one_parent_can_fill_the_download() {
-        // The lab: 8 in flight over 7 peers and a seed.
-        assert_eq!(per_parent_limit(8, 8), MIN_PER_PARENT);
-        // One parent (a seed, or a single peer): all 8 from it.
-        assert_eq!(per_parent_limit(8, 1), 8);
-        assert_eq!(per_parent_limit(8, 3), 3);
-        assert_eq!(per_parent_limit(8, 0), 8);
-        assert_eq!(per_parent_limit(1, 4), MIN_PER_PARENT);
-    }
+        .map_err(Failure::Fatal)?;
+    peer::recycle(data);
+    Ok(expected)
 }

@@ -7,17 +7,12 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::api::{Event, Failure, FailureKind, GetRequest, LocalClient};
-use crate::download::{Downloader, Progress};
-use crate::error::Error;
-use crate::metrics::Metrics;
-use crate::origin::{Origin, OriginConfig};
-use crate::store::Store;
+use shoal_p2p::api::{Event, Failure, FailureKind, GetRequest, LocalClient};
+use shoal_p2p::{AsyncStore, Downloader, Error, Metrics, Origin, OriginConfig, Progress};
 
 /// Where the content goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,7 +104,7 @@ async fn via_daemon(opts: &GetOptions, bar: &ProgressBar) -> Result<(Got, PathBu
 
 async fn standalone(opts: &GetOptions, bar: &ProgressBar) -> Result<(Got, PathBuf), Failure> {
     let download = opts.request.to_download().map_err(|e| Failure::from(&e))?;
-    let store = Arc::new(Store::open(&opts.data_dir).map_err(local)?);
+    let store = AsyncStore::open(&opts.data_dir).map_err(local)?;
     let origin = Origin::new(opts.origin.clone()).map_err(local)?;
     let downloader = Downloader::new(store, origin, Metrics::default());
     let progress = Progress::default();
@@ -152,6 +147,18 @@ fn progress_bar(wanted: bool) -> ProgressBar {
             .expect("static progress template is valid"),
     );
     bar
+}
+
+/// Runs a get as the `shoal get` command: a failure is told on standard error, and the process
+/// exit code comes back.
+pub async fn run(opts: GetOptions) -> u8 {
+    match get(opts).await {
+        Ok(_) => 0,
+        Err(failure) => {
+            eprintln!("shoal get: {}", failure.message);
+            exit_code(failure.kind)
+        }
+    }
 }
 
 /// The process exit code for a failure (documented in the README).

@@ -14,10 +14,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
-use crate::download::{DownloadRequest, Downloader, Progress};
+use super::Downloader;
+use super::request::{DownloadRequest, Progress};
 use crate::error::{Error, Result};
 use crate::id::TaskId;
 use crate::piece::Layout;
+use crate::store::read_blocks;
 
 /// Bytes read from the task file at a time for a local reader.
 const READ_BLOCK: usize = 256 << 10;
@@ -48,12 +50,7 @@ impl Downloader {
             let _ = tx.send(Some(r.map(|_| ()).map_err(Arc::new)));
         });
         loop {
-            let store = self.store().clone();
-            let id2 = id.clone();
-            let meta = tokio::task::spawn_blocking(move || store.meta(&id2))
-                .await
-                .expect("meta read does not panic")
-                .map_err(Arc::new)?;
+            let meta = self.store().meta(&id).await.map_err(Arc::new)?;
             let finished = done.borrow_and_update().clone();
             if let Some(meta) = meta
                 && (meta.complete || self.holdings().is_active(&id))
@@ -136,7 +133,7 @@ impl Reading {
             let tx2 = tx.clone();
             let sent = tokio::task::spawn_blocking(move || {
                 let mut all = true;
-                crate::upload::read_blocks(&file, pos..end, READ_BLOCK, |block| {
+                read_blocks(&file, pos..end, READ_BLOCK, |block| {
                     all = block.is_ok() && tx2.blocking_send(block).is_ok();
                     all
                 });

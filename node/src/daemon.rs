@@ -1,0 +1,247 @@
+//! The node daemon (`shoal daemon`, and the node part of `shoal seed` and `shoal up`): it owns
+//! the data directory's store, downloads with a [`Downloader`], serves the local API on a unix
+//! socket, and, in a swarm, the upload server, staying attached to every scheduler.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use shoal_p2p::api::LocalClient;
+use shoal_p2p::proto::{PieceDigest, PieceSet};
+use shoal_p2p::{
+    AsyncStore, Bitmap, Downloader, Error, Holdings, JobHandler, Metrics, Origin, Result, Swarm,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{ApiState, router};
+use crate::config::DaemonConfig;
+
+/// A built daemon, ready to serve.
+pub struct Daemon {
+    config: DaemonConfig,
+    downloader: Arc<Downloader>,
+    upload: Option<tokio::net::TcpListener>,
+    seed: Option<Arc<dyn JobHandler>>,
+    metrics: Metrics,
+}
+
+impl Daemon {
+    /// Opens the store, binds the upload server when schedulers are configured, and registers
+    /// the daemon's metrics. With `seed`, the host attaches as a seed and hands it the seed
+    /// jobs its schedulers send.
+    pub async fn build(
+        config: DaemonConfig,
+        seed: Option<Arc<dyn JobHandler>>,
+        registry: &mut Registry,
+    ) -> Result<Daemon> {
+        let store = AsyncStore::open(&config.data_dir)?;
+        let origin = Origin::new(config.origin.clone())?;
+        let metrics = Metrics::register(registry);
+        let (swarm, upload) = if config.swarm.schedulers.is_empty() {
+            (None, None)
+        } else {
+            let addr = config.swarm.upload_addr;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::io("bind upload address", addr.to_string(), e))?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| Error::io("read upload address", addr.to_string(), e))?;
+            let swarm = Swarm::new(config.swarm.clone(), bound, seed.is_some())?;
+            (Some(Arc::new(swarm)), Some(listener))
+        };
+        let downloader = Arc::new(Downloader::with_swarm(
+            store,
+            origin,
+            metrics.clone(),
+            swarm,
+            Arc::new(Holdings::default()),
+        ));
+        Ok(Daemon {
+            config,
+            downloader,
+            upload,
+            seed,
+            metrics,
+        })
+    }
+
+    /// The address peers fetch pieces from, when this daemon is in a swarm.
+    pub fn upload_addr(&self) -> Option<String> {
+        self.downloader
+            .swarm()
+            .map(|s| s.host().upload_addr.clone())
+    }
+
+    pub fn downloader(&self) -> &Arc<Downloader> {
+        &self.downloader
+    }
+
+    /// Binds the local API socket (mode 0600: only this user may ask for downloads, since the
+    /// daemon writes output files as itself), replacing a stale socket file.
+    pub async fn bind_socket(&self) -> Result<tokio::net::UnixListener> {
+        let path = self.config.socket_path();
+        if LocalClient::is_running(&path).await {
+            return Err(Error::Config(format!(
+                "another daemon already answers on {}",
+                path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io("create socket directory", dir, e))?;
+        }
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| Error::io("bind local API socket", &path, e))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io("restrict local API socket", &path, e))?;
+        Ok(listener)
+    }
+
+    /// Serves the local API on `listener` until `shutdown` resolves, then lets running requests
+    /// finish for up to `shutdown_grace`.
+    pub async fn serve(
+        self,
+        listener: tokio::net::UnixListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let socket = self.config.socket_path();
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        if let (Some(swarm), Some(upload)) = (self.downloader.swarm(), self.upload) {
+            let node = Node {
+                downloader: self.downloader.clone(),
+                seed: self.seed.clone(),
+                metrics: self.metrics.clone(),
+                tracker: tracker.clone(),
+                cancel: cancel.clone(),
+            };
+            node.start(upload, swarm.config().upload_slots);
+            tracing::info!(
+                host = swarm.host().id,
+                upload = swarm.host().upload_addr,
+                seed = swarm.host().seed,
+                "in the swarm"
+            );
+        }
+        let app = router(
+            ApiState {
+                downloader: self.downloader.clone(),
+                metrics: self.metrics.clone(),
+                data_dir: self.config.data_dir.clone(),
+                tracker: tracker.clone(),
+                cancel: cancel.clone(),
+                progress_interval: self.config.progress_interval,
+            },
+            self.config.max_requests,
+        );
+        tracing::info!(socket = %socket.display(), data_dir = %self.config.data_dir.display(), "daemon ready");
+        let stop = cancel.clone();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+        let result = serve
+            .await
+            .map_err(|e| Error::io("serve local API on", &socket, e));
+        cancel.cancel();
+        tracker.close();
+        if tokio::time::timeout(self.config.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown grace period over; abandoning running downloads (their finished pieces are kept)"
+            );
+        }
+        let _ = std::fs::remove_file(&socket);
+        result
+    }
+}
+
+/// The swarm side of a running daemon.
+#[derive(Clone)]
+struct Node {
+    downloader: Arc<Downloader>,
+    seed: Option<Arc<dyn JobHandler>>,
+    metrics: Metrics,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Node {
+    /// Runs the upload server and stays attached to every scheduler: after each (re-)attach
+    /// the complete tasks this host holds are announced again, and seed jobs go to the seed.
+    fn start(self, upload: tokio::net::TcpListener, slots: usize) {
+        let stop = self.cancel.clone();
+        self.tracker.spawn(crate::upload::serve(
+            upload,
+            self.downloader.store().clone(),
+            self.downloader.holdings().clone(),
+            slots,
+            self.metrics.clone(),
+            async move { stop.cancelled().await },
+        ));
+        let Some(swarm) = self.downloader.swarm().cloned() else {
+            return;
+        };
+        for index in 0..swarm.scheduler_count() {
+            let (node, swarm) = (self.clone(), swarm.clone());
+            self.tracker.spawn(async move {
+                let attached = |i: usize| {
+                    let (swarm, downloader) = (swarm.clone(), node.downloader.clone());
+                    tokio::spawn(async move { reannounce(&swarm, &downloader, i).await });
+                };
+                let job = |job| match &node.seed {
+                    Some(seed) => {
+                        node.tracker.spawn(seed.run(node.downloader.clone(), job));
+                    }
+                    None => tracing::warn!("a seed job came to a host that is not a seed"),
+                };
+                swarm
+                    .attach_loop(index, attached, job, node.cancel.clone())
+                    .await;
+            });
+        }
+    }
+}
+
+/// Tells scheduler `index` about every complete task it owns that this host holds.
+async fn reannounce(swarm: &Swarm, downloader: &Downloader, index: usize) {
+    let complete = downloader
+        .store()
+        .call(|s| {
+            let tasks = s.list()?;
+            tasks
+                .into_iter()
+                .filter(|(_, m)| m.complete)
+                .map(|(id, m)| Ok((s.piece_digests(&id)?, id, m)))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await;
+    let Ok(tasks) = complete else { return };
+    for (digests, id, meta) in tasks
+        .into_iter()
+        .filter(|(_, id, _)| swarm.owner(id.as_str()) == Some(index))
+    {
+        let bitmap: Bitmap = digests.iter().map(Option::is_some).collect();
+        let set = PieceSet {
+            length_known: true,
+            content_length: meta.layout.content_length,
+            bitmap: bitmap.as_bytes().to_vec(),
+            digests: (0u32..)
+                .zip(&digests)
+                .filter_map(|(n, d)| {
+                    d.map(|d| PieceDigest {
+                        number: n,
+                        blake3: d.bytes().to_vec(),
+                    })
+                })
+                .collect(),
+        };
+        swarm.announce(&id, Some(set), None).await;
+    }
+}

@@ -1,0 +1,125 @@
+//! One download's fixed parts (task, request, layout, writer), and how origin bytes reach the
+//! task file: every response is cut at piece boundaries, written at its offset and hashed on
+//! the task's writer thread.
+
+use std::ops::Range;
+
+use super::request::{DownloadRequest, Progress};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::id::TaskId;
+use crate::metrics::{Metrics, Source};
+use crate::origin::Origin;
+use crate::piece::Layout;
+use crate::store::writer::TaskWriter;
+
+/// Everything the piece loop needs about one download.
+#[derive(Clone)]
+pub(crate) struct Job {
+    pub id: TaskId,
+    pub req: DownloadRequest,
+    pub layout: Layout,
+    pub writer: TaskWriter,
+    pub origin: Origin,
+    pub metrics: Metrics,
+}
+
+impl Job {
+    /// Fetches piece `n` from the origin (a range request, retried) into the task file.
+    pub(crate) async fn origin_piece(&self, n: u32) -> Result<Digest> {
+        let range = self.layout.range(n);
+        self.origin
+            .retrying(&self.req.origin, || async {
+                let resp = self
+                    .origin
+                    .open(&self.req.origin, Some(range.clone()))
+                    .await?;
+                let mut out = self.consume(resp, n..n + 1, &[]).await?;
+                out.pop()
+                    .map(|(_, d)| d)
+                    .ok_or_else(|| Error::Metadata("origin piece produced no digest".into()))
+            })
+            .await
+    }
+
+    /// Origin without ranges: one stream over the whole content; stored pieces are skipped.
+    /// Returns the digests of the pieces it stored.
+    pub(crate) async fn origin_stream(
+        &self,
+        pieces: &mut [Option<Digest>],
+        progress: &Progress,
+    ) -> Result<Vec<(u32, Digest)>> {
+        let skip: Vec<bool> = pieces.iter().map(Option::is_some).collect();
+        let all = 0..self.layout.piece_count();
+        if all.is_empty() {
+            return Ok(Vec::new());
+        }
+        let digests = self
+            .origin
+            .retrying(&self.req.origin, || async {
+                let resp = self.origin.open(&self.req.origin, None).await?;
+                self.consume(resp, all.clone(), &skip).await
+            })
+            .await?;
+        for (n, d) in &digests {
+            let r = self.layout.range(*n);
+            progress.add(r.end - r.start);
+            pieces[*n as usize] = Some(*d);
+        }
+        Ok(digests)
+    }
+
+    /// Reads `resp`, which starts at the first byte of piece `pieces.start`, writing and hashing
+    /// every piece in `pieces` not marked in `skip`. Returns the digests of the pieces it stored.
+    async fn consume(
+        &self,
+        mut resp: reqwest::Response,
+        pieces: Range<u32>,
+        skip: &[bool],
+    ) -> Result<Vec<(u32, Digest)>> {
+        let layout = self.layout;
+        let mut out = Vec::new();
+        let mut n = pieces.start;
+        let mut pos = layout.range(n).start;
+        let writer = &self.writer;
+        let keep = |n: u32| !skip.get(n as usize).copied().unwrap_or(false);
+        if keep(n) {
+            writer.begin(n).await?;
+        }
+        let transport = |e: reqwest::Error| Error::OriginTransport {
+            url: self.req.origin.display_url(),
+            source: e.without_url(),
+        };
+        while n < pieces.end {
+            let Some(mut chunk) = resp.chunk().await.map_err(transport)? else {
+                return Err(Error::OriginProtocol {
+                    url: self.req.origin.display_url(),
+                    detail: format!(
+                        "body ended at byte {pos} of {}",
+                        layout.range(pieces.end - 1).end
+                    ),
+                });
+            };
+            self.metrics.bytes(Source::Origin, chunk.len() as u64);
+            while !chunk.is_empty() && n < pieces.end {
+                let end = layout.range(n).end;
+                let take = chunk.len().min((end - pos) as usize);
+                let part = chunk.split_to(take);
+                if keep(n) {
+                    writer.write(n, pos, part).await?;
+                }
+                pos += take as u64;
+                if pos == end {
+                    if keep(n) {
+                        out.push((n, writer.finish(n).await?));
+                    }
+                    n += 1;
+                    if n < pieces.end && keep(n) {
+                        writer.begin(n).await?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,130 @@
+//! The peer wire protocol: how one host asks another's upload server (port 4000) for a piece.
+//!
+//! `GET /tasks/<task>/pieces/<n>` answers the piece's bytes (200), `404` when that host does not
+//! hold the piece, and `503` when all its upload slots are busy. [`piece_path`] and
+//! [`parse_piece_path`] are the two ends of the path; [`fetch_piece`] is the client, which
+//! checks every piece against the digest the scheduler published before handing it on.
+
+use std::ops::Range;
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::digest::Digest;
+use crate::id::TaskId;
+
+/// The path of piece `n` of `task` on a peer's upload server.
+pub fn piece_path(task: &TaskId, n: u32) -> String {
+    format!("/tasks/{task}/pieces/{n}")
+}
+
+/// `/tasks/<task>/pieces/<n>` → (task, n); `None` for any other path.
+pub fn parse_piece_path(path: &str) -> Option<(TaskId, u32)> {
+    let rest = path.strip_prefix("/tasks/")?;
+    let (task, n) = rest.split_once("/pieces/")?;
+    Some((task.parse().ok()?, n.parse().ok()?))
+}
+
+/// Why a piece did not come from a peer: the fetcher decides between another parent and
+/// reporting this one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PieceError {
+    /// The parent does not hold it (any more) or is busy: try another.
+    NotThere,
+    /// The parent could not be reached, timed out, or broke off.
+    Unreachable,
+    /// The bytes did not match the published digest, or were too many or too few.
+    Corrupt,
+}
+
+/// Fetches piece `n` (`range` of the content) of `task` from the upload server at `addr` and
+/// checks it against `expected`. The bytes' buffer may be handed back with [`recycle`].
+pub async fn fetch_piece(
+    client: &reqwest::Client,
+    addr: &str,
+    task: &TaskId,
+    n: u32,
+    range: Range<u64>,
+    expected: Digest,
+) -> Result<Bytes, PieceError> {
+    let url = format!("http://{addr}{}", piece_path(task, n));
+    let mut resp = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|_| PieceError::Unreachable)?;
+    match resp.status() {
+        http::StatusCode::OK => {}
+        http::StatusCode::NOT_FOUND | http::StatusCode::SERVICE_UNAVAILABLE => {
+            return Err(PieceError::NotThere);
+        }
+        _ => return Err(PieceError::Unreachable),
+    }
+    let len = usize::try_from(range.end - range.start).map_err(|_| PieceError::Corrupt)?;
+    // Read into one buffer of the piece's size (no copy when the body is complete, no growth
+    // beyond it): a peer that sends more than the piece is cut off as corrupt.
+    let mut buf = take_buffer(len);
+    while let Some(chunk) = resp.chunk().await.map_err(|_| PieceError::Unreachable)? {
+        if buf.len() + chunk.len() > len {
+            return Err(PieceError::Corrupt);
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if buf.len() != len {
+        return Err(PieceError::Corrupt);
+    }
+    let data: Bytes = buf.freeze();
+    let (data, actual) = tokio::task::spawn_blocking(move || {
+        let d = Digest::piece(&data);
+        (data, d)
+    })
+    .await
+    .expect("hashing does not panic");
+    if actual != expected {
+        return Err(PieceError::Corrupt);
+    }
+    Ok(data)
+}
+
+/// Piece buffers of peer fetches, reused. A fresh piece-sized buffer per piece made glibc raise
+/// its mmap threshold and keep the freed buffers in per-thread arenas: a daemon's RSS reached
+/// 170 MiB in the lab. Reused, they stay about the pieces in flight.
+static BUFFERS: Mutex<Vec<BytesMut>> = Mutex::new(Vec::new());
+/// Buffers kept for reuse at most (each a piece long).
+const POOLED: usize = 32;
+
+fn take_buffer(len: usize) -> BytesMut {
+    let pooled = BUFFERS
+        .lock()
+        .expect("buffer pool lock")
+        .pop()
+        .filter(|b| b.capacity() >= len);
+    pooled.unwrap_or_else(|| BytesMut::with_capacity(len))
+}
+
+/// Hands a fetched piece's buffer back for the next fetch, once nothing else holds it.
+pub fn recycle(data: Bytes) {
+    if let Ok(mut buf) = data.try_into_mut() {
+        buf.clear();
+        let mut pool = BUFFERS.lock().expect("buffer pool lock");
+        if pool.len() < POOLED {
+            pool.push(buf);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn piece_paths_round_trip_and_refuse_the_rest() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let task: TaskId = d.parse().unwrap();
+        assert_eq!(piece_path(&task, 3), format!("/tasks/{d}/pieces/3"));
+        assert_eq!(parse_piece_path(&piece_path(&task, 3)), Some((task, 3)));
+        assert!(parse_piece_path(&format!("/tasks/{d}/pieces/-1")).is_none());
+        assert!(parse_piece_path("/tasks/../../etc/passwd/pieces/1").is_none());
+        assert!(parse_piece_path("/").is_none());
+    }
+}

@@ -1,0 +1,146 @@
+//! Tests of the piece store.
+use super::*;
+
+/// A layout of 4 MiB pieces, whatever the default rule.
+fn layout4(content_length: u64) -> Layout {
+    Layout {
+        content_length,
+        piece_length: 4 << 20,
+    }
+}
+use url::Url;
+
+fn task(u: &str) -> TaskId {
+    TaskId::for_url(&Url::parse(u).unwrap(), &Default::default())
+}
+
+fn write(store: &Store, id: &TaskId, layout: Layout, n: u32, byte: u8) -> Digest {
+    let r = layout.range(n);
+    let data = vec![byte; (r.end - r.start) as usize];
+    store
+        .writer(id)
+        .unwrap()
+        .write_all_at(&data, r.start)
+        .unwrap();
+    let d = Digest::piece(&data);
+    append_record(&mut store.journal(id).unwrap(), n, &d).unwrap();
+    d
+}
+
+#[test]
+fn resume_keeps_recorded_pieces_and_drops_corrupt_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = task("http://h/f");
+    let layout = layout4(10 << 20);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let st = store.open_task(&id, "http://h/f", layout).unwrap();
+        assert_eq!(st.missing().count(), 3);
+        write(&store, &id, layout, 0, 1);
+        write(&store, &id, layout, 2, 3);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let st = store.open_task(&id, "http://h/f", layout).unwrap();
+    assert_eq!(st.missing().collect::<Vec<_>>(), vec![1]);
+    assert_eq!(st.stored_bytes(), (4 << 20) + (2 << 20));
+    // Corrupt piece 2 on disk: the next open notices and drops it.
+    store
+        .writer(&id)
+        .unwrap()
+        .write_all_at(b"x", 9 << 20)
+        .unwrap();
+    let st = store.open_task(&id, "http://h/f", layout).unwrap();
+    assert_eq!(st.missing().collect::<Vec<_>>(), vec![1, 2]);
+}
+
+#[test]
+fn another_layout_starts_over_and_remove_forgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = task("http://h/g");
+    let l1 = layout4(5 << 20);
+    store.open_task(&id, "u", l1).unwrap();
+    write(&store, &id, l1, 0, 7);
+    let l2 = layout4(6 << 20);
+    let st = store.open_task(&id, "u", l2).unwrap();
+    assert_eq!(st.missing().count(), 2);
+    assert_eq!(fs::metadata(store.data_path(&id)).unwrap().len(), 6 << 20);
+    store.remove(&id).unwrap();
+    assert!(store.meta(&id).unwrap().is_none());
+    assert!(!store.data_path(&id).exists());
+}
+
+#[test]
+fn unclean_stop_reverifies_recently_completed_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = task("http://h/u");
+    let layout = layout4(6 << 20);
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.open_task(&id, "u", layout).unwrap();
+        write(&store, &id, layout, 0, 1);
+        write(&store, &id, layout, 1, 2);
+        let pieces = store.open_task(&id, "u", layout).unwrap().pieces;
+        let pieces: Vec<Digest> = pieces.into_iter().map(Option::unwrap).collect();
+        store.complete(&id, None, &pieces).unwrap();
+    }
+    // A clean stop: the next open trusts the content (even if it changed since).
+    let path = Store::open(dir.path()).unwrap().data_path(&id);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .write_all_at(b"zz", 5 << 20)
+        .unwrap();
+    assert!(
+        Store::open(dir.path())
+            .unwrap()
+            .meta(&id)
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+    // An unclean stop (no marker): the damaged piece is found and the task is unfinished.
+    fs::remove_file(dir.path().join(CLEAN_MARKER)).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(!store.meta(&id).unwrap().unwrap().complete);
+    let st = store.open_task(&id, "u", layout).unwrap();
+    assert_eq!(st.missing().collect::<Vec<_>>(), vec![1]);
+}
+
+#[test]
+fn second_open_of_the_same_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _a = Store::open(dir.path()).unwrap();
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(Error::StoreBusy { .. })
+    ));
+}
+
+#[test]
+fn complete_and_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = task("http://h/c");
+    let layout = layout4(100);
+    store.open_task(&id, "http://h/c", layout).unwrap();
+    write(&store, &id, layout, 0, 9);
+    let d = Digest::piece(&[9u8; 100]);
+    let meta = store.complete(&id, None, &[d]).unwrap();
+    assert_eq!(store.piece_digests(&id).unwrap(), vec![Some(d)]);
+    assert!(meta.complete);
+    let listed = store.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, id);
+    let digest = hash_file(
+        &mut store.reader(&id).unwrap(),
+        crate::digest::Algorithm::Sha256,
+    )
+    .unwrap();
+    assert_eq!(
+        digest,
+        Digest::of(crate::digest::Algorithm::Sha256, &[9u8; 100])
+    );
+}

@@ -1,0 +1,53 @@
+//! What the scheduler can fail at, and the one place a failure becomes a gRPC status.
+
+use shoal_p2p::id::ParseTaskIdError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read config {path}: {source}")]
+    ConfigRead {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {0}")]
+    Config(String),
+    /// A request left out a field the protocol requires.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error("host.id must be 1-256 bytes")]
+    HostId,
+    #[error("host.upload_addr must be ip:port")]
+    UploadAddr,
+    #[error(transparent)]
+    TaskId(#[from] ParseTaskIdError),
+    /// A host watched a task before attaching.
+    #[error("attach the host before watching tasks")]
+    NotAttached,
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        let message = e.to_string();
+        match e {
+            Error::Missing(_) | Error::HostId | Error::UploadAddr | Error::TaskId(_) => {
+                tonic::Status::invalid_argument(message)
+            }
+            Error::NotAttached => tonic::Status::failed_precondition(message),
+            Error::ConfigRead { .. } | Error::Config(_) => tonic::Status::internal(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_codes_hosts_act_on() {
+        let code = |e: Error| tonic::Status::from(e).code();
+        assert_eq!(code(Error::Missing("host")), tonic::Code::InvalidArgument);
+        assert_eq!(code(Error::NotAttached), tonic::Code::FailedPrecondition);
+        let bad_id = "nope".parse::<shoal_p2p::TaskId>().unwrap_err();
+        assert_eq!(code(Error::TaskId(bad_id)), tonic::Code::InvalidArgument);
+    }
+}

@@ -1,0 +1,210 @@
+//! A registry client for the seed: the manifests an image reference stands for, and the layers
+//! they need, fetched with token auth (see `auth`). Harbor preheat (an image to make present)
+//! and the gzip index of lazy pulling (which layers are gzip) start here.
+//!
+//! [`Registry::resolve`] takes a tag or a digest; an index (OCI, or Docker's manifest list)
+//! resolves to the manifests of every platform it lists (attestations left out), or of the
+//! platforms asked for. Every manifest is checked against the digest it was fetched by (or that
+//! its index named), and against `Docker-Content-Digest` when the registry sends one.
+
+mod auth;
+mod manifest;
+
+use http::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
+use shoal_p2p::{Algorithm, Digest};
+use url::Url;
+
+pub use auth::Credentials;
+pub use manifest::{Descriptor, Image, Manifest, Platform};
+
+use crate::error::{Error, Result};
+use auth::{Challenge, Tokens};
+
+/// The manifest media types a seed accepts.
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// Manifests larger than this are refused (distribution's own limit is 4 MiB).
+const MAX_MANIFEST: usize = 4 << 20;
+
+/// One registry, with one identity.
+pub struct Registry {
+    base: Url,
+    http: reqwest::Client,
+    credentials: Credentials,
+    tokens: Tokens,
+}
+
+impl Registry {
+    /// A client for the registry at `base` (`https://registry.example`), using `http` (which
+    /// carries the trusted CAs and timeouts) and `credentials`.
+    pub fn new(base: Url, http: reqwest::Client, credentials: Credentials) -> Self {
+        Registry {
+            base,
+            http,
+            credentials,
+            tokens: Tokens::default(),
+        }
+    }
+
+    /// The image `repository:reference` (a tag, or `sha256:…`): its digest and the manifests
+    /// of the platforms in `platforms` (every platform when empty).
+    pub async fn resolve(
+        &self,
+        repository: &str,
+        reference: &str,
+        platforms: &[Platform],
+    ) -> Result<Image> {
+        let (digest, top) = self.manifest(repository, reference, None).await?;
+        let manifests = match top {
+            manifest::Parsed::Manifest(m) => vec![m],
+            manifest::Parsed::Index(entries) => {
+                let mut out = Vec::new();
+                for entry in entries.iter().filter(|e| e.wanted(platforms)) {
+                    let name = entry.digest.to_string();
+                    let (_, parsed) = self.manifest(repository, &name, Some(entry.digest)).await?;
+                    match parsed {
+                        manifest::Parsed::Manifest(mut m) => {
+                            m.platform = entry.platform.clone();
+                            out.push(m);
+                        }
+                        manifest::Parsed::Index(_) => {
+                            return Err(Error::Manifest {
+                                url: self.url(repository, "manifests", &name).to_string(),
+                                detail: "an index inside an index".into(),
+                            });
+                        }
+                    }
+                }
+                out
+            }
+        };
+        Ok(Image { digest, manifests })
+    }
+
+    /// Fetches and checks one manifest or index.
+    async fn manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        expected: Option<Digest>,
+    ) -> Result<(Digest, manifest::Parsed)> {
+        let url = self.url(repository, "manifests", reference);
+        let expected = expected.or_else(|| reference.parse().ok());
+        let resp = self.get(&url, repository).await?;
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
+        let body = read_limited(resp, &url).await?;
+        let actual = Digest::of(Algorithm::Sha256, &body);
+        for claimed in [expected, header_digest].into_iter().flatten() {
+            if claimed != actual {
+                return Err(Error::DigestMismatch {
+                    url: url.to_string(),
+                    expected: claimed,
+                    actual,
+                });
+            }
+        }
+        let parsed = manifest::parse(&body).map_err(|detail| Error::Manifest {
+            url: url.to_string(),
+            detail,
+        })?;
+        Ok((actual, parsed))
+    }
+
+    fn url(&self, repository: &str, kind: &str, reference: &str) -> Url {
+        let mut url = self.base.clone();
+        url.set_path(&format!("/v2/{repository}/{kind}/{reference}"));
+        url.set_query(None);
+        url
+    }
+
+    /// A GET with the registry's authentication: the held token for the repository's pull
+    /// scope, else the credentials' header; on a `401` the challenge is answered once.
+    async fn get(&self, url: &Url, repository: &str) -> Result<reqwest::Response> {
+        let scope = format!("repository:{repository}:pull");
+        let held = match &self.credentials {
+            Credentials::Header(h) => Some(h.clone()),
+            _ => self.tokens.get(&scope),
+        };
+        let resp = self.send(url, held.clone()).await?;
+        if resp.status() != http::StatusCode::UNAUTHORIZED
+            || matches!(self.credentials, Credentials::Header(_))
+        {
+            return checked(resp, url);
+        }
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(Challenge::parse);
+        let Some(challenge) = challenge else {
+            return checked(resp, url);
+        };
+        let earned = self
+            .tokens
+            .answer(&self.http, &challenge, &self.credentials, &scope)
+            .await?;
+        match earned {
+            Some(auth) if Some(&auth) != held.as_ref() => {
+                checked(self.send(url, Some(auth)).await?, url)
+            }
+            _ => checked(resp, url),
+        }
+    }
+
+    async fn send(
+        &self,
+        url: &Url,
+        authorization: Option<http::HeaderValue>,
+    ) -> Result<reqwest::Response> {
+        let mut rb = self.http.get(url.clone()).header(ACCEPT, ACCEPT_MANIFESTS);
+        if let Some(a) = authorization {
+            rb = rb.header(AUTHORIZATION, a);
+        }
+        rb.send().await.map_err(|e| Error::Transport {
+            url: url.to_string(),
+            source: e.without_url(),
+        })
+    }
+}
+
+fn checked(resp: reqwest::Response, url: &Url) -> Result<reqwest::Response> {
+    if resp.status().is_success() {
+        Ok(resp)
+    } else {
+        Err(Error::Status {
+            url: url.to_string(),
+            status: resp.status().as_u16(),
+        })
+    }
+}
+
+async fn read_limited(mut resp: reqwest::Response, url: &Url) -> Result<Vec<u8>> {
+    let too_large = || Error::Manifest {
+        url: url.to_string(),
+        detail: format!("larger than {MAX_MANIFEST} bytes"),
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > MAX_MANIFEST as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| Error::Transport {
+        url: url.to_string(),
+        source: e.without_url(),
+    })? {
+        if body.len() + chunk.len() > MAX_MANIFEST {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

@@ -5,4 +5,5 @@ mod daemon;
 mod get;
 mod lab;
 mod mirror;
+mod seed;
 mod swarm;

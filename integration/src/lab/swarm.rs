@@ -10,105 +10,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use serde::Serialize;
 
 use super::services::{self, NGINX_PORT, Node, REGISTRY_PORT, REPO, Service};
 use super::{Host, Lab, Shape};
 use crate::process::{ChildGuard, peak_rss_kib};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scenario {
-    /// Every host GETs the blob from the origin registry.
-    Direct,
-    /// Through distribution's pull-through cache on its own host.
-    Pullthrough,
-    /// Through nginx with `proxy_cache_lock` on its own host.
-    Nginx,
-    /// Scheduler and seed on their own hosts, a daemon on every client host.
-    Shoal,
-}
+mod outcome;
+mod scenario;
 
-impl Scenario {
-    pub const ALL: [Scenario; 4] = [
-        Scenario::Direct,
-        Scenario::Pullthrough,
-        Scenario::Nginx,
-        Scenario::Shoal,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Scenario::Direct => "direct",
-            Scenario::Pullthrough => "pullthrough",
-            Scenario::Nginx => "nginx",
-            Scenario::Shoal => "shoal",
-        }
-    }
-}
-
-impl std::str::FromStr for Scenario {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Scenario::ALL
-            .into_iter()
-            .find(|c| c.name() == s)
-            .ok_or_else(|| format!("unknown scenario {s:?} (direct, pullthrough, nginx, shoal)"))
-    }
-}
-
-/// A fault injected into the `shoal` scenario.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Fault {
-    /// Kill the seed (SIGKILL) once the origin has sent this fraction of the blob.
-    SeedKill(f64),
-    /// Kill one client host's daemon (chosen at random) once the clients hold about a third of
-    /// the blob; the other hosts must complete.
-    ParentKill,
-    /// Stop the origin registry as soon as the first host has the whole blob.
-    OriginGone,
-    /// Drop this percentage of the packets sent to one client host.
-    Loss(f64),
-    /// A peer that claims every piece and serves random bytes joins the swarm before the
-    /// clients start.
-    CorruptPeer,
-}
-
-impl std::str::FromStr for Fault {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (name, arg) = s.split_once(':').unwrap_or((s, ""));
-        let num = |default: f64| -> Result<f64, String> {
-            if arg.is_empty() {
-                return Ok(default);
-            }
-            arg.trim_end_matches('%')
-                .parse()
-                .map_err(|_| format!("bad number in fault {s:?}"))
-        };
-        match name {
-            "seed-kill" => Ok(Fault::SeedKill(num(0.3)?)),
-            "parent-kill" => Ok(Fault::ParentKill),
-            "origin-gone" => Ok(Fault::OriginGone),
-            "loss" => Ok(Fault::Loss(num(1.0)?)),
-            "corrupt-peer" => Ok(Fault::CorruptPeer),
-            _ => Err(format!(
-                "unknown fault {s:?} (seed-kill[:FRACTION], parent-kill, origin-gone, \
-                 loss[:PERCENT], corrupt-peer)"
-            )),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Params {
-    pub hosts: usize,
-    pub size: u64,
-    pub rate_bits_per_s: u64,
-    pub scenarios: Vec<Scenario>,
-    pub fault: Option<Fault>,
-    /// Pull an image of this many layers (`size` in all) with ctr instead of fetching one blob.
-    pub pull_layers: Option<usize>,
-}
+pub use outcome::{Outcome, table};
+pub use scenario::{Fault, Params, Scenario};
 
 /// What the clients fetch.
 enum Target {
@@ -116,61 +27,6 @@ enum Target {
     Blob(String),
     /// An image with containerd (ctr), through each scenario's registry endpoint.
     Image,
-}
-
-/// One scenario's outcome (the JSON the `lab` command writes has an array of these).
-#[derive(Clone, Debug, Serialize)]
-pub struct Outcome {
-    pub name: String,
-    /// `blob` (one blob with curl / `shoal get`) or `pull` (an image with `ctr images pull`).
-    pub mode: String,
-    pub hosts: usize,
-    pub size_bytes: u64,
-    pub rate_bits_per_s: u64,
-    /// Seconds from the common start to each host having the whole blob (hosts whose client
-    /// was killed by a fault are left out).
-    pub host_seconds: Vec<f64>,
-    pub ideal_seconds: f64,
-    /// Bytes the origin host's interface sent during the scenario.
-    pub origin_tx_bytes: u64,
-    pub fault: Option<String>,
-    /// For `shoal`: bytes the client daemons got, by source.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub daemon_bytes_by_source: BTreeMap<String, u64>,
-    /// For the `corrupt-peer` fault: piece requests the corrupt peer answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub corrupt_peer_requests: Option<u64>,
-    /// For `shoal`: the largest peak RSS of the client daemons.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peak_rss_kib: Option<u64>,
-    /// For `shoal`: the seed's peak RSS (unless a fault killed it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub seed_peak_rss_kib: Option<u64>,
-}
-
-impl Outcome {
-    fn sorted(&self) -> Vec<f64> {
-        let mut v = self.host_seconds.clone();
-        v.sort_by(f64::total_cmp);
-        v
-    }
-    pub fn min(&self) -> f64 {
-        self.sorted().first().copied().unwrap_or(f64::NAN)
-    }
-    pub fn median(&self) -> f64 {
-        let v = self.sorted();
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
-    }
-    pub fn max(&self) -> f64 {
-        self.sorted().last().copied().unwrap_or(f64::NAN)
-    }
-    pub fn origin_ratio(&self) -> f64 {
-        self.origin_tx_bytes as f64 / self.size_bytes as f64
-    }
 }
 
 /// The lab's hosts for the swarm benchmark.
@@ -563,39 +419,4 @@ fn sha256_file(path: &Path) -> anyhow::Result<String> {
         h.update(&buf[..n]);
     }
     Ok(format!("sha256:{}", hex::encode(h.finalize())))
-}
-
-/// The results as the `lab` command prints them.
-pub fn table(outcomes: &[Outcome]) -> String {
-    let mut s = format!(
-        "{:<12} {:>5} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>12}\n",
-        "scenario",
-        "hosts",
-        "size",
-        "rate",
-        "min s",
-        "median s",
-        "max s",
-        "ideal s",
-        "med/ideal",
-        "max/ideal",
-        "origin/size"
-    );
-    for o in outcomes {
-        s += &format!(
-            "{:<12} {:>5} {:>9} {:>9} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>12.3}\n",
-            o.name,
-            o.hosts,
-            format!("{}MiB", o.size_bytes >> 20),
-            format!("{}mbit", o.rate_bits_per_s / 1_000_000),
-            o.min(),
-            o.median(),
-            o.max(),
-            o.ideal_seconds,
-            o.median() / o.ideal_seconds,
-            o.max() / o.ideal_seconds,
-            o.origin_ratio(),
-        );
-    }
-    s
 }

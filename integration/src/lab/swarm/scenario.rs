@@ -1,0 +1,95 @@
+//! What a swarm run compares (scenarios), what it breaks (faults), and its parameters.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Every host GETs the blob from the origin registry.
+    Direct,
+    /// Through distribution's pull-through cache on its own host.
+    Pullthrough,
+    /// Through nginx with `proxy_cache_lock` on its own host.
+    Nginx,
+    /// Scheduler and seed on their own hosts, a daemon on every client host.
+    Shoal,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Direct,
+        Scenario::Pullthrough,
+        Scenario::Nginx,
+        Scenario::Shoal,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Direct => "direct",
+            Scenario::Pullthrough => "pullthrough",
+            Scenario::Nginx => "nginx",
+            Scenario::Shoal => "shoal",
+        }
+    }
+}
+
+impl std::str::FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Scenario::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| format!("unknown scenario {s:?} (direct, pullthrough, nginx, shoal)"))
+    }
+}
+
+/// A fault injected into the `shoal` scenario.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Kill the seed (SIGKILL) once the origin has sent this fraction of the blob.
+    SeedKill(f64),
+    /// Kill one client host's daemon (chosen at random) once the clients hold about a third of
+    /// the blob; the other hosts must complete.
+    ParentKill,
+    /// Stop the origin registry as soon as the first host has the whole blob.
+    OriginGone,
+    /// Drop this percentage of the packets sent to one client host.
+    Loss(f64),
+    /// A peer that claims every piece and serves random bytes joins the swarm before the
+    /// clients start.
+    CorruptPeer,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, arg) = s.split_once(':').unwrap_or((s, ""));
+        let num = |default: f64| -> Result<f64, String> {
+            if arg.is_empty() {
+                return Ok(default);
+            }
+            arg.trim_end_matches('%')
+                .parse()
+                .map_err(|_| format!("bad number in fault {s:?}"))
+        };
+        match name {
+            "seed-kill" => Ok(Fault::SeedKill(num(0.3)?)),
+            "parent-kill" => Ok(Fault::ParentKill),
+            "origin-gone" => Ok(Fault::OriginGone),
+            "loss" => Ok(Fault::Loss(num(1.0)?)),
+            "corrupt-peer" => Ok(Fault::CorruptPeer),
+            _ => Err(format!(
+                "unknown fault {s:?} (seed-kill[:FRACTION], parent-kill, origin-gone, \
+                 loss[:PERCENT], corrupt-peer)"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub hosts: usize,
+    pub size: u64,
+    pub rate_bits_per_s: u64,
+    pub scenarios: Vec<Scenario>,
+    pub fault: Option<Fault>,
+    /// Pull an image of this many layers (`size` in all) with ctr instead of fetching one blob.
+    pub pull_layers: Option<usize>,
+}

@@ -27,7 +27,8 @@ const READ_BLOCK: usize = 256 << 10;
 /// How a background download ended: `None` while it runs.
 type Done = Option<std::result::Result<(), Arc<Error>>>;
 
-/// A task being read; see the [module docs](self).
+/// A task being read, from [`Downloader::read`]: [`Reading::stream`] yields its bytes in order,
+/// each piece as soon as it is verified and stored.
 pub struct Reading {
     pub task: TaskId,
     pub layout: Layout,

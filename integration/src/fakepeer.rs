@@ -41,7 +41,7 @@ impl CorruptPeer {
         task: &TaskId,
         length: u64,
     ) -> CorruptPeer {
-        let layout = Layout::for_length(length);
+        let layout = Layout::for_length(length).expect("a length a task can have");
         let requests = Arc::new(AtomicU64::new(0));
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");

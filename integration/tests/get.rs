@@ -252,3 +252,32 @@ async fn sigkill_mid_download_then_resume_fetches_only_what_was_missing() {
         "resume fetched {second_run} bytes of {size}"
     );
 }
+
+/// Issue 13 (4): an origin (or whoever a client names as one) claiming ~2^58 bytes used to make
+/// the piece count overflow and panic the download. It is the origin's fault, told as such.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_origin_claiming_an_impossible_length_is_refused_with_a_clear_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let answer = "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/288230376151711744\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx";
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let url = format!("http://{addr}/huge");
+    let res = run(get(&dir.path().join("data"), &url, &out)).await;
+    server.abort();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("content length"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!out.exists());
+}

@@ -270,3 +270,157 @@ async fn status_shows_the_scheduler_the_tasks_and_bytes_by_source() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
 }
+
+/// Issue 13 (4): one message used to take the scheduler down. A length of ~2^58 made the piece
+/// count overflow inside the scheduler's lock; the panic poisoned it and every later call failed,
+/// so every daemon went to the origin on its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_announcing_an_impossible_length_changes_nothing_and_the_scheduler_keeps_serving()
+{
+    use shoal_p2p::piece::MAX_CONTENT_LENGTH;
+    use shoal_p2p::proto::scheduler_client::SchedulerClient;
+    use shoal_p2p::proto::{AnnounceRequest, AttachRequest, Host, PieceSet, Task, WatchRequest};
+
+    let size = 8 * MIB;
+    let data = random_bytes(size);
+    let origin = TestOrigin::builder()
+        .file("/blob", data.clone())
+        .start()
+        .await;
+    let cluster = Cluster::builder().daemons(2).start().await;
+    let url = origin.url("/blob");
+    let task = shoal_p2p::TaskId::for_url(&url.parse().unwrap(), &Default::default());
+    let scheduler = format!("http://127.0.0.1:{}", cluster.scheduler_port);
+    let mut client = SchedulerClient::connect(scheduler).await.unwrap();
+    let host = Host {
+        id: "mallory".into(),
+        upload_addr: "127.0.0.1:9".into(),
+        upload_slots: 1,
+        ..Default::default()
+    };
+    let _attached = client
+        .attach(AttachRequest {
+            host: Some(host.clone()),
+        })
+        .await
+        .unwrap();
+    let hostile = [
+        (1u64 << 58, vec![0xff; 4]),
+        (u64::MAX, vec![0xff; 4]),
+        (MAX_CONTENT_LENGTH + 1, Vec::new()),
+        (size as u64, vec![0xff; 1 << 20]),
+    ];
+    for (content_length, bitmap) in hostile {
+        let pieces = PieceSet {
+            length_known: true,
+            content_length,
+            bitmap,
+            digests: Vec::new(),
+        };
+        let watch = client
+            .watch(WatchRequest {
+                host: Some(host.clone()),
+                task: Some(Task {
+                    id: task.to_string(),
+                    ..Default::default()
+                }),
+                have: Some(pieces.clone()),
+            })
+            .await;
+        assert_eq!(
+            watch.err().map(|s| s.code()),
+            Some(tonic::Code::InvalidArgument),
+            "watch with length {content_length}"
+        );
+        let announce = client
+            .announce(AnnounceRequest {
+                host_id: host.id.clone(),
+                task_id: task.to_string(),
+                pieces: Some(pieces),
+                failure: None,
+            })
+            .await;
+        assert_eq!(
+            announce.err().map(|s| s.code()),
+            Some(tonic::Code::InvalidArgument),
+            "announce with length {content_length}"
+        );
+    }
+    // The scheduler still runs the swarm: the blob leaves the origin once.
+    let results = cluster.get_all(&url).await;
+    assert_all_exact(&results, &data, &cluster);
+    let sent = origin.bytes_sent();
+    assert!(
+        sent as f64 <= size as f64 * 1.05,
+        "origin sent {sent} bytes for a {size}-byte blob"
+    );
+}
+
+/// Issue 13 (5): a seed ran whatever URL a seed job named for a task id. Any host could watch a
+/// task first with another URL (an internal address, say): the seed fetched it and served that
+/// content as the task to everyone. A seed now refuses a job whose URL is not its task's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_seed_refuses_a_job_whose_url_is_not_its_tasks() {
+    use shoal_p2p::proto::scheduler_client::SchedulerClient;
+    use shoal_p2p::proto::{AttachRequest, Host, Task, WatchRequest};
+
+    let size = 2 * MIB;
+    let data = random_bytes(size);
+    let origin = TestOrigin::builder()
+        .file("/blob", data.clone())
+        .start()
+        .await;
+    let internal = TestOrigin::builder()
+        .file("/admin", random_bytes(size))
+        .start()
+        .await;
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .stall_timeout("2s")
+        .start()
+        .await;
+    let url = origin.url("/blob");
+    let task = shoal_p2p::TaskId::for_url(&url.parse().unwrap(), &Default::default());
+    let scheduler = format!("http://127.0.0.1:{}", cluster.scheduler_port);
+    let mut client = SchedulerClient::connect(scheduler).await.unwrap();
+    let host = Host {
+        id: "mallory".into(),
+        upload_addr: "127.0.0.1:9".into(),
+        upload_slots: 1,
+        ..Default::default()
+    };
+    let _attached = client
+        .attach(AttachRequest {
+            host: Some(host.clone()),
+        })
+        .await
+        .unwrap();
+    // The first watcher of the task names the internal address as its URL.
+    let _watch = client
+        .watch(WatchRequest {
+            host: Some(host),
+            task: Some(Task {
+                id: task.to_string(),
+                url: internal.url("/admin"),
+                ..Default::default()
+            }),
+            have: None,
+        })
+        .await
+        .unwrap();
+    let seed = cluster.seed.as_ref().unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the seed to refuse the job",
+        || cluster.log(seed).contains("bad seed job"),
+    )
+    .await;
+    assert!(
+        internal.seen().is_empty(),
+        "the seed fetched the internal address"
+    );
+    // The task's real content still reaches the daemon (from the origin, once the swarm stalls).
+    let results = cluster.get_all(&url).await;
+    assert_all_exact(&results, &data, &cluster);
+    assert!(internal.seen().is_empty());
+}

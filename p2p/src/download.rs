@@ -253,7 +253,7 @@ impl Downloader {
     }
 
     /// The task's layout: the length from the swarm when it knows it, else from the origin
-    /// (whose answer is kept, and told to the swarm).
+    /// (whose answer is kept, and told to the swarm). A length no task can have is refused.
     async fn layout(
         &self,
         id: &TaskId,
@@ -262,20 +262,26 @@ impl Downloader {
     ) -> Result<(Layout, Option<Stat>)> {
         let Some(link) = link else {
             let stat = self.origin.stat(&req.origin).await?;
-            return Ok((Layout::for_length(stat.content_length), Some(stat)));
+            return Ok((origin_layout(req, &stat)?, Some(stat)));
         };
         if let Some(len) = link.wait_for_length().await {
-            return Ok((Layout::for_length(len), None));
+            match Layout::for_length(len) {
+                Some(layout) => return Ok((layout, None)),
+                None => {
+                    tracing::warn!(task = %id, len, "the swarm's content length is impossible; asking the origin")
+                }
+            }
         }
         match self.origin.stat(&req.origin).await {
             Ok(stat) => {
+                let layout = origin_layout(req, &stat)?;
                 let set = PieceSet {
                     length_known: true,
                     content_length: stat.content_length,
                     ..Default::default()
                 };
                 link.swarm.announce(id, Some(set), None).await;
-                Ok((Layout::for_length(stat.content_length), Some(stat)))
+                Ok((layout, Some(stat)))
             }
             Err(e) => {
                 if link.view.back_to_source {
@@ -339,4 +345,16 @@ impl Downloader {
             swarm.announce(id, None, Some(failure)).await;
         }
     }
+}
+
+/// The layout of what the origin said it has; an impossible length is the origin's fault.
+fn origin_layout(req: &DownloadRequest, stat: &Stat) -> Result<Layout> {
+    Layout::for_length(stat.content_length).ok_or_else(|| Error::OriginProtocol {
+        url: req.origin.display_url(),
+        detail: format!(
+            "content length {} is over the {} bytes a task may have",
+            stat.content_length,
+            crate::piece::MAX_CONTENT_LENGTH
+        ),
+    })
 }

@@ -58,6 +58,29 @@ pub struct IdOptions {
     pub filtered_query_params: Option<Vec<String>>,
 }
 
+impl From<&IdOptions> for crate::proto::IdOptions {
+    fn from(o: &IdOptions) -> Self {
+        crate::proto::IdOptions {
+            tag: o.tag.clone(),
+            application: o.application.clone(),
+            filtered_query_params_set: o.filtered_query_params.is_some(),
+            filtered_query_params: o.filtered_query_params.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl From<crate::proto::IdOptions> for IdOptions {
+    fn from(o: crate::proto::IdOptions) -> Self {
+        IdOptions {
+            tag: o.tag,
+            application: o.application,
+            filtered_query_params: o
+                .filtered_query_params_set
+                .then_some(o.filtered_query_params),
+        }
+    }
+}
+
 /// A task's identity: `sha256:<hex>` for OCI blobs, 64 hex characters for other URLs.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId(String);

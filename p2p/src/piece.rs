@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 pub const MIN_PIECE_LENGTH: u64 = 1 << 20;
 pub const MAX_PIECE_LENGTH: u64 = 64 << 20;
 pub const TARGET_PIECE_COUNT: u64 = 500;
+/// The largest task: 16 TiB, 262,144 pieces of 64 MiB. A length from the network (a scheduler's
+/// view, a peer's announce, an origin's `Content-Range`) above it is refused, not allocated for.
+pub const MAX_CONTENT_LENGTH: u64 = 1 << 44;
 
 /// The piece length for `content_length` bytes.
 pub fn piece_length(content_length: u64) -> u64 {
@@ -30,17 +33,19 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// The default layout for `content_length` bytes.
-    pub fn for_length(content_length: u64) -> Self {
-        Layout {
+    /// The default layout for `content_length` bytes; `None` above [`MAX_CONTENT_LENGTH`].
+    pub fn for_length(content_length: u64) -> Option<Self> {
+        (content_length <= MAX_CONTENT_LENGTH).then(|| Layout {
             content_length,
             piece_length: piece_length(content_length),
-        }
+        })
     }
 
+    /// How many pieces there are (saturating: a layout not made by [`Layout::for_length`] may
+    /// claim more than a task can have).
     pub fn piece_count(&self) -> u32 {
-        u32::try_from(self.content_length.div_ceil(self.piece_length))
-            .expect("piece length ≥ 1 MiB keeps the count in u32")
+        let count = self.content_length.div_ceil(self.piece_length.max(1));
+        u32::try_from(count).unwrap_or(u32::MAX)
     }
 
     /// The byte range of piece `n`. Panics when `n` is out of range: callers index with
@@ -96,7 +101,20 @@ mod tests {
         assert_eq!(l.piece_count(), 3);
         assert_eq!(l.range(0), 0..4 * MIB);
         assert_eq!(l.range(2), 8 * MIB..10 * MIB + 1);
-        assert_eq!(Layout::for_length(0).piece_count(), 0);
+        assert_eq!(Layout::for_length(0).unwrap().piece_count(), 0);
+        let largest = Layout::for_length(MAX_CONTENT_LENGTH).unwrap();
+        assert_eq!(largest.piece_count(), 1 << 18);
+        assert_eq!(Layout::for_length(MAX_CONTENT_LENGTH + 1), None);
+        assert_eq!(Layout::for_length(1 << 58), None);
+        let forged = Layout {
+            content_length: u64::MAX,
+            piece_length: 0,
+        };
+        assert_eq!(
+            forged.piece_count(),
+            u32::MAX,
+            "no panic, no division by zero"
+        );
         assert_eq!(l.pieces_covering(0..1), 0..1);
         assert_eq!(l.pieces_covering(4 * MIB - 1..4 * MIB + 1), 0..2);
         assert_eq!(l.pieces_covering(5..5), 0..0);
@@ -106,7 +124,7 @@ mod tests {
     proptest! {
         #[test]
         fn pieces_tile_the_content(len in 0u64..(1 << 40)) {
-            let l = Layout::for_length(len);
+            let l = Layout::for_length(len).unwrap();
             prop_assert!(u64::from(l.piece_count()) <= TARGET_PIECE_COUNT.max(len.div_ceil(MAX_PIECE_LENGTH)));
             if l.piece_count() > 0 {
                 prop_assert_eq!(l.range(0).start, 0);
@@ -118,7 +136,7 @@ mod tests {
 
         #[test]
         fn covering_pieces_contain_the_range(len in 1u64..(1 << 34), a in any::<u64>(), b in any::<u64>()) {
-            let l = Layout::for_length(len);
+            let l = Layout::for_length(len).unwrap();
             let (s, e) = (a % len, b % (len + 1));
             prop_assume!(s < e);
             let ps = l.pieces_covering(s..e);

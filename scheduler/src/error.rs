@@ -20,6 +20,12 @@ pub enum Error {
     UploadAddr,
     #[error(transparent)]
     TaskId(#[from] ParseTaskIdError),
+    /// A content length no task can have.
+    #[error("content length {0} is over the largest a task may have")]
+    ContentLength(u64),
+    /// A bitmap or digest list longer than any task's pieces.
+    #[error("the piece set is larger than any task's")]
+    PieceSet,
     /// A host watched a task before attaching.
     #[error("attach the host before watching tasks")]
     NotAttached,
@@ -29,9 +35,12 @@ impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
         let message = e.to_string();
         match e {
-            Error::Missing(_) | Error::HostId | Error::UploadAddr | Error::TaskId(_) => {
-                tonic::Status::invalid_argument(message)
-            }
+            Error::Missing(_)
+            | Error::HostId
+            | Error::UploadAddr
+            | Error::TaskId(_)
+            | Error::ContentLength(_)
+            | Error::PieceSet => tonic::Status::invalid_argument(message),
             Error::NotAttached => tonic::Status::failed_precondition(message),
             Error::ConfigRead { .. } | Error::Config(_) => tonic::Status::internal(message),
         }

@@ -104,7 +104,7 @@ impl Scheduler {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tick.tick().await;
-                let mut s = gc_state.lock().expect("scheduler state lock");
+                let mut s = state::lock(&gc_state);
                 s.gc(ttl);
                 gc_metrics.tasks.set(s.tasks.len() as i64);
             }

@@ -5,9 +5,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::Stream;
+use shoal_p2p::piece::{Layout, MAX_CONTENT_LENGTH, MAX_PIECE_LENGTH};
 use shoal_p2p::proto::scheduler_server::Scheduler as SchedulerRpc;
 use shoal_p2p::proto::{
-    AnnounceRequest, AnnounceResponse, AttachRequest, Fault, Host, Job, ReportRequest,
+    AnnounceRequest, AnnounceResponse, AttachRequest, Fault, Host, Job, PieceSet, ReportRequest,
     ReportResponse, TaskView, WatchRequest,
 };
 use tokio::sync::mpsc;
@@ -15,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::state::State;
+use crate::state::{self, State};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -31,7 +32,7 @@ pub struct Service {
 
 impl Service {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("scheduler state lock")
+        state::lock(&self.state)
     }
 }
 
@@ -41,7 +42,7 @@ fn dispatch(
     metrics: &Metrics,
     jobs: impl IntoIterator<Item = (String, Job)>,
 ) {
-    let state = state.lock().expect("scheduler state lock");
+    let state = state::lock(state);
     for (seed, job) in jobs {
         if let Some(a) = state.hosts.get(&seed) {
             metrics.seed_triggers.inc();
@@ -58,6 +59,19 @@ fn check_host(host: Option<Host>) -> Result<Host, Error> {
         return Err(Error::HostId);
     }
     Ok(host)
+}
+
+/// A piece set from the network: a length no task can have, or a bitmap or digest list longer
+/// than the most pieces a task can have, is refused before it reaches the state.
+fn check_pieces(pieces: &PieceSet) -> Result<(), Error> {
+    let max_pieces = (MAX_CONTENT_LENGTH / MAX_PIECE_LENGTH) as usize;
+    if pieces.length_known && Layout::for_length(pieces.content_length).is_none() {
+        return Err(Error::ContentLength(pieces.content_length));
+    }
+    if pieces.bitmap.len() > max_pieces.div_ceil(8) || pieces.digests.len() > max_pieces {
+        return Err(Error::PieceSet);
+    }
+    Ok(())
 }
 
 fn check_task_id(id: &str) -> Result<(), Error> {
@@ -80,6 +94,7 @@ impl SchedulerRpc for Service {
         let task = req.task.ok_or(Error::Missing("task"))?;
         check_task_id(&task.id)?;
         let have = req.have.unwrap_or_default();
+        check_pieces(&have)?;
         let task_id = task.id.clone();
         let mut changed = {
             let mut state = self.lock();
@@ -103,7 +118,7 @@ impl SchedulerRpc for Service {
         tokio::spawn(async move {
             loop {
                 let (view, assigned) = {
-                    let mut s = state.lock().expect("scheduler state lock");
+                    let mut s = state::lock(&state);
                     let assigned = s.plan(&task_id, Some(&host.id));
                     (s.view(&task_id, &host), assigned)
                 };
@@ -127,10 +142,7 @@ impl SchedulerRpc for Service {
                 // Coalesce bursts of announcements into one view.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            state
-                .lock()
-                .expect("scheduler state lock")
-                .unwatch(&task_id, &host.id);
+            state::lock(&state).unwatch(&task_id, &host.id);
         });
         let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
         Ok(Response::new(Box::pin(stream)))
@@ -142,6 +154,9 @@ impl SchedulerRpc for Service {
     ) -> Result<Response<AnnounceResponse>, Status> {
         let req = request.into_inner();
         check_task_id(&req.task_id)?;
+        if let Some(pieces) = &req.pieces {
+            check_pieces(pieces)?;
+        }
         let mut state = self.lock();
         if let Some(failure) = req.failure {
             // Only the host sent to the origin speaks for it.
@@ -219,10 +234,7 @@ impl SchedulerRpc for Service {
                 }
             }
             drop(tx);
-            let jobs = state
-                .lock()
-                .expect("scheduler state lock")
-                .detach(&id, generation);
+            let jobs = state::lock(&state).detach(&id, generation);
             metrics.hosts.dec();
             tracing::info!(host = id, "host detached");
             dispatch(&state, &metrics, jobs);

@@ -5,6 +5,7 @@
 //! re-announce what they hold.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use shoal_p2p::Bitmap;
@@ -86,7 +87,7 @@ impl TaskEntry {
     }
 
     pub fn layout(&self) -> Option<Layout> {
-        self.length.map(Layout::for_length)
+        self.length.and_then(Layout::for_length)
     }
 
     fn piece_count(&self) -> u32 {
@@ -99,8 +100,9 @@ impl TaskEntry {
         self.changed.send_modify(|v| *v += 1);
     }
 
+    /// Takes the first possible length announced (the service refuses impossible ones).
     fn set_length(&mut self, length: u64) {
-        if self.length.is_none() {
+        if self.length.is_none() && Layout::for_length(length).is_some() {
             self.length = Some(length);
             let n = self.piece_count() as usize;
             self.digests = vec![None; n];
@@ -129,6 +131,15 @@ impl TaskEntry {
         }
         all.is_full()
     }
+}
+
+/// Locks the state. A panic while it was held (there should be none: network input is checked
+/// before it reaches the state) must not take every later call down with it, so a poisoned lock
+/// is taken over rather than propagated.
+pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The pieces seeds offer one host, and whether that changes with time alone.

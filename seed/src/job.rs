@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use shoal_p2p::proto::{Job, Task};
-use shoal_p2p::{DownloadRequest, Downloader, Error, JobHandler, OriginRequest, Progress, Result};
+use shoal_p2p::{
+    DownloadRequest, Downloader, Error, IdOptions, JobHandler, OriginRequest, Progress, Result,
+    TaskId,
+};
 
 /// The seed role: runs every seed job as a download from the origin.
 #[derive(Clone, Copy, Debug, Default)]
@@ -27,12 +30,21 @@ impl JobHandler for Seed {
 }
 
 /// The download a seed job asks for: the task's URL with the requester's headers (marked
-/// sensitive: they may hold credentials), its id, and its digest when it has one.
+/// sensitive: they may hold credentials), its id, and its digest when it has one. The URL must
+/// be the task's: it hashes to the task id with the job's id options (a blob URL names the
+/// blob's digest). Anything else is refused before any request is made: a job could otherwise
+/// send the seed to any address (with whatever headers) and fill a task with other content.
 fn request(task: &Task) -> Result<DownloadRequest> {
     let url: url::Url = task
         .url
         .parse()
         .map_err(|e| Error::InvalidRequest(format!("seed job URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::InvalidRequest(format!(
+            "seed job URL scheme {} is not http(s)",
+            url.scheme()
+        )));
+    }
     let mut headers = http::HeaderMap::new();
     for h in &task.headers {
         let name = http::HeaderName::from_bytes(h.name.as_bytes());
@@ -42,13 +54,20 @@ fn request(task: &Task) -> Result<DownloadRequest> {
         }
     }
     shoal_p2p::origin::mark_sensitive(&mut headers);
-    let task_id = task
+    let task_id: TaskId = task
         .id
         .parse()
         .map_err(|e: shoal_p2p::id::ParseTaskIdError| Error::InvalidRequest(e.to_string()))?;
+    let id_options: IdOptions = task.id_options.clone().unwrap_or_default().into();
+    if TaskId::for_url(&url, &id_options) != task_id {
+        return Err(Error::InvalidRequest(format!(
+            "seed job URL {} is not the URL of task {task_id}",
+            shoal_p2p::origin::display_url(&url)
+        )));
+    }
     Ok(DownloadRequest {
         origin: OriginRequest { url, headers },
-        id_options: Default::default(),
+        id_options,
         digest: task.digest.parse().ok(),
         task_id: Some(task_id),
     })
@@ -71,6 +90,7 @@ mod tests {
                 value: b"Bearer secret".to_vec(),
             }],
             digest: digest.clone(),
+            id_options: None,
         };
         let req = request(&task).unwrap();
         assert_eq!(req.task_id().as_str(), digest);
@@ -80,8 +100,50 @@ mod tests {
         assert!(!format!("{req:?}").contains("secret"));
         let bad = Task {
             url: "not a url".into(),
-            ..task
+            ..task.clone()
         };
         assert!(request(&bad).is_err());
+    }
+
+    #[test]
+    fn a_job_whose_url_is_not_its_tasks_is_refused() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let other = format!("sha256:{}", "cd".repeat(32));
+        let blob = |url: String| Task {
+            id: digest.clone(),
+            url,
+            ..Default::default()
+        };
+        // Another blob, a plain URL, an internal address, another scheme: all refused.
+        for url in [
+            format!("http://registry:5000/v2/a/blobs/{other}"),
+            "http://169.254.169.254/latest/meta-data/".into(),
+            format!("file:///v2/a/blobs/{digest}"),
+        ] {
+            let err = request(&blob(url.clone())).unwrap_err().to_string();
+            assert!(err.contains("seed job URL"), "{url}: {err}");
+        }
+        // A URL task: the id is the URL's hash with the job's options, tag included.
+        let url: url::Url = "http://files/big.iso?Signature=x".parse().unwrap();
+        let options = IdOptions {
+            tag: Some("v2".into()),
+            ..Default::default()
+        };
+        let id = TaskId::for_url(&url, &options);
+        let job = |url: &str, tag: Option<&str>| Task {
+            id: id.to_string(),
+            url: url.into(),
+            id_options: Some(shoal_p2p::proto::IdOptions {
+                tag: tag.map(str::to_owned),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(request(&job(url.as_str(), Some("v2"))).is_ok());
+        assert!(
+            request(&job(url.as_str(), None)).is_err(),
+            "the tag is part of the id"
+        );
+        assert!(request(&job("http://internal/admin", Some("v2"))).is_err());
     }
 }

@@ -60,5 +60,6 @@ pub(crate) fn task_message(id: &TaskId, req: &DownloadRequest) -> Task {
             })
             .collect(),
         digest: req.digest.map(|d| d.to_string()).unwrap_or_default(),
+        id_options: Some((&req.id_options).into()),
     }
 }

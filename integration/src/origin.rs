@@ -29,6 +29,7 @@ pub struct OriginBuilder {
     ranges: bool,
     rate: Option<u64>,
     ip: IpAddr,
+    signature: Option<String>,
 }
 
 impl OriginBuilder {
@@ -53,6 +54,13 @@ impl OriginBuilder {
     /// Send at most `bytes_per_sec` in total over all connections.
     pub fn rate(mut self, bytes_per_sec: u64) -> Self {
         self.rate = Some(bytes_per_sec);
+        self
+    }
+
+    /// Serve only `GET`s whose query holds `param` (`Signature=…`), as an object store serves a
+    /// presigned URL: anything else is `403`.
+    pub fn signed(mut self, param: &str) -> Self {
+        self.signature = Some(param.to_owned());
         self
     }
 
@@ -120,6 +128,7 @@ impl TestOrigin {
             ranges: true,
             rate: None,
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            signature: None,
         }
     }
 
@@ -151,6 +160,18 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         path: path.clone(),
         headers: req.headers().clone(),
     });
+    if let Some(param) = &state.config.signature {
+        let signed = req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv == param));
+        if !signed || req.method() != Method::GET {
+            return Ok(Response::builder()
+                .status(StatusCode::FORBIDDEN)
+                .body(full(Bytes::from_static(b"signature does not match")))
+                .expect("valid response"));
+        }
+    }
     if let Some(location) = state.config.redirects.get(&path) {
         return Ok(Response::builder()
             .status(StatusCode::FOUND)

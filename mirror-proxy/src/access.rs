@@ -16,6 +16,17 @@ pub(crate) struct Access {
     allowed: Mutex<HashMap<[u8; 32], Instant>>,
 }
 
+/// How the upstream is asked whether a client may read a resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// `HEAD`, as registries answer for blobs; a redirect (to storage the registry signed for
+    /// this client) counts as yes.
+    Head,
+    /// `GET` of the first byte, exactly as the client asked (its query, its headers): a
+    /// presigned URL is signed for `GET` only. Only a 2xx answer counts as yes.
+    FirstByte,
+}
+
 /// Entries kept at most; expired ones are dropped when this many are reached.
 const MAX_ACCESS_ENTRIES: usize = 100_000;
 
@@ -27,26 +38,33 @@ impl Access {
         }
     }
 
-    /// Whether the client sending `headers` may read `url`: the upstream answers a HEAD with
-    /// the client's credentials with 2xx, or redirects it (to storage it signed for them).
+    /// Whether the client sending `headers` may read `url`, as the upstream answers `probe`
+    /// sent with the client's own credentials.
     pub async fn check(
         &self,
         client: &reqwest::Client,
         url: &Url,
         headers: &HeaderMap,
+        probe: Probe,
     ) -> Result<bool, reqwest::Error> {
-        let key = access_key(url, headers);
+        let key = access_key(url, headers, probe);
         let now = Instant::now();
         if self.lock().get(&key).is_some_and(|&until| until > now) {
             return Ok(true);
         }
-        let resp = client
-            .head(url.clone())
-            .headers(headers.clone())
-            .send()
-            .await?;
-        let status = resp.status();
-        let ok = status.is_success() || status.is_redirection();
+        let request = match probe {
+            Probe::Head => client.head(url.clone()).headers(headers.clone()),
+            Probe::FirstByte => client
+                .get(url.clone())
+                .headers(headers.clone())
+                .header(header::RANGE, "bytes=0-0"),
+        };
+        // The answer's body (one byte, or an error page) is dropped unread.
+        let status = request.send().await?.status();
+        let ok = match probe {
+            Probe::Head => status.is_success() || status.is_redirection(),
+            Probe::FirstByte => status.is_success(),
+        };
         if ok && !self.ttl.is_zero() {
             let mut allowed = self.lock();
             if allowed.len() >= MAX_ACCESS_ENTRIES {
@@ -65,8 +83,9 @@ impl Access {
     }
 }
 
-fn access_key(url: &Url, headers: &HeaderMap) -> [u8; 32] {
+fn access_key(url: &Url, headers: &HeaderMap, probe: Probe) -> [u8; 32] {
     let mut h = sha2::Sha256::new();
+    h.update([probe as u8]);
     h.update(url.as_str().as_bytes());
     for name in [header::AUTHORIZATION, header::COOKIE] {
         h.update([0u8]);
@@ -90,9 +109,25 @@ mod tests {
         a.insert(header::AUTHORIZATION, "Bearer a".parse().unwrap());
         let mut b = HeaderMap::new();
         b.insert(header::AUTHORIZATION, "Bearer b".parse().unwrap());
-        assert_ne!(access_key(&u1, &a), access_key(&u1, &b));
-        assert_ne!(access_key(&u1, &a), access_key(&u2, &a));
-        assert_ne!(access_key(&u1, &a), access_key(&u1, &HeaderMap::new()));
-        assert_eq!(access_key(&u1, &a), access_key(&u1, &a.clone()));
+        assert_ne!(
+            access_key(&u1, &a, Probe::Head),
+            access_key(&u1, &b, Probe::Head)
+        );
+        assert_ne!(
+            access_key(&u1, &a, Probe::Head),
+            access_key(&u2, &a, Probe::Head)
+        );
+        assert_ne!(
+            access_key(&u1, &a, Probe::Head),
+            access_key(&u1, &HeaderMap::new(), Probe::Head)
+        );
+        assert_eq!(
+            access_key(&u1, &a, Probe::Head),
+            access_key(&u1, &a.clone(), Probe::Head)
+        );
+        assert_ne!(
+            access_key(&u1, &a, Probe::Head),
+            access_key(&u1, &a, Probe::FirstByte)
+        );
     }
 }

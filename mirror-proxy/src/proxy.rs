@@ -22,7 +22,7 @@ use shoal_p2p::origin::OriginRequest;
 use shoal_p2p::{Digest, DownloadRequest, Downloader, IdOptions, TaskId};
 use url::Url;
 
-use crate::access::Access;
+use crate::access::{Access, Probe};
 use crate::ca::Ca;
 use crate::config::{Compiled, ProxyConfig};
 use crate::error::{Body, BoxError, Error};
@@ -118,7 +118,11 @@ pub(crate) fn head_size<B>(req: &Request<B>) -> usize {
 /// A registry blob through the swarm, once the client proved it may read it.
 async fn blob(ctx: &Ctx, url: Url, digest: &Digest, name: &str, parts: &Parts) -> Response<Body> {
     let headers = origin_headers(&parts.headers);
-    match ctx.access.check(&ctx.client, &url, &headers).await {
+    match ctx
+        .access
+        .check(&ctx.client, &url, &headers, Probe::Head)
+        .await
+    {
         Ok(true) => {}
         Ok(false) => {
             tracing::debug!(repository = name, %digest, "client may not read the blob; the registry answers");
@@ -142,16 +146,20 @@ async fn blob(ctx: &Ctx, url: Url, digest: &Digest, name: &str, parts: &Parts) -
     serve_task(ctx, req, parts, extra).await
 }
 
-/// A rule-matched URL through the swarm. When the client sent credentials, it must be able to
-/// read the URL itself first.
+/// A rule-matched URL through the swarm, to a client the origin serves this URL itself: its
+/// first byte, asked for exactly as the client asked (signature, credentials). A task's id leaves
+/// out signatures and other volatile parameters, so without this check anyone who knew a
+/// presigned URL could read it from the swarm without its signature.
 async fn url_task(ctx: &Ctx, url: Url, id_options: IdOptions, parts: &Parts) -> Response<Body> {
     let headers = origin_headers(&parts.headers);
-    if headers.contains_key(header::AUTHORIZATION) || headers.contains_key(header::COOKIE) {
-        match ctx.access.check(&ctx.client, &url, &headers).await {
-            Ok(true) => {}
-            Ok(false) => return passthrough(ctx, url, parts.clone(), None).await,
-            Err(e) => return Error::unreachable(&url, e).into_response(),
-        }
+    match ctx
+        .access
+        .check(&ctx.client, &url, &headers, Probe::FirstByte)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => return passthrough(ctx, url, parts.clone(), None).await,
+        Err(e) => return Error::unreachable(&url, e).into_response(),
     }
     let req = DownloadRequest {
         origin: OriginRequest { url, headers },

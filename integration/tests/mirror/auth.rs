@@ -225,3 +225,42 @@ async fn blobs_the_registry_redirects_to_storage_are_fetched_without_the_credent
         );
     }
 }
+
+/// Issue 13 (6): URL tasks had no access check, and their ids leave signature parameters out, so
+/// a presigned object fetched once through the proxy was served to anyone who knew its URL
+/// without the signature. The origin now answers the client's own request first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_presigned_url_replayed_without_its_signature_gets_no_bytes() {
+    let data = shoal_integration::random_bytes(3 * MIB);
+    let origin = TestOrigin::builder()
+        .file("/bucket/obj", data.clone())
+        .signed("Signature=good")
+        .start()
+        .await;
+    let cluster = Cluster::builder().daemons(1).start().await;
+    shoal_p2p::install_crypto_provider();
+    let proxy = reqwest::Proxy::http(cluster.daemons[0].mirror_url()).unwrap();
+    let http = reqwest::Client::builder().proxy(proxy).build().unwrap();
+    let get = |query: &str| {
+        http.get(origin.url(&format!("/bucket/obj{query}")))
+            .header("x-dragonfly-use-p2p", "true")
+            .send()
+    };
+    // The signed URL, through the swarm.
+    let resp = get("?Expires=9&Signature=good").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().contains_key("x-dragonfly-task-id"));
+    assert_eq!(resp.bytes().await.unwrap(), data);
+    // The same object (the same task) without its signature, or with a forged one.
+    for query in ["", "?Expires=9", "?Expires=9&Signature=forged"] {
+        let resp = get(query).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{query:?}");
+        assert!(!resp.headers().contains_key("x-dragonfly-task-id"));
+        let body = resp.bytes().await.unwrap();
+        assert!(body.len() < 1000, "{query:?}: {} bytes", body.len());
+    }
+    // The signed URL still comes from the swarm.
+    let resp = get("?Expires=9&Signature=good").await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap(), data);
+}

@@ -424,3 +424,54 @@ async fn a_seed_refuses_a_job_whose_url_is_not_its_tasks() {
     assert_all_exact(&results, &data, &cluster);
     assert!(internal.seen().is_empty());
 }
+
+/// Issue 14 (1, 4): the seed's origin failure (here the first requester's expired signature) was
+/// the task's: every waiting host failed with it, even one whose own request was good. Now the
+/// failure reaches the waiting hosts at once and each fetches with its own credentials.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetchers_origin_failure_is_its_own_and_the_others_fetch_with_theirs() {
+    use shoal_integration::process::run;
+
+    let size = 3 * MIB;
+    let data = random_bytes(size);
+    let origin = TestOrigin::builder()
+        .file("/obj", data.clone())
+        .signed("Signature=good")
+        .start()
+        .await;
+    // A stall timeout longer than the test: only the failure can send a host to the origin.
+    let cluster = Cluster::builder()
+        .daemons(2)
+        .stall_timeout("120s")
+        .start()
+        .await;
+    let (expired, good) = (
+        origin.url("/obj?Signature=expired"),
+        origin.url("/obj?Signature=good"),
+    );
+    let out = |i: usize| cluster.dir().join(format!("out-{i}"));
+    let seed = cluster.seed.as_ref().unwrap();
+    let first = run(cluster.get(0, &expired, &out(0)));
+    let second = async {
+        wait_until(Duration::from_secs(30), "the seed job to fail", || {
+            cluster.log(seed).contains("seed job failed")
+        })
+        .await;
+        run(cluster.get(1, &good, &out(1))).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    // The expired request fails with the origin's own answer to it.
+    assert_eq!(
+        first.status.code(),
+        Some(8),
+        "{}",
+        cluster.log(&cluster.daemons[0])
+    );
+    assert!(
+        second.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&second.stderr),
+        cluster.log(&cluster.daemons[1])
+    );
+    assert!(std::fs::read(out(1)).unwrap() == data);
+}

@@ -335,15 +335,18 @@ impl Downloader {
         }
     }
 
-    /// Tells the swarm the origin refused, so the others fail at once the same way.
+    /// Tells the swarm this host, its fetcher, could not fetch from the origin (an HTTP error,
+    /// or no answer at all), so the hosts waiting for it go to the origin themselves at once.
     async fn announce_failure(&self, id: &TaskId, e: &Error) {
-        if let (Some(swarm), Some(status)) = (&self.swarm, e.origin_status()) {
-            let failure = crate::proto::Failure {
-                http_status: u32::from(status),
-                message: e.to_string(),
-            };
-            swarm.announce(id, None, Some(failure)).await;
+        let Some(swarm) = &self.swarm else { return };
+        if e.fault() != crate::error::Fault::Origin {
+            return;
         }
+        let failure = crate::proto::Failure {
+            http_status: e.origin_status().map_or(0, u32::from),
+            message: e.to_string(),
+        };
+        swarm.announce(id, None, Some(failure)).await;
     }
 }
 

@@ -165,7 +165,7 @@ impl SchedulerRpc for Service {
                 .get(&req.task_id)
                 .and_then(|t| t.fetcher.clone());
             if fetcher.as_deref() == Some(req.host_id.as_str()) {
-                state.fail(&req.task_id, failure);
+                state.fail(&req.task_id, &req.host_id, failure);
             }
         }
         if let Some(pieces) = req.pieces

@@ -20,6 +20,9 @@ pub const MAX_STRIKES: u32 = 2;
 /// How long a piece only seeds hold is offered to its one chosen host before every host is
 /// offered it.
 pub const SEED_EXCLUSIVE: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long a fetcher's origin failure sends the task's watchers to the origin themselves; after
+/// it, the task is planned again (another seed, or a watcher, fetches for the swarm).
+pub const FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An attached host: its description and the channel its jobs go to.
 pub struct Attached {
@@ -40,7 +43,10 @@ pub struct TaskEntry {
     pub holders: HashMap<String, Holder>,
     /// The host told to fetch from the origin, if any.
     pub fetcher: Option<String>,
-    pub failure: Option<Failure>,
+    /// The last fetcher's origin failure, and when it came (it counts for [`FAILURE_TTL`]).
+    failure: Option<(Failure, Instant)>,
+    /// Hosts whose origin fetch failed for this task: not sent to the origin for it again.
+    failed_fetchers: HashSet<String>,
     pub changed: watch::Sender<u64>,
     pub last_active: Instant,
 }
@@ -81,6 +87,7 @@ impl TaskEntry {
             holders: HashMap::new(),
             fetcher: None,
             failure: None,
+            failed_fetchers: HashSet::new(),
             changed: watch::channel(0).0,
             last_active: Instant::now(),
         }
@@ -92,6 +99,14 @@ impl TaskEntry {
 
     fn piece_count(&self) -> u32 {
         self.layout().map_or(0, |l| l.piece_count())
+    }
+
+    /// The fetcher's origin failure, while it is recent.
+    fn recent_failure(&self) -> Option<&Failure> {
+        self.failure
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < FAILURE_TTL)
+            .map(|(f, _)| f)
     }
 
     /// Wakes every watcher of the task.
@@ -326,8 +341,12 @@ impl State {
                 entry.digest_from_seed[i] = from_seed;
             }
         }
-        let holder = entry.holders.entry(host_id.to_owned()).or_default();
         let announced = Bitmap::from_bytes(&pieces.bitmap, n);
+        if announced.count() > 0 {
+            // Someone has pieces again: the swarm works for this task.
+            entry.failure = None;
+        }
+        let holder = entry.holders.entry(host_id.to_owned()).or_default();
         holder.bitmap = Bitmap::from_bytes(holder.bitmap.as_bytes(), n);
         holder.bitmap.union(&announced);
         let now = Instant::now();
@@ -338,10 +357,17 @@ impl State {
         true
     }
 
-    /// The origin refused the task: everyone fails the same way.
-    pub fn fail(&mut self, task_id: &str, failure: Failure) {
+    /// The fetcher's origin request failed. That is its own failure (its credentials, that
+    /// moment, its route to the origin), not the task's: the watchers learn it at once and fetch
+    /// from the origin themselves, with their own credentials, and the host is not sent to the
+    /// origin for this task again.
+    pub fn fail(&mut self, task_id: &str, host_id: &str, failure: Failure) {
         if let Some(entry) = self.tasks.get_mut(task_id) {
-            entry.failure = Some(failure);
+            entry.failure = Some((failure, Instant::now()));
+            entry.failed_fetchers.insert(host_id.to_owned());
+            if entry.fetcher.as_deref() == Some(host_id) {
+                entry.fetcher = None;
+            }
             entry.notify();
         }
     }
@@ -368,7 +394,11 @@ impl State {
         };
         // Without a URL (only hosts that claim to hold the task watched it so far) nobody can
         // be sent to the origin yet; the first request with one plans again.
-        if entry.failure.is_some() || entry.task.url.is_empty() || entry.covered(&self.hosts) {
+        // While a fetcher's failure is recent, the watchers fetch from the origin themselves.
+        if entry.recent_failure().is_some()
+            || entry.task.url.is_empty()
+            || entry.covered(&self.hosts)
+        {
             return Assigned::default();
         }
         if let Some(f) = &entry.fetcher
@@ -380,7 +410,7 @@ impl State {
         let seed = self
             .hosts
             .values()
-            .filter(|a| a.host.seed)
+            .filter(|a| a.host.seed && !entry.failed_fetchers.contains(&a.host.id))
             .filter(|a| {
                 entry
                     .holders
@@ -401,6 +431,7 @@ impl State {
         }
         if let Some(peer) = asking
             && self.hosts.contains_key(peer)
+            && !entry.failed_fetchers.contains(peer)
         {
             entry.fetcher = Some(peer.to_owned());
             entry.notify();
@@ -475,7 +506,7 @@ impl State {
                 .collect(),
             parents: parents.into_iter().map(|(_, p)| p).collect(),
             back_to_source: entry.fetcher.as_deref() == Some(host.id.as_str()),
-            failure: entry.failure.clone(),
+            failure: entry.recent_failure().cloned(),
         };
         Some((view, offer.expiring))
     }

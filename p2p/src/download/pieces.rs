@@ -86,7 +86,9 @@ impl<'a> Run<'a> {
         stat: Option<Stat>,
         prefix: Option<watch::Sender<u64>>,
     ) -> Self {
-        let to_origin = link.as_ref().is_none_or(|l| l.view.back_to_source);
+        let to_origin = link
+            .as_ref()
+            .is_none_or(|l| l.view.back_to_source || l.view.failure.is_some());
         Run {
             job,
             link,
@@ -125,12 +127,6 @@ impl<'a> Run<'a> {
         let mut reconnect_at: Option<Instant> = None;
         self.advance_prefix();
         loop {
-            if let Some(f) = self.link.as_ref().and_then(|l| l.view.failure.clone()) {
-                return Err(Error::OriginStatus {
-                    url: self.job.req.origin.display_url(),
-                    status: u16::try_from(f.http_status).unwrap_or(502),
-                });
-            }
             if self.stored.iter().all(Option::is_some) {
                 self.announce().await;
                 return Ok(self
@@ -417,6 +413,13 @@ impl<'a> Run<'a> {
         }
         if view.back_to_source && !self.to_origin {
             tracing::info!(task = %self.job.id, "the scheduler sends this host to the origin");
+            self.to_origin = true;
+        }
+        if let Some(f) = &view.failure
+            && !self.to_origin
+        {
+            // Another host's failure, with its credentials: this request may well succeed.
+            tracing::info!(task = %self.job.id, failure = f.message, "the fetcher's origin request failed; fetching from the origin with this request's own credentials");
             self.to_origin = true;
         }
         link.view = view;

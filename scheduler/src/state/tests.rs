@@ -148,3 +148,33 @@ fn the_peer_sent_to_the_origin_offers_its_new_pieces_like_a_seed() {
         assert_eq!(takers, 1, "piece {p} offered to {takers} hosts");
     }
 }
+
+#[test]
+fn a_fetchers_failure_sends_the_watchers_to_the_origin_and_is_its_own() {
+    let (mut state, hosts) = swarm(2, 4);
+    let planned = state.plan("t", Some("h0"));
+    assert_eq!(planned.seed_job.map(|(s, _)| s).as_deref(), Some("seed"));
+    let failure = Failure {
+        http_status: 401,
+        message: "expired token".into(),
+    };
+    state.fail("t", "seed", failure.clone());
+    // The watchers learn at once, and the failed seed is not sent to the origin again.
+    let (view, _) = state.view("t", &hosts[1]).unwrap();
+    assert_eq!(view.failure, Some(failure));
+    assert!(state.plan("t", Some("h0")).seed_job.is_none());
+    // Once the failure is old, the task is planned again: not the seed that failed, but the
+    // asking watcher, with its own credentials.
+    if let Some(entry) = state.tasks.get_mut("t")
+        && let Some((_, at)) = entry.failure.as_mut()
+    {
+        *at -= FAILURE_TTL;
+    }
+    assert_eq!(state.view("t", &hosts[1]).unwrap().0.failure, None);
+    let planned = state.plan("t", Some("h0"));
+    assert!(planned.seed_job.is_none() && planned.back_to_source_peer);
+    // Pieces announced clear a failure at once.
+    state.fail("t", "h0", Failure::default());
+    state.merge("t", "h1", &have(4, &[0]));
+    assert_eq!(state.view("t", &hosts[2]).unwrap().0.failure, None);
+}

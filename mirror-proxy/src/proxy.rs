@@ -283,39 +283,39 @@ async fn serve_task(
         .expect("valid response")
 }
 
-/// `Range: bytes=…` against a content of `len` bytes: `None` for the whole content. One range
-/// only (`a-b`, `a-`, `-n`); anything else is refused with the reason.
+/// `Range: bytes=…` against a content of `len` bytes, as RFC 9110 §14 has it: one range (`a-b`,
+/// `a-`, `-n`) is served; a range unit other than bytes, several ranges, or a malformed
+/// specifier are ignored (`None`: the whole content, 200); a range that starts past the end (or
+/// a zero-length suffix) is unsatisfiable: the reason, for a 416.
 pub(crate) fn parse_range(
     value: Option<&HeaderValue>,
     len: u64,
 ) -> Result<Option<Range<u64>>, String> {
-    let Some(value) = value else {
+    let Some(text) = value.and_then(|v| v.to_str().ok()) else {
         return Ok(None);
     };
-    let text = value
-        .to_str()
-        .map_err(|_| "Range is not text".to_string())?;
-    let bad = || format!("unsupported Range {text:?}: one bytes=first-last range only");
-    let spec = text.trim().strip_prefix("bytes=").ok_or_else(bad)?;
-    if spec.contains(',') {
-        return Err(bad());
-    }
-    let (a, b) = spec.trim().split_once('-').ok_or_else(bad)?;
-    let num = |s: &str| s.trim().parse::<u64>().map_err(|_| bad());
-    let range = match (a.trim().is_empty(), b.trim().is_empty()) {
-        (true, true) => return Err(bad()),
-        (true, false) => {
-            let n = num(b)?;
-            len.saturating_sub(n)..len
-        }
-        (false, true) => num(a)?..len,
-        (false, false) => {
-            let (a, b) = (num(a)?, num(b)?);
-            if b < a {
-                return Err(bad());
-            }
-            a..len.min(b.saturating_add(1))
-        }
+    let Some(spec) = text.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    let Some((a, b)) = spec.trim().split_once('-').filter(|_| !spec.contains(',')) else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let num = |s: &str| s.parse::<u64>().ok();
+    let range = match (a.is_empty(), b.is_empty()) {
+        (true, false) => match num(b) {
+            Some(n) => len.saturating_sub(n)..len,
+            None => return Ok(None),
+        },
+        (false, true) => match num(a) {
+            Some(a) => a..len,
+            None => return Ok(None),
+        },
+        (false, false) => match (num(a), num(b)) {
+            (Some(a), Some(b)) if a <= b => a..len.min(b.saturating_add(1)),
+            _ => return Ok(None),
+        },
+        (true, true) => return Ok(None),
     };
     if range.start >= range.end {
         return Err(format!(
@@ -448,19 +448,23 @@ mod tests {
         assert_eq!(range("bytes=7-", 10), Ok(Some(7..10)));
         assert_eq!(range("bytes=-3", 10), Ok(Some(7..10)));
         assert_eq!(range("bytes=-30", 10), Ok(Some(0..10)));
-        for bad in [
-            "bytes=10-",
+        // Unsatisfiable: 416.
+        for bad in ["bytes=10-", "bytes=99-100", "bytes=-0"] {
+            assert!(range(bad, 10).is_err(), "{bad}");
+        }
+        assert!(range("bytes=0-", 0).is_err());
+        // Another unit, several ranges, or a malformed specifier: ignored, the whole content.
+        for ignored in [
             "bytes=5-2",
-            "bytes=-0",
             "bytes=-",
             "bytes=a-b",
             "bytes=0-1,3-4",
             "items=0-1",
             "bytes=18446744073709551616-",
+            "",
         ] {
-            assert!(range(bad, 10).is_err(), "{bad}");
+            assert_eq!(range(ignored, 10), Ok(None), "{ignored}");
         }
-        assert!(range("bytes=0-", 0).is_err());
     }
 
     #[test]

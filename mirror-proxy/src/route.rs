@@ -66,6 +66,16 @@ pub(crate) fn classify(path: &str) -> Result<V2, BadPath> {
             Kind::Blob => blob(name, tail),
             Kind::Manifest if TAG.is_match(tail) => Ok(V2::Pass),
             Kind::Manifest if tail.contains(':') => checked_digest(tail).map(|()| V2::Pass),
+            // Neither a tag nor a digest: the registry answers it (404, usually); a mirror is
+            // not stricter than the registry behind it. One plain path segment only.
+            Kind::Manifest
+                if !tail.is_empty()
+                    && !tail.contains(['/', '%'])
+                    && tail != "."
+                    && tail != ".." =>
+            {
+                Ok(V2::Pass)
+            }
             Kind::Manifest => Err(BadPath(
                 "MANIFEST_INVALID",
                 format!("{tail:?} is neither a tag nor a digest"),
@@ -222,6 +232,9 @@ mod tests {
             "/v2/team/app/blobs/uploads/",
             "/v2/team/app/blobs/uploads/123-456",
             "/v2/team/app/blobs/blake3:abcdef",
+            // The spec's conformance suite: the registry answers this one (404).
+            "/v2/team/app/manifests/.INVALID_MANIFEST_NAME",
+            "/v2/team/app/manifests/-bad",
         ] {
             assert_eq!(classify(p), Ok(V2::Pass), "{p}");
         }
@@ -239,8 +252,8 @@ mod tests {
             ),
             ("/v2/team/app/blobs/sha512:abcdef", "DIGEST_INVALID"),
             ("/v2/team/app/referrers/sha256:ABC", "DIGEST_INVALID"),
-            ("/v2/team/app/manifests/-bad", "MANIFEST_INVALID"),
             ("/v2/team/app/manifests/..%2f", "MANIFEST_INVALID"),
+            ("/v2/team/app/manifests/..", "MANIFEST_INVALID"),
             ("/v2/team/app/whatever", "UNSUPPORTED"),
             ("/v2/../etc/blobs/sha256:ab", "NAME_INVALID"),
         ] {

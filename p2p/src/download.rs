@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use job::Job;
-use link::{SwarmLink, task_message};
+use link::{Courier, SwarmLink, task_message};
 use pieces::Run;
 pub use reader::Reading;
 pub use request::{DownloadRequest, Downloaded, Progress};
@@ -179,7 +179,7 @@ impl Downloader {
         }
 
         let mut link = match &self.swarm {
-            Some(swarm) => self.link(swarm, id, req).await,
+            Some(swarm) => self.link(swarm.clone(), id, req).await,
             None => None,
         };
         let (layout, stat) = self.layout(id, req, link.as_mut()).await?;
@@ -280,7 +280,7 @@ impl Downloader {
                     content_length: stat.content_length,
                     ..Default::default()
                 };
-                link.swarm.announce(id, Some(set), None).await;
+                link.courier.announce(set);
                 Ok((layout, Some(stat)))
             }
             Err(e) => {
@@ -293,12 +293,12 @@ impl Downloader {
     }
 
     /// Watches the task in the swarm; `None` (origin only) when the scheduler cannot be reached.
-    async fn link<'a>(
-        &'a self,
-        swarm: &'a Swarm,
+    async fn link(
+        &self,
+        swarm: Arc<Swarm>,
         id: &TaskId,
         req: &DownloadRequest,
-    ) -> Option<SwarmLink<'a>> {
+    ) -> Option<SwarmLink<'_>> {
         let have = self.resumed_pieces(id).await;
         let mut stream = match swarm.watch(task_message(id, req), have).await {
             Ok(stream) => stream,
@@ -313,6 +313,7 @@ impl Downloader {
             return None;
         };
         Some(SwarmLink {
+            courier: Courier::start(swarm.clone(), id.clone()),
             swarm,
             holdings: &self.holdings,
             peers: self.peers.clone(),

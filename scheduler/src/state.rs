@@ -18,8 +18,9 @@ pub const MAX_PARENTS: usize = 16;
 /// Corrupt-piece reports after which a host is offered to nobody for that task.
 pub const MAX_STRIKES: u32 = 2;
 /// How long a piece only seeds hold is offered to its one chosen host before every host is
-/// offered it.
-pub const SEED_EXCLUSIVE: std::time::Duration = std::time::Duration::from_secs(15);
+/// offered it: well under the hosts' stall timeout (10 s by default), so one slow chosen host
+/// cannot leave the others with nothing new and send them to the origin.
+pub const SEED_EXCLUSIVE: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a fetcher's origin failure sends the task's watchers to the origin themselves; after
 /// it, the task is planned again (another seed, or a watcher, fetches for the swarm).
 pub const FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(10);

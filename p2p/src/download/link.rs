@@ -1,8 +1,14 @@
-//! A download's link to the swarm: the task's watch stream at its scheduler and the last view
-//! it sent (content length, piece digests, parents, whether to go to the origin).
+//! A download's link to the swarm: the task's watch stream at its scheduler, the last view it
+//! sent (content length, piece digests, parents, whether to go to the origin), and the courier
+//! that carries the download's announces and reports to the scheduler off the piece loop.
 
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::bitmap::Bitmap;
 use crate::id::TaskId;
-use crate::proto::{Header, Task, TaskView};
+use crate::proto::{Fault, Header, PieceSet, Task, TaskView};
 use crate::store::Holdings;
 use crate::swarm::Swarm;
 
@@ -10,7 +16,8 @@ use super::request::DownloadRequest;
 
 /// The swarm side of a download, when there is one.
 pub(crate) struct SwarmLink<'a> {
-    pub swarm: &'a Swarm,
+    pub swarm: Arc<Swarm>,
+    pub courier: Courier,
     pub holdings: &'a Holdings,
     pub peers: reqwest::Client,
     /// The open watch stream (None once lost).
@@ -39,6 +46,78 @@ impl SwarmLink<'_> {
     }
 }
 
+/// What a download tells its scheduler.
+enum Note {
+    Pieces(PieceSet),
+    Report { parent: String, fault: Fault },
+}
+
+/// Carries a download's announces and reports to its scheduler in order, on a task of its own:
+/// the piece loop never waits for an RPC, so a slow or black-holed scheduler does not slow the
+/// data path. Announces that queue up behind a slow one are merged into one (bitmaps are
+/// cumulative; digests add up). Dropping the courier lets it deliver what is queued, each RPC
+/// within the swarm's timeout, and end.
+pub(crate) struct Courier {
+    tx: mpsc::UnboundedSender<Note>,
+}
+
+impl Courier {
+    pub(crate) fn start(swarm: Arc<Swarm>, task: TaskId) -> Courier {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Note>();
+        tokio::spawn(async move {
+            while let Some(note) = rx.recv().await {
+                let mut next = Some(note);
+                while let Some(note) = next.take() {
+                    match note {
+                        Note::Report { parent, fault } => {
+                            swarm.report(&task, &parent, fault).await;
+                        }
+                        Note::Pieces(mut set) => {
+                            // Merge what queued behind; stop at a report, to keep the order.
+                            while let Ok(more) = rx.try_recv() {
+                                match more {
+                                    Note::Pieces(later) => merge(&mut set, later),
+                                    report => {
+                                        next = Some(report);
+                                        break;
+                                    }
+                                }
+                            }
+                            swarm.announce(&task, Some(set), None).await;
+                        }
+                    }
+                }
+            }
+        });
+        Courier { tx }
+    }
+
+    /// Announces what the download holds now.
+    pub(crate) fn announce(&self, set: PieceSet) {
+        // The courier ends only when this handle is dropped.
+        let _ = self.tx.send(Note::Pieces(set));
+    }
+
+    /// Reports a parent that failed the download.
+    pub(crate) fn report(&self, parent: &str, fault: Fault) {
+        let _ = self.tx.send(Note::Report {
+            parent: parent.to_owned(),
+            fault,
+        });
+    }
+}
+
+/// `later` announced after `set`: its bitmap holds more, its digests are new ones.
+fn merge(set: &mut PieceSet, later: PieceSet) {
+    let count = (later.bitmap.len().max(set.bitmap.len()) * 8) as u32;
+    let mut bitmap = Bitmap::from_bytes(&set.bitmap, count);
+    bitmap.union(&Bitmap::from_bytes(&later.bitmap, count));
+    set.bitmap = bitmap.as_bytes().to_vec();
+    set.digests.extend(later.digests);
+    set.length_known |= later.length_known;
+    set.content_length = set.content_length.max(later.content_length);
+}
+
 /// The next view on the link's stream; `None` when the stream ended or failed.
 pub(crate) async fn next_view(link: &mut Option<SwarmLink<'_>>) -> Option<TaskView> {
     let stream = link.as_mut()?.stream.as_mut()?;
@@ -61,5 +140,34 @@ pub(crate) fn task_message(id: &TaskId, req: &DownloadRequest) -> Task {
             .collect(),
         digest: req.digest.map(|d| d.to_string()).unwrap_or_default(),
         id_options: Some((&req.id_options).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::PieceDigest;
+
+    #[test]
+    fn queued_announces_merge_into_one_that_loses_nothing() {
+        let digest = |n: u32| PieceDigest {
+            number: n,
+            blake3: vec![n as u8; 32],
+        };
+        let set = |pieces: &[u32], digests: &[u32]| PieceSet {
+            length_known: true,
+            content_length: 10 << 20,
+            bitmap: (0..10u32)
+                .map(|p| pieces.contains(&p))
+                .collect::<Bitmap>()
+                .as_bytes()
+                .to_vec(),
+            digests: digests.iter().map(|&n| digest(n)).collect(),
+        };
+        let mut first = set(&[0, 1], &[0, 1]);
+        merge(&mut first, set(&[0, 1, 9], &[9]));
+        assert_eq!(first.bitmap, set(&[0, 1, 9], &[]).bitmap);
+        assert_eq!(first.digests, vec![digest(0), digest(1), digest(9)]);
+        assert!(first.length_known);
     }
 }

@@ -128,7 +128,7 @@ impl<'a> Run<'a> {
         self.advance_prefix();
         loop {
             if self.stored.iter().all(Option::is_some) {
-                self.announce().await;
+                self.announce();
                 return Ok(self
                     .stored
                     .into_iter()
@@ -171,7 +171,7 @@ impl<'a> Run<'a> {
                     }
                 }
                 () = tokio::time::sleep_until(next_announce.into()), if announce_due => {
-                    self.announce().await;
+                    self.announce();
                     next_announce = Instant::now() + Duration::from_millis(20);
                 }
                 () = tokio::time::sleep_until(reconnect_at.unwrap_or_else(Instant::now).into()), if reconnect_at.is_some() => {
@@ -386,7 +386,7 @@ impl<'a> Run<'a> {
                 tracing::warn!(task = %self.job.id, piece = n, parent = id, %addr, ?fault, "parent failed; not using it again for this task");
                 self.avoid.insert(id.clone());
                 if let Some(l) = &self.link {
-                    l.swarm.report(&self.job.id, &id, fault).await;
+                    l.courier.report(&id, fault);
                 }
                 Ok(())
             }
@@ -460,12 +460,12 @@ impl<'a> Run<'a> {
         }
     }
 
-    async fn announce(&mut self) {
+    fn announce(&mut self) {
         let Some(link) = &self.link else { return };
         let set = self.piece_set(false);
         self.fetched_digests.clear();
         self.dirty = false;
-        link.swarm.announce(&self.job.id, Some(set), None).await;
+        link.courier.announce(set);
     }
 }
 

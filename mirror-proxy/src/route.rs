@@ -38,8 +38,25 @@ static DIGEST: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^[a-z0-9]+([+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$").expect("valid regex")
 });
 
-/// Classifies the path of a `/v2/` request (`path` starts with `/v2`).
+/// Classifies the path of a `/v2/` request (`path` starts with `/v2`). A path no registry
+/// endpoint has (a backslash, which URL parsing turns into `/`; a `.` or `..` segment, plain or
+/// percent-encoded) is refused: passed on, it could reach other paths of the upstream.
 pub(crate) fn classify(path: &str) -> Result<V2, BadPath> {
+    let dots = |seg: &str| {
+        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+        seg == "." || seg == ".."
+    };
+    let lower = path.to_ascii_lowercase();
+    if path.contains('\\')
+        || lower.contains("%5c")
+        || lower.contains("%2f")
+        || path.split('/').any(dots)
+    {
+        return Err(BadPath(
+            "UNSUPPORTED",
+            format!("{path:?} is not a distribution-spec endpoint"),
+        ));
+    }
     let rest = path.strip_prefix("/v2").unwrap_or(path);
     let rest = rest.trim_start_matches('/');
     if rest.is_empty() || rest == "_catalog" {
@@ -67,12 +84,12 @@ pub(crate) fn classify(path: &str) -> Result<V2, BadPath> {
             Kind::Manifest if TAG.is_match(tail) => Ok(V2::Pass),
             Kind::Manifest if tail.contains(':') => checked_digest(tail).map(|()| V2::Pass),
             // Neither a tag nor a digest: the registry answers it (404, usually); a mirror is
-            // not stricter than the registry behind it. One plain path segment only.
+            // not stricter than the registry behind it. One segment of tag characters only.
             Kind::Manifest
                 if !tail.is_empty()
-                    && !tail.contains(['/', '%'])
-                    && tail != "."
-                    && tail != ".." =>
+                    && tail
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) =>
             {
                 Ok(V2::Pass)
             }
@@ -252,12 +269,16 @@ mod tests {
             ),
             ("/v2/team/app/blobs/sha512:abcdef", "DIGEST_INVALID"),
             ("/v2/team/app/referrers/sha256:ABC", "DIGEST_INVALID"),
-            ("/v2/team/app/manifests/..%2f", "MANIFEST_INVALID"),
-            ("/v2/team/app/manifests/..", "MANIFEST_INVALID"),
+            ("/v2/team/app/manifests/..%2f", "UNSUPPORTED"),
+            ("/v2/team/app/manifests/..", "UNSUPPORTED"),
+            ("/v2/team/app/manifests/..\\..\\admin", "UNSUPPORTED"),
+            ("/v2/team/app/tags/..%5C..%5Cadmin", "UNSUPPORTED"),
+            ("/v2/team/app/blobs/uploads/%2e%2e/x", "UNSUPPORTED"),
+            ("/v2/team/app/manifests/a+b", "MANIFEST_INVALID"),
             ("/v2/team/app/whatever", "UNSUPPORTED"),
-            ("/v2/../etc/blobs/sha256:ab", "NAME_INVALID"),
+            ("/v2/../etc/blobs/sha256:ab", "UNSUPPORTED"),
         ] {
-            assert_eq!(classify(p).unwrap_err().0, code, "{p}");
+            assert_eq!(classify(p).map_err(|e| e.0), Err(code), "{p}");
         }
     }
 

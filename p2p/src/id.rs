@@ -103,6 +103,20 @@ impl TaskId {
                 h.update(part.as_bytes());
             }
         }
+        // A list other than the default is part of the identity: without it, whoever named the
+        // task first could filter out a parameter that selects the content (`?file=…`) and
+        // make another URL's content this task's.
+        if let Some(list) = &opts.filtered_query_params {
+            let mut list: Vec<&str> = list.iter().map(String::as_str).collect();
+            list.sort_unstable();
+            list.dedup();
+            h.update([0u8]);
+            h.update(b"filtered");
+            for name in list {
+                h.update([1u8]);
+                h.update(name.as_bytes());
+            }
+        }
         TaskId(hex::encode(h.finalize()))
     }
 
@@ -273,6 +287,18 @@ mod tests {
         assert_eq!(
             TaskId::for_url(&url, &filter),
             TaskId::for_url(&Url::parse("https://h.example/f?a=1").unwrap(), &filter)
+        );
+        // The list is part of the id: filtering `file` out cannot make `?file=evil` another
+        // task's content.
+        let plain = Url::parse("https://h.example/dl").unwrap();
+        let evil = Url::parse("https://h.example/dl?file=evil").unwrap();
+        let by_file = IdOptions {
+            filtered_query_params: Some(vec!["file".into()]),
+            ..Default::default()
+        };
+        assert_ne!(
+            TaskId::for_url(&evil, &by_file),
+            TaskId::for_url(&plain, &Default::default())
         );
     }
 

@@ -20,6 +20,9 @@ pub enum Error {
     UploadAddr,
     #[error(transparent)]
     TaskId(#[from] ParseTaskIdError),
+    /// A task's URL that does not hash to its id.
+    #[error("the task's URL is not the URL of its id")]
+    TaskUrl,
     /// A content length no task can have.
     #[error("content length {0} is over the largest a task may have")]
     ContentLength(u64),
@@ -40,7 +43,8 @@ impl From<Error> for tonic::Status {
             | Error::UploadAddr
             | Error::TaskId(_)
             | Error::ContentLength(_)
-            | Error::PieceSet => tonic::Status::invalid_argument(message),
+            | Error::PieceSet
+            | Error::TaskUrl => tonic::Status::invalid_argument(message),
             Error::NotAttached => tonic::Status::failed_precondition(message),
             Error::ConfigRead { .. } | Error::Config(_) => tonic::Status::internal(message),
         }

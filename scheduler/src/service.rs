@@ -9,8 +9,9 @@ use shoal_p2p::piece::{Layout, MAX_CONTENT_LENGTH, MAX_PIECE_LENGTH};
 use shoal_p2p::proto::scheduler_server::Scheduler as SchedulerRpc;
 use shoal_p2p::proto::{
     AnnounceRequest, AnnounceResponse, AttachRequest, Fault, Host, Job, PieceSet, ReportRequest,
-    ReportResponse, TaskView, WatchRequest,
+    ReportResponse, Task, TaskView, WatchRequest,
 };
+use shoal_p2p::{IdOptions, TaskId};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
@@ -79,6 +80,22 @@ fn check_task_id(id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// A task's URL (when it names one) must be the task's: it hashes to the id with the task's id
+/// options, as a seed checks again before fetching it. Else a watcher could point everyone's
+/// fetcher at another address.
+fn check_task_url(task: &Task) -> Result<(), Error> {
+    if task.url.is_empty() {
+        return Ok(());
+    }
+    let id: TaskId = task.id.parse()?;
+    let url: url::Url = task.url.parse().map_err(|_| Error::TaskUrl)?;
+    let options: IdOptions = task.id_options.clone().unwrap_or_default().into();
+    if TaskId::for_url(&url, &options) != id {
+        return Err(Error::TaskUrl);
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl SchedulerRpc for Service {
     type WatchStream = Stream_<TaskView>;
@@ -93,6 +110,7 @@ impl SchedulerRpc for Service {
         let host = check_host(req.host)?;
         let task = req.task.ok_or(Error::Missing("task"))?;
         check_task_id(&task.id)?;
+        check_task_url(&task)?;
         let have = req.have.unwrap_or_default();
         check_pieces(&have)?;
         let task_id = task.id.clone();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use shoal_p2p::proto::{Job, Task};
+use shoal_p2p::proto::{Failure, Job, Task};
 use shoal_p2p::{
     DownloadRequest, Downloader, Error, IdOptions, JobHandler, OriginRequest, Progress, Result,
     TaskId,
@@ -23,17 +23,34 @@ impl JobHandler for Seed {
                         tracing::warn!(task = task.id, error = %e, "seed job failed");
                     }
                 }
-                Err(e) => tracing::warn!(task = task.id, error = %e, "bad seed job"),
+                Err(e) => {
+                    tracing::warn!(task = task.id, error = %e, "bad seed job");
+                    refuse(&downloader, &task, &e).await;
+                }
             }
         })
     }
 }
 
+/// Tells the scheduler this seed will not fetch the task, so its watchers go to the origin
+/// themselves at once instead of waiting for the seed.
+async fn refuse(downloader: &Downloader, task: &Task, e: &Error) {
+    let (Some(swarm), Ok(id)) = (downloader.swarm(), task.id.parse::<TaskId>()) else {
+        return;
+    };
+    let failure = Failure {
+        http_status: 0,
+        message: format!("the seed refused the job: {e}"),
+    };
+    swarm.announce(&id, None, Some(failure)).await;
+}
+
 /// The download a seed job asks for: the task's URL with the requester's headers (marked
 /// sensitive: they may hold credentials), its id, and its digest when it has one. The URL must
 /// be the task's: it hashes to the task id with the job's id options (a blob URL names the
-/// blob's digest). Anything else is refused before any request is made: a job could otherwise
-/// send the seed to any address (with whatever headers) and fill a task with other content.
+/// blob's digest). Anything else is refused before any request is made, so a job cannot make a
+/// task of other content. (Which hosts a seed may reach at all is not limited here: a blob URL
+/// may name any registry; its content is checked against the digest.)
 fn request(task: &Task) -> Result<DownloadRequest> {
     let url: url::Url = task
         .url

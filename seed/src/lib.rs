@@ -10,8 +10,9 @@
 //! fall back to the origin itself.
 //!
 //!
-//! [`Registry`] is the seed's registry client: token auth (Bearer challenges answered with the
-//! seed's or the requester's credentials, in memory only) and manifest resolution, a tag or a
+//! [`Registry`] is the seed's registry client: token auth (Bearer challenges answered with a
+//! user and password, or a ready `Authorization` header such as a pull token Harbor hands a
+//! preheat; in memory only) and manifest resolution, a tag or a
 //! digest to the layers of every platform (or the ones asked for), every manifest checked
 //! against its digest. Harbor preheat and the gzip index of lazy pulling build on it.
 //!

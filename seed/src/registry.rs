@@ -5,7 +5,8 @@
 //! [`Registry::resolve`] takes a tag or a digest; an index (OCI, or Docker's manifest list)
 //! resolves to the manifests of every platform it lists (attestations left out), or of the
 //! platforms asked for. Every manifest is checked against the digest it was fetched by (or that
-//! its index named), and against `Docker-Content-Digest` when the registry sends one.
+//! its index named), and against `Docker-Content-Digest` when the registry sends a SHA-256 one.
+//! Repository names and references are checked against the spec's grammar first.
 
 mod auth;
 mod manifest;
@@ -57,6 +58,7 @@ impl Registry {
         reference: &str,
         platforms: &[Platform],
     ) -> Result<Image> {
+        check_reference(repository, reference)?;
         let (digest, top) = self.manifest(repository, reference, None).await?;
         let manifests = match top {
             manifest::Parsed::Manifest(m) => vec![m],
@@ -72,7 +74,11 @@ impl Registry {
                         }
                         manifest::Parsed::Index(_) => {
                             return Err(Error::Manifest {
-                                url: self.url(repository, "manifests", &name).to_string(),
+                                url: shoal_p2p::origin::display_url(&self.url(
+                                    repository,
+                                    "manifests",
+                                    &name,
+                                )),
                                 detail: "an index inside an index".into(),
                             });
                         }
@@ -104,14 +110,14 @@ impl Registry {
         for claimed in [expected, header_digest].into_iter().flatten() {
             if claimed != actual {
                 return Err(Error::DigestMismatch {
-                    url: url.to_string(),
+                    url: shoal_p2p::origin::display_url(&url),
                     expected: claimed,
                     actual,
                 });
             }
         }
         let parsed = manifest::parse(&body).map_err(|detail| Error::Manifest {
-            url: url.to_string(),
+            url: shoal_p2p::origin::display_url(&url),
             detail,
         })?;
         Ok((actual, parsed))
@@ -119,7 +125,8 @@ impl Registry {
 
     fn url(&self, repository: &str, kind: &str, reference: &str) -> Url {
         let mut url = self.base.clone();
-        url.set_path(&format!("/v2/{repository}/{kind}/{reference}"));
+        let prefix = self.base.path().trim_end_matches('/');
+        url.set_path(&format!("{prefix}/v2/{repository}/{kind}/{reference}"));
         url.set_query(None);
         url
     }
@@ -146,9 +153,10 @@ impl Registry {
         let Some(challenge) = challenge else {
             return checked(resp, url);
         };
+        let tls = self.base.scheme() == "https";
         let earned = self
             .tokens
-            .answer(&self.http, &challenge, &self.credentials, &scope)
+            .answer(&self.http, &challenge, &self.credentials, &scope, tls)
             .await?;
         match earned {
             Some(auth) if Some(&auth) != held.as_ref() => {
@@ -168,9 +176,35 @@ impl Registry {
             rb = rb.header(AUTHORIZATION, a);
         }
         rb.send().await.map_err(|e| Error::Transport {
-            url: url.to_string(),
+            url: shoal_p2p::origin::display_url(url),
             source: e.without_url(),
         })
+    }
+}
+
+/// A repository name and a tag or digest as the distribution spec writes them, so that neither
+/// can reach another path of the registry.
+fn check_reference(repository: &str, reference: &str) -> Result<()> {
+    let component = |c: &str| {
+        !c.is_empty()
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+    };
+    let tag = |t: &str| {
+        (1..=128).contains(&t.len())
+            && t.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    };
+    let name_ok = repository.len() <= 255 && repository.split('/').all(component);
+    let reference_ok = tag(reference) || reference.parse::<Digest>().is_ok();
+    if name_ok && reference_ok {
+        Ok(())
+    } else {
+        Err(Error::Reference(format!("{repository}:{reference}")))
     }
 }
 
@@ -179,7 +213,7 @@ fn checked(resp: reqwest::Response, url: &Url) -> Result<reqwest::Response> {
         Ok(resp)
     } else {
         Err(Error::Status {
-            url: url.to_string(),
+            url: shoal_p2p::origin::display_url(url),
             status: resp.status().as_u16(),
         })
     }
@@ -187,7 +221,7 @@ fn checked(resp: reqwest::Response, url: &Url) -> Result<reqwest::Response> {
 
 async fn read_limited(mut resp: reqwest::Response, url: &Url) -> Result<Vec<u8>> {
     let too_large = || Error::Manifest {
-        url: url.to_string(),
+        url: shoal_p2p::origin::display_url(url),
         detail: format!("larger than {MAX_MANIFEST} bytes"),
     };
     if resp
@@ -198,7 +232,7 @@ async fn read_limited(mut resp: reqwest::Response, url: &Url) -> Result<Vec<u8>>
     }
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(|e| Error::Transport {
-        url: url.to_string(),
+        url: shoal_p2p::origin::display_url(url),
         source: e.without_url(),
     })? {
         if body.len() + chunk.len() > MAX_MANIFEST {
@@ -207,4 +241,36 @@ async fn read_limited(mut resp: reqwest::Response, url: &Url) -> Result<Vec<u8>>
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_reach_no_other_path() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        for (repo, reference) in [
+            ("library/nginx", "1.25"),
+            ("team/app", digest.as_str()),
+            ("a", "_latest"),
+        ] {
+            assert!(
+                check_reference(repo, reference).is_ok(),
+                "{repo}:{reference}"
+            );
+        }
+        for (repo, reference) in [
+            ("team/../admin", "v1"),
+            ("Team/app", "v1"),
+            ("team/app", "..\\..\\admin"),
+            ("team/app", "v1/../../x"),
+            ("team//app", "v1"),
+            ("team/app", ".hidden"),
+            ("team/app", "sha256:short"),
+        ] {
+            let err = check_reference(repo, reference).unwrap_err();
+            assert!(matches!(err, Error::Reference(_)), "{repo}:{reference}");
+        }
+    }
 }

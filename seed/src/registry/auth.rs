@@ -107,6 +107,8 @@ pub(crate) struct Tokens {
     by_scope: Mutex<HashMap<String, (HeaderValue, Instant)>>,
 }
 
+/// A token answer's largest body (Harbor's are about 1 KiB).
+const MAX_TOKEN_ANSWER: usize = 64 << 10;
 /// A token is reused until this long before it expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
 
@@ -126,6 +128,7 @@ impl Tokens {
         challenge: &Challenge,
         credentials: &Credentials,
         scope: &str,
+        registry_tls: bool,
     ) -> Result<Option<HeaderValue>> {
         let (value, lifetime) = match challenge {
             Challenge::Basic => match credentials.basic() {
@@ -141,6 +144,14 @@ impl Tokens {
                     realm: realm.clone(),
                     detail: e.to_string(),
                 })?;
+                // Credentials go to the realm the registry names (as every client does), but
+                // never in the clear when the registry itself is reached over TLS.
+                if url.scheme() != "https" && (registry_tls || url.scheme() != "http") {
+                    return Err(Error::Token {
+                        realm: realm.clone(),
+                        detail: "a token realm must be https for an https registry".into(),
+                    });
+                }
                 {
                     let mut q = url.query_pairs_mut();
                     if let Some(s) = service {
@@ -174,17 +185,24 @@ async fn fetch_token(
     if let Some(basic) = credentials.basic() {
         rb = rb.header(http::header::AUTHORIZATION, basic);
     }
-    let resp = rb
+    let mut resp = rb
         .send()
         .await
         .map_err(|e| failed(e.without_url().to_string()))?;
     if !resp.status().is_success() {
         return Err(failed(format!("answered {}", resp.status())));
     }
-    let body = resp
-        .bytes()
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| failed(e.without_url().to_string()))?;
+        .map_err(|e| failed(e.without_url().to_string()))?
+    {
+        if body.len() + chunk.len() > MAX_TOKEN_ANSWER {
+            return Err(failed(format!("answer over {MAX_TOKEN_ANSWER} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
     let answer: TokenAnswer =
         serde_json::from_slice(&body).map_err(|e| failed(format!("not a token answer: {e}")))?;
     let token = answer
@@ -195,8 +213,8 @@ async fn fetch_token(
     let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| failed("the token is not a header value".into()))?;
     value.set_sensitive(true);
-    // The spec's default lifetime is 60 s, and never less.
-    let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60).max(60));
+    // The spec's default lifetime is 60 s, and never less; a day at most, whatever it says.
+    let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60).clamp(60, 86_400));
     Ok((value, lifetime))
 }
 

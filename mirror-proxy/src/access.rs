@@ -14,6 +14,8 @@ use url::Url;
 pub(crate) struct Access {
     ttl: Duration,
     allowed: Mutex<HashMap<[u8; 32], Instant>>,
+    /// For [`Probe::FirstByte`]: follows redirects.
+    follow: reqwest::Client,
 }
 
 /// How the upstream is asked whether a client may read a resource.
@@ -22,8 +24,9 @@ pub(crate) enum Probe {
     /// `HEAD`, as registries answer for blobs; a redirect (to storage the registry signed for
     /// this client) counts as yes.
     Head,
-    /// `GET` of the first byte, exactly as the client asked (its query, its headers): a
-    /// presigned URL is signed for `GET` only. Only a 2xx answer counts as yes.
+    /// `GET` of the first byte, exactly as the client asked (its query, its headers), following
+    /// redirects (credentials are dropped across hosts): a presigned URL is signed for `GET`
+    /// only. A 2xx answer counts as yes, and a 416 (the content is empty); nothing else.
     FirstByte,
 }
 
@@ -31,10 +34,12 @@ pub(crate) enum Probe {
 const MAX_ACCESS_ENTRIES: usize = 100_000;
 
 impl Access {
-    pub fn new(ttl: Duration) -> Self {
+    /// Remembers a yes for `ttl`; `follow` (a client that follows redirects) asks first bytes.
+    pub fn new(ttl: Duration, follow: reqwest::Client) -> Self {
         Access {
             ttl,
             allowed: Mutex::default(),
+            follow,
         }
     }
 
@@ -54,7 +59,8 @@ impl Access {
         }
         let request = match probe {
             Probe::Head => client.head(url.clone()).headers(headers.clone()),
-            Probe::FirstByte => client
+            Probe::FirstByte => self
+                .follow
                 .get(url.clone())
                 .headers(headers.clone())
                 .header(header::RANGE, "bytes=0-0"),
@@ -63,7 +69,9 @@ impl Access {
         let status = request.send().await?.status();
         let ok = match probe {
             Probe::Head => status.is_success() || status.is_redirection(),
-            Probe::FirstByte => status.is_success(),
+            Probe::FirstByte => {
+                status.is_success() || status == http::StatusCode::RANGE_NOT_SATISFIABLE
+            }
         };
         if ok && !self.ttl.is_zero() {
             let mut allowed = self.lock();

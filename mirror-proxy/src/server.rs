@@ -65,18 +65,32 @@ impl Proxy {
         };
         // Upstreams are trusted as the origin client trusts them (system CAs plus
         // `origin.ca_certs`).
-        let client = downloader
-            .origin_config()
-            .client_builder()
-            .map_err(|e| Error::Config(e.to_string()))?
-            .connect_timeout(config.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_max_idle_per_host(32)
-            .build()
-            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        let builder = || {
+            downloader
+                .origin_config()
+                .client_builder()
+                .map_err(|e| Error::Config(e.to_string()))
+                .map(|b| b.connect_timeout(config.connect_timeout))
+        };
+        let built = |r: reqwest::Result<reqwest::Client>| {
+            r.map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
+        };
+        // Redirects are the client's to follow, except when asking whether a client may read a
+        // URL: then its answer is where the redirects end (credentials dropped across hosts).
+        let client = built(
+            builder()?
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(32)
+                .build(),
+        )?;
+        let probe = built(
+            builder()?
+                .redirect(reqwest::redirect::Policy::limited(10))
+                .build(),
+        )?;
         Ok(Proxy {
             ctx: Arc::new(Ctx {
-                access: Access::new(config.auth_cache_ttl),
+                access: Access::new(config.auth_cache_ttl, probe),
                 compiled,
                 downloader,
                 client,

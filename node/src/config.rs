@@ -117,6 +117,9 @@ mod tests {
             "unknown keys are refused"
         );
         assert!(DaemonConfig::from_toml("[origin]\nconcurrency = 0").is_err());
+        // A config written for an earlier version, with the seed flag, still loads.
+        let old = DaemonConfig::from_toml("[swarm]\nseed = false\n").unwrap();
+        assert_eq!(old.swarm.legacy_seed, Some(false));
         assert!(
             DaemonConfig::from_toml("shutdown_grace = 5").is_err(),
             "durations are typed"

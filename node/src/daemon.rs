@@ -36,6 +36,11 @@ impl Daemon {
         seed: Option<Arc<dyn JobHandler>>,
         registry: &mut Registry,
     ) -> Result<Daemon> {
+        if config.swarm.legacy_seed.is_some() {
+            tracing::warn!(
+                "swarm.seed in the config is no longer read: run `shoal seed` for a seed peer"
+            );
+        }
         let store = AsyncStore::open(&config.data_dir)?;
         let origin = Origin::new(config.origin.clone())?;
         let metrics = Metrics::register(registry);

@@ -46,6 +46,10 @@ pub struct SwarmConfig {
     /// Time to connect to a scheduler.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// `seed`: no longer read (a host is a seed when it runs `shoal seed` or `shoal up`).
+    /// Accepted so that configs written for earlier versions still load; the node warns.
+    #[serde(rename = "seed")]
+    pub legacy_seed: Option<bool>,
 }
 
 impl Default for SwarmConfig {
@@ -61,6 +65,7 @@ impl Default for SwarmConfig {
             peer_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),
+            legacy_seed: None,
         }
     }
 }

@@ -24,6 +24,8 @@ pub const SEED_EXCLUSIVE: std::time::Duration = std::time::Duration::from_secs(5
 /// How long a fetcher's origin failure sends the task's watchers to the origin themselves; after
 /// it, the task is planned again (another seed, or a watcher, fetches for the swarm).
 pub const FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a host whose origin fetch failed is not sent to the origin for that task again.
+pub const FAILED_FETCHER_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// An attached host: its description and the channel its jobs go to.
 pub struct Attached {
@@ -46,8 +48,9 @@ pub struct TaskEntry {
     pub fetcher: Option<String>,
     /// The last fetcher's origin failure, and when it came (it counts for [`FAILURE_TTL`]).
     failure: Option<(Failure, Instant)>,
-    /// Hosts whose origin fetch failed for this task: not sent to the origin for it again.
-    failed_fetchers: HashSet<String>,
+    /// Hosts whose origin fetch failed for this task, and when: not sent to the origin for it
+    /// again for [`FAILED_FETCHER_TTL`] (a failure may be that moment's).
+    failed_fetchers: HashMap<String, Instant>,
     pub changed: watch::Sender<u64>,
     pub last_active: Instant,
 }
@@ -88,7 +91,7 @@ impl TaskEntry {
             holders: HashMap::new(),
             fetcher: None,
             failure: None,
-            failed_fetchers: HashSet::new(),
+            failed_fetchers: HashMap::new(),
             changed: watch::channel(0).0,
             last_active: Instant::now(),
         }
@@ -100,6 +103,13 @@ impl TaskEntry {
 
     fn piece_count(&self) -> u32 {
         self.layout().map_or(0, |l| l.piece_count())
+    }
+
+    /// Whether `host` failed to fetch this task from the origin lately.
+    fn failed_recently(&self, host: &str) -> bool {
+        self.failed_fetchers
+            .get(host)
+            .is_some_and(|at| at.elapsed() < FAILED_FETCHER_TTL)
     }
 
     /// The fetcher's origin failure, while it is recent.
@@ -365,7 +375,9 @@ impl State {
     pub fn fail(&mut self, task_id: &str, host_id: &str, failure: Failure) {
         if let Some(entry) = self.tasks.get_mut(task_id) {
             entry.failure = Some((failure, Instant::now()));
-            entry.failed_fetchers.insert(host_id.to_owned());
+            entry
+                .failed_fetchers
+                .insert(host_id.to_owned(), Instant::now());
             if entry.fetcher.as_deref() == Some(host_id) {
                 entry.fetcher = None;
             }
@@ -411,7 +423,7 @@ impl State {
         let seed = self
             .hosts
             .values()
-            .filter(|a| a.host.seed && !entry.failed_fetchers.contains(&a.host.id))
+            .filter(|a| a.host.seed && !entry.failed_recently(&a.host.id))
             .filter(|a| {
                 entry
                     .holders
@@ -432,7 +444,7 @@ impl State {
         }
         if let Some(peer) = asking
             && self.hosts.contains_key(peer)
-            && !entry.failed_fetchers.contains(peer)
+            && !entry.failed_recently(peer)
         {
             entry.fetcher = Some(peer.to_owned());
             entry.notify();

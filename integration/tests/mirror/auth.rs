@@ -237,6 +237,11 @@ async fn a_presigned_url_replayed_without_its_signature_gets_no_bytes() {
         .signed("Signature=good")
         .start()
         .await;
+    // A CDN's redirect to the signed URL: the check follows it, as the client would.
+    let cdn = TestOrigin::builder()
+        .redirect("/obj", &origin.url("/bucket/obj?Signature=good"))
+        .start()
+        .await;
     let cluster = Cluster::builder().daemons(1).start().await;
     shoal_p2p::install_crypto_provider();
     let proxy = reqwest::Proxy::http(cluster.daemons[0].mirror_url()).unwrap();
@@ -262,5 +267,23 @@ async fn a_presigned_url_replayed_without_its_signature_gets_no_bytes() {
     // The signed URL still comes from the swarm.
     let resp = get("?Expires=9&Signature=good").await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.bytes().await.unwrap(), data);
+    let no_follow = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(cluster.daemons[0].mirror_url()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_follow
+        .get(cdn.url("/obj"))
+        .header("x-dragonfly-use-p2p", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "the swarm answers, not the CDN's redirect"
+    );
+    assert!(resp.headers().contains_key("x-dragonfly-task-id"));
     assert_eq!(resp.bytes().await.unwrap(), data);
 }

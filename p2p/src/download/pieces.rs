@@ -6,13 +6,15 @@
 //!   non-seed before a seed), and `origin.concurrency` at a time from the origin.
 //! * A peer's piece is checked against the digest the scheduler published before it is written;
 //!   a mismatch is reported and that parent is not used again for this task.
-//! * The origin is used when the scheduler says so (this host fetches for the swarm), when there
+//! * The origin is used when the scheduler says so (this host fetches for the swarm), when the
+//!   host that fetches for the swarm failed (this request's own credentials may work), when there
 //!   is no scheduler, and when nothing new appeared in the swarm for `stall_timeout` (seed gone,
 //!   scheduler gone): a download never fails because the swarm is sick while the origin is not.
 //! * Endgame: when the last few missing pieces are all in flight, each is also asked of a second
 //!   parent; the first verified copy wins and the other request is aborted.
 //! * Stored pieces are announced to the scheduler (bitmap plus the digests of pieces this host
-//!   fetched from the origin), and offered by the upload server at once.
+//!   fetched from the origin) through the link's courier, never waiting for the RPC, and offered
+//!   by the upload server at once.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

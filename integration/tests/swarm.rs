@@ -272,6 +272,34 @@ async fn status_shows_the_scheduler_the_tasks_and_bytes_by_source() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
 }
 
+/// A cluster member that speaks to the scheduler by hand (as an attacker who joined would):
+/// its client, its host, and its attach stream (attached while it is kept).
+async fn member(
+    cluster: &Cluster,
+) -> (
+    shoal_p2p::proto::scheduler_client::SchedulerClient<tonic::transport::Channel>,
+    shoal_p2p::proto::Host,
+    tonic::Response<tonic::Streaming<shoal_p2p::proto::Job>>,
+) {
+    use shoal_p2p::proto::scheduler_client::SchedulerClient;
+    use shoal_p2p::proto::{AttachRequest, Host};
+    let scheduler = format!("http://127.0.0.1:{}", cluster.scheduler_port);
+    let mut client = SchedulerClient::connect(scheduler).await.unwrap();
+    let host = Host {
+        id: "mallory".into(),
+        upload_addr: "127.0.0.1:9".into(),
+        upload_slots: 1,
+        ..Default::default()
+    };
+    let attached = client
+        .attach(AttachRequest {
+            host: Some(host.clone()),
+        })
+        .await
+        .unwrap();
+    (client, host, attached)
+}
+
 /// Issue 13 (4): one message used to take the scheduler down. A length of ~2^58 made the piece
 /// count overflow inside the scheduler's lock; the panic poisoned it and every later call failed,
 /// so every daemon went to the origin on its own.
@@ -279,8 +307,7 @@ async fn status_shows_the_scheduler_the_tasks_and_bytes_by_source() {
 async fn a_member_announcing_an_impossible_length_changes_nothing_and_the_scheduler_keeps_serving()
 {
     use shoal_p2p::piece::MAX_CONTENT_LENGTH;
-    use shoal_p2p::proto::scheduler_client::SchedulerClient;
-    use shoal_p2p::proto::{AnnounceRequest, AttachRequest, Host, PieceSet, Task, WatchRequest};
+    use shoal_p2p::proto::{AnnounceRequest, PieceSet, Task, WatchRequest};
 
     let size = 8 * MIB;
     let data = random_bytes(size);
@@ -291,20 +318,7 @@ async fn a_member_announcing_an_impossible_length_changes_nothing_and_the_schedu
     let cluster = Cluster::builder().daemons(2).start().await;
     let url = origin.url("/blob");
     let task = shoal_p2p::TaskId::for_url(&url.parse().unwrap(), &Default::default());
-    let scheduler = format!("http://127.0.0.1:{}", cluster.scheduler_port);
-    let mut client = SchedulerClient::connect(scheduler).await.unwrap();
-    let host = Host {
-        id: "mallory".into(),
-        upload_addr: "127.0.0.1:9".into(),
-        upload_slots: 1,
-        ..Default::default()
-    };
-    let _attached = client
-        .attach(AttachRequest {
-            host: Some(host.clone()),
-        })
-        .await
-        .unwrap();
+    let (mut client, host, _attached) = member(&cluster).await;
     let hostile = [
         (1u64 << 58, vec![0xff; 4]),
         (u64::MAX, vec![0xff; 4]),
@@ -363,8 +377,7 @@ async fn a_member_announcing_an_impossible_length_changes_nothing_and_the_schedu
 /// (and a seed checks every job again, see `shoal-seed`'s unit tests).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_named_with_another_url_is_refused_and_nobody_fetches_it() {
-    use shoal_p2p::proto::scheduler_client::SchedulerClient;
-    use shoal_p2p::proto::{AttachRequest, Host, Task, WatchRequest};
+    use shoal_p2p::proto::{Task, WatchRequest};
 
     let size = 2 * MIB;
     let data = random_bytes(size);
@@ -379,20 +392,7 @@ async fn a_task_named_with_another_url_is_refused_and_nobody_fetches_it() {
     let cluster = Cluster::builder().daemons(1).start().await;
     let url = origin.url("/blob");
     let task = shoal_p2p::TaskId::for_url(&url.parse().unwrap(), &Default::default());
-    let scheduler = format!("http://127.0.0.1:{}", cluster.scheduler_port);
-    let mut client = SchedulerClient::connect(scheduler).await.unwrap();
-    let host = Host {
-        id: "mallory".into(),
-        upload_addr: "127.0.0.1:9".into(),
-        upload_slots: 1,
-        ..Default::default()
-    };
-    let _attached = client
-        .attach(AttachRequest {
-            host: Some(host.clone()),
-        })
-        .await
-        .unwrap();
+    let (mut client, host, _attached) = member(&cluster).await;
     // The first watcher of the task names the internal address as its URL, then a filter that
     // would make the internal URL's query irrelevant.
     for (bad, filtered) in [

@@ -479,3 +479,33 @@ async fn a_fetchers_origin_failure_is_its_own_and_the_others_fetch_with_theirs()
     );
     assert!(std::fs::read(out(1)).unwrap() == data);
 }
+
+/// Issue 14 (2): the upload server's fast path reads at most 64 KiB of request head, but handed
+/// a larger one to hyper, which took up to ~400 KiB and answered it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_request_head_to_the_upload_server_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let cluster = Cluster::builder().daemons(1).start().await;
+    let socket = cluster.daemons[0].data_dir.join("store").join("shoal.sock");
+    let status = shoal_p2p::api::LocalClient::new(socket)
+        .status()
+        .await
+        .unwrap();
+    let upload = status.host.unwrap().upload_addr;
+    let piece = format!("/tasks/sha256:{}/pieces/0", "ab".repeat(32));
+    let mut stream = tokio::net::TcpStream::connect(&upload).await.unwrap();
+    let request = format!(
+        "GET {piece} HTTP/1.1\r\nHost: {upload}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 << 10)
+    );
+    // The server may answer before it read everything, and then close.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = vec![0u8; 64];
+    let n = stream.read(&mut answer).await.unwrap_or(0);
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "answered {answer:?} to a 100 KiB head"
+    );
+}

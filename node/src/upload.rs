@@ -23,6 +23,8 @@ use shoal_p2p::store::{AsyncStore, Holdings, read_blocks};
 use shoal_p2p::{Metrics, net, peer};
 
 const BLOCK: usize = 256 << 10;
+/// The largest request head (request line and headers) served.
+const MAX_HEAD: usize = 64 << 10;
 /// Connections open at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 1024;
 
@@ -52,7 +54,7 @@ pub async fn serve(
         let ctx = ctx.clone();
         let limits = http1::Limits {
             header_timeout: None,
-            max_head: 64 << 10,
+            max_head: MAX_HEAD,
         };
         let simple = {
             let ctx = ctx.clone();
@@ -63,7 +65,10 @@ pub async fn serve(
                 let response = handle(ctx.clone(), req);
                 async move { Ok::<_, Infallible>(response.await) }
             });
+            // Once hyper has a connection, the heads it reads are bound as the fast path's are
+            // (hyper's default is about 400 KiB).
             let _ = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(MAX_HEAD)
                 .serve_connection(TokioIo::new(io), svc)
                 .await;
         };

@@ -53,7 +53,7 @@ pub struct Limits {
     /// How long a request head may take to arrive (from the first read for it), idle
     /// keep-alive time included, as hyper's `header_read_timeout`.
     pub header_timeout: Option<Duration>,
-    /// Largest request head read here; a larger one goes to hyper, which answers 431.
+    /// Largest request head read here; a larger one is answered 431.
     pub max_head: usize,
 }
 
@@ -75,6 +75,13 @@ where
     loop {
         let head = match read_head(&mut stream, &mut buf, limits).await {
             Head::Closed => return,
+            Head::TooLarge => {
+                let answer = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+                    content-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = stream.write_all(answer).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
             Head::Request(req, len) => (*req, len),
             Head::Other => {
                 let rewound = Rewound {
@@ -109,6 +116,9 @@ enum Head {
     Closed,
     /// A request to serve here, and the length of its head in the buffer.
     Request(Box<Request<Empty<Bytes>>>, usize),
+    /// A head over [`Limits::max_head`]: answered 431 here (handed to hyper whole, it would
+    /// be parsed against hyper's own, larger bound).
+    TooLarge,
     /// Anything else: hyper's.
     Other,
 }
@@ -118,9 +128,12 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut, limits: Limits) -
         loop {
             if !buf.is_empty() {
                 match parse(buf) {
-                    Ok(Some(Head::Request(_, len))) if len > limits.max_head => return Head::Other,
+                    Ok(Some(Head::Request(_, len))) if len > limits.max_head => {
+                        return Head::TooLarge;
+                    }
                     Ok(Some(head)) => return head,
                     Ok(None) if buf.len() <= limits.max_head => {}
+                    Ok(None) => return Head::TooLarge,
                     _ => return Head::Other,
                 }
             }

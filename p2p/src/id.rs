@@ -81,6 +81,32 @@ impl From<crate::proto::IdOptions> for IdOptions {
     }
 }
 
+impl crate::proto::Task {
+    /// The task's id, URL and id options, when the URL is the task's: an http(s) URL that
+    /// hashes to the id with the options (a blob URL names the blob's digest). The scheduler
+    /// checks it before taking a task, and a seed again before fetching one; otherwise whoever
+    /// named a task first could send its fetcher anywhere and make other content the task's.
+    /// The reason, when it is not.
+    pub fn checked_url(&self) -> Result<(TaskId, Url, IdOptions), String> {
+        let id: TaskId = self
+            .id
+            .parse()
+            .map_err(|e: ParseTaskIdError| e.to_string())?;
+        let url: Url = self.url.parse().map_err(|e| format!("{e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("scheme {} is not http(s)", url.scheme()));
+        }
+        let options: IdOptions = self.id_options.clone().unwrap_or_default().into();
+        if TaskId::for_url(&url, &options) != id {
+            return Err(format!(
+                "{} is not the URL of task {id}",
+                crate::origin::display_url(&url)
+            ));
+        }
+        Ok((id, url, options))
+    }
+}
+
 /// A task's identity: `sha256:<hex>` for OCI blobs, 64 hex characters for other URLs.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId(String);

@@ -11,7 +11,6 @@ use shoal_p2p::proto::{
     AnnounceRequest, AnnounceResponse, AttachRequest, Fault, Host, Job, PieceSet, ReportRequest,
     ReportResponse, Task, TaskView, WatchRequest,
 };
-use shoal_p2p::{IdOptions, TaskId};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
@@ -87,13 +86,7 @@ fn check_task_url(task: &Task) -> Result<(), Error> {
     if task.url.is_empty() {
         return Ok(());
     }
-    let id: TaskId = task.id.parse()?;
-    let url: url::Url = task.url.parse().map_err(|_| Error::TaskUrl)?;
-    let options: IdOptions = task.id_options.clone().unwrap_or_default().into();
-    if TaskId::for_url(&url, &options) != id {
-        return Err(Error::TaskUrl);
-    }
-    Ok(())
+    task.checked_url().map(|_| ()).map_err(|_| Error::TaskUrl)
 }
 
 #[tonic::async_trait]

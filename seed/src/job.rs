@@ -5,8 +5,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use shoal_p2p::proto::{Failure, Job, Task};
 use shoal_p2p::{
-    DownloadRequest, Downloader, Error, IdOptions, JobHandler, OriginRequest, Progress, Result,
-    TaskId,
+    DownloadRequest, Downloader, Error, JobHandler, OriginRequest, Progress, Result, TaskId,
 };
 
 /// The seed role: runs every seed job as a download from the origin.
@@ -48,20 +47,13 @@ async fn refuse(downloader: &Downloader, task: &Task, e: &Error) {
 /// The download a seed job asks for: the task's URL with the requester's headers (marked
 /// sensitive: they may hold credentials), its id, and its digest when it has one. The URL must
 /// be the task's: it hashes to the task id with the job's id options (a blob URL names the
-/// blob's digest). Anything else is refused before any request is made, so a job cannot make a
-/// task of other content. (Which hosts a seed may reach at all is not limited here: a blob URL
+/// blob's digest; see `Task::checked_url`). Anything else is refused before any request is
+/// made, so a job cannot make a task of other content. (Which hosts a seed may reach at all is not limited here: a blob URL
 /// may name any registry; its content is checked against the digest.)
 fn request(task: &Task) -> Result<DownloadRequest> {
-    let url: url::Url = task
-        .url
-        .parse()
-        .map_err(|e| Error::InvalidRequest(format!("seed job URL: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(Error::InvalidRequest(format!(
-            "seed job URL scheme {} is not http(s)",
-            url.scheme()
-        )));
-    }
+    let (task_id, url, id_options) = task
+        .checked_url()
+        .map_err(|why| Error::InvalidRequest(format!("seed job URL: {why}")))?;
     let mut headers = http::HeaderMap::new();
     for h in &task.headers {
         let name = http::HeaderName::from_bytes(h.name.as_bytes());
@@ -71,17 +63,6 @@ fn request(task: &Task) -> Result<DownloadRequest> {
         }
     }
     shoal_p2p::origin::mark_sensitive(&mut headers);
-    let task_id: TaskId = task
-        .id
-        .parse()
-        .map_err(|e: shoal_p2p::id::ParseTaskIdError| Error::InvalidRequest(e.to_string()))?;
-    let id_options: IdOptions = task.id_options.clone().unwrap_or_default().into();
-    if TaskId::for_url(&url, &id_options) != task_id {
-        return Err(Error::InvalidRequest(format!(
-            "seed job URL {} is not the URL of task {task_id}",
-            shoal_p2p::origin::display_url(&url)
-        )));
-    }
     Ok(DownloadRequest {
         origin: OriginRequest { url, headers },
         id_options,
@@ -92,6 +73,7 @@ fn request(task: &Task) -> Result<DownloadRequest> {
 
 #[cfg(test)]
 mod tests {
+    use shoal_p2p::IdOptions;
     use shoal_p2p::proto::Header;
 
     use super::*;

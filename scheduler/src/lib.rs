@@ -26,6 +26,7 @@ mod error;
 mod metrics;
 mod service;
 mod state;
+mod task;
 
 use std::future::Future;
 use std::net::SocketAddr;

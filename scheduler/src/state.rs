@@ -4,68 +4,18 @@
 //! each peer's [`TaskView`]. Nothing is persisted: after a restart, hosts re-attach and
 //! re-announce what they hold.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use shoal_p2p::Bitmap;
-use shoal_p2p::piece::Layout;
 use shoal_p2p::proto::{Failure, Host, Job, Parent, PieceSet, Task, TaskView};
 use tokio::sync::{mpsc, watch};
 
+use crate::task::{Attached, Holder, MAX_STRIKES, TaskEntry, rendezvous};
+
 /// Parents offered to one peer at a time.
 pub const MAX_PARENTS: usize = 16;
-/// Corrupt-piece reports after which a host is offered to nobody for that task.
-pub const MAX_STRIKES: u32 = 2;
-/// How long a piece only seeds hold is offered to its one chosen host before every host is
-/// offered it: well under the hosts' stall timeout (10 s by default), so one slow chosen host
-/// cannot leave the others with nothing new and send them to the origin.
-pub const SEED_EXCLUSIVE: std::time::Duration = std::time::Duration::from_secs(5);
-/// How long a fetcher's origin failure sends the task's watchers to the origin themselves; after
-/// it, the task is planned again (another seed, or a watcher, fetches for the swarm).
-pub const FAILURE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
-/// How long a host whose origin fetch failed is not sent to the origin for that task again.
-pub const FAILED_FETCHER_TTL: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// An attached host: its description and the channel its jobs go to.
-pub struct Attached {
-    pub host: Host,
-    pub jobs: mpsc::Sender<Job>,
-    /// Distinguishes a re-attach from the stream it replaced.
-    pub generation: u64,
-}
-
-pub struct TaskEntry {
-    pub task: Task,
-    pub length: Option<u64>,
-    pub digests: Vec<Option<Vec<u8>>>,
-    /// Whether a digest came from a seed (a seed's word beats a peer's).
-    digest_from_seed: Vec<bool>,
-    /// When each piece was first announced by anyone.
-    first_held: Vec<Option<Instant>>,
-    pub holders: HashMap<String, Holder>,
-    /// The host told to fetch from the origin, if any.
-    pub fetcher: Option<String>,
-    /// The last fetcher's origin failure, and when it came (it counts for [`FAILURE_TTL`]).
-    failure: Option<(Failure, Instant)>,
-    /// Hosts whose origin fetch failed for this task, and when: not sent to the origin for it
-    /// again for [`FAILED_FETCHER_TTL`] (a failure may be that moment's).
-    failed_fetchers: HashMap<String, Instant>,
-    pub changed: watch::Sender<u64>,
-    pub last_active: Instant,
-}
-
-#[derive(Default)]
-pub struct Holder {
-    pub bitmap: Bitmap,
-    /// Watch streams this host has open for the task.
-    pub watching: u32,
-    /// Parents this host reported; never offered to it again.
-    pub avoid: HashSet<String>,
-    /// Corrupt pieces others reported against this host.
-    pub strikes: u32,
-}
-
 /// What changed, so metrics can count it.
 #[derive(Debug, Default)]
 pub struct Assigned {
@@ -80,85 +30,6 @@ pub struct State {
     next_generation: u64,
 }
 
-impl TaskEntry {
-    fn new(task: Task) -> Self {
-        TaskEntry {
-            task,
-            length: None,
-            digests: Vec::new(),
-            digest_from_seed: Vec::new(),
-            first_held: Vec::new(),
-            holders: HashMap::new(),
-            fetcher: None,
-            failure: None,
-            failed_fetchers: HashMap::new(),
-            changed: watch::channel(0).0,
-            last_active: Instant::now(),
-        }
-    }
-
-    pub fn layout(&self) -> Option<Layout> {
-        self.length.and_then(Layout::for_length)
-    }
-
-    fn piece_count(&self) -> u32 {
-        self.layout().map_or(0, |l| l.piece_count())
-    }
-
-    /// Whether `host` failed to fetch this task from the origin lately.
-    fn failed_recently(&self, host: &str) -> bool {
-        self.failed_fetchers
-            .get(host)
-            .is_some_and(|at| at.elapsed() < FAILED_FETCHER_TTL)
-    }
-
-    /// The fetcher's origin failure, while it is recent.
-    fn recent_failure(&self) -> Option<&Failure> {
-        self.failure
-            .as_ref()
-            .filter(|(_, at)| at.elapsed() < FAILURE_TTL)
-            .map(|(f, _)| f)
-    }
-
-    /// Wakes every watcher of the task.
-    pub fn notify(&mut self) {
-        self.last_active = Instant::now();
-        self.changed.send_modify(|v| *v += 1);
-    }
-
-    /// Takes the first possible length announced (the service refuses impossible ones).
-    fn set_length(&mut self, length: u64) {
-        if self.length.is_none() && Layout::for_length(length).is_some() {
-            self.length = Some(length);
-            let n = self.piece_count() as usize;
-            self.digests = vec![None; n];
-            self.digest_from_seed = vec![false; n];
-            self.first_held = vec![None; n];
-            for h in self.holders.values_mut() {
-                h.bitmap = Bitmap::from_bytes(h.bitmap.as_bytes(), n as u32);
-            }
-        }
-    }
-
-    /// Whether the hosts alive among `hosts` hold every piece between them, with every piece's
-    /// digest known (a piece nobody can check is as good as missing).
-    fn covered(&self, hosts: &BTreeMap<String, Attached>) -> bool {
-        let Some(layout) = self.layout() else {
-            return false;
-        };
-        if self.digests.iter().any(Option::is_none) {
-            return false;
-        }
-        let mut all = Bitmap::new(layout.piece_count());
-        for (id, h) in &self.holders {
-            if hosts.contains_key(id) && h.strikes < MAX_STRIKES {
-                all.union(&h.bitmap);
-            }
-        }
-        all.is_full()
-    }
-}
-
 /// Locks the state. A panic while it was held (there should be none: network input is checked
 /// before it reaches the state) must not take every later call down with it, so a poisoned lock
 /// is taken over rather than propagated.
@@ -166,82 +37,6 @@ pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// The pieces seeds offer one host, and whether that changes with time alone.
-struct SeedOffer {
-    pieces: Bitmap,
-    expiring: bool,
-}
-
-impl TaskEntry {
-    /// Whether `id` fetches the task from the origin for the swarm: a seed, or the peer the
-    /// scheduler sent to the origin (after a seed died, or with no seed at all).
-    fn is_source(&self, id: &String, hosts: &BTreeMap<String, Attached>) -> bool {
-        hosts.get(id).is_some_and(|a| a.host.seed) || self.fetcher.as_ref() == Some(id)
-    }
-
-    /// Which of the sources' pieces `host` is offered (sources: seeds, and the peer fetching from
-    /// the origin for the swarm), so that a source's upload carries each piece about once and the
-    /// hosts pass it on among themselves:
-    /// * a piece no other host holds goes to one host: the hosts still downloading take the
-    ///   pieces in turn (piece `p` to the `p mod k`-th of them, in an order hashed from the task
-    ///   id), so each host's upload carries as many new pieces as the next; every host is offered it once it has been held for
-    ///   [`SEED_EXCLUSIVE`] with nobody else holding it (the chosen host may be slow);
-    /// * a piece other hosts hold is theirs to give while the seed is still fetching (its
-    ///   upload is for new pieces); once the seed has everything, it helps with those too.
-    fn seed_offer(
-        &self,
-        host: &str,
-        hosts: &BTreeMap<String, Attached>,
-        usable: impl Fn(&String, &Holder) -> bool,
-    ) -> SeedOffer {
-        let n = self.piece_count();
-        let is_source = |id: &String| self.is_source(id, hosts);
-        let mut others = Bitmap::new(n);
-        let mut seeds = Bitmap::new(n);
-        let mut seed_complete = false;
-        let mut downloaders: Vec<&str> = Vec::new();
-        for (id, h) in &self.holders {
-            if is_source(id) {
-                if h.strikes < MAX_STRIKES && hosts.contains_key(id) {
-                    seeds.union(&h.bitmap);
-                    seed_complete |= h.bitmap.is_full();
-                }
-                continue;
-            }
-            if usable(id, h) {
-                others.union(&h.bitmap);
-            }
-            if h.watching > 0
-                && h.strikes < MAX_STRIKES
-                && hosts.contains_key(id)
-                && !h.bitmap.is_full()
-            {
-                downloaders.push(id);
-            }
-        }
-        // The downloaders in an order of their own for this task; new pieces go round it.
-        downloaders.sort_by_key(|d| rendezvous(&self.task.id, d));
-        let mut pieces = Bitmap::new(n);
-        let mut expiring = false;
-        for p in seeds.ones() {
-            let offered = if others.get(p) {
-                seed_complete
-            } else {
-                let chosen =
-                    downloaders.is_empty() || downloaders[p as usize % downloaders.len()] == host;
-                let open =
-                    self.first_held[p as usize].is_none_or(|t| t.elapsed() >= SEED_EXCLUSIVE);
-                expiring |= !chosen && !open;
-                chosen || open
-            };
-            if offered {
-                pieces.set(p);
-            }
-        }
-        SeedOffer { pieces, expiring }
-    }
 }
 
 impl State {
@@ -533,13 +328,6 @@ impl State {
             !e.holders.is_empty() || e.last_active.elapsed() < idle
         });
     }
-}
-
-/// Rendezvous (highest random weight) hashing: the same task picks the same seed while the set
-/// of seeds is unchanged, and losing a seed moves only its tasks.
-pub fn rendezvous(key: &str, node: &str) -> u64 {
-    let h = blake3::hash(format!("{key}\0{node}").as_bytes());
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]

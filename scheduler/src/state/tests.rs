@@ -1,6 +1,7 @@
 //! Tests of `state`.
 
 use super::*;
+use crate::task::{FAILURE_TTL, SEED_EXCLUSIVE};
 use shoal_p2p::proto::PieceDigest;
 
 /// Small tasks have pieces of the minimum length.

@@ -9,6 +9,7 @@
 //! Repository names and references are checked against the spec's grammar first.
 
 mod auth;
+mod body;
 mod manifest;
 
 use http::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
@@ -20,6 +21,7 @@ pub use manifest::{Descriptor, Image, Manifest, Platform};
 
 use crate::error::{Error, Result};
 use auth::{Challenge, Tokens};
+use body::BodyError;
 
 /// The manifest media types a seed accepts.
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
@@ -219,28 +221,17 @@ fn checked(resp: reqwest::Response, url: &Url) -> Result<reqwest::Response> {
     }
 }
 
-async fn read_limited(mut resp: reqwest::Response, url: &Url) -> Result<Vec<u8>> {
-    let too_large = || Error::Manifest {
-        url: shoal_p2p::origin::display_url(url),
-        detail: format!("larger than {MAX_MANIFEST} bytes"),
-    };
-    if resp
-        .content_length()
-        .is_some_and(|n| n > MAX_MANIFEST as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| Error::Transport {
-        url: shoal_p2p::origin::display_url(url),
-        source: e.without_url(),
-    })? {
-        if body.len() + chunk.len() > MAX_MANIFEST {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+async fn read_limited(resp: reqwest::Response, url: &Url) -> Result<Vec<u8>> {
+    body::read(resp, MAX_MANIFEST).await.map_err(|e| match e {
+        BodyError::TooLarge => Error::Manifest {
+            url: shoal_p2p::origin::display_url(url),
+            detail: format!("larger than {MAX_MANIFEST} bytes"),
+        },
+        BodyError::Transport(source) => Error::Transport {
+            url: shoal_p2p::origin::display_url(url),
+            source,
+        },
+    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use serde::Deserialize;
 
+use super::body::BodyError;
 use crate::error::{Error, Result};
 
 /// How the seed proves itself to a registry. `Debug` never shows a secret.
@@ -185,24 +186,19 @@ async fn fetch_token(
     if let Some(basic) = credentials.basic() {
         rb = rb.header(http::header::AUTHORIZATION, basic);
     }
-    let mut resp = rb
+    let resp = rb
         .send()
         .await
         .map_err(|e| failed(e.without_url().to_string()))?;
     if !resp.status().is_success() {
         return Err(failed(format!("answered {}", resp.status())));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
+    let body = super::body::read(resp, MAX_TOKEN_ANSWER)
         .await
-        .map_err(|e| failed(e.without_url().to_string()))?
-    {
-        if body.len() + chunk.len() > MAX_TOKEN_ANSWER {
-            return Err(failed(format!("answer over {MAX_TOKEN_ANSWER} bytes")));
-        }
-        body.extend_from_slice(&chunk);
-    }
+        .map_err(|e| match e {
+            BodyError::TooLarge => failed(format!("answer over {MAX_TOKEN_ANSWER} bytes")),
+            BodyError::Transport(e) => failed(e.to_string()),
+        })?;
     let answer: TokenAnswer =
         serde_json::from_slice(&body).map_err(|e| failed(format!("not a token answer: {e}")))?;
     let token = answer

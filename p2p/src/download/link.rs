@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::bitmap::Bitmap;
 use crate::id::TaskId;
 use crate::proto::{Fault, Header, PieceSet, Task, TaskView};
 use crate::store::Holdings;
@@ -107,12 +106,12 @@ impl Courier {
     }
 }
 
-/// `later` announced after `set`: its bitmap holds more, its digests are new ones.
+/// `later` announced after `set`: its bitmap is all a download holds (a superset), its digests
+/// are new ones.
 fn merge(set: &mut PieceSet, later: PieceSet) {
-    let count = (later.bitmap.len().max(set.bitmap.len()) * 8) as u32;
-    let mut bitmap = Bitmap::from_bytes(&set.bitmap, count);
-    bitmap.union(&Bitmap::from_bytes(&later.bitmap, count));
-    set.bitmap = bitmap.as_bytes().to_vec();
+    if !later.bitmap.is_empty() {
+        set.bitmap = later.bitmap;
+    }
     set.digests.extend(later.digests);
     set.length_known |= later.length_known;
     set.content_length = set.content_length.max(later.content_length);
@@ -146,6 +145,7 @@ pub(crate) fn task_message(id: &TaskId, req: &DownloadRequest) -> Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bitmap::Bitmap;
     use crate::proto::PieceDigest;
 
     #[test]

@@ -10,6 +10,7 @@ use shoal_node::DaemonConfig;
 use shoal_node::get::{GetOptions, Output};
 use shoal_p2p::Digest;
 use shoal_p2p::api::{GetRequest, LocalClient, default_data_dir, socket_in};
+use shoal_p2p::cluster::{ClusterConfig, Member, Role, pki};
 use shoal_scheduler::SchedulerConfig;
 
 #[derive(Parser)]
@@ -37,18 +38,58 @@ pub enum Command {
     Get(GetArgs),
     /// The local daemon: its schedulers, its tasks, the bytes it got from origin / peers / cache.
     Status(StatusArgs),
-    /// Creates Shoal's CA for HTTPS hijack (if missing) and prints how to trust it.
+    /// Creates Shoal's CA for HTTPS hijack (if missing) and prints how to trust it; `init`
+    /// and `issue` make a cluster's CA and its members' certificates.
     Ca(CaArgs),
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct CaArgs {
+    #[command(subcommand)]
+    pub cluster: Option<ClusterCa>,
     /// The daemon's TOML config file (its `[proxy.hijack]` may name the CA files).
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// The daemon's data directory (the CA goes to `<data_dir>/ca/` by default).
     #[arg(long, env = "SHOAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+}
+
+/// The cluster's CA: the identity its members prove to one another.
+#[derive(Subcommand)]
+pub enum ClusterCa {
+    /// Creates a cluster CA (`ca.crt`, and `ca.key` readable only by you) in a directory,
+    /// unless one is there. Keep the key off the cluster's hosts.
+    Init {
+        /// Where the CA's files go.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issues a member certificate from the cluster CA, and writes what the member needs
+    /// (`ca.crt`, `host.crt`, `host.key`) to a directory: copy it to the member's
+    /// `<data_dir>/cluster/`, or name it in its config's `[cluster] dir`.
+    Issue(IssueArgs),
+}
+
+#[derive(Args)]
+pub struct IssueArgs {
+    /// The CA's directory (`shoal ca init --dir`).
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// The member's host id (the scheduler knows it by this name).
+    #[arg(long)]
+    pub id: String,
+    /// What it may be: `node`, `seed` (a node that takes seed jobs, with the registry
+    /// credentials they carry) or `scheduler`. Repeatable.
+    #[arg(long = "role", required = true)]
+    pub roles: Vec<Role>,
+    /// Where the member's files go.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Days the certificate is valid.
+    #[arg(long, default_value_t = pki::MEMBER_DAYS)]
+    pub days: u32,
 }
 
 impl CaArgs {
@@ -63,12 +104,47 @@ impl CaArgs {
         ))
     }
 
-    /// `shoal ca`: makes the CA when missing, and says how to trust it.
+    /// `shoal ca`: makes the hijack CA when missing, and says how to trust it; `shoal ca init`
+    /// and `shoal ca issue` make the cluster's credentials.
     pub fn run(&self) -> anyhow::Result<()> {
-        let (cert, key) = self.paths()?;
-        let (_, created) = Ca::load_or_create(&cert, &key)?;
-        let instructions = shoal_mirror::ca::trust_instructions(&cert, &key, created);
-        println!("{instructions}");
+        match &self.cluster {
+            None => {
+                let (cert, key) = self.paths()?;
+                let (_, created) = Ca::load_or_create(&cert, &key)?;
+                let instructions = shoal_mirror::ca::trust_instructions(&cert, &key, created);
+                println!("{instructions}");
+            }
+            Some(ClusterCa::Init { dir }) => {
+                let (cert, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+                let name = format!("Shoal cluster CA {}", pki::hostname());
+                let created = pki::create_ca(&cert, &key, &name)?;
+                println!(
+                    "{} cluster CA: {} (key {}, keep it off the cluster's hosts)\n\
+                     Issue each member a certificate: shoal ca issue --ca-dir {} --id <host id> \
+                     --role node|seed|scheduler --out <dir>",
+                    if created { "Created the" } else { "The" },
+                    cert.display(),
+                    key.display(),
+                    dir.display()
+                );
+            }
+            Some(ClusterCa::Issue(a)) => {
+                let ca_cert = a.ca_dir.join("ca.crt");
+                let member = Member::new(a.id.clone(), a.roles.iter().copied());
+                let issued = pki::issue(&ca_cert, &a.ca_dir.join("ca.key"), &member, a.days)?;
+                let paths = pki::write_member(&a.out, &ca_cert, &issued)?;
+                println!(
+                    "Issued {member}, valid {} days: {}, {} (key, mode 0600), {}\n\
+                     Copy them to the member's <data_dir>/cluster/, or set [cluster] dir = {:?} \
+                     in its config.",
+                    a.days,
+                    paths.cert.display(),
+                    paths.key.display(),
+                    paths.ca_cert.display(),
+                    a.out
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -207,12 +283,41 @@ impl UpArgs {
         if daemon.schedulers.is_empty() {
             daemon.schedulers = vec![format!("http://127.0.0.1:{}", self.scheduler_listen.port())];
         }
+        let (daemon, proxy) = daemon.config(false)?;
         let scheduler = SchedulerConfig {
             listen: self.scheduler_listen,
+            cluster: up_cluster(&daemon)?,
             ..Default::default()
         };
-        Ok((scheduler, daemon.config(false)?))
+        Ok((scheduler, (daemon, proxy)))
     }
+}
+
+/// `shoal up`'s cluster credentials, for its scheduler and its node alike: a cluster of its own,
+/// made in the cluster directory at the first start (and its certificate renewed there), unless
+/// the config names other files, says `insecure`, or the directory holds a certificate from
+/// another cluster's CA (no `ca.key` beside it).
+fn up_cluster(daemon: &DaemonConfig) -> anyhow::Result<ClusterConfig> {
+    let c = &daemon.cluster;
+    let paths = daemon.cluster_paths();
+    let dir = daemon.cluster_dir();
+    let given = c.ca_cert.is_some() || c.cert.is_some() || c.key.is_some();
+    let foreign = paths.cert.exists() && !dir.join("ca.key").exists();
+    if !c.insecure && !given && !foreign {
+        let id = daemon.swarm.host_id.clone().unwrap_or_else(pki::hostname);
+        let me = Member::new(id, [Role::Seed, Role::Scheduler]);
+        let (_, issued) = pki::provision(&dir, &me)?;
+        if issued {
+            tracing::info!(dir = %dir.display(), member = %me, "made this host's cluster identity");
+        }
+    }
+    Ok(ClusterConfig {
+        dir: Some(dir),
+        ca_cert: Some(paths.ca_cert),
+        cert: Some(paths.cert),
+        key: Some(paths.key),
+        insecure: c.insecure,
+    })
 }
 
 #[derive(Args)]

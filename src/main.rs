@@ -87,7 +87,7 @@ impl Process {
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("bind scheduler address {}", config.listen))?;
-            let scheduler = Scheduler::build(config, &mut registry);
+            let scheduler = Scheduler::build(config, &mut registry)?;
             let stop = stop();
             tasks.spawn(async move { scheduler.serve(listener, stop).await.context("scheduler") });
         }

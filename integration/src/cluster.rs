@@ -55,15 +55,72 @@ pub fn node_config(
     )
 }
 
-/// `shoal scheduler` on `127.0.0.1:port` (metrics on an ephemeral port).
-pub fn scheduler_command(port: u16) -> Command {
+/// `shoal scheduler` on `127.0.0.1:port` (metrics on an ephemeral port), with the data
+/// directory `data_dir`: its cluster credentials are in `<data_dir>/cluster/`, the default.
+pub fn scheduler_command(port: u16, data_dir: &Path) -> Command {
     let mut cmd = shoal();
-    cmd.arg("scheduler")
+    cmd.env("SHOAL_DATA_DIR", data_dir)
+        .arg("scheduler")
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--metrics-addr")
         .arg("127.0.0.1:0");
     cmd
+}
+
+/// A cluster CA made with `shoal ca init`, from which `shoal ca issue` makes members'
+/// credentials, as an operator would.
+pub struct ClusterCa {
+    pub dir: PathBuf,
+}
+
+impl ClusterCa {
+    pub fn init(dir: &Path) -> ClusterCa {
+        let mut cmd = shoal();
+        cmd.arg("ca").arg("init").arg("--dir").arg(dir);
+        run_ok(cmd);
+        ClusterCa {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Writes the credentials of member `id` with `roles` to `out` (`ca.crt`, `host.crt`,
+    /// `host.key`): `<data_dir>/cluster` is where a member looks by default.
+    pub fn issue(&self, id: &str, roles: &[&str], out: &Path) {
+        let mut cmd = shoal();
+        cmd.arg("ca")
+            .arg("issue")
+            .arg("--ca-dir")
+            .arg(&self.dir)
+            .arg("--id")
+            .arg(id)
+            .arg("--out")
+            .arg(out);
+        for role in roles {
+            cmd.arg("--role").arg(role);
+        }
+        run_ok(cmd);
+    }
+}
+
+impl ClusterCa {
+    /// A member's identity for a test that speaks the protocols itself (a member gone bad):
+    /// issued with `shoal ca issue` into the CA's directory, and loaded.
+    pub fn member(&self, id: &str, roles: &[&str]) -> std::sync::Arc<shoal_p2p::cluster::Cluster> {
+        let out = self.dir.join("members").join(id);
+        self.issue(id, roles, &out);
+        let paths = shoal_p2p::cluster::Paths::in_dir(&out);
+        std::sync::Arc::new(shoal_p2p::cluster::Cluster::load(&paths).expect("member loads"))
+    }
+}
+
+fn run_ok(mut cmd: Command) {
+    let out = cmd.output().expect("shoal runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// One `shoal` process of the cluster.
@@ -189,6 +246,12 @@ impl ClusterBuilder {
             origin_ca: self.origin_ca,
             log: self.log,
         };
+        let ca = ClusterCa::init(&cluster.dir.path().join("ca"));
+        ca.issue(
+            "scheduler",
+            &["scheduler"],
+            &cluster.scheduler_dir().join("cluster"),
+        );
         if self.scheduler {
             cluster.start_scheduler().await;
         }
@@ -241,9 +304,25 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// The cluster's CA.
+    pub fn ca(&self) -> ClusterCa {
+        ClusterCa {
+            dir: self.dir.path().join("ca"),
+        }
+    }
+
+    /// The scheduler's data directory (its credentials are in `cluster/` there).
+    pub fn scheduler_dir(&self) -> PathBuf {
+        self.dir.path().join("scheduler")
+    }
+
     /// (Re)starts the scheduler on its port.
     pub async fn start_scheduler(&mut self) {
-        self.scheduler = Some(ChildGuard::spawn(scheduler_command(self.scheduler_port)));
+        let data_dir = self.scheduler_dir();
+        self.scheduler = Some(ChildGuard::spawn(scheduler_command(
+            self.scheduler_port,
+            &data_dir,
+        )));
         let port = self.scheduler_port;
         wait_until(Duration::from_secs(20), "scheduler to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -254,6 +333,9 @@ impl Cluster {
     async fn start_node(&self, name: &str, seed: bool, upload_slots: usize) -> Node {
         let data_dir = self.dir.path().join(name);
         std::fs::create_dir_all(&data_dir).expect("node dir");
+        let role = if seed { "seed" } else { "node" };
+        self.ca()
+            .issue(name, &[role], &data_dir.join("store").join("cluster"));
         let config = data_dir.join("config.toml");
         let log = data_dir.join("log");
         let socket = data_dir.join("store").join("shoal.sock");

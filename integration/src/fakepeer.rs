@@ -4,14 +4,17 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use shoal_p2p::cluster::{self, Cluster};
 use shoal_p2p::piece::Layout;
 use shoal_p2p::proto::scheduler_client::SchedulerClient;
 use shoal_p2p::proto::{AnnounceRequest, AttachRequest, Host, PieceSet, Task, WatchRequest};
+use shoal_p2p::swarm::scheduler_channel;
 use shoal_p2p::{Bitmap, TaskId};
 
 pub struct CorruptPeer {
@@ -27,16 +30,23 @@ impl Drop for CorruptPeer {
 }
 
 impl CorruptPeer {
-    /// Joins the swarm of the scheduler on `127.0.0.1:scheduler_port`, claiming all of `task`
-    /// (`length` bytes).
-    pub async fn join(scheduler_port: u16, task: &TaskId, length: u64) -> CorruptPeer {
+    /// Joins the swarm of the scheduler on `127.0.0.1:scheduler_port` as `member` (a cluster
+    /// member gone bad; `None` without cluster TLS), claiming all of `task` (`length` bytes).
+    pub async fn join(
+        scheduler_port: u16,
+        member: Option<Arc<Cluster>>,
+        task: &TaskId,
+        length: u64,
+    ) -> CorruptPeer {
         let scheduler = format!("http://127.0.0.1:{scheduler_port}");
-        Self::join_at(&scheduler, "127.0.0.1".parse().expect("ip"), task, length).await
+        let ip = "127.0.0.1".parse().expect("ip");
+        Self::join_at(&scheduler, member, ip, task, length).await
     }
 
     /// Joins the swarm of the scheduler at `scheduler` (a URL), serving on `ip`.
     pub async fn join_at(
         scheduler: &str,
+        member: Option<Arc<Cluster>>,
         ip: std::net::IpAddr,
         task: &TaskId,
         length: u64,
@@ -46,12 +56,18 @@ impl CorruptPeer {
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let counter = requests.clone();
+        let tls = member.as_ref().map(|m| {
+            let config = m
+                .server_config(vec![b"http/1.1".to_vec()])
+                .expect("a server config");
+            tokio_rustls::TlsAcceptor::from(config)
+        });
         let server = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let counter = counter.clone();
+                let (counter, tls) = (counter.clone(), tls.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let counter = counter.clone();
@@ -69,17 +85,25 @@ impl CorruptPeer {
                             Ok::<_, Infallible>(Response::new(Full::new(junk)))
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        Some(tls) => match cluster::accept(&tls, stream).await {
+                            Ok((stream, _)) => {
+                                http.serve_connection(TokioIo::new(stream), svc).await
+                            }
+                            Err(_) => return,
+                        },
+                        None => http.serve_connection(TokioIo::new(stream), svc).await,
+                    };
                 });
             }
         });
-        let mut client = SchedulerClient::connect(scheduler.to_owned())
-            .await
-            .expect("scheduler");
+        let channel = scheduler_channel(scheduler, Duration::from_secs(3), member.as_ref())
+            .expect("a scheduler URL");
+        let mut client = SchedulerClient::new(channel);
+        let id = member.as_ref().map_or("liar".into(), |m| m.me().id.clone());
         let host = Host {
-            id: "liar".into(),
+            id: id.clone(),
             upload_addr: addr.to_string(),
             upload_slots: 64,
             ..Default::default()
@@ -120,7 +144,7 @@ impl CorruptPeer {
             tokio::spawn(async move { while let Ok(Some(_)) = watch.message().await {} });
         client
             .announce(AnnounceRequest {
-                host_id: "liar".into(),
+                host_id: id,
                 task_id: task.to_string(),
                 pieces: Some(have),
                 failure: None,

@@ -123,6 +123,30 @@ async fn shoal_up_counts_each_byte_once_by_source() {
         std::os::unix::net::UnixStream::connect(&socket).is_ok()
     })
     .await;
+    // With zero set-up it made its own cluster (keys readable by its user only), and its
+    // node attached to its scheduler over mutual TLS as the seed.
+    let cluster = data_dir.join("cluster");
+    for key in ["ca.key", "host.key"] {
+        let mode = std::fs::metadata(cluster.join(key)).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+    let client = shoal_p2p::api::LocalClient::new(socket.clone());
+    let started = std::time::Instant::now();
+    loop {
+        let status = client.status().await.unwrap();
+        let seed = status.host.as_ref().is_some_and(|h| h.seed);
+        if seed && status.schedulers.iter().all(|s| s.attached) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not attached: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let url = origin.url("/f");
     let len = data.len() as u64;
     // The daemon is also the seed: the scheduler's seed job for this task comes back to it.
@@ -143,6 +167,47 @@ async fn shoal_up_counts_each_byte_once_by_source() {
     let metrics = http_get(port, "/metrics").await;
     let cache = metric(&metrics, "shoal_download_bytes_total{source=\"cache\"}");
     assert_eq!(cache, len, "{metrics}");
+}
+
+/// Fail closed: a daemon in a swarm without cluster credentials does not start, and says what
+/// to do; with `insecure = true` it starts and says so in its log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swarm_member_without_credentials_refuses_to_start_unless_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let base = format!(
+        "data_dir = {:?}\n[proxy]\nenabled = false\n[swarm]\nschedulers = [\"http://127.0.0.1:9\"]\n\
+         upload_addr = \"127.0.0.1:0\"\n",
+        dir.path().join("data")
+    );
+    std::fs::write(&config, &base).unwrap();
+    let mut cmd = shoal();
+    cmd.arg("daemon")
+        .arg("--config")
+        .arg(&config)
+        .arg("--metrics-addr")
+        .arg("127.0.0.1:0");
+    let out = run(cmd).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("no cluster credentials") && stderr.contains("shoal ca issue"),
+        "{stderr}"
+    );
+    std::fs::write(&config, base + "[cluster]\ninsecure = true\n").unwrap();
+    let log = dir.path().join("log");
+    let mut cmd = shoal();
+    cmd.arg("daemon")
+        .arg("--config")
+        .arg(&config)
+        .arg("--metrics-addr")
+        .arg("127.0.0.1:0")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let _daemon = ChildGuard::spawn(cmd);
+    wait_until(Duration::from_secs(20), "the insecure warning", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("INSECURE"))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -132,7 +132,8 @@ async fn a_peer_serving_corrupt_pieces_is_caught_and_avoided() {
     let cluster = Cluster::builder().daemons(3).start().await;
     let url = origin.url("/blob");
     let task = shoal_p2p::TaskId::for_url(&url.parse().unwrap(), &Default::default());
-    let liar = CorruptPeer::join(cluster.scheduler_port, &task, size as u64).await;
+    let member = cluster.ca().member("liar", &["node"]);
+    let liar = CorruptPeer::join(cluster.scheduler_port, Some(member), &task, size as u64).await;
     let results = cluster.get_all(&url).await;
     assert_all_exact(&results, &data, &cluster);
     let asked = liar.requests.load(std::sync::atomic::Ordering::Relaxed);
@@ -202,12 +203,12 @@ async fn scheduler_restarted_mid_run_the_swarm_recovers() {
         .start()
         .await;
     let mut scheduler = cluster.scheduler.take().unwrap();
-    let port = cluster.scheduler_port;
+    let (port, scheduler_dir) = (cluster.scheduler_port, cluster.scheduler_dir());
     let restart = async {
         origin_sent(&origin, size, 30).await;
         scheduler.kill9();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        shoal_integration::process::ChildGuard::spawn(scheduler_command(port))
+        shoal_integration::process::ChildGuard::spawn(scheduler_command(port, &scheduler_dir))
     };
     let url = origin.url("/blob");
     let (results, _new_scheduler) = tokio::join!(cluster.get_all(&url), restart);
@@ -286,10 +287,9 @@ async fn member(
     shoal_p2p::proto::Host,
     tonic::Response<tonic::Streaming<shoal_p2p::proto::Job>>,
 ) {
-    use shoal_p2p::proto::scheduler_client::SchedulerClient;
     use shoal_p2p::proto::{AttachRequest, Host};
-    let scheduler = format!("http://127.0.0.1:{}", cluster.scheduler_port);
-    let mut client = SchedulerClient::connect(scheduler).await.unwrap();
+    let identity = cluster.ca().member("mallory", &["node"]);
+    let mut client = scheduler_client(cluster, Some(&identity));
     let host = Host {
         id: "mallory".into(),
         upload_addr: "127.0.0.1:9".into(),
@@ -303,6 +303,17 @@ async fn member(
         .await
         .unwrap();
     (client, host, attached)
+}
+
+/// A scheduler client of `cluster`'s scheduler, with `identity` (or none: plaintext).
+fn scheduler_client(
+    cluster: &Cluster,
+    identity: Option<&std::sync::Arc<shoal_p2p::cluster::Cluster>>,
+) -> shoal_p2p::proto::scheduler_client::SchedulerClient<tonic::transport::Channel> {
+    let url = format!("http://127.0.0.1:{}", cluster.scheduler_port);
+    let channel =
+        shoal_p2p::swarm::scheduler_channel(&url, Duration::from_secs(3), identity).unwrap();
+    shoal_p2p::proto::scheduler_client::SchedulerClient::new(channel)
 }
 
 /// Issue 13 (4): one message used to take the scheduler down. A length of ~2^58 made the piece
@@ -482,7 +493,8 @@ async fn a_fetchers_origin_failure_is_its_own_and_the_others_fetch_with_theirs()
 }
 
 /// Issue 14 (2): the upload server's fast path reads at most 64 KiB of request head, but handed
-/// a larger one to hyper, which took up to ~400 KiB and answered it.
+/// a larger one to hyper, which took up to ~400 KiB and answered it. (A member's request: a
+/// stranger's ends in the TLS handshake.)
 #[tokio::test(flavor = "multi_thread")]
 async fn an_oversized_request_head_to_the_upload_server_is_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -495,7 +507,10 @@ async fn an_oversized_request_head_to_the_upload_server_is_refused() {
         .unwrap();
     let upload = status.host.unwrap().upload_addr;
     let piece = format!("/tasks/sha256:{}/pieces/0", "ab".repeat(32));
-    let mut stream = tokio::net::TcpStream::connect(&upload).await.unwrap();
+    let member = cluster.ca().member("mallory", &["node"]);
+    let tcp = tokio::net::TcpStream::connect(&upload).await.unwrap();
+    let tls = member.client_config(shoal_p2p::cluster::Role::Node, vec![b"http/1.1".to_vec()]);
+    let mut stream = member.connect(tcp, std::sync::Arc::new(tls)).await.unwrap();
     let request = format!(
         "GET {piece} HTTP/1.1\r\nHost: {upload}\r\nX-Big: {}\r\n\r\n",
         "a".repeat(100 << 10)

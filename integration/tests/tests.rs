@@ -7,3 +7,4 @@ mod lab;
 mod mirror;
 mod seed;
 mod swarm;
+mod trust;

@@ -3,18 +3,14 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{CertificateParams, DistinguishedName, DnType, Issuer, KeyPair};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use shoal_p2p::cluster::pki;
 
 /// Leaf configs kept at most; the cache starts over when full.
 const MAX_LEAVES: usize = 1000;
@@ -31,6 +27,8 @@ pub enum CaError {
     Invalid { path: PathBuf, detail: String },
     #[error("certificate for {host:?}: {detail}")]
     Leaf { host: String, detail: String },
+    #[error(transparent)]
+    Make(#[from] pki::PkiError),
 }
 
 /// The CA and the leaf certificates it signed.
@@ -44,15 +42,8 @@ impl Ca {
     /// Loads the CA at `cert` / `key` (PEM), creating both first when neither exists.
     /// Returns whether it was created.
     pub fn load_or_create(cert: &Path, key: &Path) -> Result<(Ca, bool), CaError> {
-        let created = match (cert.exists(), key.exists()) {
-            (false, false) => {
-                create(cert, key)?;
-                true
-            }
-            (true, true) => false,
-            (true, false) => return Err(missing(key, cert)),
-            (false, true) => return Err(missing(cert, key)),
-        };
+        let name = format!("Shoal CA {}", pki::hostname());
+        let created = pki::create_ca(cert, key, &name)?;
         Ok((Ca::load(cert, key)?, created))
     }
 
@@ -140,65 +131,6 @@ pub fn trust_instructions(cert: &Path, key: &Path, created: bool) -> String {
         if created { "Created the" } else { "The" },
         key.display()
     )
-}
-
-fn missing(absent: &Path, present: &Path) -> CaError {
-    CaError::Invalid {
-        path: absent.into(),
-        detail: format!(
-            "missing, but {} exists: give both files or neither",
-            present.display()
-        ),
-    }
-}
-
-/// Makes a CA: an ECDSA P-256 key (mode 0600) and a self-signed certificate allowed to sign
-/// certificates (`basicConstraints=CA:TRUE`).
-fn create(cert: &Path, key: &Path) -> Result<(), CaError> {
-    let err = |e: rcgen::Error| CaError::Invalid {
-        path: cert.into(),
-        detail: e.to_string(),
-    };
-    let key_pair = KeyPair::generate().map_err(err)?;
-    let mut params = CertificateParams::default();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let name = format!(
-        "Shoal CA {}",
-        fs::read_to_string("/proc/sys/kernel/hostname")
-            .unwrap_or_default()
-            .trim()
-    );
-    params.distinguished_name.push(DnType::CommonName, name);
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "Shoal");
-    let ca = params.self_signed(&key_pair).map_err(err)?;
-    write(key, key_pair.serialize_pem().as_bytes(), 0o600)?;
-    write(cert, ca.pem().as_bytes(), 0o644)
-}
-
-fn write(path: &Path, data: &[u8], mode: u32) -> Result<(), CaError> {
-    let io = |what, source| CaError::Io {
-        what,
-        path: path.into(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(|e| io("create directory for", e))?;
-    }
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(|e| io("create", e))?;
-    f.write_all(data).map_err(|e| io("write", e))?;
-    f.sync_all().map_err(|e| io("sync", e))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shoal_p2p::api::{default_data_dir, socket_in};
+use shoal_p2p::cluster::{ClusterConfig, Paths};
 use shoal_p2p::{Error, OriginConfig, Result, SwarmConfig};
 
 /// The daemon's configuration (TOML). Every field has a default.
@@ -29,6 +30,8 @@ pub struct DaemonConfig {
     pub progress_interval: Duration,
     pub origin: OriginConfig,
     pub swarm: SwarmConfig,
+    /// Cluster identity for the swarm (the upload server, the schedulers).
+    pub cluster: ClusterConfig,
 }
 
 impl Default for DaemonConfig {
@@ -42,6 +45,7 @@ impl Default for DaemonConfig {
             progress_interval: Duration::from_millis(200),
             origin: OriginConfig::default(),
             swarm: SwarmConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -77,6 +81,20 @@ impl DaemonConfig {
             ));
         }
         Ok(self)
+    }
+
+    /// Where this host's cluster credentials are (`cluster/` in the data directory unless the
+    /// config says otherwise).
+    pub fn cluster_paths(&self) -> Paths {
+        self.cluster.paths(&self.cluster_dir())
+    }
+
+    /// The `[cluster]` table's directory, or `cluster/` in the data directory.
+    pub fn cluster_dir(&self) -> PathBuf {
+        self.cluster
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("cluster"))
     }
 
     pub fn socket_path(&self) -> PathBuf {

@@ -54,7 +54,11 @@ impl Daemon {
             let bound = listener
                 .local_addr()
                 .map_err(|e| Error::io("read upload address", addr.to_string(), e))?;
-            let swarm = Swarm::new(config.swarm.clone(), bound, seed.is_some())?;
+            let cluster = config
+                .cluster
+                .load(&config.cluster_dir(), "node")
+                .map_err(|e| Error::Config(e.to_string()))?;
+            let swarm = Swarm::new(config.swarm.clone(), bound, seed.is_some(), cluster)?;
             (Some(Arc::new(swarm)), Some(listener))
         };
         let downloader = Arc::new(Downloader::with_swarm(
@@ -124,7 +128,14 @@ impl Daemon {
                 tracker: tracker.clone(),
                 cancel: cancel.clone(),
             };
-            node.start(upload, swarm.config().upload_slots);
+            let tls = match swarm.cluster() {
+                Some(c) => Some(
+                    c.server_config(vec![b"http/1.1".to_vec()])
+                        .map_err(Error::Config)?,
+                ),
+                None => None,
+            };
+            node.start(upload, swarm.config().upload_slots, tls);
             tracing::info!(
                 host = swarm.host().id,
                 upload = swarm.host().upload_addr,
@@ -180,7 +191,15 @@ struct Node {
 impl Node {
     /// Runs the upload server and stays attached to every scheduler: after each (re-)attach
     /// the complete tasks this host holds are announced again, and seed jobs go to the seed.
-    fn start(self, upload: tokio::net::TcpListener, slots: usize) {
+    fn start(
+        self,
+        upload: tokio::net::TcpListener,
+        slots: usize,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) {
+        let Some(swarm) = self.downloader.swarm().cloned() else {
+            return;
+        };
         let stop = self.cancel.clone();
         self.tracker.spawn(crate::upload::serve(
             upload,
@@ -188,11 +207,9 @@ impl Node {
             self.downloader.holdings().clone(),
             slots,
             self.metrics.clone(),
+            tls,
             async move { stop.cancelled().await },
         ));
-        let Some(swarm) = self.downloader.swarm().cloned() else {
-            return;
-        };
         for index in 0..swarm.scheduler_count() {
             let (node, swarm) = (self.clone(), swarm.clone());
             self.tracker.spawn(async move {

@@ -1,4 +1,5 @@
-//! The upload server (port 4000): other peers fetch verified pieces here.
+//! The upload server (port 4000): other peers fetch verified pieces here; with cluster TLS on,
+//! only members of the cluster (mutual TLS, see [`shoal_p2p::cluster`]).
 //!
 //! It answers the peer wire protocol ([`shoal_p2p::peer`]): a piece's bytes (200), `404` at once
 //! when this host does not hold that piece, and `503` when all upload slots are busy (the peer
@@ -16,11 +17,12 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, mpsc};
 
 use shoal_p2p::http1::{self, FileBody};
 use shoal_p2p::store::{AsyncStore, Holdings, read_blocks};
-use shoal_p2p::{Metrics, net, peer};
+use shoal_p2p::{Metrics, cluster, net, peer};
 
 const BLOCK: usize = 256 << 10;
 /// The largest request head (request line and headers) served.
@@ -35,13 +37,16 @@ struct Ctx {
     metrics: Metrics,
 }
 
-/// Serves pieces on `listener` until `shutdown` resolves; `slots` uploads at once.
+/// Serves pieces on `listener` until `shutdown` resolves; `slots` uploads at once. With `tls`,
+/// only to cluster members: a connection whose client has no certificate of the cluster ends
+/// in the handshake.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: AsyncStore,
     holdings: Arc<Holdings>,
     slots: usize,
     metrics: Metrics,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
     let ctx = Arc::new(Ctx {
@@ -50,31 +55,48 @@ pub async fn serve(
         slots: Arc::new(Semaphore::new(slots)),
         metrics,
     });
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     net::accept_loop(listener, MAX_CONNECTIONS, "upload", shutdown, |stream| {
-        let ctx = ctx.clone();
-        let limits = http1::Limits {
-            header_timeout: None,
-            max_head: MAX_HEAD,
-        };
-        let simple = {
-            let ctx = ctx.clone();
-            move |req| handle(ctx.clone(), req)
-        };
-        let hyper = move |io| async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let response = handle(ctx.clone(), req);
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            // Once hyper has a connection, the heads it reads are bound as the fast path's are
-            // (hyper's default is about 400 KiB).
-            let _ = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(TokioIo::new(io), svc)
-                .await;
-        };
-        http1::serve(stream, limits, simple, hyper)
+        let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
+        async move {
+            let Some(acceptor) = acceptor else {
+                return connection(ctx, stream).await;
+            };
+            match cluster::accept(&acceptor, stream).await {
+                Ok((tls, _member)) => connection(ctx, tls).await,
+                Err(e) => tracing::debug!(error = %e, "upload connection refused"),
+            }
+        }
     })
     .await;
+}
+
+/// One connection's requests, the simple ones on the fast path.
+async fn connection<T>(ctx: Arc<Ctx>, stream: T)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = http1::Limits {
+        header_timeout: None,
+        max_head: MAX_HEAD,
+    };
+    let simple = {
+        let ctx = ctx.clone();
+        move |req| handle(ctx.clone(), req)
+    };
+    let hyper = move |io| async move {
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let response = handle(ctx.clone(), req);
+            async move { Ok::<_, Infallible>(response.await) }
+        });
+        // Once hyper has a connection, the heads it reads are bound as the fast path's are
+        // (hyper's default is about 400 KiB).
+        let _ = hyper::server::conn::http1::Builder::new()
+            .max_buf_size(MAX_HEAD)
+            .serve_connection(TokioIo::new(io), svc)
+            .await;
+    };
+    http1::serve(stream, limits, simple, hyper).await;
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;

@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::id::TaskId;
 use crate::metrics::{Metrics, Outcome, OutcomeLabel, Source};
 use crate::origin::{Origin, OriginConfig, Stat};
+use crate::peer::PeerClient;
 use crate::piece::Layout;
 use crate::proto::PieceSet;
 use crate::store::{AsyncStore, Holdings};
@@ -45,7 +46,7 @@ pub struct Downloader {
     running: Mutex<HashMap<TaskId, Arc<tokio::sync::Mutex<()>>>>,
     swarm: Option<Arc<Swarm>>,
     holdings: Arc<Holdings>,
-    peers: reqwest::Client,
+    peers: PeerClient,
 }
 
 impl Downloader {
@@ -65,14 +66,7 @@ impl Downloader {
         let timeout = swarm
             .as_ref()
             .map_or(Duration::from_secs(30), |s| s.config().peer_timeout);
-        let peers = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(timeout)
-            .pool_max_idle_per_host(32)
-            .tcp_nodelay(true)
-            .no_proxy()
-            .build()
-            .expect("a plain HTTP client builds");
+        let peers = PeerClient::new(timeout, swarm.as_ref().and_then(|s| s.cluster()));
         Downloader {
             store,
             origin,

@@ -10,8 +10,8 @@
 //! than the copy, see `integration/BENCHMARKS.md`.) Other responses are written from their body,
 //! with `Content-Length` or chunked. At the first request it does not take (a push, `CONNECT`,
 //! anything it cannot parse) it hands the connection, with the bytes already read, to hyper
-//! ([`Rewound`]) for the rest of its life. Inside TLS hyper serves everything and the body is used
-//! instead of the file.
+//! ([`Rewound`]) for the rest of its life. The stream may be TLS (the cluster's upload
+//! connections): the file's blocks are then encrypted on the same task.
 
 use std::future::Future;
 use std::io;
@@ -59,13 +59,14 @@ pub struct Limits {
 
 /// Serves `stream`: the simple requests with `service` here, and from the first other one on,
 /// the whole connection with `fallback` (see the [module docs](self)).
-pub async fn serve<S, Fut, B, F, FFut>(stream: TcpStream, limits: Limits, service: S, fallback: F)
+pub async fn serve<T, S, Fut, B, F, FFut>(stream: T, limits: Limits, service: S, fallback: F)
 where
+    T: AsyncRead + AsyncWrite + Unpin,
     S: Fn(Request<Empty<Bytes>>) -> Fut,
     Fut: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
-    F: FnOnce(Rewound) -> FFut,
+    F: FnOnce(Rewound<T>) -> FFut,
     FFut: Future<Output = ()>,
 {
     let mut stream = stream;
@@ -123,7 +124,11 @@ enum Head {
     Other,
 }
 
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut, limits: Limits) -> Head {
+async fn read_head<T: AsyncRead + Unpin>(
+    stream: &mut T,
+    buf: &mut BytesMut,
+    limits: Limits,
+) -> Head {
     let read = async {
         loop {
             if !buf.is_empty() {
@@ -207,8 +212,8 @@ fn wants_close(headers: &HeaderMap, version: Version) -> bool {
 }
 
 /// Writes `response`; `Ok(true)` when the connection may carry another request.
-async fn write_response<B>(
-    stream: &mut TcpStream,
+async fn write_response<T, B>(
+    stream: &mut T,
     block: &mut Vec<u8>,
     response: Response<B>,
     method: &Method,
@@ -216,6 +221,26 @@ async fn write_response<B>(
     close: bool,
 ) -> io::Result<bool>
 where
+    T: AsyncWrite + Unpin,
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let keep = write_message(stream, block, response, method, version, close).await?;
+    // A TLS stream may hold the end of the response until flushed.
+    stream.flush().await?;
+    Ok(keep)
+}
+
+async fn write_message<T, B>(
+    stream: &mut T,
+    block: &mut Vec<u8>,
+    response: Response<B>,
+    method: &Method,
+    version: Version,
+    close: bool,
+) -> io::Result<bool>
+where
+    T: AsyncWrite + Unpin,
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
@@ -326,7 +351,11 @@ where
 /// `file.range` to the socket: each block read into one buffer and written out on this task.
 /// A page the cache lacks is read from disk on this thread: task files are read soon after they
 /// were written.
-async fn send_file(stream: &mut TcpStream, buf: &mut Vec<u8>, file: &FileBody) -> io::Result<()> {
+async fn send_file<T: AsyncWrite + Unpin>(
+    stream: &mut T,
+    buf: &mut Vec<u8>,
+    file: &FileBody,
+) -> io::Result<()> {
     use std::os::unix::fs::FileExt as _;
     let len = FILE_BLOCK.min((file.range.end - file.range.start) as usize);
     if buf.len() < len {
@@ -349,13 +378,13 @@ async fn send_file(stream: &mut TcpStream, buf: &mut Vec<u8>, file: &FileBody) -
     Ok(())
 }
 
-/// A connection handed to hyper: the bytes [`serve`] already read, then the socket.
-pub struct Rewound {
+/// A connection handed to hyper: the bytes [`serve`] already read, then the stream.
+pub struct Rewound<T = TcpStream> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: T,
 }
 
-impl AsyncRead for Rewound {
+impl<T: AsyncRead + Unpin> AsyncRead for Rewound<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -371,7 +400,7 @@ impl AsyncRead for Rewound {
     }
 }
 
-impl AsyncWrite for Rewound {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewound<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -16,6 +16,7 @@
 //!   downloads.
 //! * [`api`]: the node's local API (unix socket): its request and answer types and a client,
 //!   so `shoal get`, the mirror and the snapshotter need no node internals.
+//! * [`cluster`]: cluster identity, mutual TLS between the members of a cluster.
 //! * [`http1`] and [`net`]: the plain HTTP/1.1 fast path and the accept loop the servers share.
 //!
 //! ```no_run
@@ -36,6 +37,7 @@
 
 pub mod api;
 pub mod bitmap;
+pub mod cluster;
 pub mod digest;
 pub mod download;
 pub mod error;

@@ -2,14 +2,16 @@
 //!
 //! `GET /tasks/<task>/pieces/<n>` answers the piece's bytes (200), `404` when that host does not
 //! hold the piece, and `503` when all its upload slots are busy. [`piece_path`] and
-//! [`parse_piece_path`] are the two ends of the path; [`fetch_piece`] is the client, which
+//! [`parse_piece_path`] are the two ends of the path; [`PeerClient`] is the client, which
 //! checks every piece against the digest the scheduler published before handing it on.
 
 use std::ops::Range;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::cluster::{Cluster, Role};
 use crate::digest::Digest;
 use crate::id::TaskId;
 
@@ -37,22 +39,66 @@ pub enum PieceError {
     Corrupt,
 }
 
-/// Fetches piece `n` (`range` of the content) of `task` from the upload server at `addr` and
-/// checks it against `expected`. The bytes' buffer may be handed back with [`recycle`].
-pub async fn fetch_piece(
-    client: &reqwest::Client,
-    addr: &str,
-    task: &TaskId,
-    n: u32,
+/// The client of other hosts' upload servers: plain HTTP/1.1, or HTTPS with this host's cluster
+/// certificate, accepting only servers whose certificate makes them nodes of the cluster.
+#[derive(Clone)]
+pub struct PeerClient {
+    http: reqwest::Client,
+    scheme: &'static str,
+}
+
+impl PeerClient {
+    /// `timeout` bounds one whole piece.
+    pub fn new(timeout: Duration, cluster: Option<&Cluster>) -> PeerClient {
+        let builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(timeout)
+            .pool_max_idle_per_host(32)
+            .tcp_nodelay(true)
+            .http1_only()
+            .no_proxy();
+        let (builder, scheme) = match cluster {
+            Some(c) => {
+                let tls = c.client_config(Role::Node, vec![b"http/1.1".to_vec()]);
+                (builder.use_preconfigured_tls(tls), "https")
+            }
+            None => (builder, "http"),
+        };
+        PeerClient {
+            http: builder
+                .build()
+                .expect("the peer client's settings are valid"),
+            scheme,
+        }
+    }
+
+    /// Fetches piece `n` (`range` of the content) of `task` from the upload server at `addr`
+    /// and checks it against `expected`. The bytes' buffer may be handed back with [`recycle`].
+    pub async fn fetch_piece(
+        &self,
+        addr: &str,
+        task: &TaskId,
+        n: u32,
+        range: Range<u64>,
+        expected: Digest,
+    ) -> Result<Bytes, PieceError> {
+        let url = format!("{}://{addr}{}", self.scheme, piece_path(task, n));
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|_| PieceError::Unreachable)?;
+        read_piece(resp, range, expected).await
+    }
+}
+
+/// A peer's answer to a piece request, read into one buffer and checked.
+async fn read_piece(
+    mut resp: reqwest::Response,
     range: Range<u64>,
     expected: Digest,
 ) -> Result<Bytes, PieceError> {
-    let url = format!("http://{addr}{}", piece_path(task, n));
-    let mut resp = client
-        .get(&url)
-        .send()
-        .await
-        .map_err(|_| PieceError::Unreachable)?;
     match resp.status() {
         http::StatusCode::OK => {}
         http::StatusCode::NOT_FOUND | http::StatusCode::SERVICE_UNAVAILABLE => {

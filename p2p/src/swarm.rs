@@ -4,12 +4,15 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Deserialize;
+use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::cluster::{Cluster, Member, Role};
 use crate::error::{Error, Result};
 use crate::id::TaskId;
 use crate::proto::scheduler_client::SchedulerClient;
@@ -86,6 +89,8 @@ impl SwarmConfig {
 /// Connections to the schedulers and this host's description.
 pub struct Swarm {
     host: Host,
+    /// This host's cluster identity; `None` when the config says `insecure`.
+    cluster: Option<Arc<Cluster>>,
     schedulers: Vec<(String, SchedulerClient<Channel>)>,
     /// Whether this host's attach stream to each scheduler is open.
     attached: Vec<AtomicBool>,
@@ -93,18 +98,19 @@ pub struct Swarm {
 }
 
 impl Swarm {
-    /// `upload` is the bound upload address; `seed` says whether this host takes seed jobs.
-    /// Channels connect lazily and reconnect by themselves.
-    pub fn new(config: SwarmConfig, upload: SocketAddr, seed: bool) -> Result<Swarm> {
+    /// `upload` is the bound upload address; `seed` says whether this host takes seed jobs;
+    /// with `cluster`, this host is the member its certificate names, and talks to schedulers
+    /// that prove they are the cluster's. Channels connect lazily and reconnect by themselves.
+    pub fn new(
+        config: SwarmConfig,
+        upload: SocketAddr,
+        seed: bool,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Result<Swarm> {
         let mut schedulers = Vec::new();
         for url in &config.schedulers {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| Error::Config(format!("scheduler {url:?}: {e}")))?
-                .connect_timeout(config.connect_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5));
-            schedulers.push((url.clone(), SchedulerClient::new(endpoint.connect_lazy())));
+            let channel = scheduler_channel(url, config.connect_timeout, cluster.as_ref())?;
+            schedulers.push((url.clone(), SchedulerClient::new(channel)));
         }
         let ip = match (config.advertise_ip, upload.ip()) {
             (Some(ip), _) => ip,
@@ -112,10 +118,13 @@ impl Swarm {
             (None, _) => route_ip(config.schedulers.first())?,
         };
         let advertised = SocketAddr::new(ip, upload.port());
-        let id = config
-            .host_id
-            .clone()
-            .unwrap_or_else(|| format!("{}-{advertised}", hostname()));
+        let id = match &cluster {
+            Some(cluster) => member_id(cluster.me(), config.host_id.as_deref(), seed)?,
+            None => config
+                .host_id
+                .clone()
+                .unwrap_or_else(|| format!("{}-{advertised}", hostname())),
+        };
         let host = Host {
             id,
             upload_addr: advertised.to_string(),
@@ -125,10 +134,16 @@ impl Swarm {
         };
         Ok(Swarm {
             host,
+            cluster,
             attached: schedulers.iter().map(|_| AtomicBool::new(false)).collect(),
             schedulers,
             config,
         })
+    }
+
+    /// This host's cluster identity, when cluster TLS is on.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_deref()
     }
 
     pub fn host(&self) -> &Host {
@@ -266,6 +281,89 @@ impl Swarm {
             }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
+    }
+}
+
+/// A member's host id is its certificate's: a configured `host_id` must agree, and a seed's
+/// certificate must say it is one.
+fn member_id(me: &Member, configured: Option<&str>, seed: bool) -> Result<String> {
+    if let Some(id) = configured
+        && id != me.id
+    {
+        return Err(Error::Config(format!(
+            "swarm.host_id is {id:?} but this host's cluster certificate is {me}: leave \
+             host_id unset, or issue the certificate for that id"
+        )));
+    }
+    for (needed, role) in [(true, Role::Node), (seed, Role::Seed)] {
+        if needed && !me.is(role) {
+            return Err(Error::Config(format!(
+                "this host's cluster certificate is {me}, not a {role}'s: issue it with \
+                 `--role {role}`"
+            )));
+        }
+    }
+    Ok(me.id.clone())
+}
+
+/// A lazily connecting channel to the scheduler at `url`: with `cluster`, over mutual TLS to a
+/// scheduler of the cluster (the URL's scheme is then not read).
+pub fn scheduler_channel(
+    url: &str,
+    connect_timeout: Duration,
+    cluster: Option<&Arc<Cluster>>,
+) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| Error::Config(format!("scheduler {url:?}: {e}")))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    Ok(match cluster {
+        Some(cluster) => endpoint.connect_with_connector_lazy(TlsConnector {
+            cluster: cluster.clone(),
+            tls: Arc::new(cluster.client_config(Role::Scheduler, vec![b"h2".to_vec()])),
+        }),
+        None => endpoint.connect_lazy(),
+    })
+}
+
+/// Connects to a scheduler over mutual TLS (the channel's URL gives host and port; its
+/// scheme is not read).
+#[derive(Clone)]
+struct TlsConnector {
+    cluster: Arc<Cluster>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl tower_service::Service<http::Uri> for TlsConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(8002);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let tls = this.cluster.connect(tcp, this.tls.clone()).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
     }
 }
 

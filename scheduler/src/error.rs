@@ -29,6 +29,15 @@ pub enum Error {
     /// A bitmap or digest list longer than any task's pieces.
     #[error("the piece set is larger than any task's")]
     PieceSet,
+    /// A connection without a member's certificate (cluster TLS on, yet none).
+    #[error("not a member of the cluster")]
+    NotMember,
+    /// A member speaking for another host.
+    #[error("{member} may not speak for host {claimed:?}")]
+    NotThatHost { member: String, claimed: String },
+    /// A member attaching as a seed without a seed's certificate.
+    #[error("{0} is not a seed (its certificate says so): seed jobs carry registry credentials")]
+    NotSeed(String),
     /// A host watched a task before attaching.
     #[error("attach the host before watching tasks")]
     NotAttached,
@@ -46,6 +55,10 @@ impl From<Error> for tonic::Status {
             | Error::PieceSet
             | Error::TaskUrl => tonic::Status::invalid_argument(message),
             Error::NotAttached => tonic::Status::failed_precondition(message),
+            Error::NotMember => tonic::Status::unauthenticated(message),
+            Error::NotThatHost { .. } | Error::NotSeed(_) => {
+                tonic::Status::permission_denied(message)
+            }
             Error::ConfigRead { .. } | Error::Config(_) => tonic::Status::internal(message),
         }
     }
@@ -60,6 +73,11 @@ mod tests {
         let code = |e: Error| tonic::Status::from(e).code();
         assert_eq!(code(Error::Missing("host")), tonic::Code::InvalidArgument);
         assert_eq!(code(Error::NotAttached), tonic::Code::FailedPrecondition);
+        assert_eq!(code(Error::NotMember), tonic::Code::Unauthenticated);
+        assert_eq!(
+            code(Error::NotSeed("h".into())),
+            tonic::Code::PermissionDenied
+        );
         let bad_id = "nope".parse::<shoal_p2p::TaskId>().unwrap_err();
         assert_eq!(code(Error::TaskId(bad_id)), tonic::Code::InvalidArgument);
     }

@@ -14,7 +14,9 @@
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! let mut registry = prometheus_client::registry::Registry::default();
-//! let scheduler = shoal_scheduler::Scheduler::build(Default::default(), &mut registry);
+//! let config = shoal_scheduler::SchedulerConfig::from_toml("[cluster]\ninsecure = true")
+//!     .expect("a valid config");
+//! let scheduler = shoal_scheduler::Scheduler::build(config, &mut registry).expect("builds");
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! scheduler.serve(listener, std::future::pending()).await
 //! # }
@@ -23,6 +25,7 @@
 //! [`TaskView`]: shoal_p2p::proto::TaskView
 
 mod error;
+mod members;
 mod metrics;
 mod service;
 mod state;
@@ -35,6 +38,7 @@ use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
+use shoal_p2p::cluster::{Cluster, ClusterConfig, Role};
 use shoal_p2p::proto::scheduler_server::SchedulerServer;
 
 pub use error::Error;
@@ -49,6 +53,9 @@ pub struct SchedulerConfig {
     /// A task nobody holds or watches is forgotten after this long.
     #[serde(with = "humantime_serde")]
     pub task_idle_ttl: Duration,
+    /// Cluster identity: only members of the cluster may attach (`cluster/` in the default
+    /// data directory unless the table says otherwise).
+    pub cluster: ClusterConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -56,6 +63,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8002)),
             task_idle_ttl: Duration::from_secs(600),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -78,17 +86,34 @@ impl SchedulerConfig {
 /// A built scheduler, ready to serve.
 pub struct Scheduler {
     config: SchedulerConfig,
+    cluster: Option<Arc<Cluster>>,
     state: Arc<Mutex<state::State>>,
     metrics: Metrics,
 }
 
 impl Scheduler {
-    pub fn build(config: SchedulerConfig, registry: &mut Registry) -> Scheduler {
-        Scheduler {
+    /// Loads the cluster identity (a scheduler's certificate) unless the config says
+    /// `insecure`, and registers the metrics.
+    pub fn build(config: SchedulerConfig, registry: &mut Registry) -> Result<Scheduler, Error> {
+        let default_dir = shoal_p2p::api::default_data_dir().join("cluster");
+        let cluster = config
+            .cluster
+            .load(&default_dir, "scheduler")
+            .map_err(|e| Error::Config(e.to_string()))?;
+        if let Some(me) = cluster.as_ref().map(|c| c.me())
+            && !me.is(Role::Scheduler)
+        {
+            return Err(Error::Config(format!(
+                "this host's cluster certificate is {me}, not a scheduler's: issue it with \
+                 `--role scheduler`"
+            )));
+        }
+        Ok(Scheduler {
             config,
+            cluster,
             state: Arc::default(),
             metrics: Metrics::register(registry),
-        }
+        })
     }
 
     /// Serves gRPC on `listener` until `shutdown` resolves.
@@ -113,16 +138,30 @@ impl Scheduler {
         let service = service::Service {
             state: self.state,
             metrics: self.metrics,
+            members_only: self.cluster.is_some(),
         };
-        tracing::info!(%addr, "scheduler ready");
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let result = tonic::transport::Server::builder()
+        tracing::info!(%addr, tls = self.cluster.is_some(), "scheduler ready");
+        let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .add_service(SchedulerServer::new(service))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+            .add_service(SchedulerServer::new(service));
+        let result = match &self.cluster {
+            Some(cluster) => {
+                let tls = cluster
+                    .server_config(vec![b"h2".to_vec()])
+                    .map_err(std::io::Error::other)?;
+                router
+                    .serve_with_incoming_shutdown(members::incoming(listener, tls), shutdown)
+                    .await
+            }
+            None => {
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+            }
+        };
         gc.abort();
         result.map_err(std::io::Error::other)
     }

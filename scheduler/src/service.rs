@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::Stream;
+use shoal_p2p::cluster::{Member, Role};
 use shoal_p2p::piece::{Layout, MAX_CONTENT_LENGTH, MAX_PIECE_LENGTH};
 use shoal_p2p::proto::scheduler_server::Scheduler as SchedulerRpc;
 use shoal_p2p::proto::{
@@ -28,11 +29,40 @@ const RECHECK: Duration = Duration::from_millis(250);
 pub struct Service {
     pub(crate) state: Arc<Mutex<State>>,
     pub(crate) metrics: Metrics,
+    /// Cluster TLS is on: every request must come from a member.
+    pub(crate) members_only: bool,
 }
 
 impl Service {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         state::lock(&self.state)
+    }
+
+    /// Checks that the request comes from host `host_id` (and, with `seed`, from a seed): the
+    /// member its connection's certificate names. Without cluster TLS the message is believed.
+    fn caller(
+        &self,
+        extensions: &tonic::Extensions,
+        host_id: &str,
+        seed: bool,
+    ) -> Result<(), Error> {
+        let Some(member) = extensions.get::<Member>() else {
+            return if self.members_only {
+                Err(Error::NotMember)
+            } else {
+                Ok(())
+            };
+        };
+        if member.id != host_id {
+            return Err(Error::NotThatHost {
+                member: member.to_string(),
+                claimed: host_id.to_owned(),
+            });
+        }
+        if seed && !member.is(Role::Seed) {
+            return Err(Error::NotSeed(member.to_string()));
+        }
+        Ok(())
     }
 }
 
@@ -99,8 +129,9 @@ impl SchedulerRpc for Service {
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let started = Instant::now();
-        let req = request.into_inner();
+        let (_, extensions, req) = request.into_parts();
         let host = check_host(req.host)?;
+        self.caller(&extensions, &host.id, false)?;
         let task = req.task.ok_or(Error::Missing("task"))?;
         check_task_id(&task.id)?;
         check_task_url(&task)?;
@@ -163,6 +194,7 @@ impl SchedulerRpc for Service {
         &self,
         request: Request<AnnounceRequest>,
     ) -> Result<Response<AnnounceResponse>, Status> {
+        self.caller(request.extensions(), &request.get_ref().host_id, false)?;
         let req = request.into_inner();
         check_task_id(&req.task_id)?;
         if let Some(pieces) = &req.pieces {
@@ -200,6 +232,7 @@ impl SchedulerRpc for Service {
         &self,
         request: Request<ReportRequest>,
     ) -> Result<Response<ReportResponse>, Status> {
+        self.caller(request.extensions(), &request.get_ref().host_id, false)?;
         let req = request.into_inner();
         check_task_id(&req.task_id)?;
         let corrupt = req.fault == Fault::Corrupt as i32;
@@ -220,7 +253,9 @@ impl SchedulerRpc for Service {
         &self,
         request: Request<AttachRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
-        let host = check_host(request.into_inner().host)?;
+        let (_, extensions, req) = request.into_parts();
+        let host = check_host(req.host)?;
+        self.caller(&extensions, &host.id, host.seed)?;
         if host.upload_addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(Error::UploadAddr.into());
         }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::Host;
+use crate::cluster::ClusterCa;
 use crate::process::{ChildGuard, shoal_bin};
 
 /// The repository the lab's blob is stored under.
@@ -118,11 +119,24 @@ fn log_level() -> String {
     std::env::var("SHOAL_LOG").unwrap_or_else(|_| "info".into())
 }
 
-/// `shoal scheduler` on `host`.
-pub fn scheduler(host: &Host) -> anyhow::Result<Service> {
+/// `shoal scheduler` on `host`, a member of the cluster of `ca` (plaintext without).
+pub fn scheduler(host: &Host, ca: Option<&ClusterCa>) -> anyhow::Result<Service> {
+    let config = host.dir.join("scheduler.toml");
+    match ca {
+        Some(ca) => {
+            ca.issue(&host.name, &["scheduler"], &host.dir.join("cluster"));
+            std::fs::write(
+                &config,
+                format!("[cluster]\ndir = {:?}\n", host.dir.join("cluster")),
+            )?;
+        }
+        None => std::fs::write(&config, "[cluster]\ninsecure = true\n")?,
+    }
     let mut cmd = host.command(shoal_bin());
     cmd.env("SHOAL_LOG", log_level())
         .arg("scheduler")
+        .arg("--config")
+        .arg(&config)
         .arg("--listen")
         .arg(format!("{}:{SCHEDULER_PORT}", host.ip))
         .arg("--metrics-addr")
@@ -141,9 +155,24 @@ pub struct Node {
 impl Node {
     /// Starts the node; its registry mirror (on the host's address) maps [`LAB_REGISTRY`] to the
     /// registry on `origin`.
-    pub fn start(host: &Host, scheduler: &Host, origin: &Host, seed: bool) -> anyhow::Result<Node> {
+    /// With `ca`, the node is a member of its cluster; else plaintext.
+    pub fn start(
+        host: &Host,
+        scheduler: &Host,
+        origin: &Host,
+        seed: bool,
+        ca: Option<&ClusterCa>,
+    ) -> anyhow::Result<Node> {
         let store = host.dir.join("store");
         let config = host.dir.join("shoal.toml");
+        let cluster = match ca {
+            Some(ca) => {
+                let role = if seed { "seed" } else { "node" };
+                ca.issue(&host.name, &[role], &store.join("cluster"));
+                String::new()
+            }
+            None => "[cluster]\ninsecure = true\n".to_owned(),
+        };
         std::fs::write(
             &config,
             crate::cluster::node_config(
@@ -154,7 +183,7 @@ impl Node {
                 "10s",
                 &format!("{}:{PROXY_PORT}", host.ip),
             ) + &format!(
-                "[proxy.registries]\n{LAB_REGISTRY:?} = \"http://{}:{REGISTRY_PORT}\"\n",
+                "[proxy.registries]\n{LAB_REGISTRY:?} = \"http://{}:{REGISTRY_PORT}\"\n{cluster}",
                 origin.ip
             ),
         )?;

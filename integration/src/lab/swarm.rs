@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 
+use crate::cluster::ClusterCa;
+
 use super::services::{self, NGINX_PORT, Node, REGISTRY_PORT, REPO, Service};
 use super::{Host, Lab, Shape};
 use crate::process::{ChildGuard, peak_rss_kib};
@@ -36,6 +38,8 @@ struct Hosts {
     scheduler: Host,
     seed: Host,
     clients: Vec<Host>,
+    /// The cluster CA of the `shoal` scenario.
+    ca: ClusterCa,
 }
 
 /// Builds the hosts, stores the blob in the origin registry, and runs every scenario.
@@ -51,6 +55,7 @@ pub fn run(lab: &mut Lab, params: &Params) -> anyhow::Result<Vec<Outcome>> {
         clients: (1..=params.hosts)
             .map(|i| lab.add_host(&format!("h{i}"), shape))
             .collect::<anyhow::Result<_>>()?,
+        ca: ClusterCa::init(&lab.dir().join("ca")),
     };
     if let Some(Fault::Loss(p)) = params.fault {
         lab.lose(&hosts.clients[0], p)?;
@@ -143,16 +148,18 @@ fn run_one(
             cache = Some(services::nginx_cache(&hosts.cache, &origin_url)?);
             format!("http://{}:{NGINX_PORT}{path}", hosts.cache.ip)
         }
-        Scenario::Shoal => {
-            scheduler = Some(services::scheduler(&hosts.scheduler)?);
+        Scenario::Shoal | Scenario::ShoalPlaintext => {
+            let ca = (scenario == Scenario::Shoal).then_some(&hosts.ca);
+            scheduler = Some(services::scheduler(&hosts.scheduler, ca)?);
             seed = Some(Node::start(
                 &hosts.seed,
                 &hosts.scheduler,
                 &hosts.origin,
                 true,
+                ca,
             )?);
             for h in &hosts.clients {
-                daemons.push(Node::start(h, &hosts.scheduler, &hosts.origin, false)?);
+                daemons.push(Node::start(h, &hosts.scheduler, &hosts.origin, false, ca)?);
             }
             format!("{origin_url}{path}")
         }
@@ -166,7 +173,9 @@ fn run_one(
                 Scenario::Direct => origin_url.clone(),
                 Scenario::Pullthrough => format!("http://{}:{REGISTRY_PORT}", hosts.cache.ip),
                 Scenario::Nginx => format!("http://{}:{NGINX_PORT}", hosts.cache.ip),
-                Scenario::Shoal => format!("http://{}:{}", h.ip, services::PROXY_PORT),
+                Scenario::Shoal | Scenario::ShoalPlaintext => {
+                    format!("http://{}:{}", h.ip, services::PROXY_PORT)
+                }
             };
             crate::runtimes::hosts_toml(
                 &h.dir.join("hosts"),
@@ -196,7 +205,7 @@ fn run_one(
                     .arg(&reference);
                 c
             }
-            (Target::Blob(_), Scenario::Shoal) => daemons[i].get(&url, out),
+            (Target::Blob(_), s) if s.is_shoal() => daemons[i].get(&url, out),
             (Target::Blob(_), _) => {
                 let mut c = h.command("curl");
                 c.args(["-sSf", "-o"]).arg(out).arg(&url);
@@ -207,13 +216,16 @@ fn run_one(
     let before = hosts.origin.counters()?;
     let ideal = params.size as f64 * 8.0 / params.rate_bits_per_s as f64;
     let deadline = Duration::from_secs_f64(ideal * 20.0 + 60.0);
-    let fault = if scenario == Scenario::Shoal {
+    let fault = if scenario.is_shoal() {
         params.fault
     } else {
         None
     };
     let liar = match fault {
-        Some(Fault::CorruptPeer) => Some(start_liar(hosts, &url, params.size)?),
+        Some(Fault::CorruptPeer) => {
+            let tls = scenario == Scenario::Shoal;
+            Some(start_liar(hosts, tls, &url, params.size)?)
+        }
         _ => None,
     };
     let mut killed: Option<usize> = None;
@@ -265,7 +277,7 @@ fn run_one(
     }
     let mut by_source = BTreeMap::new();
     let (mut peak_rss, mut seed_peak_rss) = (None, None);
-    if scenario == Scenario::Shoal {
+    if scenario.is_shoal() {
         for (i, d) in daemons.iter().enumerate() {
             if killed == Some(i) {
                 continue;
@@ -310,14 +322,16 @@ struct Liar {
     thread: std::thread::JoinHandle<anyhow::Result<u64>>,
 }
 
-fn start_liar(hosts: &Hosts, url: &str, size: u64) -> anyhow::Result<Liar> {
+/// The liar is a member of the cluster gone bad (with cluster TLS: a node's certificate).
+fn start_liar(hosts: &Hosts, tls: bool, url: &str, size: u64) -> anyhow::Result<Liar> {
+    let member = tls.then(|| hosts.ca.member("liar", &["node"]));
     let task = shoal_p2p::TaskId::for_url(&url.parse()?, &Default::default());
     let scheduler = format!("http://{}:{}", hosts.scheduler.ip, services::SCHEDULER_PORT);
     let ip = hosts.cache.ip.into();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready) = std::sync::mpsc::channel();
     let thread = hosts.cache.spawn_inside(move || async move {
-        let peer = crate::fakepeer::CorruptPeer::join_at(&scheduler, ip, &task, size).await;
+        let peer = crate::fakepeer::CorruptPeer::join_at(&scheduler, member, ip, &task, size).await;
         let _ = ready_tx.send(());
         let _ = stopped.await;
         peer.requests.load(std::sync::atomic::Ordering::Relaxed)

@@ -18,7 +18,7 @@ pub(crate) struct SwarmLink<'a> {
     pub swarm: Arc<Swarm>,
     pub courier: Courier,
     pub holdings: &'a Holdings,
-    pub peers: reqwest::Client,
+    pub peers: crate::peer::PeerClient,
     /// The open watch stream (None once lost).
     pub stream: Option<tonic::Streaming<TaskView>>,
     pub view: TaskView,

@@ -480,14 +480,15 @@ fn piece_digest(n: u32, d: &Digest) -> PieceDigest {
 
 /// Fetches piece `n` from a parent, checked against `expected`, and stores it.
 async fn from_peer(
-    client: &reqwest::Client,
+    client: &peer::PeerClient,
     job: &Job,
     addr: &str,
     n: u32,
     expected: Digest,
 ) -> Result<Digest, Failure> {
     let range = job.layout.range(n);
-    let data = peer::fetch_piece(client, addr, &job.id, n, range.clone(), expected)
+    let data = client
+        .fetch_piece(addr, &job.id, n, range.clone(), expected)
         .await
         .map_err(Failure::Peer)?;
     let data = job

@@ -8,8 +8,10 @@ pub enum Scenario {
     Pullthrough,
     /// Through nginx with `proxy_cache_lock` on its own host.
     Nginx,
-    /// Scheduler and seed on their own hosts, a daemon on every client host.
+    /// Scheduler and seed on their own hosts, a daemon on every client host; cluster TLS on.
     Shoal,
+    /// The same with `[cluster] insecure = true`: plaintext, to measure what TLS costs.
+    ShoalPlaintext,
 }
 
 impl Scenario {
@@ -26,7 +28,13 @@ impl Scenario {
             Scenario::Pullthrough => "pullthrough",
             Scenario::Nginx => "nginx",
             Scenario::Shoal => "shoal",
+            Scenario::ShoalPlaintext => "shoal-plaintext",
         }
+    }
+
+    /// Whether Shoal serves this scenario (its daemons fetch, its faults apply).
+    pub fn is_shoal(self) -> bool {
+        matches!(self, Scenario::Shoal | Scenario::ShoalPlaintext)
     }
 }
 
@@ -35,8 +43,13 @@ impl std::str::FromStr for Scenario {
     fn from_str(s: &str) -> Result<Self, String> {
         Scenario::ALL
             .into_iter()
+            .chain([Scenario::ShoalPlaintext])
             .find(|c| c.name() == s)
-            .ok_or_else(|| format!("unknown scenario {s:?} (direct, pullthrough, nginx, shoal)"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown scenario {s:?} (direct, pullthrough, nginx, shoal, shoal-plaintext)"
+                )
+            })
     }
 }
 

@@ -163,6 +163,7 @@ pub struct ClusterBuilder {
     hijack: Vec<String>,
     origin_ca: Option<PathBuf>,
     log: &'static str,
+    insecure: bool,
 }
 
 impl ClusterBuilder {
@@ -198,6 +199,12 @@ impl ClusterBuilder {
     }
 
     /// The nodes' `SHOAL_LOG`.
+    /// Every member with `[cluster] insecure = true`: plaintext, no certificates.
+    pub fn insecure(mut self) -> Self {
+        self.insecure = true;
+        self
+    }
+
     pub fn log(mut self, filter: &'static str) -> Self {
         self.log = filter;
         self
@@ -245,6 +252,7 @@ impl ClusterBuilder {
             hijack: self.hijack,
             origin_ca: self.origin_ca,
             log: self.log,
+            insecure: self.insecure,
         };
         let ca = ClusterCa::init(&cluster.dir.path().join("ca"));
         ca.issue(
@@ -282,6 +290,7 @@ pub struct Cluster {
     hijack: Vec<String>,
     origin_ca: Option<PathBuf>,
     log: &'static str,
+    insecure: bool,
 }
 
 impl Cluster {
@@ -297,6 +306,7 @@ impl Cluster {
             hijack: Vec::new(),
             origin_ca: None,
             log: "info",
+            insecure: false,
         }
     }
 
@@ -319,10 +329,14 @@ impl Cluster {
     /// (Re)starts the scheduler on its port.
     pub async fn start_scheduler(&mut self) {
         let data_dir = self.scheduler_dir();
-        self.scheduler = Some(ChildGuard::spawn(scheduler_command(
-            self.scheduler_port,
-            &data_dir,
-        )));
+        let mut cmd = scheduler_command(self.scheduler_port, &data_dir);
+        if self.insecure {
+            let config = data_dir.join("scheduler.toml");
+            std::fs::create_dir_all(&data_dir).expect("scheduler dir");
+            std::fs::write(&config, "[cluster]\ninsecure = true\n").expect("scheduler config");
+            cmd.arg("--config").arg(config);
+        }
+        self.scheduler = Some(ChildGuard::spawn(cmd));
         let port = self.scheduler_port;
         wait_until(Duration::from_secs(20), "scheduler to listen", || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -362,6 +376,9 @@ impl Cluster {
                 text += &format!("{host:?} = {url:?}\n");
             }
             text += &format!("[proxy.hijack]\nhosts = {:?}\n", self.hijack);
+            if self.insecure {
+                text += "[cluster]\ninsecure = true\n";
+            }
             std::fs::write(&config, text).expect("write node config");
             let metrics_port = free_port();
             let mut cmd = shoal();

@@ -383,6 +383,55 @@ async fn a_member_announcing_an_impossible_length_changes_nothing_and_the_schedu
     assert_origin_sent_once(&origin, size);
 }
 
+/// Issue 13 (3): a task's length and piece digests were taken from whoever announced them
+/// first. A member that names the task before anyone else, with a wrong length and the digests
+/// of its own bytes for every piece, now changes nothing: only the seed the scheduler sent to
+/// the origin says what the task is, and the blob leaves the origin once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_naming_a_task_first_with_false_facts_changes_nothing() {
+    use shoal_p2p::proto::{PieceDigest, PieceSet, Task, WatchRequest};
+
+    let size = 6 * MIB;
+    let data = random_bytes(size);
+    let origin = TestOrigin::builder()
+        .file("/blob", data.clone())
+        .start()
+        .await;
+    let cluster = Cluster::builder().daemons(2).start().await;
+    let url = origin.url("/blob");
+    let task = shoal_p2p::TaskId::for_url(&url.parse().unwrap(), &Default::default());
+    let (mut client, host, _attached) = member(&cluster).await;
+    let false_length = (size + MIB) as u64;
+    let pieces = shoal_p2p::piece::Layout::for_length(false_length)
+        .unwrap()
+        .piece_count();
+    let lie = PieceSet {
+        length_known: true,
+        content_length: false_length,
+        bitmap: vec![0xff; pieces.div_ceil(8) as usize],
+        digests: (0..pieces)
+            .map(|number| PieceDigest {
+                number,
+                blake3: vec![0xee; 32],
+            })
+            .collect(),
+    };
+    let _watch = client
+        .watch(WatchRequest {
+            host: Some(host),
+            task: Some(Task {
+                id: task.to_string(),
+                ..Default::default()
+            }),
+            have: Some(lie),
+        })
+        .await
+        .unwrap();
+    let results = cluster.get_all(&url).await;
+    assert_all_exact(&results, &data, &cluster);
+    assert_origin_sent_once(&origin, size);
+}
+
 /// Issue 13 (5): a seed ran whatever URL a seed job named for a task id. Any host could watch a
 /// task first with another URL (an internal address, say): the seed fetched it and served that
 /// content as the task to everyone. The scheduler now refuses a task whose URL is not its id's

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub back_to_source: Counter,
     /// Jobs sent to seeds.
     pub seed_triggers: Counter,
+    /// Announcements refused for contradicting a task's length or piece digests.
+    pub disputed: Counter,
 }
 
 impl Metrics {
@@ -27,6 +29,7 @@ impl Metrics {
             schedule_seconds: Histogram::new(exponential_buckets(0.000_05, 4.0, 10)),
             back_to_source: Counter::default(),
             seed_triggers: Counter::default(),
+            disputed: Counter::default(),
         };
         registry.register("shoal_scheduler_hosts", "Hosts attached", m.hosts.clone());
         registry.register("shoal_scheduler_tasks", "Tasks in memory", m.tasks.clone());
@@ -44,6 +47,11 @@ impl Metrics {
             "shoal_scheduler_seed_triggers",
             "Jobs sent to seeds",
             m.seed_triggers.clone(),
+        );
+        registry.register(
+            "shoal_scheduler_disputed_claims",
+            "Announcements refused for contradicting a task's length or piece digests",
+            m.disputed.clone(),
         );
         m
     }

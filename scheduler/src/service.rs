@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::state::{self, State};
+use crate::state::{self, Merge, State};
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -138,14 +138,13 @@ impl SchedulerRpc for Service {
         let have = req.have.unwrap_or_default();
         check_pieces(&have)?;
         let task_id = task.id.clone();
-        let mut changed = {
+        let (mut changed, assigned) = {
             let mut state = self.lock();
             if !state.hosts.contains_key(&host.id) {
                 return Err(Error::NotAttached.into());
             }
             state.watch(&host, task, &have)
         };
-        let assigned = self.lock().plan(&task_id, Some(&host.id));
         if assigned.back_to_source_peer {
             self.metrics.back_to_source.inc();
         }
@@ -211,8 +210,15 @@ impl SchedulerRpc for Service {
                 state.fail(&req.task_id, &req.host_id, failure);
             }
         }
+        let merged = req
+            .pieces
+            .as_ref()
+            .map(|pieces| state.merge(&req.task_id, &req.host_id, pieces));
+        if merged == Some(Merge::Disputed) {
+            self.metrics.disputed.inc();
+        }
         if let Some(pieces) = req.pieces
-            && !state.merge(&req.task_id, &req.host_id, &pieces)
+            && merged == Some(Merge::UnknownTask)
         {
             // A task the scheduler forgot (e.g. after a restart): learn it from the holder.
             let task = shoal_p2p::proto::Task {
@@ -221,7 +227,7 @@ impl SchedulerRpc for Service {
             };
             let host = state.hosts.get(&req.host_id).map(|a| a.host.clone());
             if let Some(host) = host {
-                state.watch(&host, task, &pieces);
+                let _ = state.watch(&host, task, &pieces);
                 state.unwatch(&req.task_id, &req.host_id);
             }
         }

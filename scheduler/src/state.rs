@@ -23,6 +23,16 @@ pub struct Assigned {
     pub back_to_source_peer: bool,
 }
 
+/// What became of an announcement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    Merged,
+    /// The scheduler does not know the task (it restarted, say).
+    UnknownTask,
+    /// It contradicted the task's known length or digests: reported, not adopted.
+    Disputed,
+}
+
 #[derive(Default)]
 pub struct State {
     pub tasks: HashMap<String, TaskEntry>,
@@ -83,8 +93,14 @@ impl State {
         jobs
     }
 
-    /// A peer starts watching a task, holding `have`.
-    pub fn watch(&mut self, host: &Host, task: Task, have: &PieceSet) -> watch::Receiver<u64> {
+    /// A peer starts watching a task, holding `have`. Who fetches the task from the origin is
+    /// planned first, so that a peer sent there is heard on what it already holds.
+    pub fn watch(
+        &mut self,
+        host: &Host,
+        task: Task,
+        have: &PieceSet,
+    ) -> (watch::Receiver<u64>, Assigned) {
         let entry = self
             .tasks
             .entry(task.id.clone())
@@ -97,8 +113,9 @@ impl State {
         entry.holders.entry(host.id.clone()).or_default().watching += 1;
         let rx = entry.changed.subscribe();
         let id = entry.task.id.clone();
+        let assigned = self.plan(&id, Some(&host.id));
         self.merge(&id, &host.id, have);
-        rx
+        (rx, assigned)
     }
 
     /// A watch stream ended.
@@ -117,14 +134,27 @@ impl State {
         }
     }
 
-    /// Merges what a host announced. Returns false if the task is unknown.
-    pub fn merge(&mut self, task_id: &str, host_id: &str, pieces: &PieceSet) -> bool {
-        let from_seed = self.hosts.get(host_id).is_some_and(|a| a.host.seed);
+    /// Merges what a host announced. A task's length and piece digests are taken only from a
+    /// host that knows them: the one sent to the origin for it, or a seed. Another host's claims
+    /// wait for one who knows (its bitmap is kept), and a claim that contradicts what is known
+    /// is reported and counts as a strike against that host, never adopted.
+    pub fn merge(&mut self, task_id: &str, host_id: &str, pieces: &PieceSet) -> Merge {
+        let is_seed = self.hosts.get(host_id).is_some_and(|a| a.host.seed);
         let Some(entry) = self.tasks.get_mut(task_id) else {
-            return false;
+            return Merge::UnknownTask;
         };
+        let knows = is_seed || entry.fetcher.as_deref() == Some(host_id);
+        let mut disputed = false;
         if pieces.length_known {
-            entry.set_length(pieces.content_length);
+            match entry.length {
+                Some(known) if known != pieces.content_length => disputed = true,
+                None if knows => entry.set_length(pieces.content_length),
+                None => {
+                    let holder = entry.holders.entry(host_id.to_owned()).or_default();
+                    holder.claimed_length = Some(pieces.content_length);
+                }
+                Some(_) => {}
+            }
         }
         let n = entry.piece_count();
         for d in &pieces.digests {
@@ -132,35 +162,47 @@ impl State {
             if d.number >= n || d.blake3.len() != 32 {
                 continue;
             }
-            let known = &entry.digests[i];
-            if known.is_none()
-                || (from_seed && !entry.digest_from_seed[i] && known.as_ref() != Some(&d.blake3))
-            {
-                if known.is_some() {
-                    tracing::warn!(
-                        task = task_id,
-                        piece = i,
-                        "a seed overrides a peer's piece digest"
-                    );
-                }
-                entry.digests[i] = Some(d.blake3.clone());
-                entry.digest_from_seed[i] = from_seed;
+            match &entry.digests[i] {
+                Some(known) if *known != d.blake3 => disputed = true,
+                None if knows => entry.digests[i] = Some(d.blake3.clone()),
+                _ => {}
             }
         }
-        let announced = Bitmap::from_bytes(&pieces.bitmap, n);
-        if announced.count() > 0 {
+        let holder = entry.holders.entry(host_id.to_owned()).or_default();
+        if disputed {
+            // Its pieces are not what the task is: offered to nobody.
+            tracing::warn!(
+                task = task_id,
+                host = host_id,
+                "a host announced a length or piece digest that contradicts the fetcher's"
+            );
+            holder.strikes = MAX_STRIKES;
+            entry.notify();
+            return Merge::Disputed;
+        }
+        // Until the length is known the bitmap is kept as it came (the service bounds it), to be
+        // read once someone who knows says the length.
+        let bits = if entry.length.is_some() {
+            n
+        } else {
+            u32::try_from(pieces.bitmap.len() * 8).unwrap_or(u32::MAX)
+        };
+        let announced = Bitmap::from_bytes(&pieces.bitmap, bits);
+        if announced.count() > 0 && entry.length.is_some() {
             // Someone has pieces again: the swarm works for this task.
             entry.failure = None;
         }
-        let holder = entry.holders.entry(host_id.to_owned()).or_default();
-        holder.bitmap = Bitmap::from_bytes(holder.bitmap.as_bytes(), n);
+        let width = holder.bitmap.len().max(bits);
+        holder.bitmap = Bitmap::from_bytes(holder.bitmap.as_bytes(), width);
         holder.bitmap.union(&announced);
-        let now = Instant::now();
-        for p in announced.ones() {
-            entry.first_held[p as usize].get_or_insert(now);
+        if entry.length.is_some() {
+            let now = Instant::now();
+            for p in announced.ones() {
+                entry.first_held[p as usize].get_or_insert(now);
+            }
         }
         entry.notify();
-        true
+        Merge::Merged
     }
 
     /// The fetcher's origin request failed. That is its own failure (its credentials, that

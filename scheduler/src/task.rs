@@ -1,5 +1,4 @@
-//! One task as the scheduler knows it: its holders and their pieces, the piece digests and who
-//! vouched for them, who fetches it from the origin and whether that failed, and what the seeds
+//! One task as the scheduler knows it: its holders and their pieces, the piece digests, who fetches it from the origin and whether that failed, and what the seeds
 //! offer each downloader.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -34,8 +33,6 @@ pub struct TaskEntry {
     pub task: Task,
     pub length: Option<u64>,
     pub digests: Vec<Option<Vec<u8>>>,
-    /// Whether a digest came from a seed (a seed's word beats a peer's).
-    pub(crate) digest_from_seed: Vec<bool>,
     /// When each piece was first announced by anyone.
     pub(crate) first_held: Vec<Option<Instant>>,
     pub holders: HashMap<String, Holder>,
@@ -59,6 +56,8 @@ pub struct Holder {
     pub avoid: HashSet<String>,
     /// Corrupt pieces others reported against this host.
     pub strikes: u32,
+    /// The length it announced before the task's length was known.
+    pub claimed_length: Option<u64>,
 }
 
 impl TaskEntry {
@@ -67,7 +66,6 @@ impl TaskEntry {
             task,
             length: None,
             digests: Vec::new(),
-            digest_from_seed: Vec::new(),
             first_held: Vec::new(),
             holders: HashMap::new(),
             fetcher: None,
@@ -107,16 +105,19 @@ impl TaskEntry {
         self.changed.send_modify(|v| *v += 1);
     }
 
-    /// Takes the first possible length announced (the service refuses impossible ones).
+    /// Takes the length from one who knows it (the service refuses impossible ones).
     pub(crate) fn set_length(&mut self, length: u64) {
         if self.length.is_none() && Layout::for_length(length).is_some() {
             self.length = Some(length);
             let n = self.piece_count() as usize;
             self.digests = vec![None; n];
-            self.digest_from_seed = vec![false; n];
             self.first_held = vec![None; n];
             for h in self.holders.values_mut() {
                 h.bitmap = Bitmap::from_bytes(h.bitmap.as_bytes(), n as u32);
+                if h.claimed_length.take().is_some_and(|l| l != length) {
+                    // It claimed another task's pieces: offered to nobody.
+                    h.strikes = MAX_STRIKES;
+                }
             }
         }
     }

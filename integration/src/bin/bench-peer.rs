@@ -97,7 +97,8 @@ async fn main() -> anyhow::Result<()> {
     let nginx = Nginx::serve(&www, &tmp.path().join("nginx")).await;
     let url = format!("http://{}/blob", nginx.addr);
 
-    let (mut dd, mut curl, mut peer, mut rss) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut dd, mut curl, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut peer, mut plain) = (Vec::new(), Vec::new());
     for i in 0..args.runs {
         // The page cache's own speed: the same number of zeros written to a new file.
         let zeros = tmp.path().join("zeros");
@@ -115,41 +116,25 @@ async fn main() -> anyhow::Result<()> {
         curl.push(checked(c, "curl", (tmp.path(), args.size)).await?);
         same(&src, &out)?;
 
-        let cluster = Cluster::builder().daemons(1).start().await;
-        let seed = cluster.seed.as_ref().context("seed")?;
-        let warm = get(
-            &seed.data_dir.join("store"),
-            &url,
-            &cluster.dir().join("warm"),
-        );
-        checked(warm, "warming the seed", (tmp.path(), 0)).await?;
-        // Let the seed's announcement of the complete task reach the scheduler.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let out = tmp.path().join(format!("peer-{i}"));
-        peer.push(
-            checked(
-                cluster.get(0, &url, &out),
-                "shoal get from the seed",
-                (tmp.path(), args.size),
-            )
-            .await?,
-        );
-        let d = &cluster.daemons[0];
-        let from_peers = d
-            .metric("shoal_download_bytes_total{source=\"seed\"}")
-            .await
-            + d.metric("shoal_download_bytes_total{source=\"peer\"}")
-                .await;
-        ensure!(
-            from_peers == args.size,
-            "the daemon got {from_peers} of {} bytes from peers: not a peer-to-peer transfer",
-            args.size
-        );
-        rss.push(peak_rss_kib(d.child.child.id()).unwrap_or(0));
-        same(&src, &out)?;
+        // With cluster TLS (the default) and without, side by side.
+        for (tls, times) in [(true, &mut peer), (false, &mut plain)] {
+            let builder = Cluster::builder().daemons(1);
+            let cluster = if tls { builder } else { builder.insecure() }.start().await;
+            let (secs, peak) =
+                from_the_seed(&cluster, &url, &src, tmp.path(), i, args.size).await?;
+            times.push(secs);
+            rss.push(peak);
+        }
     }
     let mb = args.size as f64 / 1e6;
-    let (z, c, p) = (median(dd), median(curl), median(peer));
+    let spread = |v: &[f64]| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, 0f64), |(l, h), &x| (l.min(x), h.max(x)));
+        format!("{lo:.3}–{hi:.3} s")
+    };
+    let (tls_spread, plain_spread) = (spread(&peer), spread(&plain));
+    let (z, c, p, q) = (median(dd), median(curl), median(peer), median(plain));
     println!("size {} bytes, median of {} runs", args.size, args.runs);
     println!(
         "dd zeros to a new file             {z:>7.3} s {:>7.0} MB/s",
@@ -160,10 +145,60 @@ async fn main() -> anyhow::Result<()> {
         mb / c
     );
     println!(
-        "shoal get, all pieces from a peer  {p:>7.3} s {:>7.0} MB/s  ({:.2}x curl)  daemon peak RSS {:.1} MiB",
+        "shoal get, from a peer, cluster TLS {p:>7.3} s {:>7.0} MB/s  ({:.2}x curl; {tls_spread})",
         mb / p,
         c / p,
+    );
+    println!(
+        "shoal get, from a peer, plaintext   {q:>7.3} s {:>7.0} MB/s  ({:.2}x curl; {plain_spread})",
+        mb / q,
+        c / q,
+    );
+    println!(
+        "TLS / plaintext time {:.3}; daemon peak RSS {:.1} MiB",
+        p / q,
         rss.into_iter().max().unwrap_or(0) as f64 / 1024.0
     );
     Ok(())
+}
+
+/// A fresh daemon of `cluster` gets `url` with every piece from the seed, which fetched it first
+/// (not timed). Returns the seconds and the daemon's peak RSS.
+async fn from_the_seed(
+    cluster: &Cluster,
+    url: &str,
+    src: &Path,
+    tmp: &Path,
+    round: usize,
+    size: u64,
+) -> anyhow::Result<(f64, u64)> {
+    let seed = cluster.seed.as_ref().context("seed")?;
+    let warm = get(
+        &seed.data_dir.join("store"),
+        url,
+        &cluster.dir().join("warm"),
+    );
+    checked(warm, "warming the seed", (tmp, 0)).await?;
+    // Let the seed's announcement of the complete task reach the scheduler.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let out = tmp.join(format!("peer-{round}"));
+    let secs = checked(
+        cluster.get(0, url, &out),
+        "shoal get from the seed",
+        (tmp, size),
+    )
+    .await?;
+    let d = &cluster.daemons[0];
+    let from_peers = d
+        .metric("shoal_download_bytes_total{source=\"seed\"}")
+        .await
+        + d.metric("shoal_download_bytes_total{source=\"peer\"}")
+            .await;
+    ensure!(
+        from_peers == size,
+        "the daemon got {from_peers} of {size} bytes from peers: not a peer-to-peer transfer"
+    );
+    let peak = peak_rss_kib(d.child.child.id()).unwrap_or(0);
+    same(src, &out)?;
+    Ok((secs, peak))
 }

@@ -153,8 +153,8 @@ fn the_peer_sent_to_the_origin_offers_its_new_pieces_like_a_seed() {
 #[test]
 fn a_fetchers_failure_sends_the_watchers_to_the_origin_and_is_its_own() {
     let (mut state, hosts) = swarm(2, 4);
-    let planned = state.plan("t", Some("h0"));
-    assert_eq!(planned.seed_job.map(|(s, _)| s).as_deref(), Some("seed"));
+    // The first watch sent the seed to the origin.
+    assert_eq!(state.tasks["t"].fetcher.as_deref(), Some("seed"));
     let failure = Failure {
         http_status: 401,
         message: "expired token".into(),
@@ -178,4 +178,81 @@ fn a_fetchers_failure_sends_the_watchers_to_the_origin_and_is_its_own() {
     state.fail("t", "h0", Failure::default());
     state.merge("t", "h1", &have(4, &[0]));
     assert_eq!(state.view("t", &hosts[2]).unwrap().0.failure, None);
+}
+
+/// A piece set claiming `digest` for piece 0 of a task of `count` pieces.
+fn claim(count: u32, digest: u8) -> PieceSet {
+    let mut set = have(count, &[0]);
+    set.digests[0].blake3 = vec![digest; 32];
+    set
+}
+
+/// Issue 13 (3): piece digests were taken from any announcer, so one member could name the
+/// digest of its own bytes first and have everyone fetch them. Only the fetcher (or a seed)
+/// says what a task is; a contradiction is refused and its host offered to nobody.
+#[test]
+fn only_who_fetched_from_the_origin_says_the_length_and_the_digests() {
+    let mut state = State::default();
+    let task = Task {
+        id: "t".into(),
+        url: "http://origin/blob".into(),
+        ..Default::default()
+    };
+    let hosts: Vec<Host> = ["h0", "h1", "liar"]
+        .iter()
+        .map(|id| host(id, false))
+        .collect();
+    for h in &hosts {
+        state.attach(h.clone(), mpsc::channel(1).0);
+    }
+    // No seed: the first watcher is sent to the origin; the others' claims wait.
+    let _ = state.watch(&hosts[0], task.clone(), &PieceSet::default());
+    assert_eq!(state.tasks["t"].fetcher.as_deref(), Some("h0"));
+    let _ = state.watch(&hosts[2], task.clone(), &claim(4, 0xee));
+    let _ = state.watch(&hosts[1], task, &PieceSet::default());
+    assert_eq!(
+        state.tasks["t"].length, None,
+        "a bystander's length was taken"
+    );
+    let mut lie = claim(8, 0xee);
+    lie.bitmap = vec![0xff];
+    assert_eq!(state.merge("t", "liar", &lie), Merge::Merged);
+    assert_eq!(state.tasks["t"].length, None);
+    // A bystander that claimed the right length is heard once it is known.
+    let _ = state.merge("t", "h1", &have(4, &[]));
+    // The fetcher says the length and the digest of piece 0.
+    assert_eq!(state.merge("t", "h0", &claim(4, 7)), Merge::Merged);
+    assert_eq!(state.tasks["t"].length, Some(4 * PIECE));
+    assert_eq!(
+        state.view("t", &hosts[1]).unwrap().0.digests[0],
+        vec![7; 32]
+    );
+    // Contradictions are refused: another length, another digest; the liar is struck and
+    // offered to nobody, even for the piece it claimed before the length was known.
+    assert_eq!(state.merge("t", "liar", &claim(4, 0xee)), Merge::Disputed);
+    assert_eq!(state.merge("t", "liar", &claim(5, 7)), Merge::Disputed);
+    assert!(offered_by(&state, &hosts[1], "liar").is_empty());
+    assert_eq!(
+        state.view("t", &hosts[1]).unwrap().0.digests[0],
+        vec![7; 32]
+    );
+    // A peer that agrees is offered.
+    assert_eq!(state.merge("t", "h1", &claim(4, 7)), Merge::Merged);
+    let h2 = host("h2", false);
+    state.attach(h2.clone(), mpsc::channel(1).0);
+    assert_eq!(offered_by(&state, &h2, "h1"), vec![0]);
+}
+
+/// Holdings announced before anyone who knows said the length are kept, and count once the
+/// length is known (a scheduler restarted while hosts held the task).
+#[test]
+fn a_bitmap_announced_before_the_length_counts_once_it_is_known() {
+    let (mut state, hosts) = swarm(2, 4);
+    state.tasks.get_mut("t").unwrap().length = None;
+    state.tasks.get_mut("t").unwrap().digests.clear();
+    let mut early = have(16, &[9]);
+    early.digests.clear();
+    state.merge("t", "h0", &early);
+    state.merge("t", "seed", &have(16, &[0, 9]));
+    assert_eq!(offered_by(&state, &hosts[2], "h0"), vec![9]);
 }

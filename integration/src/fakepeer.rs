@@ -125,7 +125,7 @@ impl CorruptPeer {
                 .collect::<Bitmap>()
                 .as_bytes()
                 .to_vec(),
-            digests: Vec::new(),
+            ..Default::default()
         };
         let task_msg = Task {
             id: task.to_string(),

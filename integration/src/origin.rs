@@ -30,6 +30,7 @@ pub struct OriginBuilder {
     rate: Option<u64>,
     ip: IpAddr,
     signature: Option<String>,
+    claims_all: bool,
 }
 
 impl OriginBuilder {
@@ -61,6 +62,13 @@ impl OriginBuilder {
     /// presigned URL: anything else is `403`.
     pub fn signed(mut self, param: &str) -> Self {
         self.signature = Some(param.to_owned());
+        self
+    }
+
+    /// Answer every `HEAD` with 200 and a Content-Length, as a server that claims to hold
+    /// anything would; a `GET` of a path it does not hold is still 404.
+    pub fn claims_all(mut self) -> Self {
+        self.claims_all = true;
         self
     }
 
@@ -128,6 +136,7 @@ impl TestOrigin {
             ranges: true,
             rate: None,
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            claims_all: false,
             signature: None,
         }
     }
@@ -180,6 +189,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             .expect("valid response"));
     }
     let Some(data) = state.config.files.get(&path).cloned() else {
+        if state.config.claims_all && req.method() == Method::HEAD {
+            return Ok(Response::builder()
+                .header(http::header::CONTENT_LENGTH, 1 << 20)
+                .body(full(Bytes::new()))
+                .expect("valid response"));
+        }
         return Ok(Response::builder()
             .status(StatusCode::NOT_FOUND)
             .body(full(Bytes::from_static(b"not found")))

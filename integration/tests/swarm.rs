@@ -346,7 +346,7 @@ async fn a_member_announcing_an_impossible_length_changes_nothing_and_the_schedu
             length_known: true,
             content_length,
             bitmap,
-            digests: Vec::new(),
+            ..Default::default()
         };
         let watch = client
             .watch(WatchRequest {
@@ -415,6 +415,7 @@ async fn a_member_naming_a_task_first_with_false_facts_changes_nothing() {
                 blake3: vec![0xee; 32],
             })
             .collect(),
+        ..Default::default()
     };
     let _watch = client
         .watch(WatchRequest {

@@ -14,15 +14,16 @@ use url::Url;
 pub(crate) struct Access {
     ttl: Duration,
     allowed: Mutex<HashMap<[u8; 32], Instant>>,
-    /// For [`Probe::FirstByte`]: follows redirects.
+    /// Follows redirects (the client would).
     follow: reqwest::Client,
 }
 
 /// How the upstream is asked whether a client may read a resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Probe {
-    /// `HEAD`, as registries answer for blobs; a redirect (to storage the registry signed for
-    /// this client) counts as yes.
+    /// `HEAD`, as registries answer for blobs, following redirects (to storage the registry
+    /// signed for this client; credentials are dropped across hosts): a 2xx answer counts as
+    /// yes, nothing else (a redirect is not a yes: anyone can answer one).
     Head,
     /// `GET` of the first byte, exactly as the client asked (its query, its headers), following
     /// redirects (credentials are dropped across hosts): a presigned URL is signed for `GET`
@@ -34,7 +35,7 @@ pub(crate) enum Probe {
 const MAX_ACCESS_ENTRIES: usize = 100_000;
 
 impl Access {
-    /// Remembers a yes for `ttl`; `follow` (a client that follows redirects) asks first bytes.
+    /// Remembers a yes for `ttl`; `follow` (a client that follows redirects) asks.
     pub fn new(ttl: Duration, follow: reqwest::Client) -> Self {
         Access {
             ttl,
@@ -47,7 +48,6 @@ impl Access {
     /// sent with the client's own credentials.
     pub async fn check(
         &self,
-        client: &reqwest::Client,
         url: &Url,
         headers: &HeaderMap,
         probe: Probe,
@@ -58,7 +58,7 @@ impl Access {
             return Ok(true);
         }
         let request = match probe {
-            Probe::Head => client.head(url.clone()).headers(headers.clone()),
+            Probe::Head => self.follow.head(url.clone()).headers(headers.clone()),
             Probe::FirstByte => self
                 .follow
                 .get(url.clone())
@@ -68,7 +68,7 @@ impl Access {
         // The answer's body (one byte, or an error page) is dropped unread.
         let status = request.send().await?.status();
         let ok = match probe {
-            Probe::Head => status.is_success() || status.is_redirection(),
+            Probe::Head => status.is_success(),
             Probe::FirstByte => {
                 status.is_success() || status == http::StatusCode::RANGE_NOT_SATISFIABLE
             }

@@ -18,7 +18,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use shoal_p2p::http1::FileBody;
-use shoal_p2p::origin::OriginRequest;
+use shoal_p2p::origin::{OriginRequest, upstream_of};
+use shoal_p2p::proto::Source;
 use shoal_p2p::{Digest, DownloadRequest, Downloader, IdOptions, TaskId};
 use url::Url;
 
@@ -118,11 +119,7 @@ pub(crate) fn head_size<B>(req: &Request<B>) -> usize {
 /// A registry blob through the swarm, once the client proved it may read it.
 async fn blob(ctx: &Ctx, url: Url, digest: &Digest, name: &str, parts: &Parts) -> Response<Body> {
     let headers = origin_headers(&parts.headers);
-    match ctx
-        .access
-        .check(&ctx.client, &url, &headers, Probe::Head)
-        .await
-    {
+    match ctx.access.check(&url, &headers, Probe::Head).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::debug!(repository = name, %digest, "client may not read the blob; the registry answers");
@@ -143,7 +140,7 @@ async fn blob(ctx: &Ctx, url: Url, digest: &Digest, name: &str, parts: &Parts) -
         header::ETAG,
         HeaderValue::from_str(&format!("\"{digest}\"")).expect("ASCII"),
     );
-    serve_task(ctx, req, parts, extra).await
+    serve_task(ctx, req, parts, extra, Vouch::Sources).await
 }
 
 /// A rule-matched URL through the swarm, to a client the origin serves this URL itself: its
@@ -152,11 +149,7 @@ async fn blob(ctx: &Ctx, url: Url, digest: &Digest, name: &str, parts: &Parts) -
 /// presigned URL could read it from the swarm without its signature.
 async fn url_task(ctx: &Ctx, url: Url, id_options: IdOptions, parts: &Parts) -> Response<Body> {
     let headers = origin_headers(&parts.headers);
-    match ctx
-        .access
-        .check(&ctx.client, &url, &headers, Probe::FirstByte)
-        .await
-    {
+    match ctx.access.check(&url, &headers, Probe::FirstByte).await {
         Ok(true) => {}
         Ok(false) => return passthrough(ctx, url, parts.clone(), None).await,
         Err(e) => return Error::unreachable(&url, e).into_response(),
@@ -167,7 +160,8 @@ async fn url_task(ctx: &Ctx, url: Url, id_options: IdOptions, parts: &Parts) -> 
         digest: None,
         task_id: None,
     };
-    serve_task(ctx, req, parts, HeaderMap::new()).await
+    // The URL is the task's identity: the origin that answered the client is its source.
+    serve_task(ctx, req, parts, HeaderMap::new(), Vouch::Url).await
 }
 
 /// Whether a non-registry request becomes a URL task, and with which identity options.
@@ -209,18 +203,46 @@ fn rule_options(ctx: &Ctx, parts: &Parts, url: &Url) -> Option<IdOptions> {
     })
 }
 
+/// Which upstream vouches for a task's content, to a client its origin just answered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Vouch {
+    /// The task's id is its URL's: the origin the client named is the content's.
+    Url,
+    /// A blob, whose id is only its digest: every upstream the content came from must be the
+    /// client's registry, or have served it with no credentials (see [`vouched`]).
+    Sources,
+}
+
+/// Whether a client that `upstream` (its registry) serves may have content that came from
+/// `sources`: each of them is that registry, or served the content with no credentials (it is
+/// public). A registry the client names for the first time vouches for nothing that came from
+/// elsewhere; content from nowhere known goes to nobody.
+fn vouched(sources: &[Source], upstream: &str) -> bool {
+    !sources.is_empty()
+        && sources
+            .iter()
+            .all(|s| s.anonymous || s.upstream == upstream)
+}
+
 /// Answers a GET from a task: 200, or 206 for a `Range`, bytes flowing as pieces are verified.
+/// Content its upstreams do not vouch for to this client is the upstream's to answer.
 async fn serve_task(
     ctx: &Ctx,
     req: DownloadRequest,
     parts: &Parts,
     extra: HeaderMap,
+    vouch: Vouch,
 ) -> Response<Body> {
     let task = req.task_id();
+    let url = req.origin.url.clone();
     let reading = match ctx.downloader.read(req).await {
         Ok(r) => r,
         Err(e) => return Error::Task(e).into_response(),
     };
+    if vouch == Vouch::Sources && !vouched(&reading.sources, &upstream_of(&url)) {
+        tracing::info!(%task, upstream = upstream_of(&url), "the content came from elsewhere; the client's registry answers");
+        return passthrough(ctx, url, parts.clone(), None).await;
+    }
     let len = reading.content_length();
     let span = match parse_range(parts.headers.get(header::RANGE), len) {
         Ok(span) => span,
@@ -465,6 +487,26 @@ mod tests {
         ] {
             assert_eq!(range(ignored, 10), Ok(None), "{ignored}");
         }
+    }
+
+    #[test]
+    fn a_blob_is_vouched_for_by_every_registry_it_came_from() {
+        let src = |upstream: &str, anonymous| Source {
+            upstream: upstream.into(),
+            anonymous,
+        };
+        let r = "https://r.example";
+        assert!(!vouched(&[], r), "content from nowhere known");
+        assert!(vouched(&[src(r, false)], r));
+        assert!(!vouched(&[src(r, false)], "https://evil.example"));
+        // Public there: any client's registry will do.
+        assert!(vouched(&[src(r, true)], "https://evil.example"));
+        // Content from two upstreams: each must vouch.
+        let both = [src(r, false), src("https://s.example", true)];
+        assert!(vouched(&both, r));
+        assert!(!vouched(&both, "https://s.example"));
+        let two_private = [src(r, false), src("https://s.example", false)];
+        assert!(!vouched(&two_private, r));
     }
 
     #[test]

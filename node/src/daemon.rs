@@ -263,6 +263,7 @@ async fn reannounce(swarm: &Swarm, downloader: &Downloader, index: usize) {
                     })
                 })
                 .collect(),
+            sources: meta.sources,
         };
         swarm.announce(&id, Some(set), None).await;
     }

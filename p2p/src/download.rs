@@ -177,9 +177,18 @@ impl Downloader {
             None => None,
         };
         let (layout, stat) = self.layout(id, req, link.as_mut()).await?;
+        // Where the content comes from: the swarm's sources, and this host's origin when it
+        // asked it (for the length, or to fetch pieces).
+        let mut sources = link
+            .as_ref()
+            .map(|l| l.view.sources.clone())
+            .unwrap_or_default();
+        if stat.is_some() || link::to_origin(link.as_ref()) {
+            sources.push(req.origin.source());
+        }
         let state = self
             .store
-            .open_task(id, req.origin.display_url(), layout)
+            .open_task(id, req.origin.display_url(), layout, sources)
             .await?;
         progress.start(layout.content_length, state.stored_bytes());
         tracing::debug!(
@@ -206,10 +215,8 @@ impl Downloader {
             None => None,
         };
         let reporter = prefix.as_ref().map(|p| p.reporter());
-        let pieces = match Run::new(job, state.pieces, link, stat, reporter)
-            .run(progress)
-            .await
-        {
+        let run = Run::new(job, state.pieces, state.meta.sources, link, stat, reporter);
+        let (pieces, sources) = match run.run(progress).await {
             Ok(p) => p,
             Err(e) => {
                 if is_fetcher {
@@ -237,7 +244,7 @@ impl Downloader {
             }
             None => None,
         };
-        let meta = self.store.complete(id, digest, pieces).await?;
+        let meta = self.store.complete(id, digest, pieces, sources).await?;
         Ok(Downloaded {
             task: id.clone(),
             meta,
@@ -272,6 +279,7 @@ impl Downloader {
                 let set = PieceSet {
                     length_known: true,
                     content_length: stat.content_length,
+                    sources: vec![req.origin.source()],
                     ..Default::default()
                 };
                 link.courier.announce(set);
@@ -327,6 +335,7 @@ impl Downloader {
             content_length: state.meta.layout.content_length,
             bitmap: bitmap.as_bytes().to_vec(),
             digests: Vec::new(),
+            sources: state.meta.sources,
         }
     }
 

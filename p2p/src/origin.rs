@@ -117,6 +117,27 @@ impl OriginRequest {
     pub fn display_url(&self) -> String {
         display_url(&self.url)
     }
+
+    /// The upstream this request fetches from, as a task's provenance records it: anonymous
+    /// when nothing in the request could be a credential (no `Authorization` or `Cookie`
+    /// header, no user info, no query).
+    pub fn source(&self) -> crate::proto::Source {
+        let anonymous = !self.headers.contains_key(header::AUTHORIZATION)
+            && !self.headers.contains_key(header::COOKIE)
+            && self.url.username().is_empty()
+            && self.url.password().is_none()
+            && self.url.query().is_none();
+        crate::proto::Source {
+            upstream: upstream_of(&self.url),
+            anonymous,
+        }
+    }
+}
+
+/// A URL's upstream, as task sources name it: `scheme://host[:port]` (the default port left
+/// out).
+pub fn upstream_of(url: &Url) -> String {
+    url.origin().ascii_serialization()
 }
 
 /// What a stat learned about a resource.

@@ -2,3 +2,12 @@
 #![allow(clippy::all, clippy::pedantic, clippy::unwrap_used, missing_docs)]
 
 tonic::include_proto!("shoal.scheduler.v1");
+
+/// Adds the sources `to` does not name yet.
+pub fn add_sources(to: &mut Vec<Source>, sources: &[Source]) {
+    for s in sources {
+        if !to.contains(s) {
+            to.push(s.clone());
+        }
+    }
+}

@@ -31,6 +31,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::id::TaskId;
 use crate::piece::Layout;
+use crate::proto::{Source, add_sources};
 
 mod handle;
 mod holdings;
@@ -63,6 +64,11 @@ pub struct TaskMeta {
     /// Seconds since the Unix epoch.
     pub created_at: u64,
     pub accessed_at: u64,
+    /// Every upstream the content came from (see [`crate::proto::Source`]): a mirror gives
+    /// the bytes only to a client that each of them would serve. Empty in records written
+    /// before sources were kept: such content is served only as the registry answers.
+    #[serde(default)]
+    pub sources: Vec<Source>,
 }
 
 /// An open task: its record and which pieces are stored.
@@ -198,13 +204,20 @@ impl Store {
 
     /// Opens a task for download: creates it, or resumes it if the store has it with the same
     /// layout (recorded pieces of unfinished tasks are re-verified; bad ones are dropped). A task
-    /// recorded with another layout is started over.
-    pub fn open_task(&self, id: &TaskId, url: &str, layout: Layout) -> Result<TaskState> {
+    /// recorded with another layout is started over. `sources` are added to the task's.
+    pub fn open_task(
+        &self,
+        id: &TaskId,
+        url: &str,
+        layout: Layout,
+        sources: &[Source],
+    ) -> Result<TaskState> {
         let path = self.data_path(id);
-        if let Some(meta) = self.meta(id)?
+        if let Some(mut meta) = self.meta(id)?
             && meta.layout == layout
             && path.exists()
         {
+            add_sources(&mut meta.sources, sources);
             let mut state = TaskState {
                 pieces: self.recorded_pieces(id, &meta)?,
                 meta,
@@ -222,14 +235,16 @@ impl Store {
         file.set_len(layout.content_length)
             .map_err(|e| Error::io("size task file", &path, e))?;
         let now = unix_now();
-        let meta = TaskMeta {
+        let mut meta = TaskMeta {
             url: url.to_owned(),
             layout,
             digest: None,
             complete: false,
             created_at: now,
             accessed_at: now,
+            sources: Vec::new(),
         };
+        add_sources(&mut meta.sources, sources);
         self.put_meta(id, &meta)?;
         Ok(TaskState {
             pieces: vec![None; layout.piece_count() as usize],
@@ -267,12 +282,14 @@ impl Store {
     }
 
     /// Marks a task complete (and read-only on disk, since outputs may be hard links to it).
-    /// The task's piece digests move from the journal into redb in the same transaction.
+    /// The task's piece digests move from the journal into redb in the same transaction;
+    /// `sources` are added to the task's.
     pub fn complete(
         &self,
         id: &TaskId,
         digest: Option<Digest>,
         pieces: &[Digest],
+        sources: &[Source],
     ) -> Result<TaskMeta> {
         let path = self.data_path(id);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o444))
@@ -283,6 +300,7 @@ impl Store {
         meta.complete = true;
         meta.digest = digest.or(meta.digest);
         meta.accessed_at = unix_now();
+        add_sources(&mut meta.sources, sources);
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(PIECES)?;

@@ -137,7 +137,10 @@ impl State {
     /// Merges what a host announced. A task's length and piece digests are taken only from a
     /// host that knows them: the one sent to the origin for it, or a seed. Another host's claims
     /// wait for one who knows (its bitmap is kept), and a claim that contradicts what is known
-    /// is reported and counts as a strike against that host, never adopted.
+    /// is reported and counts as a strike against that host, never adopted. The task's sources
+    /// (the upstreams its content came from) are set once, with its length, and a piece digest
+    /// from a host naming another upstream is not taken: every piece the swarm passes on came
+    /// from one of the task's sources, the upstreams a mirror checks its clients against.
     pub fn merge(&mut self, task_id: &str, host_id: &str, pieces: &PieceSet) -> Merge {
         let is_seed = self.hosts.get(host_id).is_some_and(|a| a.host.seed);
         let Some(entry) = self.tasks.get_mut(task_id) else {
@@ -148,7 +151,10 @@ impl State {
         if pieces.length_known {
             match entry.length {
                 Some(known) if known != pieces.content_length => disputed = true,
-                None if knows => entry.set_length(pieces.content_length),
+                None if knows => {
+                    entry.set_length(pieces.content_length);
+                    entry.set_sources(&pieces.sources);
+                }
                 None => {
                     let holder = entry.holders.entry(host_id.to_owned()).or_default();
                     holder.claimed_length = Some(pieces.content_length);
@@ -157,6 +163,16 @@ impl State {
             }
         }
         let n = entry.piece_count();
+        if knows && entry.digests.iter().all(Option::is_none) {
+            // The length came without sources (from a host that had none to tell).
+            entry.set_sources(&pieces.sources);
+        }
+        // A piece digest defines content: taken only from a host that names where its pieces
+        // came from, all of them among the task's sources, so that those stay every upstream
+        // the content came from.
+        let vouched = knows
+            && !pieces.sources.is_empty()
+            && pieces.sources.iter().all(|s| entry.sources.contains(s));
         for d in &pieces.digests {
             let i = d.number as usize;
             if d.number >= n || d.blake3.len() != 32 {
@@ -164,7 +180,7 @@ impl State {
             }
             match &entry.digests[i] {
                 Some(known) if *known != d.blake3 => disputed = true,
-                None if knows => entry.digests[i] = Some(d.blake3.clone()),
+                None if vouched => entry.digests[i] = Some(d.blake3.clone()),
                 _ => {}
             }
         }
@@ -357,6 +373,7 @@ impl State {
             parents: parents.into_iter().map(|(_, p)| p).collect(),
             back_to_source: entry.fetcher.as_deref() == Some(host.id.as_str()),
             failure: entry.recent_failure().cloned(),
+            sources: entry.sources.clone(),
         };
         Some((view, offer.expiring))
     }

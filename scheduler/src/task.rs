@@ -6,9 +6,13 @@ use std::time::Instant;
 
 use shoal_p2p::Bitmap;
 use shoal_p2p::piece::Layout;
-use shoal_p2p::proto::{Failure, Host, Job, Task};
+use shoal_p2p::proto::{Failure, Host, Job, Source, Task};
 use tokio::sync::{mpsc, watch};
 
+/// Sources a task may have (one per upstream its fetchers used, with and without credentials).
+pub const MAX_SOURCES: usize = 8;
+/// The longest upstream (`scheme://host:port`) a source may name.
+const MAX_UPSTREAM_LEN: usize = 300;
 /// Corrupt-piece reports after which a host is offered to nobody for that task.
 pub const MAX_STRIKES: u32 = 2;
 /// How long a piece only seeds hold is offered to its one chosen host before every host is
@@ -33,6 +37,8 @@ pub struct TaskEntry {
     pub task: Task,
     pub length: Option<u64>,
     pub digests: Vec<Option<Vec<u8>>>,
+    /// The upstreams its content came from, set once (see [`TaskEntry::set_sources`]).
+    pub sources: Vec<Source>,
     /// When each piece was first announced by anyone.
     pub(crate) first_held: Vec<Option<Instant>>,
     pub holders: HashMap<String, Holder>,
@@ -66,6 +72,7 @@ impl TaskEntry {
             task,
             length: None,
             digests: Vec::new(),
+            sources: Vec::new(),
             first_held: Vec::new(),
             holders: HashMap::new(),
             fetcher: None,
@@ -119,6 +126,20 @@ impl TaskEntry {
                     h.strikes = MAX_STRIKES;
                 }
             }
+        }
+    }
+
+    /// Takes the task's sources from one who knows them, while it has none; at most
+    /// [`MAX_SOURCES`], each a plausible upstream, else none are taken (and a mirror serves the
+    /// task's content to no client from the swarm).
+    pub(crate) fn set_sources(&mut self, sources: &[Source]) {
+        let plausible = |s: &Source| {
+            s.upstream.len() <= MAX_UPSTREAM_LEN
+                && (s.upstream.starts_with("https://") || s.upstream.starts_with("http://"))
+        };
+        if self.sources.is_empty() && sources.len() <= MAX_SOURCES && sources.iter().all(plausible)
+        {
+            shoal_p2p::proto::add_sources(&mut self.sources, sources);
         }
     }
 

@@ -81,6 +81,38 @@ async fn private_blobs_reach_only_clients_the_registry_accepts_and_credentials_s
         assert!(resp.bytes().await.unwrap() == *layer);
     }
 
+    // Issue 13 (2): a registry the client names vouches only for content that came from it. A
+    // server answering 200 to any HEAD, named as the registry (header, Range, forward proxy),
+    // gets the client its own answer, never the private layer from the swarm.
+    let fake = TestOrigin::builder().claims_all().start().await;
+    let digest = shoal_integration::sha256(layer);
+    let blob = format!("/v2/anyone/blobs/{digest}");
+    let proxied = |i: usize| {
+        let proxy = reqwest::Proxy::http(mirror(i)).unwrap();
+        reqwest::Client::builder().proxy(proxy).build().unwrap()
+    };
+    for i in 0..2 {
+        let named = http
+            .get(format!("{}{blob}", mirror(i)))
+            .header("x-dragonfly-registry", fake.url(""));
+        let cases = [
+            ("named", named.try_clone().unwrap()),
+            ("range", named.header("range", "bytes=0-")),
+            ("proxy", proxied(i).get(fake.url(&blob))),
+        ];
+        for (how, rb) in cases {
+            let resp = rb.send().await.unwrap();
+            assert_eq!(resp.status(), StatusCode::NOT_FOUND, "daemon {i}, {how}");
+            assert!(!resp.headers().contains_key("x-dragonfly-task-id"));
+            let body = resp.bytes().await.unwrap();
+            assert!(body.len() < 1000, "daemon {i}, {how}: {} bytes", body.len());
+        }
+    }
+    assert!(
+        fake.seen().iter().any(|s| s.method == "HEAD"),
+        "the fake registry was never asked"
+    );
+
     // Credential hygiene: no node's logs, config or data hold the password or the header.
     let encoded = base64(basic.as_bytes());
     let mut checked = 0;

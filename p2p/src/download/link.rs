@@ -45,6 +45,12 @@ impl SwarmLink<'_> {
     }
 }
 
+/// Whether a download fetches from its own origin: it is the swarm's fetcher, the fetcher
+/// failed, or there is no swarm.
+pub(crate) fn to_origin(link: Option<&SwarmLink<'_>>) -> bool {
+    link.is_none_or(|l| l.view.back_to_source || l.view.failure.is_some())
+}
+
 /// What a download tells its scheduler.
 enum Note {
     Pieces(PieceSet),
@@ -113,6 +119,7 @@ fn merge(set: &mut PieceSet, later: PieceSet) {
         set.bitmap = later.bitmap;
     }
     set.digests.extend(later.digests);
+    crate::proto::add_sources(&mut set.sources, &later.sources);
     set.length_known |= later.length_known;
     set.content_length = set.content_length.max(later.content_length);
 }
@@ -163,11 +170,17 @@ mod tests {
                 .as_bytes()
                 .to_vec(),
             digests: digests.iter().map(|&n| digest(n)).collect(),
+            sources: vec![crate::proto::Source {
+                upstream: format!("https://r{}", pieces.len()),
+                anonymous: false,
+            }],
         };
         let mut first = set(&[0, 1], &[0, 1]);
         merge(&mut first, set(&[0, 1, 9], &[9]));
         assert_eq!(first.bitmap, set(&[0, 1, 9], &[]).bitmap);
         assert_eq!(first.digests, vec![digest(0), digest(1), digest(9)]);
         assert!(first.length_known);
+        let upstreams: Vec<_> = first.sources.iter().map(|s| s.upstream.as_str()).collect();
+        assert_eq!(upstreams, ["https://r2", "https://r3"]);
     }
 }

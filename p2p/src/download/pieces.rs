@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Source;
 use crate::origin::Stat;
 use crate::peer::{self, PieceError};
-use crate::proto::{Fault, PieceDigest, PieceSet, TaskView};
+use crate::proto::{Fault, PieceDigest, PieceSet, TaskView, add_sources};
 use crate::store::prefix::PrefixHash;
 
 #[derive(Debug)]
@@ -61,6 +61,9 @@ pub(crate) struct Run<'a> {
     stored: Vec<Option<Digest>>,
     /// Digests of pieces this host fetched from the origin, not yet announced.
     fetched_digests: Vec<PieceDigest>,
+    /// Every upstream the stored pieces came from, as far as this host knows: the task's
+    /// record, the swarm's sources, and this host's origin once it fetched from it.
+    sources: Vec<crate::proto::Source>,
     to_origin: bool,
     stat: Option<Stat>,
     avoid: HashSet<String>,
@@ -84,18 +87,18 @@ impl<'a> Run<'a> {
     pub(crate) fn new(
         job: Job,
         stored: Vec<Option<Digest>>,
+        sources: Vec<crate::proto::Source>,
         link: Option<SwarmLink<'a>>,
         stat: Option<Stat>,
         prefix: Option<watch::Sender<u64>>,
     ) -> Self {
-        let to_origin = link
-            .as_ref()
-            .is_none_or(|l| l.view.back_to_source || l.view.failure.is_some());
+        let to_origin = super::link::to_origin(link.as_ref());
         Run {
             job,
             link,
             stored,
             fetched_digests: Vec::new(),
+            sources,
             to_origin,
             stat,
             avoid: HashSet::new(),
@@ -122,8 +125,12 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Runs until every piece is stored; returns all piece digests.
-    pub(crate) async fn run(mut self, progress: &Progress) -> Result<Vec<Digest>> {
+    /// Runs until every piece is stored; returns all piece digests and every upstream they
+    /// came from.
+    pub(crate) async fn run(
+        mut self,
+        progress: &Progress,
+    ) -> Result<(Vec<Digest>, Vec<crate::proto::Source>)> {
         let mut set: JoinSet<Outcome> = JoinSet::new();
         let mut next_announce = Instant::now();
         let mut reconnect_at: Option<Instant> = None;
@@ -131,18 +138,16 @@ impl<'a> Run<'a> {
         loop {
             if self.stored.iter().all(Option::is_some) {
                 self.announce();
-                return Ok(self
-                    .stored
-                    .into_iter()
-                    .map(|d| d.expect("all stored"))
-                    .collect());
+                let pieces = self.stored.into_iter().map(|d| d.expect("all stored"));
+                return Ok((pieces.collect(), self.sources));
             }
             if self.to_origin && self.stat.as_ref().is_some_and(|s| !s.ranges) && set.is_empty() {
                 // An origin without ranges is one stream; nothing else can run beside it.
                 let digests = self.job.origin_stream(&mut self.stored, progress).await?;
                 self.advance_prefix();
-                self.fetched_digests
-                    .extend(digests.into_iter().map(|(n, d)| piece_digest(n, &d)));
+                for (n, d) in digests {
+                    self.fetched(n, &d);
+                }
                 continue;
             }
             self.fill(&mut set).await?;
@@ -353,7 +358,7 @@ impl<'a> Run<'a> {
                 progress.add(r.end - r.start);
                 tracing::debug!(task = %self.job.id, piece = n, from = ?source, "piece stored");
                 match source {
-                    PieceSource::Origin => self.fetched_digests.push(piece_digest(n, &digest)),
+                    PieceSource::Origin => self.fetched(n, &digest),
                     PieceSource::Peer { seed, .. } => {
                         let from = if seed { Source::Seed } else { Source::Peer };
                         self.job.metrics.bytes(from, r.end - r.start);
@@ -424,7 +429,14 @@ impl<'a> Run<'a> {
             tracing::info!(task = %self.job.id, failure = f.message, "the fetcher's origin request failed; fetching from the origin with this request's own credentials");
             self.to_origin = true;
         }
+        add_sources(&mut self.sources, &view.sources);
         link.view = view;
+    }
+
+    /// Piece `n` came from this host's origin.
+    fn fetched(&mut self, n: u32, digest: &Digest) {
+        self.fetched_digests.push(piece_digest(n, digest));
+        add_sources(&mut self.sources, &[self.job.req.origin.source()]);
     }
 
     async fn rewatch(&mut self) -> bool {
@@ -459,6 +471,7 @@ impl<'a> Run<'a> {
             content_length: self.job.layout.content_length,
             bitmap: bitmap.as_bytes().to_vec(),
             digests,
+            sources: self.sources.clone(),
         }
     }
 

@@ -34,6 +34,9 @@ pub struct Reading {
     pub layout: Layout,
     /// Whether the content was already complete in the store when reading began.
     pub complete: bool,
+    /// Every upstream the content came from (see [`crate::proto::Source`]): empty when not
+    /// known, and then no client's registry vouches for it.
+    pub sources: Vec<crate::proto::Source>,
     downloader: Arc<Downloader>,
     done: watch::Receiver<Done>,
 }
@@ -60,6 +63,7 @@ impl Downloader {
                     task: id,
                     layout: meta.layout,
                     complete: meta.complete,
+                    sources: meta.sources,
                     downloader: self.clone(),
                     done,
                 });

@@ -13,6 +13,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::id::TaskId;
 use crate::piece::Layout;
+use crate::proto::Source;
 
 /// A [`Store`] shared by async code; cheap to clone.
 #[derive(Clone)]
@@ -99,9 +100,16 @@ impl AsyncStore {
     }
 
     /// Creates or resumes a task; see [`Store::open_task`].
-    pub async fn open_task(&self, id: &TaskId, url: String, layout: Layout) -> Result<TaskState> {
+    pub async fn open_task(
+        &self,
+        id: &TaskId,
+        url: String,
+        layout: Layout,
+        sources: Vec<Source>,
+    ) -> Result<TaskState> {
         let id = id.clone();
-        self.call(move |s| s.open_task(&id, &url, layout)).await
+        self.call(move |s| s.open_task(&id, &url, layout, &sources))
+            .await
     }
 
     /// Marks a task complete; see [`Store::complete`].
@@ -110,9 +118,11 @@ impl AsyncStore {
         id: &TaskId,
         digest: Option<Digest>,
         pieces: Vec<Digest>,
+        sources: Vec<Source>,
     ) -> Result<TaskMeta> {
         let id = id.clone();
-        self.call(move |s| s.complete(&id, digest, &pieces)).await
+        self.call(move |s| s.complete(&id, digest, &pieces, &sources))
+            .await
     }
 
     /// Forgets a task and deletes its content.

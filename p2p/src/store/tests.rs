@@ -34,13 +34,13 @@ fn resume_keeps_recorded_pieces_and_drops_corrupt_ones() {
     let layout = layout4(10 << 20);
     {
         let store = Store::open(dir.path()).unwrap();
-        let st = store.open_task(&id, "http://h/f", layout).unwrap();
+        let st = store.open_task(&id, "http://h/f", layout, &[]).unwrap();
         assert_eq!(st.missing().count(), 3);
         write(&store, &id, layout, 0, 1);
         write(&store, &id, layout, 2, 3);
     }
     let store = Store::open(dir.path()).unwrap();
-    let st = store.open_task(&id, "http://h/f", layout).unwrap();
+    let st = store.open_task(&id, "http://h/f", layout, &[]).unwrap();
     assert_eq!(st.missing().collect::<Vec<_>>(), vec![1]);
     assert_eq!(st.stored_bytes(), (4 << 20) + (2 << 20));
     // Corrupt piece 2 on disk: the next open notices and drops it.
@@ -49,7 +49,7 @@ fn resume_keeps_recorded_pieces_and_drops_corrupt_ones() {
         .unwrap()
         .write_all_at(b"x", 9 << 20)
         .unwrap();
-    let st = store.open_task(&id, "http://h/f", layout).unwrap();
+    let st = store.open_task(&id, "http://h/f", layout, &[]).unwrap();
     assert_eq!(st.missing().collect::<Vec<_>>(), vec![1, 2]);
 }
 
@@ -59,10 +59,10 @@ fn another_layout_starts_over_and_remove_forgets() {
     let store = Store::open(dir.path()).unwrap();
     let id = task("http://h/g");
     let l1 = layout4(5 << 20);
-    store.open_task(&id, "u", l1).unwrap();
+    store.open_task(&id, "u", l1, &[]).unwrap();
     write(&store, &id, l1, 0, 7);
     let l2 = layout4(6 << 20);
-    let st = store.open_task(&id, "u", l2).unwrap();
+    let st = store.open_task(&id, "u", l2, &[]).unwrap();
     assert_eq!(st.missing().count(), 2);
     assert_eq!(fs::metadata(store.data_path(&id)).unwrap().len(), 6 << 20);
     store.remove(&id).unwrap();
@@ -77,12 +77,12 @@ fn unclean_stop_reverifies_recently_completed_tasks() {
     let layout = layout4(6 << 20);
     {
         let store = Store::open(dir.path()).unwrap();
-        store.open_task(&id, "u", layout).unwrap();
+        store.open_task(&id, "u", layout, &[]).unwrap();
         write(&store, &id, layout, 0, 1);
         write(&store, &id, layout, 1, 2);
-        let pieces = store.open_task(&id, "u", layout).unwrap().pieces;
+        let pieces = store.open_task(&id, "u", layout, &[]).unwrap().pieces;
         let pieces: Vec<Digest> = pieces.into_iter().map(Option::unwrap).collect();
-        store.complete(&id, None, &pieces).unwrap();
+        store.complete(&id, None, &pieces, &[]).unwrap();
     }
     // A clean stop: the next open trusts the content (even if it changed since).
     let path = Store::open(dir.path()).unwrap().data_path(&id);
@@ -105,7 +105,7 @@ fn unclean_stop_reverifies_recently_completed_tasks() {
     fs::remove_file(dir.path().join(CLEAN_MARKER)).unwrap();
     let store = Store::open(dir.path()).unwrap();
     assert!(!store.meta(&id).unwrap().unwrap().complete);
-    let st = store.open_task(&id, "u", layout).unwrap();
+    let st = store.open_task(&id, "u", layout, &[]).unwrap();
     assert_eq!(st.missing().collect::<Vec<_>>(), vec![1]);
 }
 
@@ -125,10 +125,10 @@ fn complete_and_list() {
     let store = Store::open(dir.path()).unwrap();
     let id = task("http://h/c");
     let layout = layout4(100);
-    store.open_task(&id, "http://h/c", layout).unwrap();
+    store.open_task(&id, "http://h/c", layout, &[]).unwrap();
     write(&store, &id, layout, 0, 9);
     let d = Digest::piece(&[9u8; 100]);
-    let meta = store.complete(&id, None, &[d]).unwrap();
+    let meta = store.complete(&id, None, &[d], &[]).unwrap();
     assert_eq!(store.piece_digests(&id).unwrap(), vec![Some(d)]);
     assert!(meta.complete);
     let listed = store.list().unwrap();
@@ -143,4 +143,34 @@ fn complete_and_list() {
         digest,
         Digest::of(crate::digest::Algorithm::Sha256, &[9u8; 100])
     );
+}
+
+#[test]
+fn a_tasks_sources_are_kept_and_only_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = task("http://h/s");
+    let layout = layout4(100);
+    let src = |u: &str| crate::proto::Source {
+        upstream: u.into(),
+        anonymous: false,
+    };
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let st = store
+            .open_task(&id, "u", layout, &[src("https://a"), src("https://a")])
+            .unwrap();
+        assert_eq!(st.meta.sources, vec![src("https://a")]);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let st = store
+        .open_task(&id, "u", layout, &[src("https://b")])
+        .unwrap();
+    assert_eq!(st.meta.sources, vec![src("https://a"), src("https://b")]);
+    write(&store, &id, layout, 0, 9);
+    let d = Digest::piece(&[9u8; 100]);
+    let meta = store
+        .complete(&id, None, &[d], &[src("https://c")])
+        .unwrap();
+    assert_eq!(meta.sources.len(), 3);
+    assert_eq!(store.meta(&id).unwrap().unwrap().sources, meta.sources);
 }

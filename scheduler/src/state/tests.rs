@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::task::{FAILURE_TTL, SEED_EXCLUSIVE};
-use shoal_p2p::proto::PieceDigest;
+use shoal_p2p::proto::{PieceDigest, Source};
 
 /// Small tasks have pieces of the minimum length.
 const PIECE: u64 = shoal_p2p::piece::MIN_PIECE_LENGTH;
@@ -30,11 +30,29 @@ fn have(count: u32, pieces: &[u32]) -> PieceSet {
                 blake3: vec![p as u8; 32],
             })
             .collect(),
+        sources: vec![source("http://origin", true)],
+    }
+}
+
+fn source(upstream: &str, anonymous: bool) -> Source {
+    Source {
+        upstream: upstream.into(),
+        anonymous,
     }
 }
 
 /// A state with a seed and `n` downloading hosts watching task "t" of `count` pieces.
 fn swarm(n: usize, count: u32) -> (State, Vec<Host>) {
+    watched(n, &have(count, &[]))
+}
+
+/// Like [`swarm`], with nobody having told the task's length yet.
+fn unknown_length(n: usize) -> (State, Vec<Host>) {
+    watched(n, &PieceSet::default())
+}
+
+/// A seed and `n` hosts watching task "t", each registering with `set`.
+fn watched(n: usize, set: &PieceSet) -> (State, Vec<Host>) {
     let mut state = State::default();
     let task = Task {
         id: "t".into(),
@@ -45,7 +63,7 @@ fn swarm(n: usize, count: u32) -> (State, Vec<Host>) {
     hosts.extend((0..n).map(|i| host(&format!("h{i}"), false)));
     for h in &hosts {
         state.attach(h.clone(), mpsc::channel(1).0);
-        let _ = state.watch(h, task.clone(), &have(count, &[]));
+        let _ = state.watch(h, task.clone(), set);
     }
     (state, hosts)
 }
@@ -255,4 +273,66 @@ fn a_bitmap_announced_before_the_length_counts_once_it_is_known() {
     state.merge("t", "h0", &early);
     state.merge("t", "seed", &have(16, &[0, 9]));
     assert_eq!(offered_by(&state, &hosts[2], "h0"), vec![9]);
+}
+
+/// Issue 13 (2): a mirror gives a blob's bytes only to a client that every upstream the content
+/// came from would serve. Those upstreams are fixed with the length, by who fetched it; a fetcher
+/// naming another upstream later defines no content, so the swarm never passes on bytes from an
+/// upstream the watchers were not told of.
+#[test]
+fn a_tasks_sources_are_fixed_with_its_length_and_bound_every_digest() {
+    let (mut state, hosts) = unknown_length(2);
+    // The seed fetches from the origin: the length, the digests and its source.
+    let mut first = have(4, &[0]);
+    first.sources = vec![source("https://registry", false)];
+    assert_eq!(state.merge("t", "seed", &first), Merge::Merged);
+    let view = |state: &State| state.view("t", &hosts[1]).unwrap().0;
+    assert_eq!(view(&state).sources, first.sources);
+    // A bystander names another upstream: not a source.
+    let mut stranger = have(4, &[1]);
+    stranger.sources = vec![source("https://evil", true)];
+    state.merge("t", "h0", &stranger);
+    assert_eq!(view(&state).sources, first.sources);
+    // The fetcher's later pieces from another upstream define nothing; from the same, they do.
+    let mut other = have(4, &[1]);
+    other.sources = vec![
+        source("https://registry", false),
+        source("https://evil", true),
+    ];
+    assert_eq!(state.merge("t", "seed", &other), Merge::Merged);
+    assert!(
+        view(&state).digests[1].is_empty(),
+        "a digest from elsewhere"
+    );
+    assert_eq!(view(&state).sources, first.sources);
+    let mut more = have(4, &[1]);
+    more.sources = first.sources.clone();
+    state.merge("t", "seed", &more);
+    assert_eq!(view(&state).digests[1], vec![1; 32]);
+    // Without sources a fetcher defines nothing either.
+    let mut bare = have(4, &[2]);
+    bare.sources.clear();
+    state.merge("t", "seed", &bare);
+    assert!(view(&state).digests[2].is_empty());
+}
+
+/// A length told with sources no task may have (too many, not an upstream) leaves the task
+/// without sources: its content goes to no mirror client from the swarm.
+#[test]
+fn implausible_sources_are_not_taken() {
+    for sources in [
+        (0..=crate::task::MAX_SOURCES)
+            .map(|i| source(&format!("https://r{i}"), false))
+            .collect::<Vec<_>>(),
+        vec![source("file:///etc", true)],
+        vec![source(&format!("https://{}", "a".repeat(400)), true)],
+    ] {
+        let (mut state, hosts) = unknown_length(1);
+        let mut set = have(4, &[0]);
+        set.sources = sources;
+        state.merge("t", "seed", &set);
+        let view = state.view("t", &hosts[1]).unwrap().0;
+        assert!(view.sources.is_empty());
+        assert!(view.digests[0].is_empty());
+    }
 }

@@ -30,6 +30,11 @@ pub struct ProxyConfig {
     pub rules: Vec<RuleConfig>,
     /// CONNECT targets whose TLS is terminated here, so their blob GETs use the swarm.
     pub hijack: HijackConfig,
+    /// Regexes matched against the `host:port` (port always given) of every upstream the proxy
+    /// would reach: registries, forward-proxy URLs, CONNECT targets. Empty: any upstream.
+    /// Anything else is refused with 403, so that clients cannot use the mirror to reach
+    /// hosts it should not (its network, its cloud metadata service).
+    pub allowed_upstreams: Vec<String>,
     /// How long a successful "may this client read this repository" check is reused, per
     /// credential and repository.
     #[serde(with = "humantime_serde")]
@@ -55,6 +60,7 @@ impl Default for ProxyConfig {
             registries: BTreeMap::new(),
             rules: Vec::new(),
             hijack: HijackConfig::default(),
+            allowed_upstreams: Vec::new(),
             auth_cache_ttl: Duration::from_secs(30),
             max_connections: 1024,
             max_header_bytes: 64 << 10,
@@ -94,6 +100,23 @@ pub(crate) struct Compiled {
     pub registries: BTreeMap<String, Url>,
     pub rules: Vec<(Regex, Option<Vec<String>>)>,
     pub hijack: Vec<Regex>,
+    pub allowed_upstreams: Vec<Regex>,
+}
+
+impl Compiled {
+    /// Whether the proxy may reach `host:port` (see [`ProxyConfig::allowed_upstreams`]).
+    pub(crate) fn allows(&self, host_port: &str) -> bool {
+        self.allowed_upstreams.is_empty()
+            || self.allowed_upstreams.iter().any(|r| r.is_match(host_port))
+    }
+
+    /// Whether the proxy may reach the upstream of `url`.
+    pub(crate) fn allows_url(&self, url: &Url) -> bool {
+        match (url.host_str(), url.port_or_known_default()) {
+            (Some(host), Some(port)) => self.allows(&format!("{host}:{port}")),
+            _ => false,
+        }
+    }
 }
 
 impl ProxyConfig {
@@ -155,11 +178,17 @@ impl ProxyConfig {
             .iter()
             .map(|h| regex("proxy.hijack.hosts", h))
             .collect::<Result<_, String>>()?;
+        let allowed_upstreams = self
+            .allowed_upstreams
+            .iter()
+            .map(|h| regex("proxy.allowed_upstreams", h))
+            .collect::<Result<_, String>>()?;
         Ok(Compiled {
             default_registry,
             registries,
             rules,
             hijack,
+            allowed_upstreams,
         })
     }
 }
@@ -222,5 +251,34 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().contains("hijack"));
+    }
+
+    #[test]
+    fn allowed_upstreams_match_host_and_port() {
+        let any = ProxyConfig::default().compile().unwrap();
+        assert!(any.allows("169.254.169.254:80"));
+        let c = ProxyConfig {
+            allowed_upstreams: vec![
+                r"^registry\.example:443$".into(),
+                r"^.*\.docker\.io:443$".into(),
+            ],
+            ..Default::default()
+        }
+        .compile()
+        .unwrap();
+        let url = |u: &str| Url::parse(u).unwrap();
+        assert!(c.allows_url(&url("https://registry.example/v2/")));
+        assert!(c.allows_url(&url("https://registry-1.docker.io/v2/")));
+        assert!(
+            !c.allows_url(&url("http://registry.example/v2/")),
+            "port 80"
+        );
+        assert!(!c.allows_url(&url("https://registry.example:8443/")));
+        assert!(!c.allows("169.254.169.254:80"));
+        let bad = ProxyConfig {
+            allowed_upstreams: vec!["[".into()],
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("allowed_upstreams"));
     }
 }

@@ -36,6 +36,9 @@ pub enum Error {
     /// upstream that is not a registry URL.
     #[error("{0}")]
     BadTarget(String),
+    /// The upstream is not among `proxy.allowed_upstreams`.
+    #[error("upstream {0} is not allowed by this proxy's configuration")]
+    NotAllowed(String),
     /// A request without a host for a path that is not the registry API.
     #[error("this is a registry mirror: only /v2/ paths are served")]
     NotMirrored,
@@ -74,6 +77,7 @@ impl Error {
                 (StatusCode::BAD_REQUEST, "UNSUPPORTED", None)
             }
             Error::NotMirrored => (StatusCode::NOT_FOUND, "UNSUPPORTED", None),
+            Error::NotAllowed(_) => (StatusCode::FORBIDDEN, "DENIED", None),
             Error::BadPath { code, .. } => (StatusCode::BAD_REQUEST, *code, None),
             Error::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", None)

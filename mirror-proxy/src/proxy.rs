@@ -74,6 +74,9 @@ where
             Err(e) => return Error::BadTarget(e).into_response(),
         },
     };
+    if !ctx.compiled.allows_url(&base) {
+        return Error::NotAllowed(shoal_p2p::origin::upstream_of(&base)).into_response();
+    }
     if is_v2 {
         let query = route::query_without_ns(uri.query());
         match route::classify(path) {

@@ -188,6 +188,10 @@ async fn connect(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
         });
         return empty(StatusCode::OK);
     }
+    // (A hijacked connection's requests are checked as they come, against the upstream they go to.)
+    if !ctx.compiled.allows(&target) {
+        return Error::NotAllowed(target).into_response();
+    }
     ctx.metrics.request(Kind::Tunnel);
     let upstream =
         match tokio::time::timeout(ctx.config.connect_timeout, TcpStream::connect(&target)).await {

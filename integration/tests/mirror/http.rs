@@ -188,18 +188,67 @@ async fn mirror_answers_the_distribution_spec_pull_assertions_and_ranges() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+/// Also `proxy.allowed_upstreams` (issue 13): the mirror reaches no other upstream.
 async fn slow_garbled_and_vanishing_clients_get_clear_answers_and_leave_nothing_stuck() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let (registry, image) =
         registry_with_image(dir.path(), &Access::Anonymous, "team/app", &[8 * MIB], None).await;
+    let registry_host = registry.url().trim_start_matches("http://").to_string();
+    let allowed = format!(
+        "allowed_upstreams = [\"^{}$\"]",
+        registry_host.replace('.', "\\\\.")
+    );
     let cluster = Cluster::builder()
         .daemons(1)
         .registry(REGISTRY, &registry.url())
         .proxy_setting("header_timeout = \"1s\"")
+        .proxy_setting(&allowed)
         .start()
         .await;
     let port = cluster.daemons[0].proxy_port;
+
+    // Upstreams outside `allowed_upstreams` are refused, whichever way they are named, and
+    // never reached.
+    let elsewhere = TestOrigin::builder()
+        .file("/v2/", bytes::Bytes::from_static(b"{}"))
+        .start()
+        .await;
+    let mirror = cluster.daemons[0].mirror_url();
+    let proxied = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all(&mirror).unwrap())
+        .build()
+        .unwrap();
+    let refused = [
+        client()
+            .get(format!("{mirror}/v2/"))
+            .header("x-dragonfly-registry", elsewhere.url(""))
+            .send()
+            .await
+            .unwrap(),
+        proxied.get(elsewhere.url("/v2/")).send().await.unwrap(),
+    ];
+    for resp in refused {
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    }
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let target = elsewhere.addr();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 403");
+    drop(s);
+    assert!(elsewhere.seen().is_empty(), "{:?}", elsewhere.seen());
+    let resp = client()
+        .get(format!("{mirror}/v2/?{NS}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "the allowed registry");
     let read_all = |mut s: tokio::net::TcpStream| async move {
         let mut buf = Vec::new();
         let r =

@@ -96,13 +96,18 @@ impl Process {
             None => self.metrics_addr.context("no metrics address")?,
         };
         if let Some((config, proxy)) = self.node {
-            let data_dir = config.data_dir.clone();
+            let (data_dir, limits) = (config.data_dir.clone(), config.limits);
             let daemon = Daemon::build(config, self.seed, &mut registry).await?;
             // The mirror binds before the local API socket: a client that finds the socket
             // ready finds the mirror ready too.
             if let Some(proxy) = proxy {
-                let proxy =
-                    Proxy::new(proxy, &data_dir, daemon.downloader().clone(), &mut registry)?;
+                let proxy = Proxy::new(
+                    proxy,
+                    limits,
+                    &data_dir,
+                    daemon.downloader().clone(),
+                    &mut registry,
+                )?;
                 let listener = proxy.bind().await?;
                 let stop = stop();
                 tasks.spawn(async move {

@@ -160,6 +160,7 @@ pub struct ClusterBuilder {
     scheduler: bool,
     registries: Vec<(String, String)>,
     proxy_settings: Vec<String>,
+    limits: Vec<String>,
     hijack: Vec<String>,
     origin_ca: Option<PathBuf>,
     log: &'static str,
@@ -186,9 +187,15 @@ impl ClusterBuilder {
         self
     }
 
-    /// A line for the nodes' `[proxy]` table (`header_timeout = "1s"`, say).
+    /// A line for the nodes' `[proxy]` table (`allowed_upstreams = […]`, say).
     pub fn proxy_setting(mut self, line: &str) -> Self {
         self.proxy_settings.push(line.into());
+        self
+    }
+
+    /// A line for the nodes' `[limits]` table (`header_timeout = "1s"`, say).
+    pub fn limit(mut self, line: &str) -> Self {
+        self.limits.push(line.into());
         self
     }
 
@@ -249,6 +256,7 @@ impl ClusterBuilder {
             stall: self.stall_timeout,
             registries: self.registries,
             proxy_settings: self.proxy_settings,
+            limits: self.limits,
             hijack: self.hijack,
             origin_ca: self.origin_ca,
             log: self.log,
@@ -287,6 +295,7 @@ pub struct Cluster {
     stall: &'static str,
     registries: Vec<(String, String)>,
     proxy_settings: Vec<String>,
+    limits: Vec<String>,
     hijack: Vec<String>,
     origin_ca: Option<PathBuf>,
     log: &'static str,
@@ -303,6 +312,7 @@ impl Cluster {
             scheduler: true,
             registries: Vec::new(),
             proxy_settings: Vec::new(),
+            limits: Vec::new(),
             hijack: Vec::new(),
             origin_ca: None,
             log: "info",
@@ -376,6 +386,10 @@ impl Cluster {
                 text += &format!("{host:?} = {url:?}\n");
             }
             text += &format!("[proxy.hijack]\nhosts = {:?}\n", self.hijack);
+            text += "[limits]\n";
+            for line in &self.limits {
+                text += &format!("{line}\n");
+            }
             if self.insecure {
                 text += "[cluster]\ninsecure = true\n";
             }

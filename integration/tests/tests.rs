@@ -4,6 +4,7 @@
 mod daemon;
 mod get;
 mod lab;
+mod limits;
 mod mirror;
 mod seed;
 mod swarm;

@@ -39,13 +39,6 @@ pub struct ProxyConfig {
     /// credential and repository.
     #[serde(with = "humantime_serde")]
     pub auth_cache_ttl: Duration,
-    /// Connections open at once; more wait in the kernel's accept queue.
-    pub max_connections: usize,
-    /// Largest request head (request line and headers) accepted.
-    pub max_header_bytes: usize,
-    /// Time a client has to send its request head.
-    #[serde(with = "humantime_serde")]
-    pub header_timeout: Duration,
     /// Time to connect to an upstream registry.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -62,9 +55,6 @@ impl Default for ProxyConfig {
             hijack: HijackConfig::default(),
             allowed_upstreams: Vec::new(),
             auth_cache_ttl: Duration::from_secs(30),
-            max_connections: 1024,
-            max_header_bytes: 64 << 10,
-            header_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -139,14 +129,8 @@ impl ProxyConfig {
     }
 
     pub(crate) fn compile(&self) -> Result<Compiled, String> {
-        if self.max_connections == 0 {
-            return Err("proxy.max_connections must be at least 1".into());
-        }
-        if self.max_header_bytes < 8192 {
-            return Err("proxy.max_header_bytes must be at least 8192".into());
-        }
-        if self.header_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err("proxy timeouts must be greater than zero".into());
+        if self.connect_timeout.is_zero() {
+            return Err("proxy.connect_timeout must be greater than zero".into());
         }
         let default_registry = registry_url(&self.default_registry)
             .map_err(|e| format!("proxy.default_registry: {e}"))?;

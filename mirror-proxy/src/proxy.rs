@@ -33,6 +33,7 @@ use crate::route::{self, BadPath, V2};
 /// Everything a request handler needs.
 pub(crate) struct Ctx {
     pub config: ProxyConfig,
+    pub limits: shoal_p2p::net::Limits,
     pub compiled: Compiled,
     pub downloader: Arc<Downloader>,
     /// To upstreams: redirects are the client's to follow.
@@ -52,7 +53,7 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    if head_size(&req) > ctx.config.max_header_bytes {
+    if head_size(&req) > ctx.limits.max_header_bytes {
         return Error::HeadTooLarge.into_response();
     }
     let (parts, body) = req.into_parts();

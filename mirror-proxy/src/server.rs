@@ -47,6 +47,7 @@ impl Proxy {
     /// proxy's metrics. Downloads go through `downloader`.
     pub fn new(
         config: ProxyConfig,
+        limits: shoal_p2p::net::Limits,
         data_dir: &Path,
         downloader: Arc<Downloader>,
         registry: &mut Registry,
@@ -70,7 +71,12 @@ impl Proxy {
                 .origin_config()
                 .client_builder()
                 .map_err(|e| Error::Config(e.to_string()))
-                .map(|b| b.connect_timeout(config.connect_timeout))
+                .map(|b| {
+                    // The origin's bound on silence while reading: no upstream answer (a
+                    // passthrough, an access check) can hang a client's request for ever.
+                    let read = downloader.origin_config().read_timeout;
+                    b.connect_timeout(config.connect_timeout).read_timeout(read)
+                })
         };
         let built = |r: reqwest::Result<reqwest::Client>| {
             r.map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))
@@ -91,6 +97,7 @@ impl Proxy {
         Ok(Proxy {
             ctx: Arc::new(Ctx {
                 access: Access::new(config.auth_cache_ttl, probe),
+                limits,
                 compiled,
                 downloader,
                 client,
@@ -115,12 +122,12 @@ impl Proxy {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, default_registry = %ctx.compiled.default_registry, "registry mirror and proxy listening");
         }
-        let max = ctx.config.max_connections;
-        shoal_p2p::net::accept_loop(listener, max, "proxy", shutdown, |stream| {
+        let server_limits = ctx.limits;
+        shoal_p2p::net::accept_loop(listener, &server_limits, "proxy", shutdown, |conn| {
             let ctx = ctx.clone();
             let limits = http1::Limits {
-                header_timeout: Some(ctx.config.header_timeout),
-                max_head: ctx.config.max_header_bytes,
+                header_timeout: Some(ctx.limits.header_timeout),
+                max_head: ctx.limits.max_header_bytes,
             };
             let simple = {
                 let ctx = ctx.clone();
@@ -134,13 +141,16 @@ impl Proxy {
                 };
                 let _ = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(ctx.config.header_timeout)
-                    .max_buf_size(ctx.config.max_header_bytes)
+                    .header_read_timeout(ctx.limits.header_timeout)
+                    .max_buf_size(ctx.limits.max_header_bytes)
                     .serve_connection(TokioIo::new(io), svc)
                     .with_upgrades()
                     .await;
             };
-            http1::serve(stream, limits, simple, hyper)
+            async move {
+                let shoal_p2p::net::Conn { stream, slot } = conn;
+                http1::serve(stream, limits, Some(&slot), simple, hyper).await;
+            }
         })
         .await;
     }
@@ -159,7 +169,7 @@ async fn entry(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     if req.method() == Method::CONNECT {
-        if proxy::head_size(&req) > ctx.config.max_header_bytes {
+        if proxy::head_size(&req) > ctx.limits.max_header_bytes {
             return Ok(empty(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
         }
         return Ok(connect(ctx, req).await);
@@ -224,7 +234,7 @@ async fn serve_hijacked(ctx: Arc<Ctx>, upgraded: hyper::upgrade::Upgraded, host:
         }
     };
     let accept = tokio_rustls::TlsAcceptor::from(config).accept(TokioIo::new(upgraded));
-    let tls = match tokio::time::timeout(ctx.config.header_timeout, accept).await {
+    let tls = match tokio::time::timeout(ctx.limits.header_timeout, accept).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%host, error = %e, "TLS handshake with the client failed (does it trust Shoal's CA?)");
@@ -243,13 +253,13 @@ async fn serve_hijacked(ctx: Arc<Ctx>, upgraded: hyper::upgrade::Upgraded, host:
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(ctx.config.header_timeout)
-        .max_buf_size(ctx.config.max_header_bytes);
+        .header_read_timeout(ctx.limits.header_timeout)
+        .max_buf_size(ctx.limits.max_header_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
-        .max_header_list_size(ctx.config.max_header_bytes as u32)
+        .max_header_list_size(ctx.limits.max_header_bytes as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
 }

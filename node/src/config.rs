@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use shoal_p2p::api::{default_data_dir, socket_in};
 use shoal_p2p::cluster::{ClusterConfig, Paths};
+use shoal_p2p::net::Limits;
 use shoal_p2p::{Error, OriginConfig, Result, SwarmConfig};
 
 /// The daemon's configuration (TOML). Every field has a default.
@@ -32,6 +33,8 @@ pub struct DaemonConfig {
     pub swarm: SwarmConfig,
     /// Cluster identity for the swarm (the upload server, the schedulers).
     pub cluster: ClusterConfig,
+    /// Bounds on the servers' connections (the upload server, the mirror).
+    pub limits: Limits,
 }
 
 impl Default for DaemonConfig {
@@ -46,6 +49,7 @@ impl Default for DaemonConfig {
             origin: OriginConfig::default(),
             swarm: SwarmConfig::default(),
             cluster: ClusterConfig::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -72,6 +76,7 @@ impl DaemonConfig {
     pub fn validate(self) -> Result<Self> {
         self.origin.validate().map_err(Error::Config)?;
         self.swarm.validate().map_err(Error::Config)?;
+        self.limits.validate().map_err(Error::Config)?;
         if self.max_requests == 0 {
             return Err(Error::Config("max_requests must be at least 1".into()));
         }

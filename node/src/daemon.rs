@@ -124,7 +124,6 @@ impl Daemon {
             let node = Node {
                 downloader: self.downloader.clone(),
                 seed: self.seed.clone(),
-                metrics: self.metrics.clone(),
                 tracker: tracker.clone(),
                 cancel: cancel.clone(),
             };
@@ -135,7 +134,15 @@ impl Daemon {
                 ),
                 None => None,
             };
-            node.start(upload, swarm.config().upload_slots, tls);
+            let upload_server = crate::upload::Upload {
+                store: self.downloader.store().clone(),
+                holdings: self.downloader.holdings().clone(),
+                slots: swarm.config().upload_slots,
+                metrics: self.metrics.clone(),
+                tls,
+                limits: self.config.limits,
+            };
+            node.start(upload, upload_server);
             tracing::info!(
                 host = swarm.host().id,
                 upload = swarm.host().upload_addr,
@@ -183,7 +190,6 @@ impl Daemon {
 struct Node {
     downloader: Arc<Downloader>,
     seed: Option<Arc<dyn JobHandler>>,
-    metrics: Metrics,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -191,25 +197,15 @@ struct Node {
 impl Node {
     /// Runs the upload server and stays attached to every scheduler: after each (re-)attach
     /// the complete tasks this host holds are announced again, and seed jobs go to the seed.
-    fn start(
-        self,
-        upload: tokio::net::TcpListener,
-        slots: usize,
-        tls: Option<Arc<rustls::ServerConfig>>,
-    ) {
+    fn start(self, listener: tokio::net::TcpListener, upload: crate::upload::Upload) {
         let Some(swarm) = self.downloader.swarm().cloned() else {
             return;
         };
         let stop = self.cancel.clone();
-        self.tracker.spawn(crate::upload::serve(
-            upload,
-            self.downloader.store().clone(),
-            self.downloader.holdings().clone(),
-            slots,
-            self.metrics.clone(),
-            tls,
-            async move { stop.cancelled().await },
-        ));
+        self.tracker
+            .spawn(crate::upload::serve(listener, upload, async move {
+                stop.cancelled().await
+            }));
         for index in 0..swarm.scheduler_count() {
             let (node, swarm) = (self.clone(), swarm.clone());
             self.tracker.spawn(async move {

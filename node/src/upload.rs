@@ -25,46 +25,55 @@ use shoal_p2p::store::{AsyncStore, Holdings, read_blocks};
 use shoal_p2p::{Metrics, cluster, net, peer};
 
 const BLOCK: usize = 256 << 10;
-/// The largest request head (request line and headers) served.
-const MAX_HEAD: usize = 64 << 10;
-/// Connections open at once; more wait in the kernel's accept queue.
-const MAX_CONNECTIONS: usize = 1024;
 
 struct Ctx {
     store: AsyncStore,
     holdings: Arc<Holdings>,
     slots: Arc<Semaphore>,
     metrics: Metrics,
+    limits: net::Limits,
 }
 
-/// Serves pieces on `listener` until `shutdown` resolves; `slots` uploads at once. With `tls`,
-/// only to cluster members: a connection whose client has no certificate of the cluster ends
-/// in the handshake.
+/// What the upload server is given.
+pub struct Upload {
+    pub store: AsyncStore,
+    pub holdings: Arc<Holdings>,
+    /// Uploads at once.
+    pub slots: usize,
+    pub metrics: Metrics,
+    /// With it, only cluster members are served: a connection whose client has no certificate
+    /// of the cluster ends in the handshake.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub limits: net::Limits,
+}
+
+/// Serves pieces on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    store: AsyncStore,
-    holdings: Arc<Holdings>,
-    slots: usize,
-    metrics: Metrics,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    upload: Upload,
     shutdown: impl Future<Output = ()>,
 ) {
     let ctx = Arc::new(Ctx {
-        store,
-        holdings,
-        slots: Arc::new(Semaphore::new(slots)),
-        metrics,
+        store: upload.store,
+        holdings: upload.holdings,
+        slots: Arc::new(Semaphore::new(upload.slots)),
+        metrics: upload.metrics,
+        limits: upload.limits,
     });
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    net::accept_loop(listener, MAX_CONNECTIONS, "upload", shutdown, |stream| {
+    let acceptor = upload.tls.map(tokio_rustls::TlsAcceptor::from);
+    let limits = upload.limits;
+    net::accept_loop(listener, &limits, "upload", shutdown, |conn| {
         let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
         async move {
+            let net::Conn { stream, slot } = conn;
             let Some(acceptor) = acceptor else {
-                return connection(ctx, stream).await;
+                return connection(ctx, stream, &slot).await;
             };
-            match cluster::accept(&acceptor, stream).await {
-                Ok((tls, _member)) => connection(ctx, tls).await,
-                Err(e) => tracing::debug!(error = %e, "upload connection refused"),
+            // A handshake not begun is idle: it may make room for another connection.
+            match slot.idle(cluster::accept(&acceptor, stream)).await {
+                Some(Ok((tls, _member))) => connection(ctx, tls, &slot).await,
+                Some(Err(e)) => tracing::debug!(error = %e, "upload connection refused"),
+                None => {}
             }
         }
     })
@@ -72,13 +81,13 @@ pub async fn serve(
 }
 
 /// One connection's requests, the simple ones on the fast path.
-async fn connection<T>(ctx: Arc<Ctx>, stream: T)
+async fn connection<T>(ctx: Arc<Ctx>, stream: T, slot: &net::Slot)
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = http1::Limits {
-        header_timeout: None,
-        max_head: MAX_HEAD,
+        header_timeout: Some(ctx.limits.header_timeout),
+        max_head: ctx.limits.max_header_bytes,
     };
     let simple = {
         let ctx = ctx.clone();
@@ -92,11 +101,13 @@ where
         // Once hyper has a connection, the heads it reads are bound as the fast path's are
         // (hyper's default is about 400 KiB).
         let _ = hyper::server::conn::http1::Builder::new()
-            .max_buf_size(MAX_HEAD)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(limits.max_head)
             .serve_connection(TokioIo::new(io), svc)
             .await;
     };
-    http1::serve(stream, limits, simple, hyper).await;
+    http1::serve(stream, limits, Some(slot), simple, hyper).await;
 }
 
 type Body = BoxBody<Bytes, std::io::Error>;

@@ -378,10 +378,13 @@ impl Cluster {
 }
 
 /// Accepts a member's TLS connection and says who the member is.
-pub async fn accept(
+pub async fn accept<T>(
     acceptor: &tokio_rustls::TlsAcceptor,
-    tcp: TcpStream,
-) -> io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Member)> {
+    tcp: T,
+) -> io::Result<(tokio_rustls::server::TlsStream<T>, Member)>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;

@@ -30,6 +30,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::net::Slot;
+
 /// Headers in one request head we parse ourselves; more go to hyper (which refuses them).
 const MAX_HEADERS: usize = 100;
 /// Bytes of a [`FileBody`] read and written at a time: on loopback here 64 KiB blocks reach half
@@ -58,9 +60,15 @@ pub struct Limits {
 }
 
 /// Serves `stream`: the simple requests with `service` here, and from the first other one on,
-/// the whole connection with `fallback` (see the [module docs](self)).
-pub async fn serve<T, S, Fut, B, F, FFut>(stream: T, limits: Limits, service: S, fallback: F)
-where
+/// the whole connection with `fallback` (see the [module docs](self)). While it waits for a
+/// request the connection is idle in its `slot`, and may be closed to make room for another.
+pub async fn serve<T, S, Fut, B, F, FFut>(
+    stream: T,
+    limits: Limits,
+    slot: Option<&Slot>,
+    service: S,
+    fallback: F,
+) where
     T: AsyncRead + AsyncWrite + Unpin,
     S: Fn(Request<Empty<Bytes>>) -> Fut,
     Fut: Future<Output = Response<B>>,
@@ -74,7 +82,7 @@ where
     // For file bodies; grown at the first one.
     let mut block = Vec::new();
     loop {
-        let head = match read_head(&mut stream, &mut buf, limits).await {
+        let head = match read_head(&mut stream, &mut buf, limits, slot).await {
             Head::Closed => return,
             Head::TooLarge => {
                 let answer = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
@@ -128,8 +136,19 @@ async fn read_head<T: AsyncRead + Unpin>(
     stream: &mut T,
     buf: &mut BytesMut,
     limits: Limits,
+    slot: Option<&Slot>,
 ) -> Head {
     let read = async {
+        if buf.is_empty()
+            && let Some(slot) = slot
+        {
+            // Nothing of the next request yet: idle until its first bytes.
+            match slot.idle(stream.read_buf(buf)).await {
+                None | Some(Ok(0)) => return Head::Closed,
+                Some(Err(_)) => return Head::Other,
+                Some(Ok(_)) => {}
+            }
+        }
         loop {
             if !buf.is_empty() {
                 match parse(buf) {

@@ -54,6 +54,9 @@ impl PeerClient {
             .connect_timeout(Duration::from_secs(2))
             .timeout(timeout)
             .pool_max_idle_per_host(32)
+            // Closed before the upload servers close it (their `header_timeout`), so a piece
+            // request never goes out on a connection the server is closing.
+            .pool_idle_timeout(crate::net::PEER_POOL_IDLE)
             .tcp_nodelay(true)
             .http1_only()
             .no_proxy();

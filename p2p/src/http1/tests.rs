@@ -76,7 +76,7 @@ async fn server() -> (std::net::SocketAddr, Counter) {
                     .serve_connection(TokioIo::new(io), svc)
                     .await;
             };
-            tokio::spawn(serve(stream, limits, simple, hyper));
+            tokio::spawn(async move { serve(stream, limits, None, simple, hyper).await });
         }
     });
     (addr, sent)

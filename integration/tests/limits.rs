@@ -1,0 +1,172 @@
+//! Issue 14 (2): the servers' bounds (`[limits]`) against clients that hold connections, send
+//! heads slowly or stop reading.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use shoal_integration::cluster::Cluster;
+use shoal_integration::origin::TestOrigin;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Connections each flood opens: more than the default `max_connections` (1024).
+const FLOOD: usize = 1100;
+
+async fn open(addr: &str, n: usize) -> Vec<TcpStream> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(TcpStream::connect(addr).await.unwrap());
+    }
+    out
+}
+
+/// How many of `conns` the server closed (or answered): a read ends within 200 ms.
+async fn closed(conns: &mut [TcpStream]) -> usize {
+    let reads = conns.iter_mut().map(|c| async move {
+        let mut buf = [0u8; 256];
+        tokio::time::timeout(Duration::from_millis(200), c.read(&mut buf))
+            .await
+            .is_ok()
+    });
+    futures_util::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|&ended| ended)
+        .count()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// 1,100 connections held idle on the upload server and on the mirror used to keep real
+/// requests waiting (70 s and more on 4000, 29 s on 4001); a client that stopped reading held its
+/// connection (and an upload slot) for ever. Now a new connection takes an idle one's place, a
+/// stalled write ends the connection, and when every connection is busy the answer is 503.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_held_open_or_unread_keep_no_real_request_out() {
+    let blob = shoal_integration::random_bytes(64 << 20);
+    let digest = shoal_integration::sha256(&blob);
+    let registry = TestOrigin::builder()
+        .file("/v2/", Bytes::from_static(b"{}"))
+        .file(&format!("/v2/big/blobs/{digest}"), blob.clone())
+        .start()
+        .await;
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .default_registry(&registry.url(""))
+        .limit("header_timeout = \"3s\"")
+        .limit("write_timeout = \"2s\"")
+        .start()
+        .await;
+    let d0 = &cluster.daemons[0];
+    let pid = d0.child.pid().as_raw();
+    let rss_before = rss_kib(pid);
+    let socket = d0.data_dir.join("store").join("shoal.sock");
+    let status = shoal_p2p::api::LocalClient::new(socket)
+        .status()
+        .await
+        .unwrap();
+    let upload = status.host.unwrap().upload_addr;
+    let mirror = format!("127.0.0.1:{}", d0.proxy_port);
+    shoal_p2p::install_crypto_provider();
+    let http = reqwest::Client::new();
+
+    // Idle floods on both servers; real requests get through at once.
+    let mut idle_upload = open(&upload, FLOOD).await;
+    let mut idle_mirror = open(&mirror, FLOOD).await;
+    let start = Instant::now();
+    let resp = http
+        .get(format!("http://{mirror}/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let member = cluster.ca().member("peer", &["node"]);
+    let tcp = TcpStream::connect(&upload).await.unwrap();
+    let tls = member.client_config(shoal_p2p::cluster::Role::Node, vec![b"http/1.1".to_vec()]);
+    let mut peer = member.connect(tcp, Arc::new(tls)).await.unwrap();
+    let piece = format!("/tasks/sha256:{}/pieces/0", "ab".repeat(32));
+    peer.write_all(format!("GET {piece} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = [0u8; 12];
+    peer.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 404", "the upload server's answer");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "real requests waited {:?} behind idle connections",
+        start.elapsed()
+    );
+    assert!(closed(&mut idle_mirror).await >= FLOOD - 1024);
+    assert!(closed(&mut idle_upload).await >= FLOOD - 1024);
+    let rss_flooded = rss_kib(pid);
+    drop((idle_upload, idle_mirror, peer));
+
+    // A client that asks for 64 MiB and reads nothing: the connection ends after the write
+    // timeout, well before the whole blob went out.
+    let mut stalled = TcpStream::connect(&mirror).await.unwrap();
+    stalled
+        .write_all(format!("GET /v2/big/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the stalled connection is still open");
+    assert!(
+        got.len() < blob.len(),
+        "a client that read nothing got the whole blob"
+    );
+    // The blob itself is fine for a client that reads.
+    let body = http
+        .get(format!("http://{mirror}/v2/big/blobs/{digest}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(body == blob);
+
+    // Every connection busy (heads arriving slowly): the next is answered 503 with
+    // Retry-After, at once; after the header timeout the slow ones are gone.
+    let mut slow = open(&mirror, 1024).await;
+    for c in &mut slow {
+        c.write_all(b"GET /v2/ HTTP/1.1\r\n").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // (A new client: one with a pooled connection would be answered on it.)
+    let resp = reqwest::Client::new()
+        .get(format!("http://{mirror}/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let resp = http
+        .get(format!("http://{mirror}/v2/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(slow);
+
+    let rss_after = rss_kib(pid);
+    eprintln!(
+        "daemon RSS: {rss_before} KiB at start, {rss_flooded} KiB flooded, {rss_after} KiB after"
+    );
+    assert!(
+        rss_flooded < rss_before + (100 << 10),
+        "2,200 idle connections cost {} KiB",
+        rss_flooded - rss_before
+    );
+}

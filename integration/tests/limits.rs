@@ -78,17 +78,13 @@ async fn connections_held_open_or_unread_keep_no_real_request_out() {
     let mirror = format!("127.0.0.1:{}", d0.proxy_port);
     shoal_p2p::install_crypto_provider();
     let http = reqwest::Client::new();
+    let v2 = |client: &reqwest::Client| client.get(format!("http://{mirror}/v2/")).send();
 
     // Idle floods on both servers; real requests get through at once.
     let mut idle_upload = open(&upload, FLOOD).await;
     let mut idle_mirror = open(&mirror, FLOOD).await;
     let start = Instant::now();
-    let resp = http
-        .get(format!("http://{mirror}/v2/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(v2(&http).await.unwrap().status(), StatusCode::OK);
     let member = cluster.ca().member("peer", &["node"]);
     let tcp = TcpStream::connect(&upload).await.unwrap();
     let tls = member.client_config(shoal_p2p::cluster::Role::Node, vec![b"http/1.1".to_vec()]);
@@ -144,20 +140,11 @@ async fn connections_held_open_or_unread_keep_no_real_request_out() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // (A new client: one with a pooled connection would be answered on it.)
-    let resp = reqwest::Client::new()
-        .get(format!("http://{mirror}/v2/"))
-        .send()
-        .await
-        .unwrap();
+    let resp = v2(&reqwest::Client::new()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.headers()["retry-after"], "1");
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let resp = http
-        .get(format!("http://{mirror}/v2/"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(v2(&http).await.unwrap().status(), StatusCode::OK);
     drop(slow);
 
     let rss_after = rss_kib(pid);

@@ -160,7 +160,7 @@ pub struct ClusterBuilder {
     scheduler: bool,
     registries: Vec<(String, String)>,
     proxy_settings: Vec<String>,
-    limits: Vec<String>,
+    settings: Vec<(&'static str, String)>,
     hijack: Vec<String>,
     origin_ca: Option<PathBuf>,
     log: &'static str,
@@ -193,9 +193,10 @@ impl ClusterBuilder {
         self
     }
 
-    /// A line for the nodes' `[limits]` table (`header_timeout = "1s"`, say).
-    pub fn limit(mut self, line: &str) -> Self {
-        self.limits.push(line.into());
+    /// A line for the nodes' `[table]` (`"limits"`, `"header_timeout = \"1s\""`, say; not
+    /// `proxy`, see [`ClusterBuilder::proxy_setting`]).
+    pub fn setting(mut self, table: &'static str, line: &str) -> Self {
+        self.settings.push((table, line.into()));
         self
     }
 
@@ -256,7 +257,7 @@ impl ClusterBuilder {
             stall: self.stall_timeout,
             registries: self.registries,
             proxy_settings: self.proxy_settings,
-            limits: self.limits,
+            settings: self.settings,
             hijack: self.hijack,
             origin_ca: self.origin_ca,
             log: self.log,
@@ -295,7 +296,7 @@ pub struct Cluster {
     stall: &'static str,
     registries: Vec<(String, String)>,
     proxy_settings: Vec<String>,
-    limits: Vec<String>,
+    settings: Vec<(&'static str, String)>,
     hijack: Vec<String>,
     origin_ca: Option<PathBuf>,
     log: &'static str,
@@ -312,7 +313,7 @@ impl Cluster {
             scheduler: true,
             registries: Vec::new(),
             proxy_settings: Vec::new(),
-            limits: Vec::new(),
+            settings: Vec::new(),
             hijack: Vec::new(),
             origin_ca: None,
             log: "info",
@@ -386,9 +387,14 @@ impl Cluster {
                 text += &format!("{host:?} = {url:?}\n");
             }
             text += &format!("[proxy.hijack]\nhosts = {:?}\n", self.hijack);
-            text += "[limits]\n";
-            for line in &self.limits {
-                text += &format!("{line}\n");
+            let mut tables: Vec<&str> = self.settings.iter().map(|(t, _)| *t).collect();
+            tables.sort_unstable();
+            tables.dedup();
+            for table in tables {
+                text += &format!("[{table}]\n");
+                for (_, line) in self.settings.iter().filter(|(t, _)| *t == table) {
+                    text += &format!("{line}\n");
+                }
             }
             if self.insecure {
                 text += "[cluster]\ninsecure = true\n";

@@ -148,6 +148,7 @@ impl CorruptPeer {
                 task_id: task.to_string(),
                 pieces: Some(have),
                 failure: None,
+                withdrawn: false,
             })
             .await
             .expect("announce");

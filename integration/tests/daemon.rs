@@ -232,3 +232,66 @@ async fn daemon_reports_origin_errors_to_the_client() {
     assert_eq!(res.status.code(), Some(8));
     assert!(String::from_utf8_lossy(&res.stderr).contains("404"));
 }
+
+/// Issue 14 (3): nothing evicted, ever. With `[gc]`, a store past its high watermark drops the
+/// least recently used tasks down to the low one; what is used again stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_store_drops_the_least_recently_used_tasks() {
+    let files: Vec<_> = (0..3).map(|_| random_bytes(6 * MIB)).collect();
+    let mut origin = TestOrigin::builder();
+    for (i, f) in files.iter().enumerate() {
+        origin = origin.file(&format!("/f{i}"), f.clone());
+    }
+    let origin = origin.start().await;
+    // 20 MiB: above 16 MiB, down to 12.
+    let cluster = shoal_integration::cluster::Cluster::builder()
+        .daemons(1)
+        .setting("gc", "interval = \"200ms\"")
+        .setting("gc", &format!("capacity = {}", 20 * MIB))
+        .start()
+        .await;
+    let data_dir = cluster.daemons[0].data_dir.join("store");
+    let dir = tempfile::tempdir().unwrap();
+    let fetch = |i: usize| {
+        let (url, out) = (
+            origin.url(&format!("/f{i}")),
+            dir.path().join(format!("out{i}")),
+        );
+        let data_dir = data_dir.clone();
+        async move {
+            get(&url, &out, &data_dir).await;
+            std::fs::read(&out).unwrap()
+        }
+    };
+    let held = || async {
+        let client = shoal_p2p::api::LocalClient::new(data_dir.join("shoal.sock"));
+        let mut urls: Vec<String> = client
+            .tasks()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.url)
+            .collect();
+        urls.sort();
+        urls
+    };
+    assert!(fetch(0).await == files[0]);
+    assert!(fetch(1).await == files[1]);
+    // Access times are in seconds: f0 is used again after f1.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(fetch(0).await == files[0]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(fetch(2).await == files[2]);
+    let want = vec![origin.url("/f0"), origin.url("/f2")];
+    let mut got = held().await;
+    for _ in 0..50 {
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        got = held().await;
+    }
+    assert_eq!(got, want, "f1, the least recently used, goes; nothing else");
+    // It comes back (from the swarm or the origin) when asked for again.
+    assert!(fetch(1).await == files[1]);
+}

@@ -62,8 +62,8 @@ async fn connections_held_open_or_unread_keep_no_real_request_out() {
     let cluster = Cluster::builder()
         .daemons(1)
         .default_registry(&registry.url(""))
-        .limit("header_timeout = \"3s\"")
-        .limit("write_timeout = \"2s\"")
+        .setting("limits", "header_timeout = \"3s\"")
+        .setting("limits", "write_timeout = \"2s\"")
         .start()
         .await;
     let d0 = &cluster.daemons[0];

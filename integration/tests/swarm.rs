@@ -369,6 +369,7 @@ async fn a_member_announcing_an_impossible_length_changes_nothing_and_the_schedu
                 task_id: task.to_string(),
                 pieces: Some(pieces),
                 failure: None,
+                withdrawn: false,
             })
             .await;
         assert_eq!(

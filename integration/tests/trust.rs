@@ -128,6 +128,7 @@ async fn a_member_is_only_who_its_certificate_says() {
             task_id: format!("sha256:{}", "ab".repeat(32)),
             pieces: None,
             failure: None,
+            withdrawn: false,
         })
         .await;
     assert_eq!(

@@ -9,6 +9,8 @@ use serde::Deserialize;
 use shoal_p2p::api::{default_data_dir, socket_in};
 use shoal_p2p::cluster::{ClusterConfig, Paths};
 use shoal_p2p::net::Limits;
+
+use crate::gc::GcConfig;
 use shoal_p2p::{Error, OriginConfig, Result, SwarmConfig};
 
 /// The daemon's configuration (TOML). Every field has a default.
@@ -35,6 +37,8 @@ pub struct DaemonConfig {
     pub cluster: ClusterConfig,
     /// Bounds on the servers' connections (the upload server, the mirror).
     pub limits: Limits,
+    /// When the store's tasks are removed.
+    pub gc: GcConfig,
 }
 
 impl Default for DaemonConfig {
@@ -50,6 +54,7 @@ impl Default for DaemonConfig {
             swarm: SwarmConfig::default(),
             cluster: ClusterConfig::default(),
             limits: Limits::default(),
+            gc: GcConfig::default(),
         }
     }
 }
@@ -77,6 +82,7 @@ impl DaemonConfig {
         self.origin.validate().map_err(Error::Config)?;
         self.swarm.validate().map_err(Error::Config)?;
         self.limits.validate().map_err(Error::Config)?;
+        self.gc.validate().map_err(Error::Config)?;
         if self.max_requests == 0 {
             return Err(Error::Config("max_requests must be at least 1".into()));
         }

@@ -120,6 +120,15 @@ impl Daemon {
         let socket = self.config.socket_path();
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let collector = crate::gc::Collector {
+            config: self.config.gc,
+            data_dir: self.downloader.store().root().to_path_buf(),
+            store: self.downloader.store().clone(),
+            holdings: self.downloader.holdings().clone(),
+            swarm: self.downloader.swarm().cloned(),
+        };
+        let stop = cancel.clone();
+        tracker.spawn(collector.run(async move { stop.cancelled().await }));
         if let (Some(swarm), Some(upload)) = (self.downloader.swarm(), self.upload) {
             let node = Node {
                 downloader: self.downloader.clone(),

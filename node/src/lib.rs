@@ -24,6 +24,7 @@ pub mod admin;
 mod api;
 pub mod config;
 mod daemon;
+pub mod gc;
 pub mod get;
 mod output;
 pub mod upload;

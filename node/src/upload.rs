@@ -136,6 +136,8 @@ async fn handle<B>(ctx: Arc<Ctx>, req: Request<B>) -> Response<Body> {
     let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
         return plain(StatusCode::SERVICE_UNAVAILABLE, "all upload slots busy\n");
     };
+    // Held, with the slot, until the piece is sent: the task is not removed meanwhile.
+    let permit = (permit, ctx.holdings.reading(&id));
     let layout = match ctx.store.meta(&id).await {
         Ok(Some(meta))
             if (meta.complete || ctx.holdings.has(&id, n)) && n < meta.layout.piece_count() =>

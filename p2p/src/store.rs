@@ -40,7 +40,7 @@ pub(crate) mod prefix;
 pub(crate) mod writer;
 
 pub use handle::AsyncStore;
-pub use holdings::Holdings;
+pub use holdings::{Holdings, ReadGuard};
 pub use journal::append_record;
 use journal::{decode_digest, encode_digest};
 
@@ -339,6 +339,15 @@ impl Store {
     pub fn touch(&self, id: &TaskId, meta: &mut TaskMeta) -> Result<()> {
         meta.accessed_at = unix_now();
         self.put_meta(id, meta)
+    }
+
+    /// Records `at` (seconds since the Unix epoch) as the task's last access.
+    pub fn set_accessed(&self, id: &TaskId, at: u64) -> Result<()> {
+        let mut meta = self
+            .meta(id)?
+            .ok_or_else(|| Error::TaskGone { task: id.clone() })?;
+        meta.accessed_at = at;
+        self.put_meta(id, &meta)
     }
 
     /// Forgets a task and deletes its content.

@@ -204,14 +204,30 @@ impl Swarm {
         pieces: Option<PieceSet>,
         failure: Option<crate::proto::Failure>,
     ) {
-        let Some(mut client) = self.client(task.as_str()) else {
-            return;
-        };
-        let req = AnnounceRequest {
+        self.send_announce(AnnounceRequest {
             host_id: self.host.id.clone(),
             task_id: task.to_string(),
             pieces,
             failure,
+            withdrawn: false,
+        })
+        .await;
+    }
+
+    /// Tells the task's scheduler this host no longer holds it.
+    pub async fn withdraw(&self, task: &TaskId) {
+        self.send_announce(AnnounceRequest {
+            host_id: self.host.id.clone(),
+            task_id: task.to_string(),
+            withdrawn: true,
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn send_announce(&self, req: AnnounceRequest) {
+        let Some(mut client) = self.client(&req.task_id) else {
+            return;
         };
         if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), client.announce(req)).await
         {

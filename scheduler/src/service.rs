@@ -200,6 +200,10 @@ impl SchedulerRpc for Service {
             check_pieces(pieces)?;
         }
         let mut state = self.lock();
+        if req.withdrawn {
+            state.withdraw(&req.task_id, &req.host_id);
+            return Ok(Response::new(AnnounceResponse {}));
+        }
         if let Some(failure) = req.failure {
             // Only the host sent to the origin speaks for it.
             let fetcher = state

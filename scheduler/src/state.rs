@@ -134,6 +134,19 @@ impl State {
         }
     }
 
+    /// `host_id` no longer holds the task: it is nobody's parent for it.
+    pub fn withdraw(&mut self, task_id: &str, host_id: &str) {
+        if let Some(entry) = self.tasks.get_mut(task_id)
+            && let Some(h) = entry.holders.get_mut(host_id)
+        {
+            h.bitmap = Bitmap::new(h.bitmap.len());
+            if h.watching == 0 {
+                entry.holders.remove(host_id);
+            }
+            entry.notify();
+        }
+    }
+
     /// Merges what a host announced. A task's length and piece digests are taken only from a
     /// host that knows them: the one sent to the origin for it, or a seed. Another host's claims
     /// wait for one who knows (its bitmap is kept), and a claim that contradicts what is known

@@ -202,7 +202,7 @@ async fn slow_garbled_and_vanishing_clients_get_clear_answers_and_leave_nothing_
     let cluster = Cluster::builder()
         .daemons(1)
         .registry(REGISTRY, &registry.url())
-        .limit("header_timeout = \"1s\"")
+        .setting("limits", "header_timeout = \"1s\"")
         .proxy_setting(&allowed)
         .start()
         .await;

@@ -19,7 +19,7 @@ use super::request::{DownloadRequest, Progress};
 use crate::error::{Error, Result};
 use crate::id::TaskId;
 use crate::piece::Layout;
-use crate::store::read_blocks;
+use crate::store::{ReadGuard, read_blocks};
 
 /// Bytes read from the task file at a time for a local reader.
 const READ_BLOCK: usize = 256 << 10;
@@ -39,6 +39,8 @@ pub struct Reading {
     pub sources: Vec<crate::proto::Source>,
     downloader: Arc<Downloader>,
     done: watch::Receiver<Done>,
+    /// The task is not removed while it is read.
+    _reading: ReadGuard,
 }
 
 impl Downloader {
@@ -60,6 +62,7 @@ impl Downloader {
                 && (meta.complete || self.holdings().is_active(&id))
             {
                 return Ok(Reading {
+                    _reading: self.holdings().reading(&id),
                     task: id,
                     layout: meta.layout,
                     complete: meta.complete,

@@ -1,8 +1,9 @@
 //! What this host holds of its unfinished tasks, piece by piece, for the upload server and for
-//! local readers waiting for a piece (complete tasks are known to the store itself).
+//! local readers waiting for a piece (complete tasks are known to the store itself); and which
+//! tasks are being read, which the disk's garbage collection leaves alone.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::bitmap::Bitmap;
 use crate::id::TaskId;
@@ -12,6 +13,8 @@ use crate::id::TaskId;
 pub struct Holdings {
     active: Mutex<HashMap<TaskId, Bitmap>>,
     changed: tokio::sync::watch::Sender<u64>,
+    /// Readers (local readers, uploads) per task being read.
+    readers: Mutex<HashMap<TaskId, usize>>,
 }
 
 impl Default for Holdings {
@@ -19,6 +22,7 @@ impl Default for Holdings {
         Holdings {
             active: Mutex::default(),
             changed: tokio::sync::watch::Sender::new(0),
+            readers: Mutex::default(),
         }
     }
 }
@@ -51,6 +55,26 @@ impl Holdings {
         self.lock().contains_key(id)
     }
 
+    /// Marks `id` as being read until the guard is dropped.
+    pub fn reading(self: &Arc<Self>, id: &TaskId) -> ReadGuard {
+        *self.readers().entry(id.clone()).or_default() += 1;
+        ReadGuard {
+            holdings: self.clone(),
+            id: id.clone(),
+        }
+    }
+
+    /// Whether `id` is downloading or being read here: not to be removed.
+    pub fn in_use(&self, id: &TaskId) -> bool {
+        self.is_active(id) || self.readers().contains_key(id)
+    }
+
+    fn readers(&self) -> std::sync::MutexGuard<'_, HashMap<TaskId, usize>> {
+        self.readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Changes on every start, stored piece and stop (of any task).
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
@@ -75,5 +99,23 @@ impl Drop for HoldingGuard<'_> {
     fn drop(&mut self) {
         self.holdings.lock().remove(&self.id);
         self.holdings.bump();
+    }
+}
+
+/// A task being read (see [`Holdings::reading`]).
+pub struct ReadGuard {
+    holdings: Arc<Holdings>,
+    id: TaskId,
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        let mut readers = self.holdings.readers();
+        if let Some(n) = readers.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                readers.remove(&self.id);
+            }
+        }
     }
 }

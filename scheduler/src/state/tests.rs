@@ -336,3 +336,16 @@ fn implausible_sources_are_not_taken() {
         assert!(view.digests[0].is_empty());
     }
 }
+
+/// A host whose disk's garbage collection removed a task withdraws it: it is offered to nobody.
+#[test]
+fn a_withdrawn_holder_is_nobodys_parent() {
+    let (mut state, hosts) = swarm(2, 4);
+    state.merge("t", "h0", &have(4, &[0, 1, 2, 3]));
+    assert_eq!(offered_by(&state, &hosts[2], "h0"), vec![0, 1, 2, 3]);
+    state.withdraw("t", "h0");
+    assert!(offered_by(&state, &hosts[2], "h0").is_empty());
+    // Unknown tasks and hosts change nothing.
+    state.withdraw("other", "h0");
+    state.withdraw("t", "nobody");
+}

@@ -157,3 +157,44 @@ async fn connections_held_open_or_unread_keep_no_real_request_out() {
         rss_flooded - rss_before
     );
 }
+
+/// Issue 14 (3): every mirror request started a download that outlives its client, with no cap.
+/// Past `max_downloads`, a client asking for content not downloading already is served straight
+/// from the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn past_max_downloads_the_upstream_serves_the_client() {
+    let a = shoal_integration::random_bytes(8 << 20);
+    let b = shoal_integration::random_bytes(1 << 20);
+    let (da, db) = (shoal_integration::sha256(&a), shoal_integration::sha256(&b));
+    let registry = TestOrigin::builder()
+        .file(&format!("/v2/x/blobs/{da}"), a.clone())
+        .file(&format!("/v2/x/blobs/{db}"), b.clone())
+        .rate(4 << 20)
+        .start()
+        .await;
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .no_seed()
+        .default_registry(&registry.url(""))
+        .setting("limits", "max_downloads = 1")
+        .start()
+        .await;
+    let mirror = cluster.daemons[0].mirror_url();
+    shoal_p2p::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let blob = |d: &str| http.get(format!("{mirror}/v2/x/blobs/{d}")).send();
+    let first = blob(&da).await.unwrap();
+    assert!(first.headers().contains_key("x-dragonfly-task-id"));
+    let second = blob(&db).await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    assert!(
+        !second.headers().contains_key("x-dragonfly-task-id"),
+        "a second download started past max_downloads"
+    );
+    assert!(second.bytes().await.unwrap() == b);
+    assert!(first.bytes().await.unwrap() == a);
+    // The download's place is free again.
+    let third = blob(&db).await.unwrap();
+    assert!(third.headers().contains_key("x-dragonfly-task-id"));
+    assert!(third.bytes().await.unwrap() == b);
+}

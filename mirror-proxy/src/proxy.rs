@@ -241,6 +241,11 @@ async fn serve_task(
     let url = req.origin.url.clone();
     let reading = match ctx.downloader.read(req).await {
         Ok(r) => r,
+        Err(e) if matches!(*e, shoal_p2p::Error::Busy { .. }) => {
+            // As many downloads as may run: this client is served as if there were no swarm.
+            tracing::debug!(%task, "background downloads all busy; the upstream answers");
+            return passthrough(ctx, url, parts.clone(), None).await;
+        }
         Err(e) => return Error::Task(e).into_response(),
     };
     if vouch == Vouch::Sources && !vouched(&reading.sources, &upstream_of(&url)) {

@@ -61,13 +61,16 @@ impl Daemon {
             let swarm = Swarm::new(config.swarm.clone(), bound, seed.is_some(), cluster)?;
             (Some(Arc::new(swarm)), Some(listener))
         };
-        let downloader = Arc::new(Downloader::with_swarm(
-            store,
-            origin,
-            metrics.clone(),
-            swarm,
-            Arc::new(Holdings::default()),
-        ));
+        let downloader = Arc::new(
+            Downloader::with_swarm(
+                store,
+                origin,
+                metrics.clone(),
+                swarm,
+                Arc::new(Holdings::default()),
+            )
+            .with_background_limit(config.limits.max_downloads),
+        );
         Ok(Daemon {
             config,
             downloader,

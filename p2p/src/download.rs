@@ -47,7 +47,13 @@ pub struct Downloader {
     swarm: Option<Arc<Swarm>>,
     holdings: Arc<Holdings>,
     peers: PeerClient,
+    /// Downloads [`Downloader::read`] may start at once (they go on after their reader left).
+    background: Arc<tokio::sync::Semaphore>,
+    max_background: usize,
 }
+
+/// Background downloads at once unless [`Downloader::with_background_limit`] says otherwise.
+pub const MAX_BACKGROUND: usize = 64;
 
 impl Downloader {
     /// A downloader that only uses the origin (no swarm).
@@ -75,7 +81,17 @@ impl Downloader {
             swarm,
             holdings,
             peers,
+            background: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND)),
+            max_background: MAX_BACKGROUND,
         }
+    }
+
+    /// At most `n` downloads started by [`Downloader::read`] run at once; past that, `read`
+    /// of a task not running already is [`Error::Busy`].
+    pub fn with_background_limit(mut self, n: usize) -> Self {
+        self.background = Arc::new(tokio::sync::Semaphore::new(n));
+        self.max_background = n;
+        self
     }
 
     pub fn store(&self) -> &AsyncStore {
@@ -99,6 +115,14 @@ impl Downloader {
     /// The swarm this downloader takes pieces from, if any.
     pub fn swarm(&self) -> Option<&Arc<Swarm>> {
         self.swarm.as_ref()
+    }
+
+    /// Whether a download of `id` runs here.
+    fn is_running(&self, id: &TaskId) -> bool {
+        self.running
+            .lock()
+            .expect("running map lock")
+            .contains_key(id)
     }
 
     /// Makes the task for `req` complete in the store, from the cache or the origin, and

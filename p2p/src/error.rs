@@ -34,6 +34,9 @@ pub enum Error {
     StoreBusy { dir: PathBuf },
     #[error("task {task} was removed while in use")]
     TaskGone { task: TaskId },
+    /// As many downloads run in the background as may (`[limits] max_downloads`).
+    #[error("{running} downloads are running already")]
+    Busy { running: usize },
     #[error("origin answered {status} for {url}")]
     OriginStatus { url: String, status: u16 },
     #[error("origin request to {url} failed: {source}")]
@@ -67,6 +70,7 @@ impl Error {
             | Error::Metadata(_)
             | Error::StoreBusy { .. }
             | Error::TaskGone { .. }
+            | Error::Busy { .. }
             | Error::Config(_) => Fault::Local,
             Error::OriginStatus { .. }
             | Error::OriginTransport { .. }

@@ -41,6 +41,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request head (request line and headers) accepted; larger ones get 431.
     pub max_header_bytes: usize,
+    /// Downloads the mirror starts at once (each goes on after its client left); past that,
+    /// a client asking for content not downloading already is served straight from upstream.
+    pub max_downloads: usize,
 }
 
 /// How long peers keep an idle connection to an upload server for the next piece.
@@ -53,6 +56,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(30),
             max_connections: 1024,
             max_header_bytes: 64 << 10,
+            max_downloads: crate::download::MAX_BACKGROUND,
         }
     }
 }
@@ -60,8 +64,8 @@ impl Default for Limits {
 impl Limits {
     /// Checks the bounds; the error names the bad one.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_connections == 0 {
-            return Err("limits.max_connections must be at least 1".into());
+        if self.max_connections == 0 || self.max_downloads == 0 {
+            return Err("limits.max_connections and max_downloads must be at least 1".into());
         }
         if self.max_header_bytes < 8192 {
             return Err("limits.max_header_bytes must be at least 8192".into());

@@ -46,12 +46,29 @@ pub struct Reading {
 impl Downloader {
     /// Starts (or joins) the download of `req` and returns once its length is known. Fails with
     /// the download's error when it ends before that (the origin refused, say).
+    /// A task that is neither complete nor downloading already needs one of the background
+    /// downloads' places: without one it is [`Error::Busy`] (the caller serves its client
+    /// another way).
     pub async fn read(self: &Arc<Self>, req: DownloadRequest) -> Result<Reading, Arc<Error>> {
         let id = req.task_id();
         let mut changes = self.holdings().subscribe();
         let (tx, mut done) = watch::channel::<Done>(None);
+        let complete = matches!(self.store().meta(&id).await, Ok(Some(m)) if m.complete);
+        let place = if complete || self.is_running(&id) {
+            None
+        } else {
+            match self.background.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    return Err(Arc::new(Error::Busy {
+                        running: self.max_background,
+                    }));
+                }
+            }
+        };
         let downloader = self.clone();
         tokio::spawn(async move {
+            let _place = place;
             let r = downloader.download(&req, &Progress::default()).await;
             let _ = tx.send(Some(r.map(|_| ()).map_err(Arc::new)));
         });

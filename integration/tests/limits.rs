@@ -198,3 +198,45 @@ async fn past_max_downloads_the_upstream_serves_the_client() {
     assert!(third.headers().contains_key("x-dragonfly-task-id"));
     assert!(third.bytes().await.unwrap() == b);
 }
+
+/// Issue 14 (3): no bandwidth limits. `origin_rate` and `download_rate` hold the average to the
+/// rate after a one-second burst, for the fetcher and for the peer that takes pieces from it.
+#[tokio::test(flavor = "multi_thread")]
+async fn bandwidth_limits_hold_origin_and_peer_transfers_to_their_rate() {
+    let data = shoal_integration::random_bytes(24 << 20);
+    let origin = TestOrigin::builder().file("/f", data.clone()).start().await;
+    let rate = 8 << 20;
+    let cluster = Cluster::builder()
+        .daemons(2)
+        .no_seed()
+        .setting("limits", &format!("origin_rate = {rate}"))
+        .setting("limits", &format!("download_rate = {rate}"))
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    for (i, d) in cluster.daemons.iter().enumerate() {
+        let out = dir.path().join(format!("out{i}"));
+        let start = Instant::now();
+        let cmd =
+            shoal_integration::process::get(&d.data_dir.join("store"), &origin.url("/f"), &out);
+        let res = shoal_integration::process::run(cmd).await;
+        let took = start.elapsed();
+        assert!(
+            res.status.success(),
+            "{}",
+            String::from_utf8_lossy(&res.stderr)
+        );
+        assert!(std::fs::read(&out).unwrap() == data);
+        // 24 MiB at 8 MiB/s after a burst of 8: at least 2 s.
+        assert!(
+            took >= Duration::from_millis(1900),
+            "daemon {i} took {took:?}"
+        );
+        assert!(took < Duration::from_secs(10), "daemon {i} took {took:?}");
+    }
+    assert_eq!(
+        origin.bytes_sent(),
+        data.len() as u64 + 1,
+        "the origin sent it once"
+    );
+}

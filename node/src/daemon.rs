@@ -9,6 +9,7 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 use shoal_p2p::api::LocalClient;
 use shoal_p2p::proto::{PieceDigest, PieceSet};
+use shoal_p2p::rate::RateLimit;
 use shoal_p2p::{
     AsyncStore, Bitmap, Downloader, Error, Holdings, JobHandler, Metrics, Origin, Result, Swarm,
 };
@@ -69,7 +70,11 @@ impl Daemon {
                 swarm,
                 Arc::new(Holdings::default()),
             )
-            .with_background_limit(config.limits.max_downloads),
+            .with_background_limit(config.limits.max_downloads)
+            .with_rates(
+                RateLimit::new(config.limits.download_rate),
+                RateLimit::new(config.limits.origin_rate),
+            ),
         );
         Ok(Daemon {
             config,

@@ -32,6 +32,8 @@ struct Ctx {
     slots: Arc<Semaphore>,
     metrics: Metrics,
     limits: net::Limits,
+    /// `[limits] upload_rate`: every piece served takes its bytes before it goes.
+    rate: Option<Arc<shoal_p2p::rate::RateLimit>>,
 }
 
 /// What the upload server is given.
@@ -59,6 +61,7 @@ pub async fn serve(
         slots: Arc::new(Semaphore::new(upload.slots)),
         metrics: upload.metrics,
         limits: upload.limits,
+        rate: shoal_p2p::rate::RateLimit::new(upload.limits.upload_rate),
     });
     let acceptor = upload.tls.map(tokio_rustls::TlsAcceptor::from);
     let limits = upload.limits;
@@ -156,6 +159,7 @@ async fn handle<B>(ctx: Arc<Ctx>, req: Request<B>) -> Response<Body> {
     };
     let range = layout.range(n);
     let length = range.end - range.start;
+    shoal_p2p::rate::take(ctx.rate.as_deref(), length as usize).await;
     // On a plain connection the piece goes out from the file and the body is never polled;
     // either way the slot is held until the body is dropped.
     let from_file = FileBody {

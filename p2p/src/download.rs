@@ -35,6 +35,7 @@ use crate::origin::{Origin, OriginConfig, Stat};
 use crate::peer::PeerClient;
 use crate::piece::Layout;
 use crate::proto::PieceSet;
+use crate::rate::RateLimit;
 use crate::store::{AsyncStore, Holdings};
 use crate::swarm::Swarm;
 
@@ -50,6 +51,7 @@ pub struct Downloader {
     /// Downloads [`Downloader::read`] may start at once (they go on after their reader left).
     background: Arc<tokio::sync::Semaphore>,
     max_background: usize,
+    origin_rate: Option<Arc<RateLimit>>,
 }
 
 /// Background downloads at once unless [`Downloader::with_background_limit`] says otherwise.
@@ -83,7 +85,20 @@ impl Downloader {
             peers,
             background: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND)),
             max_background: MAX_BACKGROUND,
+            origin_rate: None,
         }
+    }
+
+    /// Pieces from peers (`download`) and bytes from the origin (`origin`) move at most at
+    /// these rates on average (`[limits] download_rate`, `origin_rate`).
+    pub fn with_rates(
+        mut self,
+        download: Option<Arc<RateLimit>>,
+        origin: Option<Arc<RateLimit>>,
+    ) -> Self {
+        self.peers = self.peers.with_rate(download);
+        self.origin_rate = origin;
+        self
     }
 
     /// At most `n` downloads started by [`Downloader::read`] run at once; past that, `read`
@@ -232,6 +247,7 @@ impl Downloader {
             writer: self.store.task_writer(id)?,
             origin: self.origin.clone(),
             metrics: self.metrics.clone(),
+            origin_rate: self.origin_rate.clone(),
         };
         let is_fetcher = link.as_ref().is_some_and(|l| l.view.back_to_source);
         let prefix = match expected {

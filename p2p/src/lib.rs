@@ -49,6 +49,7 @@ pub mod origin;
 pub mod peer;
 pub mod piece;
 pub mod proto;
+pub mod rate;
 pub mod seeding;
 pub mod store;
 pub mod swarm;

@@ -44,6 +44,12 @@ pub struct Limits {
     /// Downloads the mirror starts at once (each goes on after its client left); past that,
     /// a client asking for content not downloading already is served straight from upstream.
     pub max_downloads: usize,
+    /// Bytes per second, on average, of pieces from peers (0: no limit).
+    pub download_rate: u64,
+    /// Bytes per second, on average, of pieces sent to peers (0: no limit).
+    pub upload_rate: u64,
+    /// Bytes per second, on average, from origins (0: no limit).
+    pub origin_rate: u64,
 }
 
 /// How long peers keep an idle connection to an upload server for the next piece.
@@ -57,6 +63,9 @@ impl Default for Limits {
             max_connections: 1024,
             max_header_bytes: 64 << 10,
             max_downloads: crate::download::MAX_BACKGROUND,
+            download_rate: 0,
+            upload_rate: 0,
+            origin_rate: 0,
         }
     }
 }

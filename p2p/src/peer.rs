@@ -6,7 +6,7 @@
 //! checks every piece against the digest the scheduler published before handing it on.
 
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use crate::cluster::{Cluster, Role};
 use crate::digest::Digest;
 use crate::id::TaskId;
+use crate::rate::RateLimit;
 
 /// The path of piece `n` of `task` on a peer's upload server.
 pub fn piece_path(task: &TaskId, n: u32) -> String {
@@ -45,6 +46,8 @@ pub enum PieceError {
 pub struct PeerClient {
     http: reqwest::Client,
     scheme: &'static str,
+    /// `[limits] download_rate`: what every piece from peers takes, as it arrives.
+    rate: Option<Arc<RateLimit>>,
 }
 
 impl PeerClient {
@@ -72,7 +75,14 @@ impl PeerClient {
                 .build()
                 .expect("the peer client's settings are valid"),
             scheme,
+            rate: None,
         }
+    }
+
+    /// Pieces from peers arrive at most at `rate` on average.
+    pub fn with_rate(mut self, rate: Option<Arc<RateLimit>>) -> Self {
+        self.rate = rate;
+        self
     }
 
     /// Fetches piece `n` (`range` of the content) of `task` from the upload server at `addr`
@@ -92,7 +102,7 @@ impl PeerClient {
             .send()
             .await
             .map_err(|_| PieceError::Unreachable)?;
-        read_piece(resp, range, expected).await
+        read_piece(resp, range, expected, self.rate.as_deref()).await
     }
 }
 
@@ -101,6 +111,7 @@ async fn read_piece(
     mut resp: reqwest::Response,
     range: Range<u64>,
     expected: Digest,
+    rate: Option<&RateLimit>,
 ) -> Result<Bytes, PieceError> {
     match resp.status() {
         http::StatusCode::OK => {}
@@ -118,6 +129,7 @@ async fn read_piece(
             return Err(PieceError::Corrupt);
         }
         buf.extend_from_slice(&chunk);
+        crate::rate::take(rate, chunk.len()).await;
     }
     if buf.len() != len {
         return Err(PieceError::Corrupt);

@@ -3,6 +3,7 @@
 //! the task's writer thread.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::request::{DownloadRequest, Progress};
 use crate::digest::Digest;
@@ -11,6 +12,7 @@ use crate::id::TaskId;
 use crate::metrics::{Metrics, Source};
 use crate::origin::Origin;
 use crate::piece::Layout;
+use crate::rate::RateLimit;
 use crate::store::writer::TaskWriter;
 
 /// Everything the piece loop needs about one download.
@@ -22,6 +24,8 @@ pub(crate) struct Job {
     pub writer: TaskWriter,
     pub origin: Origin,
     pub metrics: Metrics,
+    /// `[limits] origin_rate`: what every byte from the origin takes.
+    pub origin_rate: Option<Arc<RateLimit>>,
 }
 
 impl Job {
@@ -101,6 +105,7 @@ impl Job {
                 });
             };
             self.metrics.bytes(Source::Origin, chunk.len() as u64);
+            crate::rate::take(self.origin_rate.as_deref(), chunk.len()).await;
             while !chunk.is_empty() && n < pieces.end {
                 let end = layout.range(n).end;
                 let take = chunk.len().min((end - pos) as usize);

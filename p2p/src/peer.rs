@@ -225,4 +225,14 @@ mod tests {
         assert!(parse_piece_path("/tasks/../../etc/passwd/pieces/1").is_none());
         assert!(parse_piece_path("/").is_none());
     }
+
+    proptest::proptest! {
+        /// Any request path: no panic; one taken names a piece whose path is itself.
+        #[test]
+        fn any_path_is_a_piece_path_or_refused(path in "(/tasks/)?[a-z0-9:/._-]{0,90}") {
+            if let Some((task, n)) = parse_piece_path(&path) {
+                proptest::prop_assert_eq!(piece_path(&task, n), path);
+            }
+        }
+    }
 }

@@ -98,7 +98,10 @@ fn check_pieces(pieces: &PieceSet) -> Result<(), Error> {
     if pieces.length_known && Layout::for_length(pieces.content_length).is_none() {
         return Err(Error::ContentLength(pieces.content_length));
     }
-    if pieces.bitmap.len() > max_pieces.div_ceil(8) || pieces.digests.len() > max_pieces {
+    if pieces.bitmap.len() > max_pieces.div_ceil(8)
+        || pieces.digests.len() > max_pieces
+        || pieces.sources.len() > 64
+    {
         return Err(Error::PieceSet);
     }
     Ok(())

@@ -171,3 +171,24 @@ async fn reqwest_reuses_the_connection() {
     }
     assert_eq!(sent.get(), 24);
 }
+
+proptest::proptest! {
+    /// Any bytes as a request head: no panic; a head taken here is complete and no longer than
+    /// what was read.
+    #[test]
+    fn any_bytes_parse_or_go_to_hyper(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+        if let Ok(Some(Head::Request(_, len))) = parse(&bytes) {
+            proptest::prop_assert!(len <= bytes.len());
+        }
+    }
+
+    /// Heads made of request-line and header characters, the shapes clients send.
+    #[test]
+    fn any_request_like_head_parses_or_goes_to_hyper(
+        line in "(GET|HEAD|PUT) [ -~]{0,40} HTTP/1\\.[01]",
+        headers in proptest::collection::vec("[ -~]{0,30}", 0..8),
+    ) {
+        let text = format!("{line}\r\n{}\r\n", headers.iter().map(|h| format!("{h}\r\n")).collect::<String>());
+        let _ = parse(text.as_bytes());
+    }
+}

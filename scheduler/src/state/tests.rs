@@ -349,3 +349,47 @@ fn a_withdrawn_holder_is_nobodys_parent() {
     state.withdraw("other", "h0");
     state.withdraw("t", "nobody");
 }
+
+proptest::proptest! {
+    /// Whatever members announce (the service has checked only the length and the sizes), the
+    /// task stays consistent and every view can be built.
+    #[test]
+    fn any_announcements_leave_a_consistent_task(
+        sets in proptest::collection::vec(
+            (
+                proptest::bool::ANY,
+                0u64..(1 << 36),
+                proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+                proptest::collection::vec((0u32..600, proptest::collection::vec(proptest::num::u8::ANY, 0..40)), 0..12),
+                proptest::collection::vec(("(https?://)?[a-z.:]{0,12}", proptest::bool::ANY), 0..12),
+                0usize..3,
+            ),
+            1..24,
+        )
+    ) {
+        let (mut state, hosts) = unknown_length(2);
+        for (length_known, content_length, bitmap, digests, sources, who) in sets {
+            if length_known && shoal_p2p::piece::Layout::for_length(content_length).is_none() {
+                continue;
+            }
+            let set = PieceSet {
+                length_known,
+                content_length,
+                bitmap,
+                digests: digests
+                    .into_iter()
+                    .map(|(number, blake3)| PieceDigest { number, blake3 })
+                    .collect(),
+                sources: sources.iter().map(|(u, a)| source(u, *a)).collect(),
+            };
+            state.merge("t", &hosts[who].id, &set);
+            let entry = &state.tasks["t"];
+            proptest::prop_assert_eq!(entry.digests.len() as u32, entry.piece_count());
+            proptest::prop_assert!(entry.sources.len() <= crate::task::MAX_SOURCES);
+            for h in &hosts {
+                let (view, _) = state.view("t", h).unwrap();
+                proptest::prop_assert_eq!(view.digests.len() as u32, entry.piece_count());
+            }
+        }
+    }
+}

@@ -260,4 +260,26 @@ mod tests {
             assert!(!format!("{c:?}").contains("s3cr3t"));
         }
     }
+
+    proptest::proptest! {
+        /// Any `WWW-Authenticate` value: no panic, no endless loop.
+        #[test]
+        fn any_challenge_parses_or_is_refused(v in "[ -~]{0,120}") {
+            let _ = Challenge::parse(&v);
+        }
+
+        /// The challenges registries send, with any realm, service and scope.
+        #[test]
+        fn bearer_challenges_round_trip(
+            realm in "https?://[a-z0-9.:/]{1,30}",
+            service in "[a-z0-9.-]{1,20}",
+            scope in "repository:[a-z0-9/]{1,20}:pull",
+        ) {
+            let v = format!(r#"Bearer realm="{realm}", service="{service}",scope="{scope}""#);
+            proptest::prop_assert_eq!(
+                Challenge::parse(&v),
+                Some(Challenge::Bearer { realm, service: Some(service), scope: Some(scope) })
+            );
+        }
+    }
 }

@@ -52,9 +52,7 @@ impl Access {
         headers: &HeaderMap,
         probe: Probe,
     ) -> Result<bool, reqwest::Error> {
-        let key = access_key(url, headers, probe);
-        let now = Instant::now();
-        if self.lock().get(&key).is_some_and(|&until| until > now) {
+        if self.remembered(url, headers, probe) {
             return Ok(true);
         }
         let request = match probe {
@@ -73,17 +71,34 @@ impl Access {
                 status.is_success() || status == http::StatusCode::RANGE_NOT_SATISFIABLE
             }
         };
-        if ok && !self.ttl.is_zero() {
-            let mut allowed = self.lock();
-            if allowed.len() >= MAX_ACCESS_ENTRIES {
-                allowed.retain(|_, until| *until > now);
-                if allowed.len() >= MAX_ACCESS_ENTRIES {
-                    allowed.clear();
-                }
-            }
-            allowed.insert(key, now + self.ttl);
+        if ok {
+            self.remember(url, headers, probe);
         }
         Ok(ok)
+    }
+
+    /// Whether the upstream said yes to `probe` for `url` with these credentials lately.
+    pub fn remembered(&self, url: &Url, headers: &HeaderMap, probe: Probe) -> bool {
+        let key = access_key(url, headers, probe);
+        self.lock()
+            .get(&key)
+            .is_some_and(|&until| until > Instant::now())
+    }
+
+    /// The upstream said yes to `probe` for `url` with these credentials (for the TTL).
+    pub fn remember(&self, url: &Url, headers: &HeaderMap, probe: Probe) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut allowed = self.lock();
+        if allowed.len() >= MAX_ACCESS_ENTRIES {
+            allowed.retain(|_, until| *until > now);
+            if allowed.len() >= MAX_ACCESS_ENTRIES {
+                allowed.clear();
+            }
+        }
+        allowed.insert(access_key(url, headers, probe), now + self.ttl);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Instant>> {

@@ -35,6 +35,10 @@ pub struct ProxyConfig {
     /// Anything else is refused with 403, so that clients cannot use the mirror to reach
     /// hosts it should not (its network, its cloud metadata service).
     pub allowed_upstreams: Vec<String>,
+    /// Registries (regexes on `host:port`) whose tags are kept with the digest they last named,
+    /// so that a pull by tag works while the registry is down (the tag may have moved since).
+    /// Manifests by digest are kept for every registry.
+    pub tags_when_down: Vec<String>,
     /// How long a successful "may this client read this repository" check is reused, per
     /// credential and repository.
     #[serde(with = "humantime_serde")]
@@ -54,6 +58,7 @@ impl Default for ProxyConfig {
             rules: Vec::new(),
             hijack: HijackConfig::default(),
             allowed_upstreams: Vec::new(),
+            tags_when_down: Vec::new(),
             auth_cache_ttl: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
         }
@@ -91,6 +96,7 @@ pub(crate) struct Compiled {
     pub rules: Vec<(Regex, Option<Vec<String>>)>,
     pub hijack: Vec<Regex>,
     pub allowed_upstreams: Vec<Regex>,
+    pub tags_when_down: Vec<Regex>,
 }
 
 impl Compiled {
@@ -102,11 +108,22 @@ impl Compiled {
 
     /// Whether the proxy may reach the upstream of `url`.
     pub(crate) fn allows_url(&self, url: &Url) -> bool {
-        match (url.host_str(), url.port_or_known_default()) {
-            (Some(host), Some(port)) => self.allows(&format!("{host}:{port}")),
-            _ => false,
-        }
+        host_port(url).is_some_and(|hp| self.allows(&hp))
     }
+
+    /// Whether the tags of the registry at `url` are kept for when it is down.
+    pub(crate) fn keeps_tags(&self, url: &Url) -> bool {
+        host_port(url).is_some_and(|hp| self.tags_when_down.iter().any(|r| r.is_match(&hp)))
+    }
+}
+
+/// `host:port` of a URL, the port always given.
+fn host_port(url: &Url) -> Option<String> {
+    Some(format!(
+        "{}:{}",
+        url.host_str()?,
+        url.port_or_known_default()?
+    ))
 }
 
 impl ProxyConfig {
@@ -156,23 +173,21 @@ impl ProxyConfig {
                 ))
             })
             .collect::<Result<_, String>>()?;
-        let hijack = self
-            .hijack
-            .hosts
-            .iter()
-            .map(|h| regex("proxy.hijack.hosts", h))
-            .collect::<Result<_, String>>()?;
-        let allowed_upstreams = self
-            .allowed_upstreams
-            .iter()
-            .map(|h| regex("proxy.allowed_upstreams", h))
-            .collect::<Result<_, String>>()?;
+        let regexes = |what: &str, list: &[String]| {
+            list.iter()
+                .map(|h| regex(what, h))
+                .collect::<Result<Vec<_>, String>>()
+        };
+        let hijack = regexes("proxy.hijack.hosts", &self.hijack.hosts)?;
+        let allowed_upstreams = regexes("proxy.allowed_upstreams", &self.allowed_upstreams)?;
+        let tags_when_down = regexes("proxy.tags_when_down", &self.tags_when_down)?;
         Ok(Compiled {
             default_registry,
             registries,
             rules,
             hijack,
             allowed_upstreams,
+            tags_when_down,
         })
     }
 }

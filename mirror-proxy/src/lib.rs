@@ -16,6 +16,7 @@ mod access;
 pub mod ca;
 pub mod config;
 mod error;
+mod manifests;
 mod metrics;
 mod proxy;
 mod route;

@@ -14,6 +14,8 @@ pub enum Kind {
     Blob,
     /// A URL matching a proxy rule served from a swarm task.
     Rule,
+    /// A manifest by tag or digest (kept for when the registry is down).
+    Manifest,
     /// Sent straight to the upstream.
     Pass,
     /// A CONNECT tunnelled untouched.
@@ -27,6 +29,7 @@ impl EncodeLabelValue for Kind {
         enc.write_str(match self {
             Kind::Blob => "blob",
             Kind::Rule => "rule",
+            Kind::Manifest => "manifest",
             Kind::Pass => "pass",
             Kind::Tunnel => "tunnel",
             Kind::Hijack => "hijack",

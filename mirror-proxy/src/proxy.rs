@@ -27,8 +27,9 @@ use crate::access::{Access, Probe};
 use crate::ca::Ca;
 use crate::config::{Compiled, ProxyConfig};
 use crate::error::{Body, BoxError, Error};
+use crate::manifests::{MAX_MANIFEST, Manifests};
 use crate::metrics::{Kind, ProxyMetrics};
-use crate::route::{self, BadPath, V2};
+use crate::route::{self, BadPath, Reference, V2};
 
 /// Everything a request handler needs.
 pub(crate) struct Ctx {
@@ -39,6 +40,8 @@ pub(crate) struct Ctx {
     /// To upstreams: redirects are the client's to follow.
     pub client: reqwest::Client,
     pub access: Access,
+    /// Manifests kept for when their registry is down.
+    pub manifests: Manifests,
     pub ca: Option<Ca>,
     pub metrics: ProxyMetrics,
 }
@@ -87,6 +90,13 @@ where
                 let url = route::join(&base, path, query.as_deref());
                 blob(&ctx, url, &digest, &name, &parts).await
             }
+            Ok(V2::Manifest { name, reference })
+                if parts.method == Method::GET || parts.method == Method::HEAD =>
+            {
+                ctx.metrics.request(Kind::Manifest);
+                let url = route::join(&base, path, query.as_deref());
+                manifest(&ctx, url, &name, &reference, &parts).await
+            }
             Ok(_) => {
                 ctx.metrics.request(Kind::Pass);
                 let url = route::join(&base, path, query.as_deref());
@@ -123,11 +133,17 @@ pub(crate) fn head_size<B>(req: &Request<B>) -> usize {
 /// A registry blob through the swarm, once the client proved it may read it.
 async fn blob(ctx: &Ctx, url: Url, digest: &Digest, name: &str, parts: &Parts) -> Response<Body> {
     let headers = origin_headers(&parts.headers);
-    match ctx.access.check(&url, &headers, Probe::Head).await {
+    let checked = ctx.access.check(&url, &headers, Probe::Head).await;
+    // The registry cannot be asked: content held here that was public is served still.
+    let public = checked.is_err() && public_and_held(ctx, digest).await;
+    match checked {
         Ok(true) => {}
         Ok(false) => {
             tracing::debug!(repository = name, %digest, "client may not read the blob; the registry answers");
             return passthrough(ctx, url, parts.clone(), None).await;
+        }
+        Err(_) if public => {
+            tracing::info!(repository = name, %digest, "registry unreachable: a public blob held here answers");
         }
         Err(e) => return Error::unreachable(&url, e).into_response(),
     }
@@ -145,6 +161,156 @@ async fn blob(ctx: &Ctx, url: Url, digest: &Digest, name: &str, parts: &Parts) -
         HeaderValue::from_str(&format!("\"{digest}\"")).expect("ASCII"),
     );
     serve_task(ctx, req, parts, extra, Vouch::Sources).await
+}
+
+/// Whether the blob `digest` is complete here and came only from upstreams that served it with
+/// no credentials.
+async fn public_and_held(ctx: &Ctx, digest: &Digest) -> bool {
+    let meta = ctx.downloader.store().meta(&TaskId::for_blob(digest)).await;
+    matches!(meta, Ok(Some(m)) if m.complete
+        && !m.sources.is_empty()
+        && m.sources.iter().all(|s| s.anonymous))
+}
+
+/// A manifest from the registry, kept (by its digest; by tag where `proxy.tags_when_down`
+/// says) for when the registry is down; while it is (unreachable, or 502/503/504), from what
+/// was kept, to clients allowed it (see [`kept_manifest`]).
+async fn manifest(
+    ctx: &Ctx,
+    url: Url,
+    name: &str,
+    reference: &Reference,
+    parts: &Parts,
+) -> Response<Body> {
+    let sent = ctx
+        .client
+        .request(parts.method.clone(), url.clone())
+        .headers(upstream_headers(&parts.headers))
+        .send()
+        .await;
+    let resp = match sent {
+        Ok(resp) if !registry_down(resp.status()) => resp,
+        Ok(resp) => {
+            return kept_manifest(ctx, &url, name, reference, parts).unwrap_or_else(|| relay(resp));
+        }
+        Err(e) => {
+            return kept_manifest(ctx, &url, name, reference, parts)
+                .unwrap_or_else(|| Error::unreachable(&url, e).into_response());
+        }
+    };
+    if !resp.status().is_success() {
+        return relay(resp);
+    }
+    let credentials = origin_headers(&parts.headers);
+    ctx.access.remember(&url, &credentials, Probe::FirstByte);
+    let public = !credentials.contains_key(header::AUTHORIZATION)
+        && !credentials.contains_key(header::COOKIE);
+    let upstream = upstream_of(&url);
+    let keep_tag = |digest: &Digest| {
+        if let Reference::Tag(tag) = reference
+            && ctx.compiled.keeps_tags(&url)
+            && let Err(e) = ctx.manifests.keep_tag(&upstream, name, tag, digest, public)
+        {
+            tracing::warn!(error = %e, "cannot keep a tag");
+        }
+    };
+    let length = resp.content_length().and_then(|n| usize::try_from(n).ok());
+    let small = length.is_some_and(|n| n <= MAX_MANIFEST);
+    if parts.method == Method::HEAD || resp.status() != StatusCode::OK || !small {
+        let named = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok()?.parse::<Digest>().ok())
+            .filter(|d| d.algorithm() == shoal_p2p::Algorithm::Sha256);
+        if let Some(d) = named {
+            keep_tag(&d);
+        }
+        return relay(resp);
+    }
+    let status = resp.status();
+    let headers = strip_hop_by_hop(resp.headers());
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => return Error::unreachable(&url, e).into_response(),
+    };
+    let digest = Digest::of(shoal_p2p::Algorithm::Sha256, &body);
+    let asked_for = match reference {
+        Reference::Digest(d) => *d == digest,
+        Reference::Tag(_) => true,
+    };
+    if asked_for {
+        let media_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if let Err(e) = ctx
+            .manifests
+            .keep(&upstream, name, &digest, &body, media_type, public)
+        {
+            tracing::warn!(error = %e, "cannot keep a manifest");
+        }
+        keep_tag(&digest);
+    }
+    let mut builder = Response::builder().status(status);
+    if let Some(h) = builder.headers_mut() {
+        *h = headers;
+    }
+    builder.body(full_body(body)).expect("valid response")
+}
+
+/// An upstream answer that says the registry is down, not that the request is wrong.
+fn registry_down(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// The kept manifest for `url`, while its registry cannot be asked: to any client where it was
+/// fetched with no credentials (by tag: the tag too), else only with credentials the registry
+/// granted this URL within `auth_cache_ttl`. `None`: not kept, or not for this client.
+fn kept_manifest(
+    ctx: &Ctx,
+    url: &Url,
+    name: &str,
+    reference: &Reference,
+    parts: &Parts,
+) -> Option<Response<Body>> {
+    let upstream = upstream_of(url);
+    let (digest, tag_public) = match reference {
+        Reference::Digest(d) => (*d, true),
+        Reference::Tag(tag) if ctx.compiled.keeps_tags(url) => {
+            ctx.manifests.tag(&upstream, name, tag)?
+        }
+        Reference::Tag(_) => return None,
+    };
+    let kept = ctx.manifests.get(&upstream, name, &digest)?;
+    let credentials = origin_headers(&parts.headers);
+    let granted = ctx.access.remembered(url, &credentials, Probe::FirstByte);
+    if !(kept.public && tag_public || granted) {
+        return None;
+    }
+    tracing::info!(%upstream, repository = name, %digest, "registry down: a kept manifest answers");
+    let len = kept.body.len();
+    let body = if parts.method == Method::HEAD {
+        Bytes::new()
+    } else {
+        kept.body
+    };
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_LENGTH, len)
+        .header("docker-content-digest", digest.to_string())
+        .header(header::ETAG, format!("\"{digest}\""))
+        .header("docker-distribution-api-version", "registry/2.0");
+    if !kept.media_type.is_empty() {
+        builder = builder.header(header::CONTENT_TYPE, kept.media_type);
+    }
+    Some(builder.body(full_body(body)).expect("valid response"))
+}
+
+fn full_body(bytes: Bytes) -> Body {
+    UnsyncBoxBody::new(http_body_util::Full::new(bytes).map_err(|never| match never {}))
 }
 
 /// A rule-matched URL through the swarm, to a client the origin serves this URL itself: its
@@ -533,5 +699,18 @@ mod tests {
         assert!(up.contains_key(header::AUTHORIZATION) && up.contains_key(header::RANGE));
         let origin = origin_headers(&h);
         assert_eq!(origin.len(), 1, "{origin:?}");
+    }
+
+    proptest::proptest! {
+        /// Any `Range` value against any length: no panic, and a range served is within the
+        /// content and not empty.
+        #[test]
+        fn any_range_header_is_served_within_the_content(v in "[ -~]{0,40}", len in 0u64..1 << 40) {
+            if let Ok(value) = HeaderValue::from_str(&v)
+                && let Ok(Some(r)) = parse_range(Some(&value), len)
+            {
+                proptest::prop_assert!(r.start < r.end && r.end <= len, "{:?} of {}", r, len);
+            }
+        }
     }
 }

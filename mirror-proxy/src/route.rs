@@ -18,9 +18,19 @@ pub const REGISTRY_HEADER: &str = "x-dragonfly-registry";
 pub(crate) enum V2 {
     /// A blob by a digest Shoal can verify (SHA-256): a swarm task when fetched with GET.
     Blob { name: String, digest: Digest },
+    /// A manifest by tag or by a digest Shoal can verify: kept when fetched, for when the
+    /// registry is down.
+    Manifest { name: String, reference: Reference },
     /// Everything else (`/v2/` itself, manifests, tags, referrers, uploads, other digest
     /// algorithms): straight to the upstream.
     Pass,
+}
+
+/// A manifest's reference.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reference {
+    Tag(String),
+    Digest(Digest),
 }
 
 /// Why a `/v2/` path was refused before reaching the upstream: `(OCI code, message)`.
@@ -81,8 +91,20 @@ pub(crate) fn classify(path: &str) -> Result<V2, BadPath> {
         return match kind {
             Kind::Blob if tail.starts_with("uploads") => Ok(V2::Pass),
             Kind::Blob => blob(name, tail),
-            Kind::Manifest if TAG.is_match(tail) => Ok(V2::Pass),
-            Kind::Manifest if tail.contains(':') => checked_digest(tail).map(|()| V2::Pass),
+            Kind::Manifest if TAG.is_match(tail) => Ok(V2::Manifest {
+                name: name.to_string(),
+                reference: Reference::Tag(tail.to_string()),
+            }),
+            Kind::Manifest if tail.contains(':') => {
+                checked_digest(tail)?;
+                Ok(match tail.parse::<Digest>() {
+                    Ok(d) if d.algorithm() == Algorithm::Sha256 => V2::Manifest {
+                        name: name.to_string(),
+                        reference: Reference::Digest(d),
+                    },
+                    _ => V2::Pass,
+                })
+            }
             // Neither a tag nor a digest: the registry answers it (404, usually); a mirror is
             // not stricter than the registry behind it. One segment of tag characters only.
             Kind::Manifest
@@ -238,13 +260,31 @@ mod tests {
     }
 
     #[test]
+    fn manifests_by_tag_and_by_sha256_are_named() {
+        let d = "sha256:4b6f0a26f0ac5e1fcc2a9f5c0f7a2f1f5b9fd1bc2f9d39c3b8d1d0f7c6e2a1b0";
+        assert_eq!(
+            classify("/v2/team/app/manifests/v1"),
+            Ok(V2::Manifest {
+                name: "team/app".into(),
+                reference: Reference::Tag("v1".into()),
+            })
+        );
+        assert_eq!(
+            classify(&format!("/v2/team/app/manifests/{d}")),
+            Ok(V2::Manifest {
+                name: "team/app".into(),
+                reference: Reference::Digest(d.parse().unwrap()),
+            })
+        );
+    }
+
+    #[test]
     fn everything_else_passes() {
         for p in [
             "/v2/",
             "/v2",
             "/v2/_catalog",
-            "/v2/team/app/manifests/v1",
-            "/v2/team/app/manifests/sha256:4b6f0a26f0ac5e1fcc2a9f5c0f7a2f1f5b9fd1bc2f9d39c3b8d1d0f7c6e2a1b0",
+            "/v2/team/app/manifests/sha512:4b6f0a26f0ac5e1fcc2a9f5c0f7a2f1f5b9fd1bc2f9d39c3b8d1d0f7c6e2a1b04b6f0a26f0ac5e1fcc2a9f5c0f7a2f1f5b9fd1bc2f9d39c3b8d1d0f7c6e2a1b0",
             "/v2/team/app/tags/list",
             "/v2/team/app/blobs/uploads/",
             "/v2/team/app/blobs/uploads/123-456",
@@ -316,5 +356,23 @@ mod tests {
         );
         assert_eq!(query_without_ns(Some("ns=a&n=1")).as_deref(), Some("n=1"));
         assert_eq!(query_without_ns(Some("ns=a")), None);
+    }
+
+    proptest::proptest! {
+        /// Any path: no panic; a blob or manifest is named as the grammar says, and no path
+        /// with a dot segment or a backslash reaches the upstream.
+        #[test]
+        fn any_path_is_classified_or_refused(rest in "[a-zA-Z0-9._:/%\\\\-]{0,80}") {
+            let path = format!("/v2/{rest}");
+            let dots = path.split('/').any(|s| s == "." || s == "..");
+            match classify(&path) {
+                Ok(V2::Blob { name, .. }) | Ok(V2::Manifest { name, .. }) => {
+                    proptest::prop_assert!(NAME.is_match(&name));
+                    proptest::prop_assert!(!dots);
+                }
+                Ok(V2::Pass) => proptest::prop_assert!(!dots && !path.contains('\\')),
+                Err(_) => {}
+            }
+        }
     }
 }

@@ -97,6 +97,7 @@ impl Proxy {
         Ok(Proxy {
             ctx: Arc::new(Ctx {
                 access: Access::new(config.auth_cache_ttl, probe),
+                manifests: crate::manifests::Manifests::new(data_dir),
                 limits,
                 compiled,
                 downloader,

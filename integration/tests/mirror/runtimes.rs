@@ -142,3 +142,58 @@ async fn dockerd_pulls_a_docker_hub_image_through_registry_mirrors() {
     let blobs = requests(&cluster.daemons[0], "blob").await;
     assert!(blobs >= 3, "{blobs} blob GETs became tasks");
 }
+
+/// Issue 14: with the registry down, an image this node already served pulls again (by tag
+/// where `proxy.tags_when_down` opts in, by digest always) from the manifests it kept and the
+/// public blobs it holds; an upstream the content did not come from gets nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_the_node_has_pulls_while_the_registry_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (registry, image) = registry_with_image(
+        dir.path(),
+        &Access::Anonymous,
+        "team/app",
+        &[4 * MIB, 1000],
+        None,
+    )
+    .await;
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry(REGISTRY, &registry.url())
+        .proxy_setting("tags_when_down = [\".*\"]")
+        .start()
+        .await;
+    let mirror = cluster.daemons[0].mirror_url();
+    let by_tag = format!("{REGISTRY}/team/app:v1");
+    let by_digest = format!("{REGISTRY}/team/app@{}", image.manifest_digest());
+    let (a, hosts_a) = containerd_via(dir.path(), "a", REGISTRY, &mirror).await;
+    ctr_pull(&a, &hosts_a, &by_tag, &[]).await;
+    drop(registry);
+
+    // Fresh runtimes (nothing in their content stores) pull the image from the node.
+    for (name, reference) in [("b", &by_tag), ("c", &by_digest)] {
+        let (ctd, hosts) = containerd_via(dir.path(), name, REGISTRY, &mirror).await;
+        ctr_pull(&ctd, &hosts, reference, &[]).await;
+        let out = ctd.run(&["images", "check"]).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("complete"), "{name}: {text}");
+    }
+    // Kept for the registry it came from, not for one a client names.
+    let elsewhere = client()
+        .get(format!(
+            "{mirror}/v2/team/app/manifests/{}",
+            image.manifest_digest()
+        ))
+        .header("x-dragonfly-registry", "http://127.0.0.1:9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::BAD_GATEWAY);
+    // A tag never seen is not known.
+    let unseen = client()
+        .get(format!("{mirror}/v2/team/app/manifests/v2?{NS}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unseen.status(), StatusCode::BAD_GATEWAY);
+}

@@ -285,7 +285,7 @@ impl Lab {
     /// the bridge side of its link (which must be shaped). Needs the kernel's `sch_netem`.
     pub fn lose(&self, host: &Host, percent: f64) -> anyhow::Result<()> {
         ensure!(
-            (0.0..100.0).contains(&percent),
+            (0.0..=100.0).contains(&percent),
             "loss {percent}% out of range"
         );
         let loss = format!("{percent}%");

@@ -100,7 +100,7 @@ pub fn run(lab: &mut Lab, params: &Params) -> anyhow::Result<Vec<Outcome>> {
             origin = Some(services::registry(&hosts.origin, &root, None)?);
         }
         eprintln!("lab: {} ({} hosts)", scenario.name(), params.hosts);
-        let outcome = run_one(scenario, params, &hosts, &target, &mut origin)
+        let outcome = run_one(lab, scenario, params, &hosts, &target, &mut origin)
             .with_context(|| format!("scenario {}", scenario.name()))?;
         out.push(outcome);
     }
@@ -112,6 +112,7 @@ fn blob_path(digest: &str) -> String {
 }
 
 fn run_one(
+    lab: &Lab,
     scenario: Scenario,
     params: &Params,
     hosts: &Hosts,
@@ -229,8 +230,16 @@ fn run_one(
         _ => None,
     };
     let mut killed: Option<usize> = None;
+    let mut holed = false;
     let results = run_clients(commands, deadline, |finished, elapsed| {
         match fault {
+            Some(Fault::SchedulerBlackhole) if !holed && elapsed.as_secs_f64() > ideal / 4.0 => {
+                eprintln!("lab: dropping every packet to the scheduler");
+                if let Err(e) = lab.lose(&hosts.scheduler, 100.0) {
+                    eprintln!("lab: {e:#}");
+                }
+                holed = true;
+            }
             Some(Fault::SeedKill(f)) => {
                 let sent = hosts
                     .origin
@@ -256,6 +265,9 @@ fn run_one(
         }
         None
     })?;
+    if holed {
+        lab.lose(&hosts.scheduler, 0.0)?;
+    }
     let after = hosts.origin.counters()?;
     let corrupt_peer_requests = liar.map(Liar::stop).transpose()?;
     let mut host_seconds = Vec::new();

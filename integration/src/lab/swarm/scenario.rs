@@ -68,6 +68,9 @@ pub enum Fault {
     /// A peer that claims every piece and serves random bytes joins the swarm before the
     /// clients start.
     CorruptPeer,
+    /// Drop every packet sent to the scheduler (not refused: lost) once the clients hold about
+    /// a quarter of the blob.
+    SchedulerBlackhole,
 }
 
 impl std::str::FromStr for Fault {
@@ -88,9 +91,10 @@ impl std::str::FromStr for Fault {
             "origin-gone" => Ok(Fault::OriginGone),
             "loss" => Ok(Fault::Loss(num(1.0)?)),
             "corrupt-peer" => Ok(Fault::CorruptPeer),
+            "scheduler-blackhole" => Ok(Fault::SchedulerBlackhole),
             _ => Err(format!(
                 "unknown fault {s:?} (seed-kill[:FRACTION], parent-kill, origin-gone, \
-                 loss[:PERCENT], corrupt-peer)"
+                 loss[:PERCENT], corrupt-peer, scheduler-blackhole)"
             )),
         }
     }

@@ -283,9 +283,16 @@ impl Lab {
 
     /// Drops `percent` of the packets sent to `host`, at random: `netem loss` under the shaper on
     /// the bridge side of its link (which must be shaped). Needs the kernel's `sch_netem`.
+    /// Cuts `host` off the bridge (`true`: every packet to and from it is dropped, not
+    /// refused, as behind a dead switch port) or joins it again.
+    pub fn cut(&self, host: &Host, cut: bool) -> anyhow::Result<()> {
+        let state = if cut { "down" } else { "up" };
+        ip(&["-n", &self.bridge_ns, "link", "set", &host.port, state]).map(|_| ())
+    }
+
     pub fn lose(&self, host: &Host, percent: f64) -> anyhow::Result<()> {
         ensure!(
-            (0.0..=100.0).contains(&percent),
+            (0.0..100.0).contains(&percent),
             "loss {percent}% out of range"
         );
         let loss = format!("{percent}%");

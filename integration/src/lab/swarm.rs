@@ -234,8 +234,8 @@ fn run_one(
     let results = run_clients(commands, deadline, |finished, elapsed| {
         match fault {
             Some(Fault::SchedulerBlackhole) if !holed && elapsed.as_secs_f64() > ideal / 4.0 => {
-                eprintln!("lab: dropping every packet to the scheduler");
-                if let Err(e) = lab.lose(&hosts.scheduler, 100.0) {
+                eprintln!("lab: dropping every packet to and from the scheduler");
+                if let Err(e) = lab.cut(&hosts.scheduler, true) {
                     eprintln!("lab: {e:#}");
                 }
                 holed = true;
@@ -266,7 +266,7 @@ fn run_one(
         None
     })?;
     if holed {
-        lab.lose(&hosts.scheduler, 0.0)?;
+        lab.cut(&hosts.scheduler, false)?;
     }
     let after = hosts.origin.counters()?;
     let corrupt_peer_requests = liar.map(Liar::stop).transpose()?;

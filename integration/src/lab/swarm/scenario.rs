@@ -68,8 +68,8 @@ pub enum Fault {
     /// A peer that claims every piece and serves random bytes joins the swarm before the
     /// clients start.
     CorruptPeer,
-    /// Drop every packet sent to the scheduler (not refused: lost) once the clients hold about
-    /// a quarter of the blob.
+    /// Drop every packet to and from the scheduler (not refused: lost, its switch port down)
+    /// once the clients hold about a quarter of the blob.
     SchedulerBlackhole,
 }
 

@@ -240,3 +240,65 @@ async fn bandwidth_limits_hold_origin_and_peer_transfers_to_their_rate() {
         "the origin sent it once"
     );
 }
+
+/// Unmounts a test's tmpfs when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Issue 14: a fault of this host (here its disk filling up mid-blob) ended the client's
+/// answer short. The upstream now sends the rest, as it would have without the swarm; a task
+/// that cannot start here at all is the upstream's to answer whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_that_fills_mid_answer_leaves_the_rest_to_the_upstream() {
+    let blob = shoal_integration::random_bytes(16 << 20);
+    let digest = shoal_integration::sha256(&blob);
+    let registry = TestOrigin::builder()
+        .file(&format!("/v2/x/blobs/{digest}"), blob.clone())
+        .start()
+        .await;
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .no_seed()
+        .default_registry(&registry.url(""))
+        .start()
+        .await;
+    // The task files go to a 4 MiB filesystem.
+    let tasks = cluster.daemons[0].data_dir.join("store").join("tasks");
+    std::fs::create_dir_all(&tasks).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&tasks)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs (the tests run as root)");
+    let _mount = Mounted(tasks);
+    shoal_p2p::install_crypto_provider();
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "{}/v2/x/blobs/{digest}",
+            cluster.daemons[0].mirror_url()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.bytes().await.expect("the whole answer");
+    assert_eq!(body.len(), blob.len());
+    assert!(body == blob, "the answer is not the blob");
+    // The download did fail here.
+    let failed = cluster.daemons[0]
+        .metric("shoal_downloads_total{outcome=\"error\"}")
+        .await;
+    assert_eq!(
+        failed, 1,
+        "the download did not fail: the test tests nothing"
+    );
+}

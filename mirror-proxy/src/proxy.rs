@@ -10,7 +10,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt as _;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
@@ -412,6 +412,11 @@ async fn serve_task(
             tracing::debug!(%task, "background downloads all busy; the upstream answers");
             return passthrough(ctx, url, parts.clone(), None).await;
         }
+        Err(e) if e.fault() == shoal_p2p::Fault::Local => {
+            // This host cannot hold the task (its disk, say): the upstream answers.
+            tracing::warn!(%task, error = %e, "the task cannot be downloaded here; the upstream answers");
+            return passthrough(ctx, url, parts.clone(), None).await;
+        }
         Err(e) => return Error::Task(e).into_response(),
     };
     if vouch == Vouch::Sources && !vouched(&reading.sources, &upstream_of(&url)) {
@@ -458,26 +463,107 @@ async fn serve_task(
         });
     }
     // The stream starts at the first poll: not at all when the file is sent instead.
-    let mut pending = Some((reading, range));
-    let mut rx = None;
-    let frames = futures_util::stream::poll_fn(move |cx| {
-        let rx = rx.get_or_insert_with(|| {
-            let (reading, range) = pending.take().expect("started once");
-            reading.stream(range)
-        });
-        rx.poll_recv(cx).map(|item| {
-            item.map(|r| {
-                r.map(|b| {
-                    served.inc_by(b.len() as u64);
-                    Frame::data(b)
-                })
-                .map_err(BoxError::from)
-            })
-        })
+    let rest = Rest {
+        client: ctx.client.clone(),
+        url,
+        headers: upstream_headers(&parts.headers),
+    };
+    let start = Phase::Start(Box::new((reading, range.clone())), rest);
+    let frames = futures_util::stream::unfold((start, range.start, range.end), move |state| {
+        let served = served.clone();
+        async move {
+            let (mut phase, mut pos, end) = state;
+            loop {
+                phase = match phase {
+                    Phase::Start(started, rest) => {
+                        let (reading, range) = *started;
+                        Phase::Task(reading.stream(range), rest)
+                    }
+                    Phase::Task(mut rx, rest) => match rx.recv().await {
+                        Some(Ok(b)) => {
+                            served.inc_by(b.len() as u64);
+                            pos += b.len() as u64;
+                            return Some((Ok(Frame::data(b)), (Phase::Task(rx, rest), pos, end)));
+                        }
+                        Some(Err(e)) if pos < end => {
+                            // This host failed the download (its disk, say): the upstream sends
+                            // the rest, as it would have without the swarm.
+                            tracing::warn!(error = %e, at = pos, "the download failed mid-answer; the upstream sends the rest");
+                            match rest.open(pos..end).await {
+                                Ok(body) => Phase::Upstream(Box::pin(body)),
+                                Err(e) => return Some((Err(e), (Phase::Done, pos, end))),
+                            }
+                        }
+                        Some(Err(e)) => return Some((Err(e.into()), (Phase::Done, pos, end))),
+                        None => return None,
+                    },
+                    Phase::Upstream(mut body) => {
+                        return match body.next().await {
+                            Some(Ok(b)) => {
+                                pos += b.len() as u64;
+                                Some((Ok(Frame::data(b)), (Phase::Upstream(body), pos, end)))
+                            }
+                            Some(Err(e)) => Some((Err(e.into()), (Phase::Done, pos, end))),
+                            None => None,
+                        };
+                    }
+                    Phase::Done => return None,
+                };
+            }
+        }
     });
     response
         .body(UnsyncBoxBody::new(StreamBody::new(frames)))
         .expect("valid response")
+}
+
+/// Where an answer's bytes come from, in turn.
+enum Phase {
+    /// Not polled yet.
+    Start(Box<(shoal_p2p::Reading, Range<u64>)>, Rest),
+    /// The task, as its pieces are verified.
+    Task(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>, Rest),
+    /// The rest from the upstream, the download having failed.
+    Upstream(std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>),
+    Done,
+}
+
+/// How to ask the upstream for the rest of an answer: as the client asked, with a `Range`.
+struct Rest {
+    client: reqwest::Client,
+    url: Url,
+    headers: HeaderMap,
+}
+
+impl Rest {
+    /// The bytes `range` of the content from the upstream: a 206 for exactly that range.
+    async fn open(
+        &self,
+        range: Range<u64>,
+    ) -> Result<impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Send + use<>, BoxError>
+    {
+        let resp = self
+            .client
+            .get(self.url.clone())
+            .headers(self.headers.clone())
+            .header(
+                header::RANGE,
+                format!("bytes={}-{}", range.start, range.end - 1),
+            )
+            .send()
+            .await?;
+        let expected = format!("bytes {}-{}/", range.start, range.end - 1);
+        let exact = resp.status() == StatusCode::PARTIAL_CONTENT
+            && resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(&expected));
+        if !exact {
+            return Err(format!("the upstream answered {} for the rest", resp.status()).into());
+        }
+        Ok(resp.bytes_stream())
+    }
 }
 
 /// `Range: bytes=…` against a content of `len` bytes, as RFC 9110 §14 has it: one range (`a-b`,

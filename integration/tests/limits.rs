@@ -158,6 +158,32 @@ async fn connections_held_open_or_unread_keep_no_real_request_out() {
     );
 }
 
+/// A registry holding `blobs` in repository `x` (sending at most `rate` bytes per second), and
+/// one daemon without a seed mirroring it, with a `[limits]` line.
+async fn mirror_of_blobs(
+    blobs: &[&Bytes],
+    rate: Option<u64>,
+    limit: &str,
+) -> (TestOrigin, Cluster) {
+    let mut registry = TestOrigin::builder();
+    for b in blobs {
+        let digest = shoal_integration::sha256(b);
+        registry = registry.file(&format!("/v2/x/blobs/{digest}"), (*b).clone());
+    }
+    if let Some(rate) = rate {
+        registry = registry.rate(rate);
+    }
+    let registry = registry.start().await;
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .no_seed()
+        .default_registry(&registry.url(""))
+        .setting("limits", limit)
+        .start()
+        .await;
+    (registry, cluster)
+}
+
 /// Issue 14 (3): every mirror request started a download that outlives its client, with no cap.
 /// Past `max_downloads`, a client asking for content not downloading already is served straight
 /// from the upstream.
@@ -166,19 +192,7 @@ async fn past_max_downloads_the_upstream_serves_the_client() {
     let a = shoal_integration::random_bytes(8 << 20);
     let b = shoal_integration::random_bytes(1 << 20);
     let (da, db) = (shoal_integration::sha256(&a), shoal_integration::sha256(&b));
-    let registry = TestOrigin::builder()
-        .file(&format!("/v2/x/blobs/{da}"), a.clone())
-        .file(&format!("/v2/x/blobs/{db}"), b.clone())
-        .rate(4 << 20)
-        .start()
-        .await;
-    let cluster = Cluster::builder()
-        .daemons(1)
-        .no_seed()
-        .default_registry(&registry.url(""))
-        .setting("limits", "max_downloads = 1")
-        .start()
-        .await;
+    let (_registry, cluster) = mirror_of_blobs(&[&a, &b], Some(4 << 20), "max_downloads = 1").await;
     let mirror = cluster.daemons[0].mirror_url();
     shoal_p2p::install_crypto_provider();
     let http = reqwest::Client::new();
@@ -260,16 +274,7 @@ impl Drop for Mounted {
 async fn a_disk_that_fills_mid_answer_leaves_the_rest_to_the_upstream() {
     let blob = shoal_integration::random_bytes(16 << 20);
     let digest = shoal_integration::sha256(&blob);
-    let registry = TestOrigin::builder()
-        .file(&format!("/v2/x/blobs/{digest}"), blob.clone())
-        .start()
-        .await;
-    let cluster = Cluster::builder()
-        .daemons(1)
-        .no_seed()
-        .default_registry(&registry.url(""))
-        .start()
-        .await;
+    let (_registry, cluster) = mirror_of_blobs(&[&blob], None, "").await;
     // The task files go to a 4 MiB filesystem.
     let tasks = cluster.daemons[0].data_dir.join("store").join("tasks");
     std::fs::create_dir_all(&tasks).unwrap();

@@ -283,6 +283,14 @@ impl Lab {
 
     /// Drops `percent` of the packets sent to `host`, at random: `netem loss` under the shaper on
     /// the bridge side of its link (which must be shaped). Needs the kernel's `sch_netem`.
+    /// Makes `to` unreachable from `host` (a blackhole route: its connects fail at once, as
+    /// with a route or a certificate the host lacks), or reachable again.
+    pub fn unreachable(&self, host: &Host, to: Ipv4Addr, on: bool) -> anyhow::Result<()> {
+        let verb = if on { "add" } else { "del" };
+        let dest = format!("{to}/32");
+        ip(&["-n", &host.ns, "route", verb, "blackhole", &dest]).map(|_| ())
+    }
+
     /// Cuts `host` off the bridge (`true`: every packet to and from it is dropped, not
     /// refused, as behind a dead switch port) or joins it again.
     pub fn cut(&self, host: &Host, cut: bool) -> anyhow::Result<()> {

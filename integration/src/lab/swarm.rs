@@ -229,6 +229,10 @@ fn run_one(
         }
         _ => None,
     };
+    let no_origin = fault == Some(Fault::SeedNoOrigin);
+    if no_origin {
+        lab.unreachable(&hosts.seed, hosts.origin.ip, true)?;
+    }
     let mut killed: Option<usize> = None;
     let mut holed = false;
     let results = run_clients(commands, deadline, |finished, elapsed| {
@@ -267,6 +271,9 @@ fn run_one(
     })?;
     if holed {
         lab.cut(&hosts.scheduler, false)?;
+    }
+    if no_origin {
+        lab.unreachable(&hosts.seed, hosts.origin.ip, false)?;
     }
     let after = hosts.origin.counters()?;
     let corrupt_peer_requests = liar.map(Liar::stop).transpose()?;

@@ -71,6 +71,8 @@ pub enum Fault {
     /// Drop every packet to and from the scheduler (not refused: lost, its switch port down)
     /// once the clients hold about a quarter of the blob.
     SchedulerBlackhole,
+    /// The seed cannot reach the origin (from the start): its jobs fail at once.
+    SeedNoOrigin,
 }
 
 impl std::str::FromStr for Fault {
@@ -92,9 +94,10 @@ impl std::str::FromStr for Fault {
             "loss" => Ok(Fault::Loss(num(1.0)?)),
             "corrupt-peer" => Ok(Fault::CorruptPeer),
             "scheduler-blackhole" => Ok(Fault::SchedulerBlackhole),
+            "seed-no-origin" => Ok(Fault::SeedNoOrigin),
             _ => Err(format!(
                 "unknown fault {s:?} (seed-kill[:FRACTION], parent-kill, origin-gone, \
-                 loss[:PERCENT], corrupt-peer, scheduler-blackhole)"
+                 loss[:PERCENT], corrupt-peer, scheduler-blackhole, seed-no-origin)"
             )),
         }
     }

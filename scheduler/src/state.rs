@@ -235,12 +235,19 @@ impl State {
     }
 
     /// The fetcher's origin request failed. That is its own failure (its credentials, that
-    /// moment, its route to the origin), not the task's: the watchers learn it at once and fetch
-    /// from the origin themselves, with their own credentials, and the host is not sent to the
-    /// origin for this task again.
+    /// moment, its route to the origin), not the task's, and the host is not sent to the origin
+    /// for this task again. A seed that could not reach the origin (no answer, 5xx, 429, 408)
+    /// failed on its route or its moment: another fetches for the swarm (the next seed, or one
+    /// watcher, as the watchers plan again), and the others go on waiting for its pieces. Any
+    /// other failure (a 401, 403, 404: the credentials the job carried) the watchers learn at
+    /// once and fetch from the origin themselves, with their own.
     pub fn fail(&mut self, task_id: &str, host_id: &str, failure: Failure) {
+        let seed = self.hosts.get(host_id).is_some_and(|a| a.host.seed);
+        let route = matches!(failure.http_status, 0 | 408 | 429 | 500..=599);
         if let Some(entry) = self.tasks.get_mut(task_id) {
-            entry.failure = Some((failure, Instant::now()));
+            if !(seed && route) {
+                entry.failure = Some((failure, Instant::now()));
+            }
             entry
                 .failed_fetchers
                 .insert(host_id.to_owned(), Instant::now());

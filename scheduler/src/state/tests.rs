@@ -198,6 +198,39 @@ fn a_fetchers_failure_sends_the_watchers_to_the_origin_and_is_its_own() {
     assert_eq!(state.view("t", &hosts[2]).unwrap().0.failure, None);
 }
 
+/// A seed that cannot reach the origin sent every watcher there (7.2x the blob from the origin
+/// in the lab): now one watcher fetches for the swarm instead, and the others wait for it.
+#[test]
+fn a_seed_that_cannot_reach_the_origin_is_replaced_by_one_watcher() {
+    let (mut state, hosts) = unknown_length(3);
+    assert_eq!(state.tasks["t"].fetcher.as_deref(), Some("seed"));
+    for status in [0, 503] {
+        state.fail(
+            "t",
+            "seed",
+            Failure {
+                http_status: status,
+                message: "unreachable".into(),
+            },
+        );
+        assert!(
+            state.view("t", &hosts[1]).unwrap().0.failure.is_none(),
+            "{status}"
+        );
+    }
+    // The watchers plan again, as their streams do: the first becomes the fetcher, alone.
+    let planned: Vec<bool> = hosts[1..]
+        .iter()
+        .map(|h| state.plan("t", Some(&h.id)).back_to_source_peer)
+        .collect();
+    assert_eq!(planned, [true, false, false]);
+    let fetchers = hosts[1..]
+        .iter()
+        .filter(|h| state.view("t", h).unwrap().0.back_to_source)
+        .count();
+    assert_eq!(fetchers, 1);
+}
+
 /// A piece set claiming `digest` for piece 0 of a task of `count` pieces.
 fn claim(count: u32, digest: u8) -> PieceSet {
     let mut set = have(count, &[0]);

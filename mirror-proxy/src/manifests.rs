@@ -20,7 +20,12 @@ pub(crate) const MAX_MANIFEST: usize = 4 << 20;
 /// The kept manifests of one node.
 pub(crate) struct Manifests {
     dir: PathBuf,
+    /// Manifests (and tags) kept at most; past that the least recently written go.
+    max: usize,
 }
+
+/// Manifests, and tags, kept at most by default (a few KiB each).
+const MAX_KEPT: usize = 20_000;
 
 /// A kept manifest.
 pub(crate) struct Kept {
@@ -60,7 +65,33 @@ impl Manifests {
     pub fn new(data_dir: &Path) -> Manifests {
         Manifests {
             dir: data_dir.join("manifests"),
+            max: MAX_KEPT,
         }
+    }
+
+    /// Removes the least recently written files of `dir` past `self.max` (down to 90 % of it).
+    fn prune(&self, dir: &Path) -> std::io::Result<()> {
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let path = e.path();
+                let hidden = e.file_name().to_string_lossy().starts_with('.');
+                if hidden || path.extension().is_some() {
+                    return None;
+                }
+                Some((e.metadata().ok()?.modified().ok()?, path))
+            })
+            .collect();
+        if files.len() <= self.max {
+            return Ok(());
+        }
+        files.sort();
+        let excess = files.len() - self.max * 9 / 10;
+        for (_, path) in files.into_iter().take(excess) {
+            let _ = std::fs::remove_file(path.with_extension("json"));
+            std::fs::remove_file(&path)?;
+        }
+        Ok(())
     }
 
     fn body_path(&self, digest: &Digest) -> PathBuf {
@@ -102,11 +133,16 @@ impl Manifests {
         if public && !record.public.contains(&repo) {
             record.public.push(repo);
         }
+        let new = !path.exists();
         write_atomic(&path, body)?;
         write_atomic(
             &meta_path,
             &serde_json::to_vec(&record).map_err(std::io::Error::other)?,
-        )
+        )?;
+        if new {
+            self.prune(path.parent().expect("in a directory"))?;
+        }
+        Ok(())
     }
 
     /// Remembers that `tag` of `name` at `upstream` named `digest`.
@@ -123,7 +159,13 @@ impl Manifests {
             public,
         };
         let bytes = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-        write_atomic(&self.tag_path(upstream, name, tag), &bytes)
+        let path = self.tag_path(upstream, name, tag);
+        let new = !path.exists();
+        write_atomic(&path, &bytes)?;
+        if new {
+            self.prune(path.parent().expect("in a directory"))?;
+        }
+        Ok(())
     }
 
     /// The digest `tag` last named, and whether it was public.
@@ -166,6 +208,40 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_the_bound_the_oldest_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Manifests::new(dir.path());
+        m.max = 10;
+        let digests: Vec<Digest> = (0..12u8)
+            .map(|i| {
+                let body = [i; 8];
+                let d = Digest::of(Algorithm::Sha256, &body);
+                m.keep("https://r", "a", &d, &body, "t", true).unwrap();
+                m.keep_tag("https://r", "a", &format!("v{i}"), &d, true)
+                    .unwrap();
+                // Modification times apart.
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                d
+            })
+            .collect();
+        let kept = digests
+            .iter()
+            .filter(|d| m.get("https://r", "a", d).is_some())
+            .count();
+        assert!((9..=10).contains(&kept), "{kept} kept");
+        assert!(
+            m.get("https://r", "a", &digests[0]).is_none(),
+            "the oldest stayed"
+        );
+        assert!(
+            m.get("https://r", "a", &digests[11]).is_some(),
+            "the newest went"
+        );
+        assert!(m.tag("https://r", "a", "v0").is_none());
+        assert!(m.tag("https://r", "a", "v11").is_some());
+    }
 
     #[test]
     fn kept_by_digest_checked_and_public_only_where_it_was() {

@@ -124,10 +124,13 @@ fn oci_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
         .header("docker-distribution-api-version", "registry/2.0")
-        .body(UnsyncBoxBody::new(
-            Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}),
-        ))
+        .body(full(Bytes::from(body)))
         .expect("valid response")
+}
+
+/// A body of `bytes`, whole.
+pub(crate) fn full(bytes: Bytes) -> Body {
+    UnsyncBoxBody::new(Full::new(bytes).map_err(|never: Infallible| match never {}))
 }
 
 /// An answer with no body (CONNECT's).

@@ -13,6 +13,7 @@
 //!   Everything else goes to the upstream as it is, with the upstream's `Host`.
 
 mod access;
+mod answer;
 pub mod ca;
 pub mod config;
 mod error;

@@ -1,4 +1,5 @@
-//! Manifests the mirror served, kept for when their registry is down (`<data_dir>/manifests`).
+//! Manifest requests, and the manifests the mirror served, kept for when their registry is down
+//! (`<data_dir>/manifests`).
 //!
 //! A manifest is kept by its digest (its SHA-256, checked: content-addressed, it never changes)
 //! with its media type and the repositories that served it with no credentials (where it is
@@ -10,9 +11,19 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use http::header;
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
+use shoal_p2p::origin::upstream_of;
 use shoal_p2p::{Algorithm, Digest};
+use url::Url;
+
+use crate::access::Probe;
+use crate::error::{Body, Error, full};
+use crate::proxy::{Ctx, origin_headers, relay, strip_hop_by_hop, upstream_headers};
+use crate::route::Reference;
 
 /// The largest manifest kept (the distribution spec has registries accept at least 4 MiB).
 pub(crate) const MAX_MANIFEST: usize = 4 << 20;
@@ -191,6 +202,143 @@ impl Manifests {
             media_type: record.media_type,
         })
     }
+}
+
+/// A manifest from the registry, kept (by its digest; by tag where `proxy.tags_when_down`
+/// says) for when the registry is down; while it is (unreachable, or 502/503/504), from what
+/// was kept, to clients allowed it (see [`kept_manifest`]).
+pub(crate) async fn manifest(
+    ctx: &Ctx,
+    url: Url,
+    name: &str,
+    reference: &Reference,
+    parts: &Parts,
+) -> Response<Body> {
+    let sent = ctx
+        .client
+        .request(parts.method.clone(), url.clone())
+        .headers(upstream_headers(&parts.headers))
+        .send()
+        .await;
+    let resp = match sent {
+        Ok(resp) if !registry_down(resp.status()) => resp,
+        Ok(resp) => {
+            return kept_manifest(ctx, &url, name, reference, parts).unwrap_or_else(|| relay(resp));
+        }
+        Err(e) => {
+            return kept_manifest(ctx, &url, name, reference, parts)
+                .unwrap_or_else(|| Error::unreachable(&url, e).into_response());
+        }
+    };
+    if !resp.status().is_success() {
+        return relay(resp);
+    }
+    let credentials = origin_headers(&parts.headers);
+    ctx.access.remember(&url, &credentials, Probe::FirstByte);
+    let public = !credentials.contains_key(header::AUTHORIZATION)
+        && !credentials.contains_key(header::COOKIE);
+    let upstream = upstream_of(&url);
+    let keep_tag = |digest: &Digest| {
+        if let Reference::Tag(tag) = reference
+            && ctx.compiled.keeps_tags(&url)
+            && let Err(e) = ctx.manifests.keep_tag(&upstream, name, tag, digest, public)
+        {
+            tracing::warn!(error = %e, "cannot keep a tag");
+        }
+    };
+    let length = resp.content_length().and_then(|n| usize::try_from(n).ok());
+    let small = length.is_some_and(|n| n <= MAX_MANIFEST);
+    if parts.method == Method::HEAD || resp.status() != StatusCode::OK || !small {
+        let named = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok()?.parse::<Digest>().ok())
+            .filter(|d| d.algorithm() == shoal_p2p::Algorithm::Sha256);
+        if let Some(d) = named {
+            keep_tag(&d);
+        }
+        return relay(resp);
+    }
+    let status = resp.status();
+    let headers = strip_hop_by_hop(resp.headers());
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => return Error::unreachable(&url, e).into_response(),
+    };
+    let digest = Digest::of(shoal_p2p::Algorithm::Sha256, &body);
+    let asked_for = match reference {
+        Reference::Digest(d) => *d == digest,
+        Reference::Tag(_) => true,
+    };
+    if asked_for {
+        let media_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if let Err(e) = ctx
+            .manifests
+            .keep(&upstream, name, &digest, &body, media_type, public)
+        {
+            tracing::warn!(error = %e, "cannot keep a manifest");
+        }
+        keep_tag(&digest);
+    }
+    let mut builder = Response::builder().status(status);
+    if let Some(h) = builder.headers_mut() {
+        *h = headers;
+    }
+    builder.body(full(body)).expect("valid response")
+}
+
+/// An upstream answer that says the registry is down, not that the request is wrong.
+fn registry_down(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+    )
+}
+
+/// The kept manifest for `url`, while its registry cannot be asked: to any client where it was
+/// fetched with no credentials (by tag: the tag too), else only with credentials the registry
+/// granted this URL within `auth_cache_ttl`. `None`: not kept, or not for this client.
+fn kept_manifest(
+    ctx: &Ctx,
+    url: &Url,
+    name: &str,
+    reference: &Reference,
+    parts: &Parts,
+) -> Option<Response<Body>> {
+    let upstream = upstream_of(url);
+    let (digest, tag_public) = match reference {
+        Reference::Digest(d) => (*d, true),
+        Reference::Tag(tag) if ctx.compiled.keeps_tags(url) => {
+            ctx.manifests.tag(&upstream, name, tag)?
+        }
+        Reference::Tag(_) => return None,
+    };
+    let kept = ctx.manifests.get(&upstream, name, &digest)?;
+    let credentials = origin_headers(&parts.headers);
+    let granted = ctx.access.remembered(url, &credentials, Probe::FirstByte);
+    if !(kept.public && tag_public || granted) {
+        return None;
+    }
+    tracing::info!(%upstream, repository = name, %digest, "registry down: a kept manifest answers");
+    let len = kept.body.len();
+    let body = if parts.method == Method::HEAD {
+        Bytes::new()
+    } else {
+        kept.body
+    };
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_LENGTH, len)
+        .header("docker-content-digest", digest.to_string())
+        .header(header::ETAG, format!("\"{digest}\""))
+        .header("docker-distribution-api-version", "registry/2.0");
+    if !kept.media_type.is_empty() {
+        builder = builder.header(header::CONTENT_TYPE, kept.media_type);
+    }
+    Some(builder.body(full(body)).expect("valid response"))
 }
 
 /// Writes `bytes` to `path` whole or not at all.

@@ -164,10 +164,7 @@ impl State {
         if pieces.length_known {
             match entry.length {
                 Some(known) if known != pieces.content_length => disputed = true,
-                None if knows => {
-                    entry.set_length(pieces.content_length);
-                    entry.set_sources(&pieces.sources);
-                }
+                None if knows => entry.set_length(pieces.content_length),
                 None => {
                     let holder = entry.holders.entry(host_id.to_owned()).or_default();
                     holder.claimed_length = Some(pieces.content_length);
@@ -177,7 +174,8 @@ impl State {
         }
         let n = entry.piece_count();
         if knows && entry.digests.iter().all(Option::is_none) {
-            // The length came without sources (from a host that had none to tell).
+            // Taken while no piece is defined yet: with the length, or after a length that came
+            // without sources (from a host that had none to tell).
             entry.set_sources(&pieces.sources);
         }
         // A piece digest defines content: taken only from a host that names where its pieces

@@ -269,12 +269,7 @@ async fn reannounce(swarm: &Swarm, downloader: &Downloader, index: usize) {
             bitmap: bitmap.as_bytes().to_vec(),
             digests: (0u32..)
                 .zip(&digests)
-                .filter_map(|(n, d)| {
-                    d.map(|d| PieceDigest {
-                        number: n,
-                        blake3: d.bytes().to_vec(),
-                    })
-                })
+                .filter_map(|(n, d)| d.map(|d| PieceDigest::of(n, &d)))
                 .collect(),
             sources: meta.sources,
         };

@@ -3,6 +3,16 @@
 
 tonic::include_proto!("shoal.scheduler.v1");
 
+impl PieceDigest {
+    /// Piece `number`'s digest, as the scheduler is told it.
+    pub fn of(number: u32, digest: &crate::Digest) -> PieceDigest {
+        PieceDigest {
+            number,
+            blake3: digest.bytes().to_vec(),
+        }
+    }
+}
+
 /// Adds the sources `to` does not name yet.
 pub fn add_sources(to: &mut Vec<Source>, sources: &[Source]) {
     for s in sources {

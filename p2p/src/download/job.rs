@@ -1,6 +1,6 @@
-//! One download's fixed parts (task, request, layout, writer), and how origin bytes reach the
-//! task file: every response is cut at piece boundaries, written at its offset and hashed on
-//! the task's writer thread.
+//! One download's fixed parts (task, request, layout, writer), how a peer's piece reaches the
+//! task file (checked against its digest first), and how origin bytes do: every response is cut
+//! at piece boundaries, written at its offset and hashed on the task's writer thread.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -11,9 +11,18 @@ use crate::error::{Error, Result};
 use crate::id::TaskId;
 use crate::metrics::{Metrics, Source};
 use crate::origin::Origin;
+use crate::peer::{self, PieceError};
 use crate::piece::Layout;
 use crate::rate::RateLimit;
 use crate::store::writer::TaskWriter;
+
+/// How a piece request failed.
+pub(crate) enum Failure {
+    /// A parent failed it: try another (and maybe report this one).
+    Peer(PieceError),
+    /// A download error that ends the download (disk, origin refused).
+    Fatal(Error),
+}
 
 /// Everything the piece loop needs about one download.
 #[derive(Clone)]
@@ -44,6 +53,28 @@ impl Job {
                     .ok_or_else(|| Error::Metadata("origin piece produced no digest".into()))
             })
             .await
+    }
+
+    /// Fetches piece `n` from the parent at `addr`, checked against `expected`, and stores it.
+    pub(crate) async fn peer_piece(
+        &self,
+        client: &peer::PeerClient,
+        addr: &str,
+        n: u32,
+        expected: Digest,
+    ) -> Result<Digest, Failure> {
+        let range = self.layout.range(n);
+        let data = client
+            .fetch_piece(addr, &self.id, n, range.clone(), expected)
+            .await
+            .map_err(Failure::Peer)?;
+        let data = self
+            .writer
+            .write_verified(n, range.start, data, expected)
+            .await
+            .map_err(Failure::Fatal)?;
+        peer::recycle(data);
+        Ok(expected)
     }
 
     /// Origin without ranges: one stream over the whole content; stored pieces are skipped.

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::choose::{Candidate, Inflight, Snapshot};
-use super::job::Job;
+use super::job::{Failure, Job};
 use super::link::{SwarmLink, next_view, task_message};
 use super::request::Progress;
 use crate::bitmap::Bitmap;
@@ -31,7 +31,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::metrics::Source;
 use crate::origin::Stat;
-use crate::peer::{self, PieceError};
+use crate::peer::PieceError;
 use crate::proto::{Fault, PieceDigest, PieceSet, TaskView, add_sources};
 use crate::store::prefix::PrefixHash;
 
@@ -43,14 +43,6 @@ enum PieceSource {
         addr: String,
         seed: bool,
     },
-}
-
-/// How a piece request failed.
-enum Failure {
-    /// A parent failed it: try another (and maybe report this one).
-    Peer(PieceError),
-    /// A download error that ends the download (disk, origin refused).
-    Fatal(Error),
 }
 
 type Outcome = (u32, PieceSource, Result<Digest, Failure>);
@@ -289,7 +281,7 @@ impl<'a> Run<'a> {
         *self.per_parent.entry(parent.clone()).or_default() += 1;
         let asked = parent.clone();
         let handle = set.spawn(async move {
-            let result = from_peer(&client, &job, &addr, n, expected).await;
+            let result = job.peer_piece(&client, &addr, n, expected).await;
             (
                 n,
                 PieceSource::Peer {
@@ -435,7 +427,7 @@ impl<'a> Run<'a> {
 
     /// Piece `n` came from this host's origin.
     fn fetched(&mut self, n: u32, digest: &Digest) {
-        self.fetched_digests.push(piece_digest(n, digest));
+        self.fetched_digests.push(PieceDigest::of(n, digest));
         add_sources(&mut self.sources, &[self.job.req.origin.source()]);
     }
 
@@ -461,7 +453,7 @@ impl<'a> Run<'a> {
             // After a scheduler restart it knows no digests: share the ones this host checked.
             (0u32..)
                 .zip(&self.stored)
-                .filter_map(|(n, d)| d.map(|d| piece_digest(n, &d)))
+                .filter_map(|(n, d)| d.map(|d| PieceDigest::of(n, &d)))
                 .collect()
         } else {
             self.fetched_digests.clone()
@@ -482,33 +474,4 @@ impl<'a> Run<'a> {
         self.dirty = false;
         link.courier.announce(set);
     }
-}
-
-fn piece_digest(n: u32, d: &Digest) -> PieceDigest {
-    PieceDigest {
-        number: n,
-        blake3: d.bytes().to_vec(),
-    }
-}
-
-/// Fetches piece `n` from a parent, checked against `expected`, and stores it.
-async fn from_peer(
-    client: &peer::PeerClient,
-    job: &Job,
-    addr: &str,
-    n: u32,
-    expected: Digest,
-) -> Result<Digest, Failure> {
-    let range = job.layout.range(n);
-    let data = client
-        .fetch_piece(addr, &job.id, n, range.clone(), expected)
-        .await
-        .map_err(Failure::Peer)?;
-    let data = job
-        .writer
-        .write_verified(n, range.start, data, expected)
-        .await
-        .map_err(Failure::Fatal)?;
-    peer::recycle(data);
-    Ok(expected)
 }

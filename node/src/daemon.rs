@@ -130,7 +130,6 @@ impl Daemon {
         let tracker = TaskTracker::new();
         let collector = crate::gc::Collector {
             config: self.config.gc,
-            data_dir: self.downloader.store().root().to_path_buf(),
             store: self.downloader.store().clone(),
             holdings: self.downloader.holdings().clone(),
             swarm: self.downloader.swarm().cloned(),

@@ -4,7 +4,7 @@
 //! is never removed, and every removed task is withdrawn from its scheduler, so that no peer is
 //! sent to this host for it. Dragonfly's `gc.policy` has the same watermarks (80 % and 60 %).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,7 +54,6 @@ impl GcConfig {
 /// What the collector works on.
 pub(crate) struct Collector {
     pub config: GcConfig,
-    pub data_dir: PathBuf,
     pub store: AsyncStore,
     pub holdings: Arc<Holdings>,
     pub swarm: Option<Arc<Swarm>>,
@@ -80,7 +79,7 @@ impl Collector {
         let mut tasks = self.store.list().await?;
         let stored: u64 = tasks.iter().map(|(_, m)| m.layout.content_length).sum();
         let (used, capacity) = match self.config.capacity {
-            0 => disk_use(&self.data_dir)?,
+            0 => disk_use(self.store.root())?,
             capacity => (stored, capacity),
         };
         let percent = |p: u8| u128::from(capacity) * u128::from(p) / 100;
@@ -171,7 +170,6 @@ mod tests {
                 low_watermark: 50,
                 ..GcConfig::default()
             },
-            data_dir: dir.path().into(),
             store: store.clone(),
             holdings: holdings.clone(),
             swarm: None,

@@ -24,8 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
-/// The `[limits]` table: bounds every server applies to its connections (the upload server,
-/// the registry mirror and proxy).
+/// The `[limits]` table: bounds on the connections of every server (the upload server, the
+/// registry mirror and proxy), on the downloads the mirror starts, and on bandwidth.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {

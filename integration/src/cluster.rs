@@ -35,13 +35,13 @@ async fn ready(child: &mut ChildGuard, socket: &Path) -> Result<(), String> {
     }
 }
 
-/// A node's config file: its store, one scheduler, where it serves pieces, its host id, and how
+/// A node's config file: its store, its schedulers, where it serves pieces, its host id, and how
 /// long it waits for news from the swarm before going to the origin, and where its registry
 /// mirror listens. Origin retries are short, for tests. Ends inside the `[swarm]` table, so a
 /// caller may append swarm settings.
 pub fn node_config(
     store: &Path,
-    scheduler: &str,
+    schedulers: &[String],
     upload_addr: &str,
     host_id: &str,
     stall_timeout: &str,
@@ -50,7 +50,7 @@ pub fn node_config(
     format!(
         "data_dir = {store:?}\n[origin]\nretries = 2\nretry_backoff = \"50ms\"\n\
          [proxy]\nlisten = {proxy_listen:?}\n\
-         [swarm]\nschedulers = [{scheduler:?}]\nupload_addr = {upload_addr:?}\n\
+         [swarm]\nschedulers = {schedulers:?}\nupload_addr = {upload_addr:?}\n\
          host_id = {host_id:?}\nstall_timeout = {stall_timeout:?}\n"
     )
 }
@@ -157,7 +157,7 @@ pub struct ClusterBuilder {
     seed: bool,
     seed_upload_slots: usize,
     stall_timeout: &'static str,
-    scheduler: bool,
+    schedulers: usize,
     registries: Vec<(String, String)>,
     proxy_settings: Vec<String>,
     settings: Vec<(&'static str, String)>,
@@ -241,7 +241,13 @@ impl ClusterBuilder {
 
     /// Daemons are configured with a scheduler address where nothing listens.
     pub fn no_scheduler(mut self) -> Self {
-        self.scheduler = false;
+        self.schedulers = 0;
+        self
+    }
+
+    /// `n` schedulers sharing the tasks (one by default).
+    pub fn schedulers(mut self, n: usize) -> Self {
+        self.schedulers = n;
         self
     }
 
@@ -252,6 +258,9 @@ impl ClusterBuilder {
             dir,
             scheduler_port,
             scheduler: None,
+            more_schedulers: (1..self.schedulers.max(1))
+                .map(|_| (free_port(), None))
+                .collect(),
             seed: None,
             daemons: Vec::new(),
             stall: self.stall_timeout,
@@ -269,8 +278,19 @@ impl ClusterBuilder {
             &["scheduler"],
             &cluster.scheduler_dir().join("cluster"),
         );
-        if self.scheduler {
+        if self.schedulers > 0 {
             cluster.start_scheduler().await;
+        }
+        for i in 1..self.schedulers {
+            let dir = cluster.dir.path().join(format!("scheduler{i}"));
+            ca.issue(&format!("scheduler{i}"), &["scheduler"], &dir.join("cluster"));
+            let port = cluster.more_schedulers[i - 1].0;
+            let child = ChildGuard::spawn(scheduler_command(port, &dir));
+            wait_until(Duration::from_secs(20), "scheduler to listen", || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            })
+            .await;
+            cluster.more_schedulers[i - 1].1 = Some(child);
         }
         if self.seed {
             cluster.seed = Some(
@@ -291,6 +311,8 @@ pub struct Cluster {
     dir: tempfile::TempDir,
     pub scheduler_port: u16,
     pub scheduler: Option<ChildGuard>,
+    /// The other schedulers (`.schedulers(n)`): port and process.
+    pub more_schedulers: Vec<(u16, Option<ChildGuard>)>,
     pub seed: Option<Node>,
     pub daemons: Vec<Node>,
     stall: &'static str,
@@ -310,7 +332,7 @@ impl Cluster {
             seed: true,
             seed_upload_slots: 64,
             stall_timeout: "3s",
-            scheduler: true,
+            schedulers: 1,
             registries: Vec::new(),
             proxy_settings: Vec::new(),
             settings: Vec::new(),
@@ -330,6 +352,14 @@ impl Cluster {
         ClusterCa {
             dir: self.dir.path().join("ca"),
         }
+    }
+
+    /// Every scheduler's URL, as the nodes are configured with them.
+    pub fn scheduler_urls(&self) -> Vec<String> {
+        std::iter::once(self.scheduler_port)
+            .chain(self.more_schedulers.iter().map(|(port, _)| *port))
+            .map(|port| format!("http://127.0.0.1:{port}"))
+            .collect()
     }
 
     /// The scheduler's data directory (its credentials are in `cluster/` there).
@@ -370,7 +400,7 @@ impl Cluster {
             let proxy_port = free_port();
             let mut text = node_config(
                 &data_dir.join("store"),
-                &format!("http://127.0.0.1:{}", self.scheduler_port),
+                &self.scheduler_urls(),
                 "127.0.0.1:0",
                 name,
                 self.stall,

@@ -221,6 +221,53 @@ async fn scheduler_restarted_mid_run_the_swarm_recovers() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tasks_of_a_scheduler_that_stops_answering_move_to_the_next() {
+    let size = 48 * MIB;
+    let (data, origin) = slow_origin(size).await;
+    // The default stall timeout: a lost scheduler must be noticed, and its tasks moved, before
+    // the hosts give up on the swarm.
+    let cluster = Cluster::builder()
+        .schedulers(2)
+        .daemons(3)
+        .stall_timeout("10s")
+        .start()
+        .await;
+    let url = origin.url("/blob");
+    let task = shoal_p2p::TaskId::for_url(&url.parse().unwrap(), &Default::default());
+    let urls = cluster.scheduler_urls();
+    let owner = (0..urls.len())
+        .max_by_key(|&i| shoal_p2p::swarm::rendezvous(task.as_str(), &urls[i]))
+        .unwrap();
+    let pid = match owner {
+        0 => cluster.scheduler.as_ref(),
+        i => cluster.more_schedulers[i - 1].1.as_ref(),
+    }
+    .unwrap()
+    .child
+    .id();
+    let stop = async {
+        origin_sent(&origin, size, 30).await;
+        // Stopped, not killed: its connections stay open and unanswered, as when its packets
+        // are dropped on the way.
+        let status = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let (results, ()) = tokio::join!(cluster.get_all(&url), stop);
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid.to_string()])
+        .status();
+    assert_all_exact(&results, &data, &cluster);
+    let sent = origin.bytes_sent();
+    assert!(
+        sent < 2 * size as u64,
+        "origin sent {sent} bytes: the daemons went to it on their own"
+    );
+}
+
 /// `shoal status --json` of daemon `i`.
 async fn status(cluster: &Cluster, i: usize) -> serde_json::Value {
     let mut cmd = shoal_integration::process::shoal();

@@ -211,8 +211,9 @@ struct Node {
 }
 
 impl Node {
-    /// Runs the upload server and stays attached to every scheduler: after each (re-)attach
-    /// the complete tasks this host holds are announced again, and seed jobs go to the seed.
+    /// Runs the upload server and stays attached to every scheduler: after each (re-)attach,
+    /// and when a scheduler is lost, the complete tasks this host holds are announced to their
+    /// owners now, and seed jobs go to the seed.
     fn start(self, listener: tokio::net::TcpListener, upload: crate::upload::Upload) {
         let Some(swarm) = self.downloader.swarm().cloned() else {
             return;
@@ -225,9 +226,17 @@ impl Node {
         for index in 0..swarm.scheduler_count() {
             let (node, swarm) = (self.clone(), swarm.clone());
             self.tracker.spawn(async move {
-                let attached = |i: usize| {
+                let changed = |i: usize, attached: bool| {
                     let (swarm, downloader) = (swarm.clone(), node.downloader.clone());
-                    tokio::spawn(async move { reannounce(&swarm, &downloader, i).await });
+                    tokio::spawn(async move {
+                        // Attached: what scheduler i owns. Lost: what it owned, to the
+                        // schedulers that own it now.
+                        let moved = |id: &str| match attached {
+                            true => swarm.owner(id) == Some(i),
+                            false => swarm.owned_before_losing(id, i) && swarm.owner(id) != Some(i),
+                        };
+                        reannounce(&swarm, &downloader, moved).await;
+                    });
                 };
                 let job = |job| match &node.seed {
                     Some(seed) => {
@@ -236,15 +245,15 @@ impl Node {
                     None => tracing::warn!("a seed job came to a host that is not a seed"),
                 };
                 swarm
-                    .attach_loop(index, attached, job, node.cancel.clone())
+                    .attach_loop(index, changed, job, node.cancel.clone())
                     .await;
             });
         }
     }
 }
 
-/// Tells scheduler `index` about every complete task it owns that this host holds.
-async fn reannounce(swarm: &Swarm, downloader: &Downloader, index: usize) {
+/// Tells the owners of the complete tasks this host holds, of those `which` names, about them.
+async fn reannounce(swarm: &Swarm, downloader: &Downloader, which: impl Fn(&str) -> bool) {
     let complete = downloader
         .store()
         .call(|s| {
@@ -259,7 +268,7 @@ async fn reannounce(swarm: &Swarm, downloader: &Downloader, index: usize) {
     let Ok(tasks) = complete else { return };
     for (digests, id, meta) in tasks
         .into_iter()
-        .filter(|(_, id, _)| swarm.owner(id.as_str()) == Some(index))
+        .filter(|(_, id, _)| which(id.as_str()))
     {
         let bitmap: Bitmap = digests.iter().map(Option::is_some).collect();
         let set = PieceSet {

@@ -342,8 +342,8 @@ impl Downloader {
         req: &DownloadRequest,
     ) -> Option<SwarmLink<'_>> {
         let have = self.resumed_pieces(id).await;
-        let mut stream = match swarm.watch(task_message(id, req), have).await {
-            Ok(stream) => stream,
+        let (at, mut stream) = match swarm.watch(task_message(id, req), have).await {
+            Ok(watching) => watching,
             Err(e) => {
                 tracing::warn!(task = %id, error = %e, "scheduler unreachable; using the origin");
                 return None;
@@ -355,7 +355,7 @@ impl Downloader {
             return None;
         };
         Some(SwarmLink {
-            courier: Courier::start(swarm.clone(), id.clone()),
+            courier: Courier::start(swarm.clone(), id.clone(), at),
             swarm,
             holdings: &self.holdings,
             peers: self.peers.clone(),

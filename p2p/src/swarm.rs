@@ -86,6 +86,15 @@ impl SwarmConfig {
     }
 }
 
+/// The longest wait for an announce or a report.
+const RPC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often an idle connection to a scheduler is pinged, and how long the answer may take:
+/// a scheduler that stops answering (black-holed, not refused) is known lost within the sum,
+/// shorter than the default stall timeout, and its tasks move to the next scheduler.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Connections to the schedulers and this host's description.
 pub struct Swarm {
     host: Host,
@@ -167,24 +176,47 @@ impl Swarm {
             .collect()
     }
 
-    /// The scheduler that owns `task`.
+    /// The schedulers in the order they own `task`: the rendezvous hash of the task id and each
+    /// scheduler's URL, highest first. Every host configured with the same scheduler URLs agrees.
+    fn ranked(&self, task: &str) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.schedulers.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(rendezvous(task, &self.schedulers[i].0)));
+        order
+    }
+
+    /// The scheduler that owns `task` now: the first in the task's order that this host is
+    /// attached to, so that when a scheduler is lost its tasks move to the next one; the first
+    /// of all when none is attached (at start, or with one scheduler).
     pub fn owner(&self, task: &str) -> Option<usize> {
-        (0..self.schedulers.len()).max_by_key(|&i| rendezvous(task, &self.schedulers[i].0))
+        self.owner_unless_lost(task, None)
     }
 
-    fn client(&self, task: &str) -> Option<SchedulerClient<Channel>> {
-        self.owner(task).map(|i| self.schedulers[i].1.clone())
+    /// Whether scheduler `lost` owned `task` before this host lost it.
+    pub fn owned_before_losing(&self, task: &str, lost: usize) -> bool {
+        self.owner_unless_lost(task, Some(lost)) == Some(lost)
     }
 
-    /// Opens the task's watch stream.
+    /// The owner, counting scheduler `also` as attached.
+    fn owner_unless_lost(&self, task: &str, also: Option<usize>) -> Option<usize> {
+        let order = self.ranked(task);
+        order
+            .iter()
+            .copied()
+            .find(|&i| Some(i) == also || self.attached[i].load(Ordering::Relaxed))
+            .or_else(|| order.first().copied())
+    }
+
+    /// Opens the task's watch stream at its owner; returns which scheduler that is, so that
+    /// what the download tells about the task goes to the same one.
     pub async fn watch(
         &self,
         task: Task,
         have: PieceSet,
-    ) -> Result<tonic::Streaming<TaskView>, tonic::Status> {
-        let mut client = self
-            .client(&task.id)
+    ) -> Result<(usize, tonic::Streaming<TaskView>), tonic::Status> {
+        let index = self
+            .owner(&task.id)
             .ok_or_else(|| tonic::Status::unavailable("no scheduler configured"))?;
+        let mut client = self.schedulers[index].1.clone();
         let req = WatchRequest {
             host: Some(self.host.clone()),
             task: Some(task),
@@ -192,7 +224,7 @@ impl Swarm {
         };
         let call = client.watch(req);
         match tokio::time::timeout(self.config.connect_timeout * 2, call).await {
-            Ok(r) => r.map(tonic::Response::into_inner),
+            Ok(r) => r.map(|r| (index, r.into_inner())),
             Err(_) => Err(tonic::Status::deadline_exceeded("scheduler did not answer")),
         }
     }
@@ -204,40 +236,55 @@ impl Swarm {
         pieces: Option<PieceSet>,
         failure: Option<crate::proto::Failure>,
     ) {
-        self.send_announce(AnnounceRequest {
-            host_id: self.host.id.clone(),
-            task_id: task.to_string(),
-            pieces,
-            failure,
-            withdrawn: false,
-        })
+        self.announce_at(self.owner(task.as_str()), task, pieces, failure)
+            .await;
+    }
+
+    /// [`Swarm::announce`] to scheduler `index` (the one a download watches the task at).
+    pub(crate) async fn announce_at(
+        &self,
+        index: Option<usize>,
+        task: &TaskId,
+        pieces: Option<PieceSet>,
+        failure: Option<crate::proto::Failure>,
+    ) {
+        self.send_announce(
+            index,
+            AnnounceRequest {
+                host_id: self.host.id.clone(),
+                task_id: task.to_string(),
+                pieces,
+                failure,
+                withdrawn: false,
+            },
+        )
         .await;
     }
 
     /// Tells the task's scheduler this host no longer holds it.
     pub async fn withdraw(&self, task: &TaskId) {
-        self.send_announce(AnnounceRequest {
+        let req = AnnounceRequest {
             host_id: self.host.id.clone(),
             task_id: task.to_string(),
             withdrawn: true,
             ..Default::default()
-        })
-        .await;
+        };
+        self.send_announce(self.owner(task.as_str()), req).await;
     }
 
-    async fn send_announce(&self, req: AnnounceRequest) {
-        let Some(mut client) = self.client(&req.task_id) else {
+    async fn send_announce(&self, index: Option<usize>, req: AnnounceRequest) {
+        let Some(mut client) = index.and_then(|i| self.schedulers.get(i)).map(|s| s.1.clone())
+        else {
             return;
         };
-        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), client.announce(req)).await
-        {
+        if let Ok(Err(e)) = tokio::time::timeout(RPC_TIMEOUT, client.announce(req)).await {
             tracing::debug!(error = %e, "announce failed");
         }
     }
 
-    /// Reports a parent that failed this host.
-    pub async fn report(&self, task: &TaskId, parent: &str, fault: Fault) {
-        let Some(mut client) = self.client(task.as_str()) else {
+    /// Reports to scheduler `index` a parent that failed this host.
+    pub(crate) async fn report_at(&self, index: usize, task: &TaskId, parent: &str, fault: Fault) {
+        let Some(mut client) = self.schedulers.get(index).map(|s| s.1.clone()) else {
             return;
         };
         let req = ReportRequest {
@@ -246,16 +293,17 @@ impl Swarm {
             parent_id: parent.to_owned(),
             fault: fault as i32,
         };
-        let _ = tokio::time::timeout(Duration::from_secs(5), client.report(req)).await;
+        let _ = tokio::time::timeout(RPC_TIMEOUT, client.report(req)).await;
     }
 
     /// Stays attached to scheduler `index` until `cancel`: re-attaches with backoff, calls
-    /// `attached` after each (re-)attach (to re-announce what this host holds), and `job` for every
-    /// seed job.
+    /// `changed(index, true)` after each (re-)attach and `changed(index, false)` when the attach
+    /// stream is lost (to announce what this host holds to the tasks' owners now), and `job` for
+    /// every seed job.
     pub async fn attach_loop(
         &self,
         index: usize,
-        attached: impl Fn(usize) + Send + Sync,
+        changed: impl Fn(usize, bool) + Send + Sync,
         job: impl Fn(Job) + Send + Sync,
         cancel: tokio_util::sync::CancellationToken,
     ) {
@@ -274,8 +322,8 @@ impl Swarm {
                 Ok(resp) => {
                     tracing::info!(scheduler = url, host = self.host.id, "attached");
                     backoff = Duration::from_millis(100);
-                    attached(index);
                     self.attached[index].store(true, Ordering::Relaxed);
+                    changed(index, true);
                     let mut stream = resp.into_inner();
                     loop {
                         tokio::select! {
@@ -288,6 +336,7 @@ impl Swarm {
                         }
                     }
                     self.attached[index].store(false, Ordering::Relaxed);
+                    changed(index, false);
                 }
                 Err(e) => tracing::debug!(scheduler = url, error = %e, "attach failed"),
             }
@@ -333,8 +382,8 @@ pub fn scheduler_channel(
         .map_err(|e| Error::Config(format!("scheduler {url:?}: {e}")))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     Ok(match cluster {
         Some(cluster) => endpoint.connect_with_connector_lazy(TlsConnector {
             cluster: cluster.clone(),

@@ -177,7 +177,7 @@ impl Node {
             &config,
             crate::cluster::node_config(
                 &store,
-                &format!("http://{}:{SCHEDULER_PORT}", scheduler.ip),
+                &[format!("http://{}:{SCHEDULER_PORT}", scheduler.ip)],
                 &format!("{}:{UPLOAD_PORT}", host.ip),
                 &host.name,
                 "10s",

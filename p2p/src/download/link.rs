@@ -3,6 +3,7 @@
 //! that carries the download's announces and reports to the scheduler off the piece loop.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
@@ -60,22 +61,28 @@ enum Note {
 /// Carries a download's announces and reports to its scheduler in order, on a task of its own:
 /// the piece loop never waits for an RPC, so a slow or black-holed scheduler does not slow the
 /// data path. Announces that queue up behind a slow one are merged into one (bitmaps are
-/// cumulative; digests add up). Dropping the courier lets it deliver what is queued, each RPC
-/// within the swarm's timeout, and end.
+/// cumulative; digests add up). They go to the scheduler the download watches the task at
+/// (after a scheduler is lost, the one it watches again at). Dropping the courier lets it
+/// deliver what is queued, each RPC within the swarm's timeout, and end.
 pub(crate) struct Courier {
     tx: mpsc::UnboundedSender<Note>,
+    at: Arc<AtomicUsize>,
 }
 
 impl Courier {
-    pub(crate) fn start(swarm: Arc<Swarm>, task: TaskId) -> Courier {
+    /// A courier to scheduler `at`.
+    pub(crate) fn start(swarm: Arc<Swarm>, task: TaskId, at: usize) -> Courier {
         let (tx, mut rx) = mpsc::unbounded_channel::<Note>();
+        let at = Arc::new(AtomicUsize::new(at));
+        let to = at.clone();
         tokio::spawn(async move {
             while let Some(note) = rx.recv().await {
                 let mut next = Some(note);
                 while let Some(note) = next.take() {
+                    let index = to.load(Ordering::Relaxed);
                     match note {
                         Note::Report { parent, fault } => {
-                            swarm.report(&task, &parent, fault).await;
+                            swarm.report_at(index, &task, &parent, fault).await;
                         }
                         Note::Pieces(mut set) => {
                             // Merge what queued behind; stop at a report, to keep the order.
@@ -88,13 +95,18 @@ impl Courier {
                                     }
                                 }
                             }
-                            swarm.announce(&task, Some(set), None).await;
+                            swarm.announce_at(Some(index), &task, Some(set), None).await;
                         }
                     }
                 }
             }
         });
-        Courier { tx }
+        Courier { tx, at }
+    }
+
+    /// The download watches the task at scheduler `index` now.
+    pub(crate) fn watching(&self, index: usize) {
+        self.at.store(index, Ordering::Relaxed);
     }
 
     /// Announces what the download holds now.

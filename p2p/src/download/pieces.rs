@@ -438,8 +438,9 @@ impl<'a> Run<'a> {
         };
         let task = task_message(&self.job.id, &self.job.req);
         match link.swarm.watch(task, have).await {
-            Ok(stream) => {
-                tracing::info!(task = %self.job.id, "watching the task again");
+            Ok((at, stream)) => {
+                tracing::info!(task = %self.job.id, scheduler = at, "watching the task again");
+                link.courier.watching(at);
                 link.stream = Some(stream);
                 true
             }

@@ -22,6 +22,7 @@ fn run_small(scenarios: Vec<Scenario>, size: u64, pull_layers: Option<usize>) ->
             hosts: 3,
             size,
             rate_bits_per_s: 400_000_000,
+            schedulers: 1,
             scenarios,
             fault: None,
             pull_layers,

@@ -12,6 +12,20 @@
 //!   not read it from the registry. The credentials travel with the task in memory only.
 //!   Everything else goes to the upstream as it is, with the upstream's `Host`.
 
+/// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz {
+    /// A client's request path (after `/v2`) and its `Range` header against a content length.
+    pub fn request(path: &str, range: &[u8], len: u64) {
+        let _ = crate::route::classify(path);
+        let _ = crate::route::query_without_ns(Some(path));
+        if let Ok(value) = http::HeaderValue::from_bytes(range) {
+            let _ = crate::answer::parse_range(Some(&value), len);
+        }
+    }
+}
+
 mod access;
 mod answer;
 pub mod ca;

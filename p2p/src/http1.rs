@@ -175,6 +175,14 @@ async fn read_head<T: AsyncRead + Unpin>(
     }
 }
 
+/// A request head as the upload server reads it, and the piece path in it (fuzzing).
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_head(data: &[u8]) {
+    if let Ok(Some(Head::Request(req, _))) = parse(data) {
+        let _ = crate::peer::parse_piece_path(req.uri().path());
+    }
+}
+
 /// `Ok(None)`: the head is not complete yet. `Err`: not a request served here.
 fn parse(buf: &[u8]) -> Result<Option<Head>, ()> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];

@@ -54,6 +54,32 @@ pub mod seeding;
 pub mod store;
 pub mod swarm;
 
+/// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`): each takes
+/// what the network may send and must return, whatever it is.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz {
+    /// A request head on the upload server, and the piece path in it.
+    pub fn upload_request(data: &[u8]) {
+        crate::http1::fuzz_head(data);
+        if let Ok(text) = std::str::from_utf8(data) {
+            let _ = crate::peer::parse_piece_path(text);
+        }
+    }
+
+    /// A task as a member names it: its id, and its URL checked against the id.
+    pub fn task(id: &str, url: &str, options: &[u8]) {
+        let _ = id.parse::<crate::TaskId>();
+        let task = crate::proto::Task {
+            id: id.to_owned(),
+            url: url.to_owned(),
+            id_options: <crate::proto::IdOptions as prost::Message>::decode(options).ok(),
+            ..Default::default()
+        };
+        let _ = task.checked_url();
+    }
+}
+
 pub use bitmap::Bitmap;
 pub use digest::{Algorithm, Digest};
 pub use download::{DownloadRequest, Downloaded, Downloader, Progress, Reading};

@@ -24,6 +24,59 @@
 //!
 //! [`TaskView`]: shoal_p2p::proto::TaskView
 
+/// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz {
+    use shoal_p2p::proto::scheduler_server::Scheduler as _;
+    use shoal_p2p::proto::{AnnounceRequest, AttachRequest, ReportRequest, WatchRequest};
+    use tonic::Request;
+
+    /// A message a member may send.
+    pub enum Call {
+        Attach(AttachRequest),
+        Watch(WatchRequest),
+        Announce(AnnounceRequest),
+        Report(ReportRequest),
+    }
+
+    /// Serves `calls` in order on one scheduler, as the gRPC server would hand them over
+    /// (without cluster TLS: every caller is who it says), letting the watch streams send their
+    /// views between calls.
+    pub fn calls(calls: Vec<Call>) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let service = crate::service::Service {
+                state: std::sync::Arc::default(),
+                metrics: crate::Metrics::register(&mut prometheus_client::registry::Registry::default()),
+                members_only: false,
+            };
+            let mut open = Vec::new();
+            for call in calls {
+                match call {
+                    Call::Attach(m) => {
+                        if let Ok(r) = service.attach(Request::new(m)).await {
+                            open.push(Box::new(r) as Box<dyn std::any::Any>);
+                        }
+                    }
+                    Call::Watch(m) => {
+                        if let Ok(r) = service.watch(Request::new(m)).await {
+                            open.push(Box::new(r));
+                        }
+                    }
+                    Call::Announce(m) => drop(service.announce(Request::new(m)).await),
+                    Call::Report(m) => drop(service.report(Request::new(m)).await),
+                }
+                tokio::task::yield_now().await;
+            }
+            crate::state::lock(&service.state).gc(std::time::Duration::ZERO);
+        });
+    }
+}
+
 mod error;
 mod members;
 mod metrics;
@@ -83,6 +136,12 @@ impl SchedulerConfig {
     }
 }
 
+/// Longest a unary call (announce, report) may take to be answered.
+const RPC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Calls one connection may have in progress at once.
+const MAX_CALLS_PER_HOST: usize = 256;
+
 /// A built scheduler, ready to serve.
 pub struct Scheduler {
     config: SchedulerConfig,
@@ -141,9 +200,17 @@ impl Scheduler {
             members_only: self.cluster.is_some(),
         };
         tracing::info!(%addr, tls = self.cluster.is_some(), "scheduler ready");
+        // Deadlines: a host that stops answering pings is dropped (its tasks re-planned), a
+        // unary call gets its answer within RPC_TIMEOUT or an error, and one connection (one
+        // host) has at most MAX_CALLS_PER_HOST calls in progress; watch and attach streams
+        // count only while they open. Strangers never get this far: a TLS handshake has its own
+        // deadline (see `members`).
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            .timeout(RPC_TIMEOUT)
+            .concurrency_limit_per_connection(MAX_CALLS_PER_HOST)
             .add_service(SchedulerServer::new(service));
         let result = match &self.cluster {
             Some(cluster) => {

@@ -22,6 +22,21 @@
 //! # let _ = seed;
 //! ```
 
+/// Entry points for the fuzz targets in `fuzz/` (built only with `--cfg fuzzing`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzz {
+    /// A registry's `WWW-Authenticate` header.
+    pub fn www_authenticate(value: &str) {
+        crate::registry::fuzz_challenge(value);
+    }
+
+    /// A registry's manifest or index.
+    pub fn manifest(body: &[u8]) {
+        crate::registry::fuzz_manifest(body);
+    }
+}
+
 mod error;
 mod job;
 pub mod registry;

@@ -8,6 +8,16 @@
 //! its index named), and against `Docker-Content-Digest` when the registry sends a SHA-256 one.
 //! Repository names and references are checked against the spec's grammar first.
 
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_challenge(value: &str) {
+    let _ = auth::Challenge::parse(value);
+}
+
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_manifest(body: &[u8]) {
+    let _ = manifest::parse(body);
+}
+
 mod auth;
 mod body;
 mod manifest;

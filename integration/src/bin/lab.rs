@@ -36,6 +36,9 @@ enum Cmd {
         /// Link rate of every host, e.g. 200mbit, 1gbit.
         #[arg(long, default_value = "200mbit", value_parser = parse_rate)]
         rate: u64,
+        /// Schedulers of the shoal scenario, each on its own host, sharing the tasks.
+        #[arg(long, default_value_t = 1)]
+        schedulers: usize,
         #[arg(
             long,
             value_delimiter = ',',
@@ -43,7 +46,8 @@ enum Cmd {
         )]
         scenarios: Vec<Scenario>,
         /// A fault for the shoal scenario: `seed-kill[:FRACTION]`, `parent-kill`,
-        /// `origin-gone`, `loss[:PERCENT]`, `corrupt-peer`.
+        /// `origin-gone`, `loss[:PERCENT]`, `corrupt-peer`, `scheduler-blackhole`,
+        /// `seed-no-origin`, `daemon-restart`.
         #[arg(long)]
         fault: Option<Fault>,
         /// Pull an image of this many layers (`--size` in all) with containerd's
@@ -91,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             hosts,
             size,
             rate,
+            schedulers,
             scenarios,
             fault,
             pull_layers,
@@ -102,6 +107,7 @@ fn main() -> anyhow::Result<()> {
                 hosts,
                 size,
                 rate_bits_per_s: rate,
+                schedulers,
                 scenarios,
                 fault,
                 pull_layers,

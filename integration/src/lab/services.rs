@@ -146,7 +146,15 @@ pub fn scheduler(host: &Host, ca: Option<&ClusterCa>) -> anyhow::Result<Service>
     Ok(svc)
 }
 
-/// A Shoal node (`shoal seed` or `shoal daemon`) on `host`, using the scheduler on `scheduler`.
+/// The URLs of the schedulers on `hosts`, as nodes are configured with them.
+pub fn scheduler_urls(hosts: &[Host]) -> Vec<String> {
+    hosts
+        .iter()
+        .map(|h| format!("http://{}:{SCHEDULER_PORT}", h.ip))
+        .collect()
+}
+
+/// A Shoal node (`shoal seed` or `shoal daemon`) on `host`, using the schedulers on `schedulers`.
 pub struct Node {
     pub svc: Service,
     pub store: PathBuf,
@@ -158,7 +166,7 @@ impl Node {
     /// With `ca`, the node is a member of its cluster; else plaintext.
     pub fn start(
         host: &Host,
-        scheduler: &Host,
+        schedulers: &[Host],
         origin: &Host,
         seed: bool,
         ca: Option<&ClusterCa>,
@@ -177,7 +185,7 @@ impl Node {
             &config,
             crate::cluster::node_config(
                 &store,
-                &[format!("http://{}:{SCHEDULER_PORT}", scheduler.ip)],
+                &scheduler_urls(schedulers),
                 &format!("{}:{UPLOAD_PORT}", host.ip),
                 &host.name,
                 "10s",

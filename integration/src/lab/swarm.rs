@@ -35,7 +35,7 @@ enum Target {
 struct Hosts {
     origin: Host,
     cache: Host,
-    scheduler: Host,
+    schedulers: Vec<Host>,
     seed: Host,
     clients: Vec<Host>,
     /// The cluster CA of the `shoal` scenario.
@@ -46,11 +46,17 @@ struct Hosts {
 pub fn run(lab: &mut Lab, params: &Params) -> anyhow::Result<Vec<Outcome>> {
     ensure!(params.hosts > 0, "need at least one host");
     ensure!(params.size > 0, "size must be positive");
+    ensure!(params.schedulers > 0, "need at least one scheduler");
     let shape = Some(Shape::rate(params.rate_bits_per_s));
     let hosts = Hosts {
         origin: lab.add_host("origin", shape)?,
         cache: lab.add_host("cache", shape)?,
-        scheduler: lab.add_host("scheduler", shape)?,
+        schedulers: (1..=params.schedulers)
+            .map(|i| match i {
+                1 => lab.add_host("scheduler", shape),
+                i => lab.add_host(&format!("scheduler{i}"), shape),
+            })
+            .collect::<anyhow::Result<_>>()?,
         seed: lab.add_host("seed", shape)?,
         clients: (1..=params.hosts)
             .map(|i| lab.add_host(&format!("h{i}"), shape))
@@ -135,7 +141,7 @@ fn run_one(
     let origin_url = format!("http://{}:{REGISTRY_PORT}", hosts.origin.ip);
     // Services of this scenario, stopped when it ends.
     let mut cache: Option<Service> = None;
-    let mut scheduler: Option<Service> = None;
+    let mut schedulers: Vec<Service> = Vec::new();
     let mut seed: Option<Node> = None;
     let mut daemons: Vec<Node> = Vec::new();
     let url = match scenario {
@@ -151,16 +157,18 @@ fn run_one(
         }
         Scenario::Shoal | Scenario::ShoalPlaintext => {
             let ca = (scenario == Scenario::Shoal).then_some(&hosts.ca);
-            scheduler = Some(services::scheduler(&hosts.scheduler, ca)?);
+            for h in &hosts.schedulers {
+                schedulers.push(services::scheduler(h, ca)?);
+            }
             seed = Some(Node::start(
                 &hosts.seed,
-                &hosts.scheduler,
+                &hosts.schedulers,
                 &hosts.origin,
                 true,
                 ca,
             )?);
             for h in &hosts.clients {
-                daemons.push(Node::start(h, &hosts.scheduler, &hosts.origin, false, ca)?);
+                daemons.push(Node::start(h, &hosts.schedulers, &hosts.origin, false, ca)?);
             }
             format!("{origin_url}{path}")
         }
@@ -234,15 +242,32 @@ fn run_one(
         lab.unreachable(&hosts.seed, hosts.origin.ip, true)?;
     }
     let mut killed: Option<usize> = None;
+    let mut restarted: Option<usize> = None;
     let mut holed = false;
+    let owner = owner(hosts, matches!(target, Target::Blob(_)).then_some(url.as_str()));
     let results = run_clients(commands, deadline, |finished, elapsed| {
         match fault {
             Some(Fault::SchedulerBlackhole) if !holed && elapsed.as_secs_f64() > ideal / 4.0 => {
-                eprintln!("lab: dropping every packet to and from the scheduler");
-                if let Err(e) = lab.cut(&hosts.scheduler, true) {
+                eprintln!("lab: dropping every packet to and from {}", owner.name);
+                if let Err(e) = lab.cut(owner, true) {
                     eprintln!("lab: {e:#}");
                 }
                 holed = true;
+            }
+            Some(Fault::DaemonRestart)
+                if restarted.is_none() && elapsed.as_secs_f64() > ideal / 3.0 =>
+            {
+                let i = rand::random_range(0..daemons.len());
+                let h = &hosts.clients[i];
+                eprintln!("lab: killing the daemon of {} and starting it again", h.name);
+                daemons[i].svc.child.kill9();
+                restarted = Some(i);
+                let ca = (scenario == Scenario::Shoal).then_some(&hosts.ca);
+                match Node::start(h, &hosts.schedulers, &hosts.origin, false, ca) {
+                    Ok(node) => daemons[i] = node,
+                    Err(e) => eprintln!("lab: {e:#}"),
+                }
+                return Some((i, Some(daemons[i].get(&url, &outputs[i]))));
             }
             Some(Fault::SeedKill(f)) => {
                 let sent = hosts
@@ -259,7 +284,7 @@ fn run_one(
                 eprintln!("lab: killing the daemon of {}", hosts.clients[i].name);
                 daemons[i].svc.child.kill9();
                 killed = Some(i);
-                return Some(i);
+                return Some((i, None));
             }
             Some(Fault::OriginGone) if finished > 0 && origin.is_some() => {
                 eprintln!("lab: stopping the origin");
@@ -270,7 +295,7 @@ fn run_one(
         None
     })?;
     if holed {
-        lab.cut(&hosts.scheduler, false)?;
+        lab.cut(owner, false)?;
     }
     if no_origin {
         lab.unreachable(&hosts.seed, hosts.origin.ip, false)?;
@@ -310,7 +335,20 @@ fn run_one(
         peak_rss = daemons.iter().filter_map(rss).max();
         seed_peak_rss = seed.as_ref().and_then(rss);
     }
-    drop((cache, scheduler, seed, daemons, containerds));
+    if let Some(i) = restarted {
+        let d = &daemons[i];
+        let after_restart: u64 = ["origin", "peer", "seed"]
+            .iter()
+            .map(|src| d.metric(&format!("shoal_download_bytes_total{{source=\"{src}\"}}")))
+            .sum();
+        eprintln!(
+            "lab: the restarted daemon of {} fetched {after_restart} bytes after its restart \
+             ({:.0} % of the blob)",
+            hosts.clients[i].name,
+            after_restart as f64 * 100.0 / params.size as f64
+        );
+    }
+    drop((cache, schedulers, seed, daemons, containerds));
     for out in &outputs {
         let _ = std::fs::remove_file(out);
     }
@@ -345,7 +383,7 @@ struct Liar {
 fn start_liar(hosts: &Hosts, tls: bool, url: &str, size: u64) -> anyhow::Result<Liar> {
     let member = tls.then(|| hosts.ca.member("liar", &["node"]));
     let task = shoal_p2p::TaskId::for_url(&url.parse()?, &Default::default());
-    let scheduler = format!("http://{}:{}", hosts.scheduler.ip, services::SCHEDULER_PORT);
+    let scheduler = services::scheduler_urls(std::slice::from_ref(owner(hosts, Some(url)))).remove(0);
     let ip = hosts.cache.ip.into();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready) = std::sync::mpsc::channel();
@@ -371,22 +409,40 @@ impl Liar {
     }
 }
 
+/// The scheduler host that owns the task of the blob at `url` (without one, as for an image's
+/// several tasks: the first scheduler).
+fn owner<'a>(hosts: &'a Hosts, url: Option<&str>) -> &'a Host {
+    let urls = services::scheduler_urls(&hosts.schedulers);
+    let index = match url.map(str::parse) {
+        Some(Ok(url)) => {
+            let task = shoal_p2p::TaskId::for_url(&url, &Default::default());
+            (0..urls.len())
+                .max_by_key(|&i| shoal_p2p::swarm::rendezvous(task.as_str(), &urls[i]))
+                .unwrap_or(0)
+        }
+        _ => 0,
+    };
+    &hosts.schedulers[index]
+}
+
+fn spawn_client(mut cmd: Command) -> ChildGuard {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    ChildGuard::spawn(cmd)
+}
+
 /// Starts every command at once and waits for all, calling `tick(finished, elapsed)` every few
-/// milliseconds; `tick` returns the index of a client it killed, whose result is then ignored.
-/// Returns each command's seconds to exit, or why it failed.
+/// milliseconds. `tick` may return a client it broke: `(i, None)` when its result is to be
+/// ignored, `(i, Some(command))` when that command replaces it (its time still counts from the
+/// common start). Returns each command's seconds to exit, or why it failed.
 fn run_clients(
     commands: Vec<Command>,
     deadline: Duration,
-    mut tick: impl FnMut(usize, Duration) -> Option<usize>,
+    mut tick: impl FnMut(usize, Duration) -> Option<(usize, Option<Command>)>,
 ) -> anyhow::Result<Vec<anyhow::Result<f64>>> {
-    let mut children = Vec::new();
     let start = Instant::now();
-    for mut cmd in commands {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        children.push(ChildGuard::spawn(cmd));
-    }
+    let mut children: Vec<ChildGuard> = commands.into_iter().map(spawn_client).collect();
     let mut done: Vec<Option<anyhow::Result<f64>>> = children.iter().map(|_| None).collect();
     let mut ignored = Vec::new();
     loop {
@@ -414,8 +470,13 @@ fn run_clients(
         if start.elapsed() > deadline {
             bail!("clients still running after {deadline:?}");
         }
-        if let Some(i) = tick(finished, start.elapsed()) {
-            ignored.push(i);
+        match tick(finished, start.elapsed()) {
+            Some((i, None)) => ignored.push(i),
+            Some((i, Some(again))) => {
+                children[i] = spawn_client(again);
+                done[i] = None;
+            }
+            None => {}
         }
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -68,11 +68,15 @@ pub enum Fault {
     /// A peer that claims every piece and serves random bytes joins the swarm before the
     /// clients start.
     CorruptPeer,
-    /// Drop every packet to and from the scheduler (not refused: lost, its switch port down)
-    /// once the clients hold about a quarter of the blob.
+    /// Drop every packet to and from the scheduler that owns the blob's task (not refused:
+    /// lost, its switch port down) once the clients hold about a quarter of the blob.
     SchedulerBlackhole,
     /// The seed cannot reach the origin (from the start): its jobs fail at once.
     SeedNoOrigin,
+    /// Kill one client host's daemon (SIGKILL, chosen at random) once the clients hold about a
+    /// third of the blob, start it again and run its client again: it must resume, not start
+    /// over.
+    DaemonRestart,
 }
 
 impl std::str::FromStr for Fault {
@@ -95,9 +99,11 @@ impl std::str::FromStr for Fault {
             "corrupt-peer" => Ok(Fault::CorruptPeer),
             "scheduler-blackhole" => Ok(Fault::SchedulerBlackhole),
             "seed-no-origin" => Ok(Fault::SeedNoOrigin),
+            "daemon-restart" => Ok(Fault::DaemonRestart),
             _ => Err(format!(
                 "unknown fault {s:?} (seed-kill[:FRACTION], parent-kill, origin-gone, \
-                 loss[:PERCENT], corrupt-peer, scheduler-blackhole, seed-no-origin)"
+                 loss[:PERCENT], corrupt-peer, scheduler-blackhole, seed-no-origin, \
+                 daemon-restart)"
             )),
         }
     }
@@ -108,6 +114,8 @@ pub struct Params {
     pub hosts: usize,
     pub size: u64,
     pub rate_bits_per_s: u64,
+    /// Schedulers of the shoal scenario, each on its own host, sharing the tasks.
+    pub schedulers: usize,
     pub scenarios: Vec<Scenario>,
     pub fault: Option<Fault>,
     /// Pull an image of this many layers (`size` in all) with ctr instead of fetching one blob.

@@ -12,6 +12,7 @@ declare -A NEED=(
   [tc]=iproute2        # the lab's link shaping
   [containerd]=containerd  # mirror tests: containerd 1.6 + ctr pull through the mirror (runc comes with it)
   [ctr]=containerd
+  [runc]=runc          # snapshotter tests: ctr run of an image on the shoal snapshotter
   [skopeo]=skopeo      # mirror tests: skopeo copy through registries.conf
   [dockerd]=docker.io  # mirror tests: dockerd with registry-mirrors / HTTPS_PROXY
   [htpasswd]=apache2-utils  # mirror tests: the htpasswd-protected registry

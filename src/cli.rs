@@ -34,6 +34,9 @@ pub enum Command {
     Seed(DaemonArgs),
     /// The scheduler: who holds which pieces, who fetches from the origin (gRPC).
     Scheduler(SchedulerArgs),
+    /// The containerd snapshotter (`proxy_plugins`, `type = "snapshot"`): containerd's
+    /// Snapshots service on a unix socket.
+    Snapshotter(SnapshotterArgs),
     /// Download a URL through the local daemon (or standalone when none runs).
     Get(GetArgs),
     /// The local daemon: its schedulers, its tasks, the bytes it got from origin / peers / cache.
@@ -263,6 +266,41 @@ impl SchedulerArgs {
         };
         c.listen = self.listen.unwrap_or(c.listen);
         Ok(c)
+    }
+}
+
+#[derive(Args)]
+pub struct SnapshotterArgs {
+    /// The node's data directory: the snapshots go to `<data_dir>/snapshotter/`, the socket is
+    /// `<data_dir>/snapshotter.sock` unless told otherwise.
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where the snapshots and their metadata live.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// The socket containerd's `proxy_plugins.shoal.address` names.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// `/healthz` and `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:4003")]
+    pub metrics_addr: SocketAddr,
+}
+
+impl SnapshotterArgs {
+    /// The snapshots' root directory and the socket.
+    pub fn paths(&self) -> (PathBuf, PathBuf) {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(shoal_p2p::api::default_data_dir);
+        (
+            self.root
+                .clone()
+                .unwrap_or_else(|| data_dir.join("snapshotter")),
+            self.socket
+                .clone()
+                .unwrap_or_else(|| data_dir.join("snapshotter.sock")),
+        )
     }
 }
 

@@ -53,6 +53,10 @@ fn main() -> ExitCode {
                 process.scheduler = Some(args.config()?);
                 process.metrics_addr = Some(args.metrics_addr);
             }
+            Command::Snapshotter(args) => {
+                process.snapshotter = Some(args.paths());
+                process.metrics_addr = Some(args.metrics_addr);
+            }
             Command::Ca(args) => return args.run().map(|()| ExitCode::SUCCESS),
             Command::Get(args) => return Ok(shoal_node::get::run(args.options()?).await.into()),
             Command::Status(args) => return args.run().await.map(|()| ExitCode::SUCCESS),
@@ -73,6 +77,8 @@ struct Process {
     node: Option<(DaemonConfig, Option<ProxyConfig>)>,
     /// Makes the node a seed.
     seed: Option<Arc<dyn JobHandler>>,
+    /// The containerd snapshotter: its root directory and socket.
+    snapshotter: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// The metrics address when there is no node (whose config names it).
     metrics_addr: Option<SocketAddr>,
 }
@@ -90,6 +96,19 @@ impl Process {
             let scheduler = Scheduler::build(config, &mut registry)?;
             let stop = stop();
             tasks.spawn(async move { scheduler.serve(listener, stop).await.context("scheduler") });
+        }
+        if let Some((root, socket)) = self.snapshotter {
+            let snapshotter = shoal_snapshotter::Snapshotter::open(&root)
+                .with_context(|| format!("snapshots in {}", root.display()))?;
+            let listener = shoal_snapshotter::bind(&socket)
+                .with_context(|| format!("bind snapshotter socket {}", socket.display()))?;
+            tracing::info!(socket = %socket.display(), root = %root.display(), "snapshotter ready");
+            let stop = stop();
+            tasks.spawn(async move {
+                shoal_snapshotter::serve(snapshotter, listener, stop)
+                    .await
+                    .context("snapshotter")
+            });
         }
         let metrics_addr = match &self.node {
             Some((d, _)) => d.metrics_addr,

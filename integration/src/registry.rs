@@ -199,6 +199,11 @@ impl Image {
             .enumerate()
             .map(|(i, &n)| tar_one_file(&format!("layer-{i}.bin"), &crate::random_bytes(n)))
             .collect();
+        Image::of_layers(layers)
+    }
+
+    /// An image of these uncompressed tar layers (bottom first), for this machine's platform.
+    pub fn of_layers(layers: Vec<Bytes>) -> Image {
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
@@ -290,6 +295,22 @@ impl Image {
         }
         Ok(())
     }
+}
+
+/// A tar archive of the directory `dir` (its contents, not `dir` itself), as `tar` makes it:
+/// owner root, names sorted, so the same files make the same layer.
+pub fn tar_dir(dir: &Path) -> anyhow::Result<Bytes> {
+    let out = std::process::Command::new("tar")
+        .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "-C"])
+        .arg(dir)
+        .args(["-cf", "-", "."])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "tar: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out.stdout.into())
 }
 
 /// A tar archive (ustar) holding one regular file.

@@ -15,8 +15,14 @@ pub struct Containerd {
 
 impl Containerd {
     pub async fn start(dir: &Path) -> Containerd {
-        let dir = dir.to_owned();
-        tokio::task::spawn_blocking(move || Containerd::spawn(&dir))
+        Containerd::start_with(dir, "").await
+    }
+
+    /// [`start`](Self::start) with more of containerd's config (TOML appended to it:
+    /// `[proxy_plugins.…]`, say).
+    pub async fn start_with(dir: &Path, extra: &str) -> Containerd {
+        let (dir, extra) = (dir.to_owned(), extra.to_owned());
+        tokio::task::spawn_blocking(move || Containerd::spawn_with(&dir, &extra))
             .await
             .expect("join")
             .expect("containerd starts")
@@ -24,6 +30,10 @@ impl Containerd {
 
     /// [`start`](Self::start) for synchronous callers (the lab).
     pub fn spawn(dir: &Path) -> anyhow::Result<Containerd> {
+        Containerd::spawn_with(dir, "")
+    }
+
+    fn spawn_with(dir: &Path, extra: &str) -> anyhow::Result<Containerd> {
         std::fs::create_dir_all(dir)?;
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
@@ -32,7 +42,7 @@ impl Containerd {
             format!(
                 "version = 2\nroot = {:?}\nstate = {:?}\n\
                  disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = {:?}\n",
+                 [grpc]\n  address = {:?}\n{extra}",
                 dir.join("root"),
                 dir.join("state"),
                 socket

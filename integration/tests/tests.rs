@@ -7,5 +7,6 @@ mod lab;
 mod limits;
 mod mirror;
 mod seed;
+mod snapshotter;
 mod swarm;
 mod trust;

@@ -1,6 +1,85 @@
-//! `shoal-snapshotter`: the containerd remote snapshotter (`proxy_plugins`).
+//! `shoal-snapshotter`: a containerd snapshotter served to containerd as a `proxy_plugins`
+//! entry (`type = "snapshot"`): containerd's Snapshots gRPC service on a unix socket, from proto
+//! files the project writes itself (`proto/`).
 //!
-//! It will own the Snapshots gRPC service, snapshot metadata, overlay mounts and lazily fetched
-//! FUSE layers (see DESIGN.md "Lazy pulling"), asking the local node for pieces through the
-//! local API client in `shoal-p2p` (`shoal_p2p::api`), never through node internals. Nothing is
-//! implemented yet: this crate exports no API.
+//! The plain path ([`Snapshotter`]) keeps snapshots on overlayfs exactly as containerd's own
+//! overlayfs snapshotter does, so `ctr images pull --snapshotter shoal` and `ctr run` behave as
+//! with it. The remote path (layers prepared from the swarm, see DESIGN.md "Lazy pulling") is
+//! built on it; it asks the local node for content through `shoal_p2p::api`, never through node
+//! internals.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let snapshotter = shoal_snapshotter::Snapshotter::open("/var/lib/shoal/snapshotter".as_ref())?;
+//! let socket = tokio::net::UnixListener::bind("/run/shoal/snapshotter.sock")?;
+//! shoal_snapshotter::serve(snapshotter, socket, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod filter;
+mod service;
+mod snapshots;
+
+pub use error::{Error, Result};
+pub use snapshots::{Kind, Mount, Snapshot, Snapshotter, Usage};
+
+/// The generated gRPC code. Its modules nest as the proto packages do (the generated code
+/// names `containerd.types` relative to the service's package); `types` and `snapshots` are the
+/// short names.
+pub mod proto {
+    pub mod containerd {
+        pub mod types {
+            tonic::include_proto!("containerd.types");
+        }
+        pub mod services {
+            pub mod snapshots {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.snapshots.v1");
+                }
+            }
+        }
+    }
+    pub use containerd::services::snapshots::v1 as snapshots;
+    pub use containerd::types;
+}
+
+/// Binds the snapshotter's socket at `path` (mode 0600: containerd runs as root), replacing a
+/// socket nobody answers on; refuses if another snapshotter answers there.
+pub fn bind(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("another snapshotter answers on {}", path.display()),
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the Snapshots service for `snapshotter` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    snapshotter: Snapshotter,
+    listener: tokio::net::UnixListener,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let service = service::Service {
+        snapshotter: std::sync::Arc::new(snapshotter),
+    };
+    let incoming = futures_util::stream::poll_fn(move |cx| {
+        listener
+            .poll_accept(cx)
+            .map(|r| Some(r.map(|(stream, _)| stream)))
+    });
+    tonic::transport::Server::builder()
+        .add_service(proto::snapshots::snapshots_server::SnapshotsServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(std::io::Error::other)
+}

@@ -1,4 +1,4 @@
-//! Generates the server side of containerd's Snapshots service from the project's own proto
+//! Generates containerd's Snapshots service (the server, and a client for tests and tools) from the project's own proto
 //! files (`proto/`). protoc and its well-known types come from `protoc-bin-vendored`, so
 //! building needs only cargo.
 
@@ -6,9 +6,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     let include = protoc_bin_vendored::include_path()?;
-    let include = include.to_str().ok_or("protoc's include path is not UTF-8")?;
+    let include = include
+        .to_str()
+        .ok_or("protoc's include path is not UTF-8")?;
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .build_server(true)
         .compile_with_config(
             config,

@@ -284,23 +284,57 @@ pub struct SnapshotterArgs {
     /// `/healthz` and `/metrics`.
     #[arg(long, default_value = "127.0.0.1:4003")]
     pub metrics_addr: SocketAddr,
+    /// The local node's registry mirror: layers prepared with CRI's labels are read through it
+    /// (from the swarm). `none`: containerd fetches every layer itself.
+    #[arg(long, default_value = "http://127.0.0.1:4001")]
+    pub mirror: String,
+    /// Docker's config file, for registries' credentials (default: `$DOCKER_CONFIG/config.json`,
+    /// else `~/.docker/config.json`).
+    #[arg(long)]
+    pub docker_config: Option<PathBuf>,
+}
+
+/// What `shoal snapshotter` runs.
+pub struct SnapshotterSetup {
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub remote: Option<shoal_snapshotter::Remote>,
 }
 
 impl SnapshotterArgs {
-    /// The snapshots' root directory and the socket.
-    pub fn paths(&self) -> (PathBuf, PathBuf) {
+    pub fn setup(&self) -> anyhow::Result<SnapshotterSetup> {
         let data_dir = self
             .data_dir
             .clone()
             .unwrap_or_else(shoal_p2p::api::default_data_dir);
-        (
-            self.root
+        let remote = match self.mirror.as_str() {
+            "none" => None,
+            url => {
+                let mirror = url
+                    .parse()
+                    .with_context(|| format!("--mirror {url:?} is not a URL"))?;
+                let docker_config = self.docker_config.clone().or_else(|| {
+                    let dir = std::env::var_os("DOCKER_CONFIG")
+                        .map(PathBuf::from)
+                        .or_else(|| {
+                            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker"))
+                        })?;
+                    Some(dir.join("config.json"))
+                });
+                Some(shoal_snapshotter::Remote::new(mirror, docker_config)?)
+            }
+        };
+        Ok(SnapshotterSetup {
+            root: self
+                .root
                 .clone()
                 .unwrap_or_else(|| data_dir.join("snapshotter")),
-            self.socket
+            socket: self
+                .socket
                 .clone()
                 .unwrap_or_else(|| data_dir.join("snapshotter.sock")),
-        )
+            remote,
+        })
     }
 }
 

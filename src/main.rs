@@ -54,7 +54,7 @@ fn main() -> ExitCode {
                 process.metrics_addr = Some(args.metrics_addr);
             }
             Command::Snapshotter(args) => {
-                process.snapshotter = Some(args.paths());
+                process.snapshotter = Some(args.setup()?);
                 process.metrics_addr = Some(args.metrics_addr);
             }
             Command::Ca(args) => return args.run().map(|()| ExitCode::SUCCESS),
@@ -77,8 +77,8 @@ struct Process {
     node: Option<(DaemonConfig, Option<ProxyConfig>)>,
     /// Makes the node a seed.
     seed: Option<Arc<dyn JobHandler>>,
-    /// The containerd snapshotter: its root directory and socket.
-    snapshotter: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// The containerd snapshotter.
+    snapshotter: Option<cli::SnapshotterSetup>,
     /// The metrics address when there is no node (whose config names it).
     metrics_addr: Option<SocketAddr>,
 }
@@ -97,7 +97,12 @@ impl Process {
             let stop = stop();
             tasks.spawn(async move { scheduler.serve(listener, stop).await.context("scheduler") });
         }
-        if let Some((root, socket)) = self.snapshotter {
+        if let Some(cli::SnapshotterSetup {
+            root,
+            socket,
+            remote,
+        }) = self.snapshotter
+        {
             let snapshotter = shoal_snapshotter::Snapshotter::open(&root)
                 .with_context(|| format!("snapshots in {}", root.display()))?;
             let listener = shoal_snapshotter::bind(&socket)
@@ -105,7 +110,7 @@ impl Process {
             tracing::info!(socket = %socket.display(), root = %root.display(), "snapshotter ready");
             let stop = stop();
             tasks.spawn(async move {
-                shoal_snapshotter::serve(snapshotter, listener, stop)
+                shoal_snapshotter::serve(snapshotter, remote, listener, stop)
                     .await
                     .context("snapshotter")
             });

@@ -283,7 +283,11 @@ impl ClusterBuilder {
         }
         for i in 1..self.schedulers {
             let dir = cluster.dir.path().join(format!("scheduler{i}"));
-            ca.issue(&format!("scheduler{i}"), &["scheduler"], &dir.join("cluster"));
+            ca.issue(
+                &format!("scheduler{i}"),
+                &["scheduler"],
+                &dir.join("cluster"),
+            );
             let port = cluster.more_schedulers[i - 1].0;
             let child = ChildGuard::spawn(scheduler_command(port, &dir));
             wait_until(Duration::from_secs(20), "scheduler to listen", || {

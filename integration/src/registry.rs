@@ -301,7 +301,13 @@ impl Image {
 /// owner root, names sorted, so the same files make the same layer.
 pub fn tar_dir(dir: &Path) -> anyhow::Result<Bytes> {
     let out = std::process::Command::new("tar")
-        .args(["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "-C"])
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-C",
+        ])
         .arg(dir)
         .args(["-cf", "-", "."])
         .output()?;

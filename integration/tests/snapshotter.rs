@@ -45,6 +45,7 @@ fn snapshotter(root: &Path, socket: &Path, log: &Path) -> ChildGuard {
         .arg(socket)
         .arg("--metrics-addr")
         .arg("127.0.0.1:0")
+        .args(["--mirror", "none"])
         .stderr(std::fs::File::create(log).unwrap());
     ChildGuard::spawn(cmd)
 }
@@ -82,13 +83,25 @@ async fn ctr_pulls_and_runs_an_image_on_the_shoal_snapshotter() {
         .await
         .unwrap();
     let image = image_with_cat(dir.path());
-    image.push(&registry.url(), "test/cat", "v1", None).await.unwrap();
-    let reference = format!("{}/test/cat:v1", registry.url().trim_start_matches("http://"));
+    image
+        .push(&registry.url(), "test/cat", "v1", None)
+        .await
+        .unwrap();
+    let reference = format!(
+        "{}/test/cat:v1",
+        registry.url().trim_start_matches("http://")
+    );
 
-    let (root, socket) = (dir.path().join("snaps"), dir.path().join("snapshotter.sock"));
+    let (root, socket) = (
+        dir.path().join("snaps"),
+        dir.path().join("snapshotter.sock"),
+    );
     let log = dir.path().join("snapshotter.log");
     let mut child = snapshotter(&root, &socket, &log);
-    wait_until(Duration::from_secs(20), "snapshotter socket", || socket.exists()).await;
+    wait_until(Duration::from_secs(20), "snapshotter socket", || {
+        socket.exists()
+    })
+    .await;
     let ctd = Containerd::start_with(
         &dir.path().join("containerd"),
         &format!(
@@ -105,11 +118,24 @@ async fn ctr_pulls_and_runs_an_image_on_the_shoal_snapshotter() {
     );
 
     let pull = ctd
-        .run(&["images", "pull", "--plain-http", "--snapshotter", "shoal", &reference])
+        .run(&[
+            "images",
+            "pull",
+            "--plain-http",
+            "--snapshotter",
+            "shoal",
+            &reference,
+        ])
         .await;
     assert!(pull.status.success(), "pull: {}", text(&pull));
 
-    let out = run(&ctd, &reference, "c1", &["/bin/cat", "/hello.txt", "/etc/kept.txt"]).await;
+    let out = run(
+        &ctd,
+        &reference,
+        "c1",
+        &["/bin/cat", "/hello.txt", "/etc/kept.txt"],
+    )
+    .await;
     assert!(out.status.success(), "run: {}", text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -117,7 +143,11 @@ async fn ctr_pulls_and_runs_an_image_on_the_shoal_snapshotter() {
     );
     // The upper layer's whiteout hides the lower layer's file.
     let out = run(&ctd, &reference, "c2", &["/bin/cat", "/etc/gone.txt"]).await;
-    assert!(!out.status.success(), "a whited-out file was read: {}", text(&out));
+    assert!(
+        !out.status.success(),
+        "a whited-out file was read: {}",
+        text(&out)
+    );
     assert!(text(&out).contains("No such file"), "{}", text(&out));
 
     // Both layers are committed snapshots of ours, their files in our root.
@@ -133,4 +163,229 @@ async fn ctr_pulls_and_runs_an_image_on_the_shoal_snapshotter() {
         String::from_utf8_lossy(&out.stdout),
         "hello from the shoal snapshotter\n"
     );
+}
+
+/// A client of containerd's Snapshots API on its socket, as `shoal pull` and CRI drive it.
+async fn snapshots_client(
+    socket: &Path,
+) -> shoal_snapshotter::proto::snapshots::snapshots_client::SnapshotsClient<tonic::transport::Channel>
+{
+    #[derive(Clone)]
+    struct Uds(std::path::PathBuf);
+    impl tower_service::Service<http::Uri> for Uds {
+        type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+        type Error = std::io::Error;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
+        >;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, _: http::Uri) -> Self::Future {
+            let path = self.0.clone();
+            Box::pin(async move {
+                Ok(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            })
+        }
+    }
+    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
+        .unwrap()
+        .connect_with_connector(Uds(socket.to_owned()))
+        .await
+        .unwrap();
+    shoal_snapshotter::proto::snapshots::snapshots_client::SnapshotsClient::new(channel)
+}
+
+/// A Prepare as CRI sends it for one layer (in containerd's `default` namespace).
+fn cri_prepare(
+    key: &str,
+    parent: &str,
+    chain_id: &str,
+    layer: &str,
+    image: &str,
+    layers: &[String],
+) -> tonic::Request<shoal_snapshotter::proto::snapshots::PrepareSnapshotRequest> {
+    let labels = [
+        ("containerd.io/snapshot.ref", chain_id.to_owned()),
+        ("containerd.io/snapshot/cri.layer-digest", layer.to_owned()),
+        ("containerd.io/snapshot/cri.image-ref", image.to_owned()),
+        ("containerd.io/snapshot/cri.image-layers", layers.join(",")),
+    ];
+    let mut req = tonic::Request::new(
+        shoal_snapshotter::proto::snapshots::PrepareSnapshotRequest {
+            snapshotter: "shoal".into(),
+            key: key.into(),
+            parent: parent.into(),
+            labels: labels.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        },
+    );
+    req.metadata_mut()
+        .insert("containerd-namespace", "default".parse().unwrap());
+    req
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetches_nothing() {
+    use shoal_integration::cluster::Cluster;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
+        .await
+        .unwrap();
+    let image = image_with_cat(dir.path());
+    image
+        .push(&registry.url(), "test/cat", "v1", None)
+        .await
+        .unwrap();
+    let host = registry.url().trim_start_matches("http://").to_owned();
+    let reference = format!("{host}/test/cat:v1");
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry(&host, &registry.url())
+        .start()
+        .await;
+    let node = &cluster.daemons[0];
+
+    let (root, socket) = (
+        dir.path().join("snaps"),
+        dir.path().join("snapshotter.sock"),
+    );
+    let mut cmd = shoal();
+    cmd.arg("snapshotter")
+        .arg("--root")
+        .arg(&root)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--metrics-addr")
+        .arg("127.0.0.1:0")
+        .arg("--mirror")
+        .arg(format!("http://127.0.0.1:{}", node.proxy_port))
+        .stderr(std::fs::File::create(dir.path().join("snapshotter.log")).unwrap());
+    let _snapshotter = ChildGuard::spawn(cmd);
+    wait_until(Duration::from_secs(20), "snapshotter socket", || {
+        socket.exists()
+    })
+    .await;
+    let ctd = Containerd::start_with(
+        &dir.path().join("containerd"),
+        &format!("[proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = {socket:?}\n"),
+    )
+    .await;
+
+    // Uncompressed layers: the diff ids are the digests.
+    let digests: Vec<String> = image
+        .layers
+        .iter()
+        .map(|l| shoal_integration::sha256(l))
+        .collect();
+    let chain0 = digests[0].clone();
+    let chain1 = shoal_integration::sha256(format!("{chain0} {}", digests[1]).as_bytes());
+    let mut client = snapshots_client(&ctd.socket).await;
+    for (i, (parent, chain)) in [("", &chain0), (chain0.as_str(), &chain1)]
+        .into_iter()
+        .enumerate()
+    {
+        let req = cri_prepare(
+            &format!("extract-{i} {chain}"),
+            parent,
+            chain,
+            &digests[i],
+            &reference,
+            &digests,
+        );
+        let status = client
+            .prepare(req)
+            .await
+            .expect_err("the layer is prepared remotely");
+        assert_eq!(
+            status.code(),
+            tonic::Code::AlreadyExists,
+            "layer {i}: {status:?}"
+        );
+    }
+    // containerd recorded both as committed (it asked our List and Stat).
+    let ls = ctd
+        .run(&["snapshots", "--snapshotter", "shoal", "ls"])
+        .await;
+    for chain in [&chain0, &chain1] {
+        assert!(text(&ls).contains(chain.as_str()), "{}", text(&ls));
+    }
+    // Mounted as a container's root, they are the image's files, the whiteout honoured.
+    let prepared = ctd
+        .run(&[
+            "snapshots",
+            "--snapshotter",
+            "shoal",
+            "prepare",
+            "c1",
+            &chain1,
+        ])
+        .await;
+    assert!(prepared.status.success(), "{}", text(&prepared));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounts = ctd
+        .run(&[
+            "snapshots",
+            "--snapshotter",
+            "shoal",
+            "mounts",
+            mnt.to_str().unwrap(),
+            "c1",
+        ])
+        .await;
+    let mount = Command::new("sh")
+        .arg("-c")
+        .arg(String::from_utf8_lossy(&mounts.stdout).trim())
+        .output()
+        .unwrap();
+    assert!(
+        mount.status.success(),
+        "{}: {}",
+        text(&mounts),
+        text(&mount)
+    );
+    let hello = std::fs::read_to_string(mnt.join("hello.txt"));
+    let gone = mnt.join("etc/gone.txt").exists();
+    let kept = std::fs::read_to_string(mnt.join("etc/kept.txt"));
+    let cat_runs = mnt.join("bin/cat").exists();
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(hello.unwrap(), "hello from the shoal snapshotter\n");
+    assert_eq!(kept.unwrap(), "kept\n");
+    assert!(!gone, "a whited-out file shows");
+    assert!(cat_runs);
+    // Every byte came through the node (from the registry, once): containerd fetched nothing.
+    let total: usize = image.layers.iter().map(|l| l.len()).sum();
+    let mut through_node = 0;
+    for source in ["origin", "seed", "peer"] {
+        through_node += node
+            .metric(&format!(
+                "shoal_download_bytes_total{{source=\"{source}\"}}"
+            ))
+            .await;
+    }
+    assert_eq!(through_node, total as u64);
+
+    // A layer the node cannot serve (a registry nobody runs) is left to containerd: the
+    // snapshotter answers with mounts, as the plain path does.
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let req = cri_prepare(
+        "extract-x",
+        "",
+        "sha256:nowhere",
+        &missing,
+        "127.0.0.1:1/test/cat:v1",
+        &[],
+    );
+    let resp = client
+        .prepare(req)
+        .await
+        .expect("falls back to the plain path");
+    assert!(!resp.into_inner().mounts.is_empty());
+    let log = std::fs::read_to_string(dir.path().join("snapshotter.log")).unwrap();
+    assert!(log.contains("containerd fetches it itself"), "{log}");
 }

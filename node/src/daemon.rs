@@ -266,10 +266,7 @@ async fn reannounce(swarm: &Swarm, downloader: &Downloader, which: impl Fn(&str)
         })
         .await;
     let Ok(tasks) = complete else { return };
-    for (digests, id, meta) in tasks
-        .into_iter()
-        .filter(|(_, id, _)| which(id.as_str()))
-    {
+    for (digests, id, meta) in tasks.into_iter().filter(|(_, id, _)| which(id.as_str())) {
         let bitmap: Bitmap = digests.iter().map(Option::is_some).collect();
         let set = PieceSet {
             length_known: true,

@@ -273,7 +273,9 @@ impl Swarm {
     }
 
     async fn send_announce(&self, index: Option<usize>, req: AnnounceRequest) {
-        let Some(mut client) = index.and_then(|i| self.schedulers.get(i)).map(|s| s.1.clone())
+        let Some(mut client) = index
+            .and_then(|i| self.schedulers.get(i))
+            .map(|s| s.1.clone())
         else {
             return;
         };

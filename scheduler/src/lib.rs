@@ -51,7 +51,9 @@ pub mod fuzz {
         rt.block_on(async {
             let service = crate::service::Service {
                 state: std::sync::Arc::default(),
-                metrics: crate::Metrics::register(&mut prometheus_client::registry::Registry::default()),
+                metrics: crate::Metrics::register(
+                    &mut prometheus_client::registry::Registry::default(),
+                ),
                 members_only: false,
             };
             let mut open = Vec::new();

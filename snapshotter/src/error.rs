@@ -22,6 +22,9 @@ pub enum Error {
     },
     #[error("snapshot metadata: {0}")]
     Metadata(String),
+    /// The remote path could not read a layer (the plain path then serves it).
+    #[error("{0}")]
+    Remote(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -63,7 +66,9 @@ impl From<Error> for tonic::Status {
             Error::AlreadyExists(_) => tonic::Status::already_exists(message),
             Error::FailedPrecondition(_) => tonic::Status::failed_precondition(message),
             Error::InvalidArgument(_) => tonic::Status::invalid_argument(message),
-            Error::Io { .. } | Error::Metadata(_) => tonic::Status::internal(message),
+            Error::Io { .. } | Error::Metadata(_) | Error::Remote(_) => {
+                tonic::Status::internal(message)
+            }
         }
     }
 }

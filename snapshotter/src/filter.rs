@@ -201,8 +201,8 @@ mod tests {
 
     #[test]
     fn the_filter_containerd_sends_after_a_remote_prepare() {
-        let f = Filter::parse(r#"labels."containerd.io/snapshot.ref"==sha256:111,parent=="""#)
-            .unwrap();
+        let f =
+            Filter::parse(r#"labels."containerd.io/snapshot.ref"==sha256:111,parent=="""#).unwrap();
         let layer = snapshot(
             "sha256:111",
             "",
@@ -222,7 +222,12 @@ mod tests {
 
     #[test]
     fn fields_operators_and_alternatives() {
-        let s = snapshot("default/3/x", "p", Kind::Active, &[("a.b", "v1.2"), ("c", "")]);
+        let s = snapshot(
+            "default/3/x",
+            "p",
+            Kind::Active,
+            &[("a.b", "v1.2"), ("c", "")],
+        );
         let yes = |text: &str| Filter::parse(text).unwrap().matches(&s);
         assert!(yes("name==default/3/x"));
         assert!(yes("kind==active") && yes("kind==Active") && yes("kind!=committed"));
@@ -240,7 +245,14 @@ mod tests {
 
     #[test]
     fn bad_filters_are_refused_with_the_reason() {
-        for bad in ["", "==x", "name=a", "labels.\"open", "labels.a~=(", "name==a,,"] {
+        for bad in [
+            "",
+            "==x",
+            "name=a",
+            "labels.\"open",
+            "labels.a~=(",
+            "name==a,,",
+        ] {
             assert!(Filter::parse(bad).is_err(), "{bad:?}");
         }
     }

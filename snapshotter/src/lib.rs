@@ -12,16 +12,19 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let snapshotter = shoal_snapshotter::Snapshotter::open("/var/lib/shoal/snapshotter".as_ref())?;
 //! let socket = tokio::net::UnixListener::bind("/run/shoal/snapshotter.sock")?;
-//! shoal_snapshotter::serve(snapshotter, socket, std::future::pending()).await?;
+//! shoal_snapshotter::serve(snapshotter, None, socket, std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
 
 mod error;
+mod extract;
 mod filter;
+pub mod remote;
 mod service;
 mod snapshots;
 
 pub use error::{Error, Result};
+pub use remote::Remote;
 pub use snapshots::{Kind, Mount, Snapshot, Snapshotter, Usage};
 
 /// The generated gRPC code. Its modules nest as the proto packages do (the generated code
@@ -63,14 +66,17 @@ pub fn bind(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener>
     Ok(listener)
 }
 
-/// Serves the Snapshots service for `snapshotter` on `listener` until `shutdown` resolves.
+/// Serves the Snapshots service for `snapshotter` on `listener` until `shutdown` resolves;
+/// with `remote`, layers prepared with CRI's labels are read through the local node.
 pub async fn serve(
     snapshotter: Snapshotter,
+    remote: Option<Remote>,
     listener: tokio::net::UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let service = service::Service {
         snapshotter: std::sync::Arc::new(snapshotter),
+        remote: remote.map(std::sync::Arc::new),
     };
     let incoming = futures_util::stream::poll_fn(move |cx| {
         listener
@@ -78,7 +84,9 @@ pub async fn serve(
             .map(|r| Some(r.map(|(stream, _)| stream)))
     });
     tonic::transport::Server::builder()
-        .add_service(proto::snapshots::snapshots_server::SnapshotsServer::new(service))
+        .add_service(proto::snapshots::snapshots_server::SnapshotsServer::new(
+            service,
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(std::io::Error::other)

@@ -15,8 +15,7 @@ use crate::proto::snapshots::{
     CleanupRequest, CommitSnapshotRequest, Info, ListSnapshotsRequest, ListSnapshotsResponse,
     MountsRequest, MountsResponse, PrepareSnapshotRequest, PrepareSnapshotResponse,
     RemoveSnapshotRequest, StatSnapshotRequest, StatSnapshotResponse, UpdateSnapshotRequest,
-    UpdateSnapshotResponse, UsageRequest, UsageResponse, ViewSnapshotRequest,
-    ViewSnapshotResponse,
+    UpdateSnapshotResponse, UsageRequest, UsageResponse, ViewSnapshotRequest, ViewSnapshotResponse,
 };
 use crate::proto::types;
 use crate::snapshots::{Kind, Mount, Snapshot, Snapshotter};
@@ -26,6 +25,7 @@ const LIST_BATCH: usize = 100;
 
 pub struct Service {
     pub snapshotter: Arc<Snapshotter>,
+    pub remote: Option<Arc<crate::Remote>>,
 }
 
 impl Service {
@@ -86,6 +86,12 @@ impl Snapshots for Service {
     ) -> Result<Response<PrepareSnapshotResponse>, Status> {
         let req = request.into_inner();
         let labels = labels(req.labels);
+        if let Some(remote) = &self.remote {
+            // Err(AlreadyExists) when the layer is committed: containerd fetches nothing.
+            remote
+                .prepare(&self.snapshotter, &req.parent, &labels)
+                .await?;
+        }
         let m = self
             .run(move |s| s.prepare(&req.key, &req.parent, labels))
             .await?;
@@ -113,7 +119,10 @@ impl Snapshots for Service {
         Ok(Response::new(MountsResponse { mounts: mounts(m) }))
     }
 
-    async fn commit(&self, request: Request<CommitSnapshotRequest>) -> Result<Response<()>, Status> {
+    async fn commit(
+        &self,
+        request: Request<CommitSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
         let req = request.into_inner();
         let labels = labels(req.labels);
         self.run(move |s| s.commit(&req.name, &req.key, labels))
@@ -121,7 +130,10 @@ impl Snapshots for Service {
         Ok(Response::new(()))
     }
 
-    async fn remove(&self, request: Request<RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
+    async fn remove(
+        &self,
+        request: Request<RemoveSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
         let key = request.into_inner().key;
         self.run(move |s| s.remove(&key)).await?;
         Ok(Response::new(()))

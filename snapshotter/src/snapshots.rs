@@ -228,7 +228,9 @@ impl Snapshotter {
     /// Makes the active snapshot `key` the committed snapshot `name`, with `labels`.
     pub fn commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<()> {
         if name.is_empty() {
-            return Err(Error::InvalidArgument("a committed snapshot needs a name".into()));
+            return Err(Error::InvalidArgument(
+                "a committed snapshot needs a name".into(),
+            ));
         }
         check_labels(&labels)?;
         let txn = self.db.begin_write()?;
@@ -371,7 +373,10 @@ impl Snapshotter {
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
         let mut removed = 0;
         for entry in entries.flatten() {
-            let id = entry.file_name().to_str().and_then(|n| n.parse::<u64>().ok());
+            let id = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok());
             if let Some(id) = id
                 && !owned.contains(&id)
             {
@@ -394,7 +399,10 @@ fn get(table: &impl ReadableTable<&'static str, &'static [u8]>, key: &str) -> Re
 
 /// The directories below a snapshot whose parent is `parent`: `parent`'s, its parent's, and
 /// so on. `parent` must be committed.
-fn chain(table: &impl ReadableTable<&'static str, &'static [u8]>, parent: &str) -> Result<Vec<u64>> {
+fn chain(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    parent: &str,
+) -> Result<Vec<u64>> {
     let mut ids = Vec::new();
     let mut next = parent.to_owned();
     while !next.is_empty() {

@@ -244,7 +244,10 @@ fn run_one(
     let mut killed: Option<usize> = None;
     let mut restarted: Option<usize> = None;
     let mut holed = false;
-    let owner = owner(hosts, matches!(target, Target::Blob(_)).then_some(url.as_str()));
+    let owner = owner(
+        hosts,
+        matches!(target, Target::Blob(_)).then_some(url.as_str()),
+    );
     let results = run_clients(commands, deadline, |finished, elapsed| {
         match fault {
             Some(Fault::SchedulerBlackhole) if !holed && elapsed.as_secs_f64() > ideal / 4.0 => {
@@ -259,7 +262,10 @@ fn run_one(
             {
                 let i = rand::random_range(0..daemons.len());
                 let h = &hosts.clients[i];
-                eprintln!("lab: killing the daemon of {} and starting it again", h.name);
+                eprintln!(
+                    "lab: killing the daemon of {} and starting it again",
+                    h.name
+                );
                 daemons[i].svc.child.kill9();
                 restarted = Some(i);
                 let ca = (scenario == Scenario::Shoal).then_some(&hosts.ca);
@@ -383,7 +389,8 @@ struct Liar {
 fn start_liar(hosts: &Hosts, tls: bool, url: &str, size: u64) -> anyhow::Result<Liar> {
     let member = tls.then(|| hosts.ca.member("liar", &["node"]));
     let task = shoal_p2p::TaskId::for_url(&url.parse()?, &Default::default());
-    let scheduler = services::scheduler_urls(std::slice::from_ref(owner(hosts, Some(url)))).remove(0);
+    let scheduler =
+        services::scheduler_urls(std::slice::from_ref(owner(hosts, Some(url)))).remove(0);
     let ip = hosts.cache.ip.into();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready) = std::sync::mpsc::channel();

@@ -1,0 +1,368 @@
+//! The remote path: a layer containerd asks to prepare with the labels CRI (or `shoal pull`)
+//! sends — `containerd.io/snapshot.ref` (the chain id to commit as),
+//! `containerd.io/snapshot/cri.layer-digest` and `…/cri.image-ref` — is read through the local
+//! node's registry mirror (from the swarm, by digest), checked against its digest, unpacked
+//! while it streams, and committed under the chain id; containerd is then told it already
+//! exists and fetches nothing. The first such layer of an image starts every layer the image
+//! lists (`…/cri.image-layers`) in the node at once, so later layers are read from its store.
+//! Whatever fails (no mirror, a registry that wants credentials the snapshotter lacks, a layer
+//! with device nodes) leaves that one layer to containerd's own path, with a log line.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use sha2::Digest as _;
+
+use crate::error::{Error, Result};
+use crate::snapshots::Snapshotter;
+
+pub const TARGET: &str = "containerd.io/snapshot.ref";
+pub const LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
+pub const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
+pub const IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
+
+/// Prefix of the active snapshots the remote path unpacks into before committing.
+const UNPACKING: &str = "shoal-unpacking/";
+
+/// One layer of an image, as the labels name it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayerRef {
+    /// The chain id containerd wants committed.
+    pub target: String,
+    /// Registry host (`docker.io` is `registry-1.docker.io`'s name) and repository.
+    pub registry: String,
+    pub repository: String,
+    pub digest: String,
+    /// Every layer of the image (digests), when the labels list them.
+    pub image_layers: Vec<String>,
+}
+
+impl LayerRef {
+    pub fn from_labels(labels: &BTreeMap<String, String>) -> Option<LayerRef> {
+        let digest = labels.get(LAYER_DIGEST)?;
+        let (registry, repository) = split_reference(labels.get(IMAGE_REF)?)?;
+        let target = labels.get(TARGET)?.clone();
+        valid_digest(digest).then(|| LayerRef {
+            target,
+            registry,
+            repository,
+            digest: digest.clone(),
+            image_layers: labels
+                .get(IMAGE_LAYERS)
+                .map(|l| l.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// A SHA-256 digest (`sha256:` and 64 hex digits): it goes into a URL path.
+fn valid_digest(digest: &str) -> bool {
+    digest
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// `registry.example:5000/team/app:v1@sha256:…` → (`registry.example:5000`, `team/app`);
+/// a name without a registry is Docker Hub's (`library/` for one component).
+fn split_reference(reference: &str) -> Option<(String, String)> {
+    let name = reference.split('@').next()?;
+    let name = match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => &name[..i],
+        _ => name,
+    };
+    let (first, rest) = name.split_once('/').unwrap_or(("", name));
+    let (registry, repository) =
+        if first.contains('.') || first.contains(':') || first == "localhost" {
+            (first.to_owned(), rest.to_owned())
+        } else if first.is_empty() {
+            ("docker.io".to_owned(), format!("library/{rest}"))
+        } else {
+            ("docker.io".to_owned(), name.to_owned())
+        };
+    // The distribution spec's path components: lower-case alphanumerics, separated by `.`,
+    // `_`, `__` or dashes; never `..` (the repository goes into a URL path).
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let valid = !repository.is_empty()
+        && repository.split('/').all(|c| {
+            c.bytes().next().is_some_and(alnum)
+                && c.bytes().last().is_some_and(alnum)
+                && !c.contains("..")
+                && c.bytes().all(|b| alnum(b) || b"._-".contains(&b))
+        });
+    valid.then_some((registry, repository))
+}
+
+/// Reads layers through the local node's registry mirror.
+pub struct Remote {
+    /// The mirror (`http://127.0.0.1:4001`).
+    pub mirror: url::Url,
+    /// Docker's config file, for a registry's credentials (`auths`); read at each use.
+    pub docker_config: Option<PathBuf>,
+    http: reqwest::Client,
+    /// Layers already started in the node (by digest).
+    started: Mutex<HashSet<String>>,
+}
+
+impl Remote {
+    pub fn new(mirror: url::Url, docker_config: Option<PathBuf>) -> Result<Remote> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .read_timeout(std::time::Duration::from_secs(60))
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("HTTP client: {e}")))?;
+        Ok(Remote {
+            mirror,
+            docker_config,
+            http,
+            started: Mutex::default(),
+        })
+    }
+
+    /// Prepares `key` by the remote path. `Ok(false)`: the labels name no layer (the plain path
+    /// is the one). `Err(AlreadyExists)`: the layer is committed as containerd wants it.
+    pub async fn prepare(
+        &self,
+        snapshotter: &Arc<Snapshotter>,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<bool> {
+        let Some(layer) = LayerRef::from_labels(labels) else {
+            return Ok(false);
+        };
+        if snapshotter.stat(&layer.target).is_ok() {
+            return Err(Error::AlreadyExists(layer.target));
+        }
+        self.start_others(&layer);
+        match self.pull(snapshotter, &layer, parent, labels).await {
+            Ok(()) => Err(Error::AlreadyExists(layer.target)),
+            Err(Error::AlreadyExists(_)) => Err(Error::AlreadyExists(layer.target)),
+            Err(e) => {
+                tracing::warn!(layer = layer.digest, image_registry = layer.registry, error = %e, "layer not read through the node; containerd fetches it itself");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Asks the node for the image's other layers, once each, in the background.
+    fn start_others(&self, layer: &LayerRef) {
+        let mut started = self.started.lock().expect("started lock");
+        started.insert(layer.digest.clone());
+        for digest in &layer.image_layers {
+            if !valid_digest(digest) || !started.insert(digest.clone()) {
+                continue;
+            }
+            let request = self.request(layer, digest);
+            tokio::spawn(async move {
+                if let Ok(mut resp) = request.send().await {
+                    while let Ok(Some(_)) = resp.chunk().await {}
+                }
+            });
+        }
+    }
+
+    fn request(&self, layer: &LayerRef, digest: &str) -> reqwest::RequestBuilder {
+        let mut url = self.mirror.clone();
+        url.set_path(&format!("/v2/{}/blobs/{digest}", layer.repository));
+        url.query_pairs_mut().append_pair("ns", &layer.registry);
+        let mut req = self.http.get(url);
+        if let Some(auth) = self.credentials(&layer.registry) {
+            req = req.header(http::header::AUTHORIZATION, auth);
+        }
+        req
+    }
+
+    /// `Basic …` for `registry` from Docker's config file (`auths.<host>.auth`).
+    fn credentials(&self, registry: &str) -> Option<http::HeaderValue> {
+        let text = std::fs::read(self.docker_config.as_ref()?).ok()?;
+        let config: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        let auths = config.get("auths")?;
+        let names = [
+            registry,
+            if registry == "docker.io" {
+                "https://index.docker.io/v1/"
+            } else {
+                registry
+            },
+        ];
+        let auth = names
+            .iter()
+            .find_map(|n| auths.get(*n)?.get("auth")?.as_str())?;
+        let mut value = http::HeaderValue::from_str(&format!("Basic {auth}")).ok()?;
+        value.set_sensitive(true);
+        Some(value)
+    }
+
+    /// Unpacks the layer into a snapshot of its own and commits it as the target.
+    async fn pull(
+        &self,
+        snapshotter: &Arc<Snapshotter>,
+        layer: &LayerRef,
+        parent: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        let key = format!("{UNPACKING}{}", layer.target);
+        let s = snapshotter.clone();
+        let (k, p) = (key.clone(), parent.to_owned());
+        let dir = blocking(move || {
+            // Left by a crash mid-unpack, or by another prepare of the same layer now: the
+            // second one waits for containerd's retry.
+            if s.stat(&k).is_ok() {
+                return Err(Error::AlreadyExists(k));
+            }
+            s.prepare(&k, &p, BTreeMap::new())?;
+            Ok(s.fs_dir(s.stat(&k)?.id))
+        })
+        .await?;
+        let result = self.unpack(layer, dir).await;
+        let s = snapshotter.clone();
+        let (target, labels) = (layer.target.clone(), labels.clone());
+        blocking(move || match result {
+            Ok(()) => s.commit(&target, &key, labels).inspect_err(|_| {
+                let _ = s.remove(&key);
+            }),
+            Err(e) => {
+                let _ = s.remove(&key);
+                Err(e)
+            }
+        })
+        .await
+    }
+
+    /// Streams the layer from the mirror into `dir`, checking its digest.
+    async fn unpack(&self, layer: &LayerRef, dir: PathBuf) -> Result<()> {
+        let mut resp = self
+            .request(layer, &layer.digest)
+            .send()
+            .await
+            .map_err(|e| Error::Remote(format!("the node's mirror: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(Error::Remote(format!(
+                "the node's mirror answered {}",
+                resp.status()
+            )));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
+        let unpacking = tokio::task::spawn_blocking(move || {
+            crate::extract::unpack(
+                ChannelReader {
+                    rx,
+                    chunk: Bytes::new(),
+                },
+                &dir,
+            )
+        });
+        let mut hash = sha2::Sha256::new();
+        let streamed = async {
+            while let Some(chunk) = resp.chunk().await.map_err(std::io::Error::other)? {
+                hash.update(&chunk);
+                if tx.send(Ok(chunk)).await.is_err() {
+                    break; // the unpacker stopped: its error says why
+                }
+            }
+            Ok::<_, std::io::Error>(())
+        }
+        .await;
+        if let Err(e) = &streamed {
+            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+        }
+        drop(tx);
+        let unpacked = unpacking
+            .await
+            .map_err(|e| Error::Remote(format!("unpacking stopped: {e}")))?;
+        streamed.map_err(|e| Error::Remote(format!("reading the layer: {e}")))?;
+        unpacked?;
+        let got = format!("sha256:{}", hex::encode(hash.finalize()));
+        if got != layer.digest {
+            return Err(Error::Remote(format!(
+                "the layer's bytes are {got}, not {}",
+                layer.digest
+            )));
+        }
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Remote(format!("snapshot operation stopped: {e}")))?
+}
+
+/// The layer's bytes as they arrive, for the unpacker's thread.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    chunk: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_name_their_registry_and_repository() {
+        let split = |r: &str| split_reference(r);
+        assert_eq!(
+            split("alpine:3.19"),
+            Some(("docker.io".into(), "library/alpine".into()))
+        );
+        assert_eq!(
+            split("docker.io/library/alpine"),
+            Some(("docker.io".into(), "library/alpine".into()))
+        );
+        assert_eq!(
+            split("team/app@sha256:ab"),
+            Some(("docker.io".into(), "team/app".into()))
+        );
+        assert_eq!(
+            split("127.0.0.1:5000/test/cat:v1"),
+            Some(("127.0.0.1:5000".into(), "test/cat".into()))
+        );
+        assert_eq!(split("localhost/x"), Some(("localhost".into(), "x".into())));
+        for bad in ["", "r.io/", "r.io/A", "r.io/a//b", "r.io/../x"] {
+            assert_eq!(split(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_layer_needs_its_target_digest_and_image() {
+        let mut labels = BTreeMap::from([
+            (TARGET.to_owned(), "sha256:chain".to_owned()),
+            (
+                LAYER_DIGEST.to_owned(),
+                format!("sha256:{}", "a".repeat(64)),
+            ),
+            (IMAGE_REF.to_owned(), "r.io/x:1".to_owned()),
+        ]);
+        let layer = LayerRef::from_labels(&labels).unwrap();
+        assert_eq!(
+            (layer.registry.as_str(), layer.repository.as_str()),
+            ("r.io", "x")
+        );
+        labels.insert(LAYER_DIGEST.into(), "sha256:../../x".into());
+        assert_eq!(
+            LayerRef::from_labels(&labels),
+            None,
+            "a digest that is a path"
+        );
+        labels.remove(LAYER_DIGEST);
+        assert_eq!(LayerRef::from_labels(&labels), None);
+    }
+}

@@ -12,6 +12,7 @@ use shoal_p2p::Digest;
 use shoal_p2p::api::{GetRequest, LocalClient, default_data_dir, socket_in};
 use shoal_p2p::cluster::{ClusterConfig, Member, Role, pki};
 use shoal_scheduler::SchedulerConfig;
+use shoal_snapshotter::SnapshotterConfig;
 
 #[derive(Parser)]
 #[command(
@@ -98,7 +99,7 @@ pub struct IssueArgs {
 impl CaArgs {
     /// The CA's certificate and key files.
     pub fn paths(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
-        let (daemon, proxy) = read_configs(self.config.as_deref())?;
+        let (daemon, proxy, _) = read_configs(self.config.as_deref())?;
         let data_dir = self.data_dir.clone().unwrap_or(daemon.data_dir);
         let (cert, key) = shoal_mirror::default_ca_paths(&data_dir);
         Ok((
@@ -152,10 +153,12 @@ impl CaArgs {
     }
 }
 
-/// The daemon config file's two parts (defaults without a file).
-fn read_configs(path: Option<&std::path::Path>) -> anyhow::Result<(DaemonConfig, ProxyConfig)> {
+/// The daemon config file's three parts (defaults without a file).
+fn read_configs(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<(DaemonConfig, ProxyConfig, SnapshotterConfig)> {
     let Some(path) = path else {
-        return Ok((DaemonConfig::default(), ProxyConfig::default()));
+        return Ok(Default::default());
     };
     let text =
         std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
@@ -163,7 +166,9 @@ fn read_configs(path: Option<&std::path::Path>) -> anyhow::Result<(DaemonConfig,
         DaemonConfig::from_toml(&text).with_context(|| format!("config {}", path.display()))?;
     let proxy = ProxyConfig::from_daemon_toml(&text)
         .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
-    Ok((daemon, proxy))
+    let snapshotter = SnapshotterConfig::from_daemon_toml(&text)
+        .map_err(|e| anyhow::anyhow!("config {}: {e}", path.display()))?;
+    Ok((daemon, proxy, snapshotter))
 }
 
 #[derive(Args)]
@@ -228,9 +233,10 @@ pub struct DaemonArgs {
 
 impl DaemonArgs {
     /// The config file (or defaults) with the command line's overrides, validated; the proxy's
-    /// part is `None` when it is off (always for a `seed`).
-    pub fn config(self, seed: bool) -> anyhow::Result<(DaemonConfig, Option<ProxyConfig>)> {
-        let (mut c, mut proxy) = read_configs(self.config.as_deref())?;
+    /// part is `None` when it is off (always for a `seed`); the snapshotter runs when its table
+    /// says so, else when `snapshotter` (`shoal up`).
+    pub fn config(self, seed: bool, snapshotter: bool) -> anyhow::Result<NodeConfigs> {
+        let (mut c, mut proxy, snapshots) = read_configs(self.config.as_deref())?;
         proxy.listen = self.proxy_listen.unwrap_or(proxy.listen);
         let proxy = (proxy.enabled && !seed).then_some(proxy);
         c.data_dir = self.data_dir.unwrap_or(c.data_dir);
@@ -241,8 +247,32 @@ impl DaemonArgs {
         }
         c.swarm.upload_addr = self.upload_addr.unwrap_or(c.swarm.upload_addr);
         c.swarm.host_id = self.host_id.or(c.swarm.host_id);
-        Ok((c.validate()?, proxy))
+        let c = c.validate()?;
+        // The node's own mirror, dialled on loopback when it listens on every address.
+        let mirror = proxy.as_ref().map(|p| {
+            let ip = match p.listen.ip() {
+                ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+                ip => ip,
+            };
+            format!("http://{}", SocketAddr::new(ip, p.listen.port()))
+        });
+        let snapshotter = match snapshots.enabled.unwrap_or(snapshotter) {
+            true => Some(snapshots.setup(&c.data_dir, mirror.as_deref())?),
+            false => None,
+        };
+        Ok(NodeConfigs {
+            daemon: c,
+            proxy,
+            snapshotter,
+        })
     }
+}
+
+/// What a node process runs: the daemon, the registry mirror, the containerd snapshotter.
+pub struct NodeConfigs {
+    pub daemon: DaemonConfig,
+    pub proxy: Option<ProxyConfig>,
+    pub snapshotter: Option<shoal_snapshotter::Setup>,
 }
 
 #[derive(Args)]
@@ -294,47 +324,20 @@ pub struct SnapshotterArgs {
     pub docker_config: Option<PathBuf>,
 }
 
-/// What `shoal snapshotter` runs.
-pub struct SnapshotterSetup {
-    pub root: PathBuf,
-    pub socket: PathBuf,
-    pub remote: Option<shoal_snapshotter::Remote>,
-}
-
 impl SnapshotterArgs {
-    pub fn setup(&self) -> anyhow::Result<SnapshotterSetup> {
+    pub fn setup(&self) -> anyhow::Result<shoal_snapshotter::Setup> {
         let data_dir = self
             .data_dir
             .clone()
             .unwrap_or_else(shoal_p2p::api::default_data_dir);
-        let remote = match self.mirror.as_str() {
-            "none" => None,
-            url => {
-                let mirror = url
-                    .parse()
-                    .with_context(|| format!("--mirror {url:?} is not a URL"))?;
-                let docker_config = self.docker_config.clone().or_else(|| {
-                    let dir = std::env::var_os("DOCKER_CONFIG")
-                        .map(PathBuf::from)
-                        .or_else(|| {
-                            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker"))
-                        })?;
-                    Some(dir.join("config.json"))
-                });
-                Some(shoal_snapshotter::Remote::new(mirror, docker_config)?)
-            }
+        let config = shoal_snapshotter::SnapshotterConfig {
+            enabled: Some(true),
+            root: self.root.clone(),
+            socket: self.socket.clone(),
+            mirror: Some(self.mirror.clone()),
+            docker_config: self.docker_config.clone(),
         };
-        Ok(SnapshotterSetup {
-            root: self
-                .root
-                .clone()
-                .unwrap_or_else(|| data_dir.join("snapshotter")),
-            socket: self
-                .socket
-                .clone()
-                .unwrap_or_else(|| data_dir.join("snapshotter.sock")),
-            remote,
-        })
+        Ok(config.setup(&data_dir, None)?)
     }
 }
 
@@ -350,18 +353,18 @@ pub struct UpArgs {
 impl UpArgs {
     /// The embedded scheduler's config, and the one daemon's (it uses the local scheduler unless
     /// told otherwise, and serves the mirror; `up` makes it the seed too).
-    pub fn configs(self) -> anyhow::Result<(SchedulerConfig, (DaemonConfig, Option<ProxyConfig>))> {
+    pub fn configs(self) -> anyhow::Result<(SchedulerConfig, NodeConfigs)> {
         let mut daemon = self.daemon;
         if daemon.schedulers.is_empty() {
             daemon.schedulers = vec![format!("http://127.0.0.1:{}", self.scheduler_listen.port())];
         }
-        let (daemon, proxy) = daemon.config(false)?;
+        let node = daemon.config(false, true)?;
         let scheduler = SchedulerConfig {
             listen: self.scheduler_listen,
-            cluster: up_cluster(&daemon)?,
+            cluster: up_cluster(&node.daemon)?,
             ..Default::default()
         };
-        Ok((scheduler, (daemon, proxy)))
+        Ok((scheduler, node))
     }
 }
 

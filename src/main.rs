@@ -41,12 +41,12 @@ fn main() -> ExitCode {
             Command::Up(args) => {
                 let (scheduler, node) = args.configs()?;
                 process.scheduler = Some(scheduler);
-                process.node = Some(node);
+                process.node_from(node);
                 process.seed = Some(Arc::new(shoal_seed::Seed));
             }
-            Command::Daemon(args) => process.node = Some(args.config(false)?),
+            Command::Daemon(args) => process.node_from(args.config(false, false)?),
             Command::Seed(args) => {
-                process.node = Some(args.config(true)?);
+                process.node_from(args.config(true, false)?);
                 process.seed = Some(Arc::new(shoal_seed::Seed));
             }
             Command::Scheduler(args) => {
@@ -78,12 +78,17 @@ struct Process {
     /// Makes the node a seed.
     seed: Option<Arc<dyn JobHandler>>,
     /// The containerd snapshotter.
-    snapshotter: Option<cli::SnapshotterSetup>,
+    snapshotter: Option<shoal_snapshotter::Setup>,
     /// The metrics address when there is no node (whose config names it).
     metrics_addr: Option<SocketAddr>,
 }
 
 impl Process {
+    fn node_from(&mut self, node: cli::NodeConfigs) {
+        self.node = Some((node.daemon, node.proxy));
+        self.snapshotter = node.snapshotter;
+    }
+
     /// Runs every service until the first one ends (error or shutdown), then stops the rest.
     async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut registry = Registry::default();
@@ -97,28 +102,11 @@ impl Process {
             let stop = stop();
             tasks.spawn(async move { scheduler.serve(listener, stop).await.context("scheduler") });
         }
-        if let Some(cli::SnapshotterSetup {
-            root,
-            socket,
-            remote,
-        }) = self.snapshotter
-        {
-            let snapshotter = shoal_snapshotter::Snapshotter::open(&root)
-                .with_context(|| format!("snapshots in {}", root.display()))?;
-            let listener = shoal_snapshotter::bind(&socket)
-                .with_context(|| format!("bind snapshotter socket {}", socket.display()))?;
-            tracing::info!(socket = %socket.display(), root = %root.display(), "snapshotter ready");
-            let stop = stop();
-            tasks.spawn(async move {
-                shoal_snapshotter::serve(snapshotter, remote, listener, stop)
-                    .await
-                    .context("snapshotter")
-            });
-        }
         let metrics_addr = match &self.node {
             Some((d, _)) => d.metrics_addr,
             None => self.metrics_addr.context("no metrics address")?,
         };
+        let mut mirror_port = None;
         if let Some((config, proxy)) = self.node {
             let (data_dir, limits) = (config.data_dir.clone(), config.limits);
             let daemon = Daemon::build(config, self.seed, &mut registry).await?;
@@ -133,6 +121,7 @@ impl Process {
                     &mut registry,
                 )?;
                 let listener = proxy.bind().await?;
+                mirror_port = Some(listener.local_addr()?.port());
                 let stop = stop();
                 tasks.spawn(async move {
                     proxy.serve(listener, stop).await;
@@ -142,6 +131,30 @@ impl Process {
             let socket = daemon.bind_socket().await?;
             let stop = stop();
             tasks.spawn(async move { daemon.serve(socket, stop).await.context("daemon") });
+        }
+        if let Some(shoal_snapshotter::Setup {
+            root,
+            socket,
+            mut remote,
+        }) = self.snapshotter
+        {
+            // The node's mirror, configured on port 0, is on the port it was given.
+            if let (Some(r), Some(port)) = (remote.as_mut(), mirror_port)
+                && r.mirror.port() == Some(0)
+            {
+                let _ = r.mirror.set_port(Some(port));
+            }
+            let snapshotter = shoal_snapshotter::Snapshotter::open(&root)
+                .with_context(|| format!("snapshots in {}", root.display()))?;
+            let listener = shoal_snapshotter::bind(&socket)
+                .with_context(|| format!("bind snapshotter socket {}", socket.display()))?;
+            tracing::info!(socket = %socket.display(), root = %root.display(), "snapshotter ready");
+            let stop = stop();
+            tasks.spawn(async move {
+                shoal_snapshotter::serve(snapshotter, remote, listener, stop)
+                    .await
+                    .context("snapshotter")
+            });
         }
         let metrics = tokio::net::TcpListener::bind(metrics_addr)
             .await

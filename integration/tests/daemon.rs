@@ -125,6 +125,12 @@ async fn shoal_up_counts_each_byte_once_by_source() {
     .await;
     // With zero set-up it made its own cluster (keys readable by its user only), and its
     // node attached to its scheduler over mutual TLS as the seed.
+    // It runs the containerd snapshotter too.
+    let snapshots = data_dir.join("snapshotter.sock");
+    wait_until(Duration::from_secs(20), "snapshotter socket", || {
+        std::os::unix::net::UnixStream::connect(&snapshots).is_ok()
+    })
+    .await;
     let cluster = data_dir.join("cluster");
     for key in ["ca.key", "host.key"] {
         let mode = std::fs::metadata(cluster.join(key)).unwrap().permissions();

@@ -66,12 +66,15 @@ impl DaemonConfig {
         Self::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
-    /// Parses a daemon config file. Its `[proxy]` table belongs to the registry mirror
-    /// (`shoal-mirror`), which reads the same file; it is skipped here.
+    /// Parses a daemon config file. Its `[proxy]` and `[snapshotter]` tables belong to the
+    /// registry mirror and the snapshotter, which read the same file; they are skipped here.
     pub fn from_toml(text: &str) -> Result<Self> {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| Error::Config(e.to_string()))?;
+        // The mirror's and the snapshotter's tables are theirs (`shoal-mirror`,
+        // `shoal-snapshotter`), read from the same file.
         table.remove("proxy");
+        table.remove("snapshotter");
         let config: DaemonConfig = table
             .try_into()
             .map_err(|e: toml::de::Error| Error::Config(e.to_string()))?;

@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+mod config;
 mod error;
 mod extract;
 mod filter;
@@ -23,6 +24,7 @@ pub mod remote;
 mod service;
 mod snapshots;
 
+pub use config::{Setup, SnapshotterConfig};
 pub use error::{Error, Result};
 pub use remote::Remote;
 pub use snapshots::{Kind, Mount, Snapshot, Snapshotter, Usage};

@@ -8,7 +8,7 @@
 //! Whatever fails (no mirror, a registry that wants credentials the snapshotter lacks, a layer
 //! with device nodes) leaves that one layer to containerd's own path, with a log line.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -104,10 +104,13 @@ pub struct Remote {
     http: reqwest::Client,
     /// Layers already started in the node (by digest).
     started: Mutex<HashSet<String>>,
+    /// One unpack per target at a time: a second prepare of a layer waits for the first.
+    unpacking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Remote {
     pub fn new(mirror: url::Url, docker_config: Option<PathBuf>) -> Result<Remote> {
+        shoal_p2p::install_crypto_provider();
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(std::time::Duration::from_secs(3))
@@ -119,6 +122,7 @@ impl Remote {
             docker_config,
             http,
             started: Mutex::default(),
+            unpacking: Mutex::default(),
         })
     }
 
@@ -133,11 +137,28 @@ impl Remote {
         let Some(layer) = LayerRef::from_labels(labels) else {
             return Ok(false);
         };
-        if snapshotter.stat(&layer.target).is_ok() {
-            return Err(Error::AlreadyExists(layer.target));
+        let lock = self
+            .unpacking
+            .lock()
+            .expect("unpacking lock")
+            .entry(layer.target.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _one_at_a_time = lock.lock().await;
+            if snapshotter.stat(&layer.target).is_ok() {
+                return Err(Error::AlreadyExists(layer.target));
+            }
+            self.start_others(&layer);
+            self.pull(snapshotter, &layer, parent, labels).await
+        };
+        {
+            let mut unpacking = self.unpacking.lock().expect("unpacking lock");
+            if Arc::strong_count(&lock) == 2 {
+                unpacking.remove(&layer.target);
+            }
         }
-        self.start_others(&layer);
-        match self.pull(snapshotter, &layer, parent, labels).await {
+        match result {
             Ok(()) => Err(Error::AlreadyExists(layer.target)),
             Err(Error::AlreadyExists(_)) => Err(Error::AlreadyExists(layer.target)),
             Err(e) => {
@@ -208,10 +229,9 @@ impl Remote {
         let s = snapshotter.clone();
         let (k, p) = (key.clone(), parent.to_owned());
         let dir = blocking(move || {
-            // Left by a crash mid-unpack, or by another prepare of the same layer now: the
-            // second one waits for containerd's retry.
+            // Left by a crash mid-unpack (no other unpack of this layer runs now).
             if s.stat(&k).is_ok() {
-                return Err(Error::AlreadyExists(k));
+                s.remove(&k)?;
             }
             s.prepare(&k, &p, BTreeMap::new())?;
             Ok(s.fs_dir(s.stat(&k)?.id))

@@ -38,6 +38,10 @@ pub enum Command {
     /// The containerd snapshotter (`proxy_plugins`, `type = "snapshot"`): containerd's
     /// Snapshots service on a unix socket.
     Snapshotter(SnapshotterArgs),
+    /// Wires a container runtime on this host to the local node: containerd (the snapshotter,
+    /// CRI's settings, a catch-all mirror), docker (`registry-mirrors`), podman / CRI-O
+    /// (`registries.conf`). Shows the change, backs the file up, changes nothing twice.
+    Install(InstallArgs),
     /// Download a URL through the local daemon (or standalone when none runs).
     Get(GetArgs),
     /// The local daemon: its schedulers, its tasks, the bytes it got from origin / peers / cache.
@@ -296,6 +300,80 @@ impl SchedulerArgs {
         };
         c.listen = self.listen.unwrap_or(c.listen);
         Ok(c)
+    }
+}
+
+#[derive(Args)]
+pub struct InstallArgs {
+    /// `containerd`, `docker` or `podman` (CRI-O reads the same `registries.conf`).
+    pub runtime: InstallRuntime,
+    /// The runtime's config file (default `/etc/containerd/config.toml`,
+    /// `/etc/docker/daemon.json`, `/etc/containers/registries.conf`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The node to wire to: its snapshotter socket is `<data_dir>/snapshotter.sock`.
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The node's registry mirror.
+    #[arg(long, default_value = "http://127.0.0.1:4001")]
+    pub mirror: String,
+    /// Restore what the files held before (their backups).
+    #[arg(long)]
+    pub uninstall: bool,
+    /// Show the change; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum InstallRuntime {
+    Containerd,
+    Docker,
+    Podman,
+}
+
+impl InstallArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        use shoal_snapshotter::install::{self, Install, Runtime};
+        let (runtime, default_config) = match self.runtime {
+            InstallRuntime::Containerd => (Runtime::Containerd, "/etc/containerd/config.toml"),
+            InstallRuntime::Docker => (Runtime::Docker, "/etc/docker/daemon.json"),
+            InstallRuntime::Podman => (Runtime::Podman, "/etc/containers/registries.conf"),
+        };
+        let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
+        let wire = Install {
+            runtime,
+            config: self.config.unwrap_or_else(|| default_config.into()),
+            mirror: self.mirror,
+            socket: data_dir.join("snapshotter.sock"),
+        };
+        let changes = install::plan(&wire, self.uninstall)?;
+        if changes.is_empty() {
+            println!("{}: nothing to change", wire.config.display());
+            return Ok(());
+        }
+        for c in &changes {
+            print!("{}", c.diff());
+        }
+        if self.dry_run {
+            return Ok(());
+        }
+        install::apply(&changes, self.uninstall)?;
+        println!(
+            "{} {} file(s); restart the runtime to use them{}",
+            if self.uninstall {
+                "Restored"
+            } else {
+                "Changed"
+            },
+            changes.len(),
+            if self.uninstall {
+                ""
+            } else {
+                " (`--uninstall` restores the backups)"
+            }
+        );
+        Ok(())
     }
 }
 

@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,
-        Command::Get(_) | Command::Status(_) | Command::Ca(_)
+        Command::Get(_) | Command::Status(_) | Command::Ca(_) | Command::Install(_)
     );
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
@@ -58,6 +58,7 @@ fn main() -> ExitCode {
                 process.metrics_addr = Some(args.metrics_addr);
             }
             Command::Ca(args) => return args.run().map(|()| ExitCode::SUCCESS),
+            Command::Install(args) => return args.run().map(|()| ExitCode::SUCCESS),
             Command::Get(args) => return Ok(shoal_node::get::run(args.options()?).await.into()),
             Command::Status(args) => return args.run().await.map(|()| ExitCode::SUCCESS),
         }

@@ -35,22 +35,37 @@ impl Containerd {
 
     fn spawn_with(dir: &Path, extra: &str) -> anyhow::Result<Containerd> {
         std::fs::create_dir_all(dir)?;
-        let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = {:?}\nstate = {:?}\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = {:?}\n{extra}",
-                dir.join("root"),
-                dir.join("state"),
-                socket
-            ),
-        )?;
+        std::fs::write(&config, Containerd::config(dir) + extra)?;
+        Containerd::spawn_config(dir, &config)
+    }
+
+    /// The config [`start`](Self::start) writes: root, state and socket under `dir`, CRI off.
+    pub fn config(dir: &Path) -> String {
+        format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = {:?}\n",
+            dir.join("root"),
+            dir.join("state"),
+            dir.join("containerd.sock"),
+        )
+    }
+
+    /// containerd with the config file `config` (made from [`config`](Self::config) of `dir`).
+    pub async fn start_config(dir: &Path, config: &Path) -> Containerd {
+        let (dir, config) = (dir.to_owned(), config.to_owned());
+        tokio::task::spawn_blocking(move || Containerd::spawn_config(&dir, &config))
+            .await
+            .expect("join")
+            .expect("containerd starts")
+    }
+
+    fn spawn_config(dir: &Path, config: &Path) -> anyhow::Result<Containerd> {
+        let socket = dir.join("containerd.sock");
         let mut cmd = Command::new("containerd");
         cmd.arg("--config")
-            .arg(&config)
+            .arg(config)
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(dir.join("containerd.log"))?);
         let child = ChildGuard::spawn(cmd);

@@ -389,3 +389,111 @@ async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetch
     let log = std::fs::read_to_string(dir.path().join("snapshotter.log")).unwrap();
     assert!(log.contains("containerd fetches it itself"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shoal_install_wires_containerd_to_the_node_once_and_uninstall_restores_it() {
+    use shoal_integration::cluster::Cluster;
+    let dir = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
+        .await
+        .unwrap();
+    let image = image_with_cat(dir.path());
+    image
+        .push(&registry.url(), "test/cat", "v1", None)
+        .await
+        .unwrap();
+    let host = registry.url().trim_start_matches("http://").to_owned();
+    let reference = format!("{host}/test/cat:v1");
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry(&host, &registry.url())
+        .start()
+        .await;
+    let mirror = format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port);
+
+    let ctd_dir = dir.path().join("containerd");
+    std::fs::create_dir_all(&ctd_dir).unwrap();
+    let config = ctd_dir.join("config.toml");
+    let original = Containerd::config(&ctd_dir);
+    std::fs::write(&config, &original).unwrap();
+    let node_dir = dir.path().join("node");
+    let install = |extra: &[&str]| {
+        let mut cmd = shoal();
+        cmd.args(["install", "containerd", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&node_dir)
+            .args(["--mirror", &mirror])
+            .args(extra);
+        cmd
+    };
+    let out = shoal_integration::process::run(install(&["--dry-run"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        original,
+        "a dry run writes nothing"
+    );
+    let out = shoal_integration::process::run(install(&[])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("+[proxy_plugins.shoal]"),
+        "{}",
+        text(&out)
+    );
+    let again = shoal_integration::process::run(install(&[])).await;
+    assert!(
+        text(&again).contains("nothing to change"),
+        "{}",
+        text(&again)
+    );
+
+    // containerd, started with the written config, pulls through the node's mirror onto the
+    // shoal snapshotter, and runs the image.
+    let socket = node_dir.join("snapshotter.sock");
+    let _snapshotter = snapshotter(
+        &node_dir.join("snapshotter"),
+        &socket,
+        &dir.path().join("s.log"),
+    );
+    wait_until(Duration::from_secs(20), "snapshotter socket", || {
+        socket.exists()
+    })
+    .await;
+    let ctd = Containerd::start_config(&ctd_dir, &config).await;
+    let hosts_dir = ctd_dir.join("certs.d");
+    let pull = ctd
+        .run(&[
+            "images",
+            "pull",
+            "--hosts-dir",
+            hosts_dir.to_str().unwrap(),
+            "--snapshotter",
+            "shoal",
+            &reference,
+        ])
+        .await;
+    assert!(pull.status.success(), "pull: {}", text(&pull));
+    let out = run(&ctd, &reference, "c1", &["/bin/cat", "/hello.txt"]).await;
+    assert!(out.status.success(), "run: {}", text(&out));
+    let node = &cluster.daemons[0];
+    let mut through_node = 0;
+    for source in ["origin", "seed", "peer"] {
+        through_node += node
+            .metric(&format!(
+                "shoal_download_bytes_total{{source=\"{source}\"}}"
+            ))
+            .await;
+    }
+    let layers: usize = image.layers.iter().map(|l| l.len()).sum();
+    assert!(
+        through_node >= layers as u64,
+        "{through_node} bytes through the node"
+    );
+    drop(ctd);
+
+    let out = shoal_integration::process::run(install(&["--uninstall"])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+    assert!(!hosts_dir.join("_default/hosts.toml").exists());
+}

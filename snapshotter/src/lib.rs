@@ -20,6 +20,7 @@ mod config;
 mod error;
 mod extract;
 mod filter;
+pub mod install;
 pub mod remote;
 mod service;
 mod snapshots;

@@ -14,7 +14,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .compile_with_config(
             config,
-            &["proto/containerd/services/snapshots/v1/snapshots.proto"],
+            &[
+                "proto/containerd/services/snapshots/v1/snapshots.proto",
+                "proto/containerd/services/content/v1/content.proto",
+                "proto/containerd/services/images/v1/images.proto",
+                "proto/containerd/services/leases/v1/leases.proto",
+            ],
             &["proto", include],
         )?;
     println!("cargo:rerun-if-changed=proto");

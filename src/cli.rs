@@ -42,6 +42,9 @@ pub enum Command {
     /// CRI's settings, a catch-all mirror), docker (`registry-mirrors`), podman / CRI-O
     /// (`registries.conf`). Shows the change, backs the file up, changes nothing twice.
     Install(InstallArgs),
+    /// Pulls an image into containerd through the shoal snapshotter: its layers come from the
+    /// swarm, unpacked while they stream (as `ctr-remote rpull`).
+    Pull(PullArgs),
     /// Download a URL through the local daemon (or standalone when none runs).
     Get(GetArgs),
     /// The local daemon: its schedulers, its tasks, the bytes it got from origin / peers / cache.
@@ -300,6 +303,127 @@ impl SchedulerArgs {
         };
         c.listen = self.listen.unwrap_or(c.listen);
         Ok(c)
+    }
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// The image: `registry.example/team/app:v1`, `alpine` (Docker Hub), `…@sha256:…`.
+    pub image: String,
+    /// containerd's socket (as `ctr --address`).
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub address: PathBuf,
+    /// containerd's namespace (`k8s.io` for Kubernetes' images).
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// `os/architecture[/variant]`; default this machine's.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// `user:password` for the registry (else Docker's config file, else anonymous).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The snapshotter containerd knows Shoal's by (`proxy_plugins.<name>`).
+    #[arg(long, default_value = "shoal")]
+    pub snapshotter: String,
+    /// The local node (its mirror serves the image; its status counts the bytes).
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The node's registry mirror.
+    #[arg(long, default_value = "http://127.0.0.1:4001")]
+    pub mirror: String,
+}
+
+impl PullArgs {
+    pub async fn run(self) -> anyhow::Result<()> {
+        use shoal_snapshotter::pull;
+        let platform = match &self.platform {
+            Some(p) => p.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+            None => {
+                let arch = match std::env::consts::ARCH {
+                    "x86_64" => "amd64",
+                    "aarch64" => "arm64",
+                    other => other,
+                };
+                format!("linux/{arch}")
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!(e))?
+            }
+        };
+        let host = pull::registry_of(&self.image)
+            .with_context(|| format!("{:?} is not an image reference", self.image))?;
+        let credentials = match &self.user {
+            Some(u) => {
+                let (user, password) = u.split_once(':').context("--user is user:password")?;
+                shoal_seed::registry::Credentials::Basic {
+                    user: user.into(),
+                    password: password.into(),
+                }
+            }
+            None => std::env::var_os("DOCKER_CONFIG")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+                .and_then(|dir| pull::docker_credentials(&dir.join("config.json"), &host))
+                .unwrap_or_default(),
+        };
+        let node = LocalClient::new(socket_in(
+            &self.data_dir.clone().unwrap_or_else(default_data_dir),
+        ));
+        let before = node.status().await.ok();
+        let started = std::time::Instant::now();
+        let p = pull::Pull {
+            address: self.address,
+            namespace: self.namespace,
+            reference: self.image,
+            platform,
+            credentials,
+            snapshotter: self.snapshotter,
+            mirror: self.mirror.parse().context("--mirror")?,
+        };
+        let pulled = pull::pull(&p, |l| {
+            println!(
+                "{}  {:>10} bytes  {:6.2} s  {}",
+                l.digest,
+                l.size,
+                l.seconds,
+                if l.by_snapshotter {
+                    "from the swarm"
+                } else {
+                    "unpacked here"
+                }
+            );
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+        println!(
+            "{} ({}): {} layers in {:.2} s",
+            pulled.name,
+            pulled.digest,
+            pulled.layers.len(),
+            started.elapsed().as_secs_f64()
+        );
+        if let (Some(before), Ok(after)) = (before, node.status().await) {
+            let by_source: Vec<String> = after
+                .downloaded
+                .iter()
+                .map(|(s, n)| {
+                    (
+                        s,
+                        n - before.downloaded.get(s).copied().unwrap_or(0).min(*n),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
+                .map(|(s, n)| format!("{s} {n}"))
+                .collect();
+            println!(
+                "bytes by source: {}",
+                if by_source.is_empty() {
+                    "none".into()
+                } else {
+                    by_source.join(", ")
+                }
+            );
+        }
+        Ok(())
     }
 }
 

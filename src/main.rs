@@ -22,7 +22,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let quiet = matches!(
         cli.command,
-        Command::Get(_) | Command::Status(_) | Command::Ca(_) | Command::Install(_)
+        Command::Get(_)
+            | Command::Status(_)
+            | Command::Ca(_)
+            | Command::Install(_)
+            | Command::Pull(_)
     );
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
             }
             Command::Ca(args) => return args.run().map(|()| ExitCode::SUCCESS),
             Command::Install(args) => return args.run().map(|()| ExitCode::SUCCESS),
+            Command::Pull(args) => return args.run().await.map(|()| ExitCode::SUCCESS),
             Command::Get(args) => return Ok(shoal_node::get::run(args.options()?).await.into()),
             Command::Status(args) => return args.run().await.map(|()| ExitCode::SUCCESS),
         }

@@ -229,52 +229,98 @@ fn cri_prepare(
     req
 }
 
+/// A registry holding the `cat` image, a node whose mirror maps its host, `shoal snapshotter`
+/// reading through that mirror, and containerd with it as `proxy_plugins.shoal`.
+struct Remote {
+    dir: tempfile::TempDir,
+    image: Image,
+    reference: String,
+    cluster: shoal_integration::cluster::Cluster,
+    _registry: TestRegistry,
+    _snapshotter: ChildGuard,
+    ctd: Containerd,
+}
+
+impl Remote {
+    async fn start() -> Remote {
+        use shoal_integration::cluster::Cluster;
+        let dir = tempfile::tempdir().unwrap();
+        let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
+            .await
+            .unwrap();
+        let image = image_with_cat(dir.path());
+        image
+            .push(&registry.url(), "test/cat", "v1", None)
+            .await
+            .unwrap();
+        let host = registry.url().trim_start_matches("http://").to_owned();
+        let reference = format!("{host}/test/cat:v1");
+        let cluster = Cluster::builder()
+            .daemons(1)
+            .registry(&host, &registry.url())
+            .start()
+            .await;
+        let (root, socket) = (
+            dir.path().join("snaps"),
+            dir.path().join("snapshotter.sock"),
+        );
+        let mut cmd = shoal();
+        cmd.arg("snapshotter")
+            .arg("--root")
+            .arg(&root)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--metrics-addr")
+            .arg("127.0.0.1:0")
+            .arg("--mirror")
+            .arg(format!(
+                "http://127.0.0.1:{}",
+                cluster.daemons[0].proxy_port
+            ))
+            .stderr(std::fs::File::create(dir.path().join("snapshotter.log")).unwrap());
+        let snapshotter = ChildGuard::spawn(cmd);
+        wait_until(Duration::from_secs(20), "snapshotter socket", || {
+            socket.exists()
+        })
+        .await;
+        let ctd = Containerd::start_with(
+            &dir.path().join("containerd"),
+            &format!("[proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = {socket:?}\n"),
+        )
+        .await;
+        Remote {
+            dir,
+            image,
+            reference,
+            cluster,
+            _registry: registry,
+            _snapshotter: snapshotter,
+            ctd,
+        }
+    }
+
+    /// Bytes the node got for its clients, from every source but its cache.
+    async fn through_node(&self) -> u64 {
+        let mut total = 0;
+        for source in ["origin", "seed", "peer"] {
+            total += self.cluster.daemons[0]
+                .metric(&format!(
+                    "shoal_download_bytes_total{{source=\"{source}\"}}"
+                ))
+                .await;
+        }
+        total
+    }
+
+    fn layer_bytes(&self) -> u64 {
+        self.image.layers.iter().map(|l| l.len() as u64).sum()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetches_nothing() {
-    use shoal_integration::cluster::Cluster;
-    let dir = tempfile::tempdir().unwrap();
-    let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
-        .await
-        .unwrap();
-    let image = image_with_cat(dir.path());
-    image
-        .push(&registry.url(), "test/cat", "v1", None)
-        .await
-        .unwrap();
-    let host = registry.url().trim_start_matches("http://").to_owned();
-    let reference = format!("{host}/test/cat:v1");
-    let cluster = Cluster::builder()
-        .daemons(1)
-        .registry(&host, &registry.url())
-        .start()
-        .await;
-    let node = &cluster.daemons[0];
-
-    let (root, socket) = (
-        dir.path().join("snaps"),
-        dir.path().join("snapshotter.sock"),
-    );
-    let mut cmd = shoal();
-    cmd.arg("snapshotter")
-        .arg("--root")
-        .arg(&root)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--metrics-addr")
-        .arg("127.0.0.1:0")
-        .arg("--mirror")
-        .arg(format!("http://127.0.0.1:{}", node.proxy_port))
-        .stderr(std::fs::File::create(dir.path().join("snapshotter.log")).unwrap());
-    let _snapshotter = ChildGuard::spawn(cmd);
-    wait_until(Duration::from_secs(20), "snapshotter socket", || {
-        socket.exists()
-    })
-    .await;
-    let ctd = Containerd::start_with(
-        &dir.path().join("containerd"),
-        &format!("[proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = {socket:?}\n"),
-    )
-    .await;
+    let remote = Remote::start().await;
+    let (dir, image, reference, ctd) = (&remote.dir, &remote.image, &remote.reference, &remote.ctd);
 
     // Uncompressed layers: the diff ids are the digests.
     let digests: Vec<String> = image
@@ -294,7 +340,7 @@ async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetch
             parent,
             chain,
             &digests[i],
-            &reference,
+            reference,
             &digests,
         );
         let status = client
@@ -359,16 +405,7 @@ async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetch
     assert!(!gone, "a whited-out file shows");
     assert!(cat_runs);
     // Every byte came through the node (from the registry, once): containerd fetched nothing.
-    let total: usize = image.layers.iter().map(|l| l.len()).sum();
-    let mut through_node = 0;
-    for source in ["origin", "seed", "peer"] {
-        through_node += node
-            .metric(&format!(
-                "shoal_download_bytes_total{{source=\"{source}\"}}"
-            ))
-            .await;
-    }
-    assert_eq!(through_node, total as u64);
+    assert_eq!(remote.through_node().await, remote.layer_bytes());
 
     // A layer the node cannot serve (a registry nobody runs) is left to containerd: the
     // snapshotter answers with mounts, as the plain path does.
@@ -388,6 +425,68 @@ async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetch
     assert!(!resp.into_inner().mounts.is_empty());
     let log = std::fs::read_to_string(dir.path().join("snapshotter.log")).unwrap();
     assert!(log.contains("containerd fetches it itself"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shoal_pull_makes_a_runnable_image_from_the_swarm() {
+    let remote = Remote::start().await;
+    let node = &remote.cluster.daemons[0];
+    let mut cmd = shoal();
+    cmd.arg("pull")
+        .arg(&remote.reference)
+        .arg("--address")
+        .arg(&remote.ctd.socket)
+        .arg("--mirror")
+        .arg(format!("http://127.0.0.1:{}", node.proxy_port))
+        .arg("--data-dir")
+        .arg(node.data_dir.join("store"));
+    let out = shoal_integration::process::run(cmd).await;
+    assert!(out.status.success(), "shoal pull: {}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(said.matches("from the swarm").count(), 2, "{said}");
+    assert!(said.contains("bytes by source"), "{said}");
+    let images = remote.ctd.run(&["images", "ls", "-q"]).await;
+    assert!(
+        text(&images).contains(&remote.reference),
+        "{}",
+        text(&images)
+    );
+
+    let out = run(
+        &remote.ctd,
+        &remote.reference,
+        "c1",
+        &["/bin/cat", "/hello.txt", "/etc/kept.txt"],
+    )
+    .await;
+    assert!(out.status.success(), "run: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the shoal snapshotter\nkept\n"
+    );
+    let out = run(
+        &remote.ctd,
+        &remote.reference,
+        "c2",
+        &["/bin/cat", "/etc/gone.txt"],
+    )
+    .await;
+    assert!(!out.status.success(), "a whited-out file was read");
+    // containerd fetched no layer: every byte (layers and config) came through the node.
+    let blobs = remote.layer_bytes() + remote.image.config.len() as u64;
+    assert_eq!(remote.through_node().await, blobs);
+    // Pulling again changes nothing and fetches nothing.
+    let mut again = shoal();
+    again
+        .arg("pull")
+        .arg(&remote.reference)
+        .arg("--address")
+        .arg(&remote.ctd.socket)
+        .arg("--mirror")
+        .arg(format!("http://127.0.0.1:{}", node.proxy_port));
+    let out = shoal_integration::process::run(again).await;
+    assert!(out.status.success(), "again: {}", text(&out));
+    assert_eq!(remote.through_node().await, blobs);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -42,6 +42,14 @@ application/vnd.docker.distribution.manifest.v2+json";
 /// Manifests larger than this are refused (distribution's own limit is 4 MiB).
 const MAX_MANIFEST: usize = 4 << 20;
 
+/// A manifest as the registry served it.
+#[derive(Clone, Debug)]
+pub struct Served {
+    pub digest: Digest,
+    pub media_type: String,
+    pub body: bytes::Bytes,
+}
+
 /// One registry, with one identity.
 pub struct Registry {
     base: Url,
@@ -71,14 +79,15 @@ impl Registry {
         platforms: &[Platform],
     ) -> Result<Image> {
         check_reference(repository, reference)?;
-        let (digest, top) = self.manifest(repository, reference, None).await?;
+        let (digest, _, top) = self.manifest(repository, reference, None).await?;
         let manifests = match top {
             manifest::Parsed::Manifest(m) => vec![m],
             manifest::Parsed::Index(entries) => {
                 let mut out = Vec::new();
                 for entry in entries.iter().filter(|e| e.wanted(platforms)) {
                     let name = entry.digest.to_string();
-                    let (_, parsed) = self.manifest(repository, &name, Some(entry.digest)).await?;
+                    let (_, _, parsed) =
+                        self.manifest(repository, &name, Some(entry.digest)).await?;
                     match parsed {
                         manifest::Parsed::Manifest(mut m) => {
                             m.platform = entry.platform.clone();
@@ -102,13 +111,86 @@ impl Registry {
         Ok(Image { digest, manifests })
     }
 
-    /// Fetches and checks one manifest or index.
+    /// The manifest of `platform` that `repository:reference` names (through its index when it
+    /// names one), with the bytes the registry served, checked against their digest.
+    pub async fn platform_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<(Served, Manifest)> {
+        check_reference(repository, reference)?;
+        let mut next = (reference.to_owned(), None);
+        for _ in 0..2 {
+            let (digest, body, parsed) = self.manifest(repository, &next.0, next.1).await?;
+            match parsed {
+                manifest::Parsed::Manifest(m) => {
+                    let media_type = match m.media_type.as_str() {
+                        "" => "application/vnd.oci.image.manifest.v1+json".to_owned(),
+                        t => t.to_owned(),
+                    };
+                    let served = Served {
+                        digest,
+                        media_type,
+                        body: body.into(),
+                    };
+                    return Ok((served, m));
+                }
+                manifest::Parsed::Index(entries) => {
+                    let platforms = std::slice::from_ref(platform);
+                    let entry = entries
+                        .iter()
+                        .find(|e| e.wanted(platforms))
+                        .ok_or_else(|| Error::Manifest {
+                            url: shoal_p2p::origin::display_url(&self.url(
+                                repository,
+                                "manifests",
+                                &next.0,
+                            )),
+                            detail: format!("no manifest for {platform}"),
+                        })?;
+                    next = (entry.digest.to_string(), Some(entry.digest));
+                }
+            }
+        }
+        Err(Error::Manifest {
+            url: shoal_p2p::origin::display_url(&self.url(repository, "manifests", reference)),
+            detail: "an index inside an index".into(),
+        })
+    }
+
+    /// A blob, as the registry streams it (the caller checks it against its digest).
+    pub async fn blob(&self, repository: &str, digest: Digest) -> Result<reqwest::Response> {
+        check_reference(repository, &digest.to_string())?;
+        self.get(
+            &self.url(repository, "blobs", &digest.to_string()),
+            repository,
+        )
+        .await
+    }
+
+    /// A small blob (an image's config), checked against its digest.
+    pub async fn small_blob(&self, repository: &str, digest: Digest) -> Result<bytes::Bytes> {
+        let url = self.url(repository, "blobs", &digest.to_string());
+        let body = read_limited(self.get(&url, repository).await?, &url).await?;
+        let actual = Digest::of(Algorithm::Sha256, &body);
+        if actual != digest {
+            return Err(Error::DigestMismatch {
+                url: shoal_p2p::origin::display_url(&url),
+                expected: digest,
+                actual,
+            });
+        }
+        Ok(body.into())
+    }
+
+    /// Fetches and checks one manifest or index; its digest, bytes and what they hold.
     async fn manifest(
         &self,
         repository: &str,
         reference: &str,
         expected: Option<Digest>,
-    ) -> Result<(Digest, manifest::Parsed)> {
+    ) -> Result<(Digest, Vec<u8>, manifest::Parsed)> {
         let url = self.url(repository, "manifests", reference);
         let expected = expected.or_else(|| reference.parse().ok());
         let resp = self.get(&url, repository).await?;
@@ -132,14 +214,15 @@ impl Registry {
             url: shoal_p2p::origin::display_url(&url),
             detail,
         })?;
-        Ok((actual, parsed))
+        Ok((actual, body, parsed))
     }
 
     fn url(&self, repository: &str, kind: &str, reference: &str) -> Url {
         let mut url = self.base.clone();
         let prefix = self.base.path().trim_end_matches('/');
         url.set_path(&format!("{prefix}/v2/{repository}/{kind}/{reference}"));
-        url.set_query(None);
+        // A mirror's base names the registry in its query (`?ns=`): kept.
+        url.set_query(self.base.query());
         url
     }
 

@@ -21,6 +21,7 @@ mod error;
 mod extract;
 mod filter;
 pub mod install;
+pub mod pull;
 pub mod remote;
 mod service;
 mod snapshots;
@@ -44,8 +45,26 @@ pub mod proto {
                     tonic::include_proto!("containerd.services.snapshots.v1");
                 }
             }
+            pub mod content {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.content.v1");
+                }
+            }
+            pub mod images {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.images.v1");
+                }
+            }
+            pub mod leases {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.leases.v1");
+                }
+            }
         }
     }
+    pub use containerd::services::content::v1 as content;
+    pub use containerd::services::images::v1 as images;
+    pub use containerd::services::leases::v1 as leases;
     pub use containerd::services::snapshots::v1 as snapshots;
     pub use containerd::types;
 }

@@ -67,7 +67,7 @@ fn valid_digest(digest: &str) -> bool {
 
 /// `registry.example:5000/team/app:v1@sha256:…` → (`registry.example:5000`, `team/app`);
 /// a name without a registry is Docker Hub's (`library/` for one component).
-fn split_reference(reference: &str) -> Option<(String, String)> {
+pub(crate) fn split_reference(reference: &str) -> Option<(String, String)> {
     let name = reference.split('@').next()?;
     let name = match name.rfind(':') {
         Some(i) if !name[i..].contains('/') => &name[..i],
@@ -254,7 +254,7 @@ impl Remote {
 
     /// Streams the layer from the mirror into `dir`, checking its digest.
     async fn unpack(&self, layer: &LayerRef, dir: PathBuf) -> Result<()> {
-        let mut resp = self
+        let resp = self
             .request(layer, &layer.digest)
             .send()
             .await
@@ -265,45 +265,54 @@ impl Remote {
                 resp.status()
             )));
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
-        let unpacking = tokio::task::spawn_blocking(move || {
-            crate::extract::unpack(
-                ChannelReader {
-                    rx,
-                    chunk: Bytes::new(),
-                },
-                &dir,
-            )
-        });
-        let mut hash = sha2::Sha256::new();
-        let streamed = async {
-            while let Some(chunk) = resp.chunk().await.map_err(std::io::Error::other)? {
-                hash.update(&chunk);
-                if tx.send(Ok(chunk)).await.is_err() {
-                    break; // the unpacker stopped: its error says why
-                }
-            }
-            Ok::<_, std::io::Error>(())
-        }
-        .await;
-        if let Err(e) = &streamed {
-            let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
-        }
-        drop(tx);
-        let unpacked = unpacking
-            .await
-            .map_err(|e| Error::Remote(format!("unpacking stopped: {e}")))?;
-        streamed.map_err(|e| Error::Remote(format!("reading the layer: {e}")))?;
-        unpacked?;
-        let got = format!("sha256:{}", hex::encode(hash.finalize()));
-        if got != layer.digest {
-            return Err(Error::Remote(format!(
-                "the layer's bytes are {got}, not {}",
-                layer.digest
-            )));
-        }
-        Ok(())
+        unpack_checked(resp, &layer.digest, dir).await
     }
+}
+
+/// Unpacks the layer `resp` streams into `dir` while it arrives; fails unless its bytes are
+/// `digest` (`sha256:…`).
+pub(crate) async fn unpack_checked(
+    mut resp: reqwest::Response,
+    digest: &str,
+    dir: PathBuf,
+) -> Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
+    let unpacking = tokio::task::spawn_blocking(move || {
+        crate::extract::unpack(
+            ChannelReader {
+                rx,
+                chunk: Bytes::new(),
+            },
+            &dir,
+        )
+    });
+    let mut hash = sha2::Sha256::new();
+    let streamed = async {
+        while let Some(chunk) = resp.chunk().await.map_err(std::io::Error::other)? {
+            hash.update(&chunk);
+            if tx.send(Ok(chunk)).await.is_err() {
+                break; // the unpacker stopped: its error says why
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    }
+    .await;
+    if let Err(e) = &streamed {
+        let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+    }
+    drop(tx);
+    let unpacked = unpacking
+        .await
+        .map_err(|e| Error::Remote(format!("unpacking stopped: {e}")))?;
+    streamed.map_err(|e| Error::Remote(format!("reading the layer: {e}")))?;
+    unpacked?;
+    let got = format!("sha256:{}", hex::encode(hash.finalize()));
+    if got != digest {
+        return Err(Error::Remote(format!(
+            "the layer's bytes are {got}, not {digest}"
+        )));
+    }
+    Ok(())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

@@ -74,6 +74,16 @@ impl std::str::FromStr for Platform {
     }
 }
 
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        match &self.variant {
+            Some(v) => write!(f, "/{v}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// An index's entry.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -243,6 +243,11 @@ struct Remote {
 
 impl Remote {
     async fn start() -> Remote {
+        Remote::start_with(true).await
+    }
+
+    /// With `remote` false the snapshotter reads no layer itself (`--mirror none`).
+    async fn start_with(remote: bool) -> Remote {
         use shoal_integration::cluster::Cluster;
         let dir = tempfile::tempdir().unwrap();
         let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
@@ -273,10 +278,10 @@ impl Remote {
             .arg("--metrics-addr")
             .arg("127.0.0.1:0")
             .arg("--mirror")
-            .arg(format!(
-                "http://127.0.0.1:{}",
-                cluster.daemons[0].proxy_port
-            ))
+            .arg(match remote {
+                true => format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port),
+                false => "none".to_owned(),
+            })
             .stderr(std::fs::File::create(dir.path().join("snapshotter.log")).unwrap());
         let snapshotter = ChildGuard::spawn(cmd);
         wait_until(Duration::from_secs(20), "snapshotter socket", || {
@@ -427,9 +432,8 @@ async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetch
     assert!(log.contains("containerd fetches it itself"), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn shoal_pull_makes_a_runnable_image_from_the_swarm() {
-    let remote = Remote::start().await;
+/// `shoal pull` of the `cat` image into `remote`'s containerd.
+async fn shoal_pull(remote: &Remote) -> Output {
     let node = &remote.cluster.daemons[0];
     let mut cmd = shoal();
     cmd.arg("pull")
@@ -440,7 +444,43 @@ async fn shoal_pull_makes_a_runnable_image_from_the_swarm() {
         .arg(format!("http://127.0.0.1:{}", node.proxy_port))
         .arg("--data-dir")
         .arg(node.data_dir.join("store"));
-    let out = shoal_integration::process::run(cmd).await;
+    shoal_integration::process::run(cmd).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layers_the_snapshotter_cannot_read_are_unpacked_by_shoal_pull_itself() {
+    let remote = Remote::start_with(false).await;
+    let out = shoal_pull(&remote).await;
+    assert!(out.status.success(), "shoal pull: {}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(said.matches("unpacked here").count(), 2, "{said}");
+    let out = run(
+        &remote.ctd,
+        &remote.reference,
+        "c1",
+        &["/bin/cat", "/hello.txt"],
+    )
+    .await;
+    assert!(out.status.success(), "run: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the shoal snapshotter\n"
+    );
+    let out = run(
+        &remote.ctd,
+        &remote.reference,
+        "c2",
+        &["/bin/cat", "/etc/gone.txt"],
+    )
+    .await;
+    assert!(!out.status.success(), "a whited-out file was read");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shoal_pull_makes_a_runnable_image_from_the_swarm() {
+    let remote = Remote::start().await;
+    let node = &remote.cluster.daemons[0];
+    let out = shoal_pull(&remote).await;
     assert!(out.status.success(), "shoal pull: {}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(said.matches("from the swarm").count(), 2, "{said}");

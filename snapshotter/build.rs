@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/containerd/services/content/v1/content.proto",
                 "proto/containerd/services/images/v1/images.proto",
                 "proto/containerd/services/leases/v1/leases.proto",
+                "proto/cri/runtime/v1/api.proto",
             ],
             &["proto", include],
         )?;

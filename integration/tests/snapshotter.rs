@@ -636,3 +636,60 @@ async fn shoal_install_wires_containerd_to_the_node_once_and_uninstall_restores_
     assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
     assert!(!hosts_dir.join("_default/hosts.toml").exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kubelet_pull_over_cri_takes_the_remote_path() {
+    use shoal_snapshotter::proto::runtime::v1::image_service_client::ImageServiceClient;
+    use shoal_snapshotter::proto::runtime::v1::{ImageSpec, PullImageRequest};
+    // The snapshotter of `Remote`, and a second containerd with its CRI plugin on, configured
+    // as `shoal install` would: snapshotter `shoal`, snapshot labels on, hosts from certs.d.
+    let remote = Remote::start().await;
+    let host = remote.reference.split('/').next().unwrap().to_owned();
+    let ctd_dir = remote.dir.path().join("cri");
+    let certs = ctd_dir.join("certs.d").join(&host);
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(
+        certs.join("hosts.toml"),
+        format!("server = \"http://{host}\"\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    )
+    .unwrap();
+    let socket = remote.dir.path().join("snapshotter.sock");
+    let config = Containerd::config(&ctd_dir)
+        .replace("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n", "")
+        + &format!(
+            "[proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = {socket:?}\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"shoal\"\n  \
+         disable_snapshot_annotations = false\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {:?}\n",
+            ctd_dir.join("certs.d")
+        );
+    std::fs::write(ctd_dir.join("config.toml"), config).unwrap();
+    let ctd = Containerd::start_config(&ctd_dir, &ctd_dir.join("config.toml")).await;
+
+    let channel = shoal_snapshotter::pull::connect(&ctd.socket).await.unwrap();
+    let mut cri = ImageServiceClient::new(channel);
+    let pulled = cri
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: remote.reference.clone(),
+                annotations: Default::default(),
+            }),
+            auth: None,
+        })
+        .await
+        .unwrap_or_else(|s| panic!("CRI PullImage: {s:?}"));
+    assert!(pulled.into_inner().image_ref.starts_with("sha256:"));
+    // The layers came through the node; the snapshotter committed them from the swarm.
+    assert_eq!(remote.through_node().await, remote.layer_bytes());
+    let log = std::fs::read_to_string(remote.dir.path().join("snapshotter.log")).unwrap();
+    assert!(!log.contains("containerd fetches it itself"), "{log}");
+    // And a container of it runs (in CRI's namespace).
+    let mut args = vec!["-n", "k8s.io", "run", "--rm", "--snapshotter", "shoal"];
+    args.extend([remote.reference.as_str(), "c1", "/bin/cat", "/hello.txt"]);
+    let out = ctd.run(&args).await;
+    assert!(out.status.success(), "run: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the shoal snapshotter\n"
+    );
+}

@@ -62,6 +62,12 @@ pub mod proto {
             }
         }
     }
+    /// Kubernetes' CRI (`runtime.v1`): the image pull.
+    pub mod runtime {
+        pub mod v1 {
+            tonic::include_proto!("runtime.v1");
+        }
+    }
     pub use containerd::services::content::v1 as content;
     pub use containerd::services::images::v1 as images;
     pub use containerd::services::leases::v1 as leases;

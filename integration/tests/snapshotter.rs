@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use shoal_integration::cluster::Cluster;
 use shoal_integration::process::{ChildGuard, shoal, wait_until};
 use shoal_integration::registry::{Access, Image, TestRegistry, tar_dir};
 use shoal_integration::runtimes::Containerd;
@@ -36,7 +37,8 @@ fn image_with_cat(dir: &Path) -> Image {
     Image::of_layers(vec![tar_dir(&base).unwrap(), tar_dir(&top).unwrap()])
 }
 
-fn snapshotter(root: &Path, socket: &Path, log: &Path) -> ChildGuard {
+/// `shoal snapshotter` reading layers through `mirror` (`none`: containerd's path only).
+fn snapshotter(root: &Path, socket: &Path, log: &Path, mirror: &str) -> ChildGuard {
     let mut cmd = shoal();
     cmd.arg("snapshotter")
         .arg("--root")
@@ -45,9 +47,29 @@ fn snapshotter(root: &Path, socket: &Path, log: &Path) -> ChildGuard {
         .arg(socket)
         .arg("--metrics-addr")
         .arg("127.0.0.1:0")
-        .args(["--mirror", "none"])
+        .args(["--mirror", mirror])
         .stderr(std::fs::File::create(log).unwrap());
     ChildGuard::spawn(cmd)
+}
+
+/// A registry holding the `cat` image as `test/cat:v1`, and a cluster of one node whose mirror
+/// maps the registry's host; the image's reference.
+async fn registry_and_node(dir: &Path) -> (TestRegistry, Image, String, Cluster) {
+    let registry = TestRegistry::start(&dir.join("registry"), &Access::Anonymous)
+        .await
+        .unwrap();
+    let image = image_with_cat(dir);
+    image
+        .push(&registry.url(), "test/cat", "v1", None)
+        .await
+        .unwrap();
+    let host = registry.url().trim_start_matches("http://").to_owned();
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry(&host, &registry.url())
+        .start()
+        .await;
+    (registry, image, format!("{host}/test/cat:v1"), cluster)
 }
 
 fn text(out: &Output) -> String {
@@ -76,6 +98,31 @@ async fn run(ctd: &Containerd, image: &str, id: &str, args: &[&str]) -> Output {
     }
 }
 
+/// A container of the `cat` image reads the upper layer's file and the lower layer's kept one,
+/// and not the one the upper layer's whiteout deletes (containers `<id>-1`, `<id>-2`).
+async fn assert_image_runs(ctd: &Containerd, reference: &str, id: &str) {
+    let args = ["/bin/cat", "/hello.txt", "/etc/kept.txt"];
+    let out = run(ctd, reference, &format!("{id}-1"), &args).await;
+    assert!(out.status.success(), "run: {}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from the shoal snapshotter\nkept\n"
+    );
+    let out = run(
+        ctd,
+        reference,
+        &format!("{id}-2"),
+        &["/bin/cat", "/etc/gone.txt"],
+    )
+    .await;
+    assert!(
+        !out.status.success(),
+        "a whited-out file was read: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("No such file"), "{}", text(&out));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ctr_pulls_and_runs_an_image_on_the_shoal_snapshotter() {
     let dir = tempfile::tempdir().unwrap();
@@ -97,7 +144,7 @@ async fn ctr_pulls_and_runs_an_image_on_the_shoal_snapshotter() {
         dir.path().join("snapshotter.sock"),
     );
     let log = dir.path().join("snapshotter.log");
-    let mut child = snapshotter(&root, &socket, &log);
+    let mut child = snapshotter(&root, &socket, &log, "none");
     wait_until(Duration::from_secs(20), "snapshotter socket", || {
         socket.exists()
     })
@@ -129,26 +176,7 @@ async fn ctr_pulls_and_runs_an_image_on_the_shoal_snapshotter() {
         .await;
     assert!(pull.status.success(), "pull: {}", text(&pull));
 
-    let out = run(
-        &ctd,
-        &reference,
-        "c1",
-        &["/bin/cat", "/hello.txt", "/etc/kept.txt"],
-    )
-    .await;
-    assert!(out.status.success(), "run: {}", text(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "hello from the shoal snapshotter\nkept\n"
-    );
-    // The upper layer's whiteout hides the lower layer's file.
-    let out = run(&ctd, &reference, "c2", &["/bin/cat", "/etc/gone.txt"]).await;
-    assert!(
-        !out.status.success(),
-        "a whited-out file was read: {}",
-        text(&out)
-    );
-    assert!(text(&out).contains("No such file"), "{}", text(&out));
+    assert_image_runs(&ctd, &reference, "c").await;
 
     // Both layers are committed snapshots of ours, their files in our root.
     let layers = std::fs::read_dir(root.join("snapshots")).unwrap().count();
@@ -156,7 +184,7 @@ async fn ctr_pulls_and_runs_an_image_on_the_shoal_snapshotter() {
 
     // Restarted, the snapshotter still has every snapshot: the image runs again.
     child.kill9();
-    let mut _child = snapshotter(&root, &socket, &dir.path().join("snapshotter2.log"));
+    let mut _child = snapshotter(&root, &socket, &dir.path().join("snapshotter2.log"), "none");
     let out = run(&ctd, &reference, "c3", &["/bin/cat", "/hello.txt"]).await;
     assert!(out.status.success(), "run after a restart: {}", text(&out));
     assert_eq!(
@@ -170,34 +198,7 @@ async fn snapshots_client(
     socket: &Path,
 ) -> shoal_snapshotter::proto::snapshots::snapshots_client::SnapshotsClient<tonic::transport::Channel>
 {
-    #[derive(Clone)]
-    struct Uds(std::path::PathBuf);
-    impl tower_service::Service<http::Uri> for Uds {
-        type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
-        type Error = std::io::Error;
-        type Future = std::pin::Pin<
-            Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
-        >;
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: http::Uri) -> Self::Future {
-            let path = self.0.clone();
-            Box::pin(async move {
-                Ok(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            })
-        }
-    }
-    let channel = tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(Uds(socket.to_owned()))
-        .await
-        .unwrap();
+    let channel = shoal_snapshotter::pull::connect(socket).await.unwrap();
     shoal_snapshotter::proto::snapshots::snapshots_client::SnapshotsClient::new(channel)
 }
 
@@ -248,42 +249,15 @@ impl Remote {
 
     /// With `remote` false the snapshotter reads no layer itself (`--mirror none`).
     async fn start_with(remote: bool) -> Remote {
-        use shoal_integration::cluster::Cluster;
         let dir = tempfile::tempdir().unwrap();
-        let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
-            .await
-            .unwrap();
-        let image = image_with_cat(dir.path());
-        image
-            .push(&registry.url(), "test/cat", "v1", None)
-            .await
-            .unwrap();
-        let host = registry.url().trim_start_matches("http://").to_owned();
-        let reference = format!("{host}/test/cat:v1");
-        let cluster = Cluster::builder()
-            .daemons(1)
-            .registry(&host, &registry.url())
-            .start()
-            .await;
-        let (root, socket) = (
-            dir.path().join("snaps"),
-            dir.path().join("snapshotter.sock"),
-        );
-        let mut cmd = shoal();
-        cmd.arg("snapshotter")
-            .arg("--root")
-            .arg(&root)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--metrics-addr")
-            .arg("127.0.0.1:0")
-            .arg("--mirror")
-            .arg(match remote {
-                true => format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port),
-                false => "none".to_owned(),
-            })
-            .stderr(std::fs::File::create(dir.path().join("snapshotter.log")).unwrap());
-        let snapshotter = ChildGuard::spawn(cmd);
+        let (registry, image, reference, cluster) = registry_and_node(dir.path()).await;
+        let socket = dir.path().join("snapshotter.sock");
+        let mirror = match remote {
+            true => format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port),
+            false => "none".to_owned(),
+        };
+        let log = dir.path().join("snapshotter.log");
+        let snapshotter = snapshotter(&dir.path().join("snaps"), &socket, &log, &mirror);
         wait_until(Duration::from_secs(20), "snapshotter socket", || {
             socket.exists()
         })
@@ -454,26 +428,7 @@ async fn layers_the_snapshotter_cannot_read_are_unpacked_by_shoal_pull_itself() 
     assert!(out.status.success(), "shoal pull: {}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(said.matches("unpacked here").count(), 2, "{said}");
-    let out = run(
-        &remote.ctd,
-        &remote.reference,
-        "c1",
-        &["/bin/cat", "/hello.txt"],
-    )
-    .await;
-    assert!(out.status.success(), "run: {}", text(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "hello from the shoal snapshotter\n"
-    );
-    let out = run(
-        &remote.ctd,
-        &remote.reference,
-        "c2",
-        &["/bin/cat", "/etc/gone.txt"],
-    )
-    .await;
-    assert!(!out.status.success(), "a whited-out file was read");
+    assert_image_runs(&remote.ctd, &remote.reference, "c").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -492,26 +447,7 @@ async fn shoal_pull_makes_a_runnable_image_from_the_swarm() {
         text(&images)
     );
 
-    let out = run(
-        &remote.ctd,
-        &remote.reference,
-        "c1",
-        &["/bin/cat", "/hello.txt", "/etc/kept.txt"],
-    )
-    .await;
-    assert!(out.status.success(), "run: {}", text(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "hello from the shoal snapshotter\nkept\n"
-    );
-    let out = run(
-        &remote.ctd,
-        &remote.reference,
-        "c2",
-        &["/bin/cat", "/etc/gone.txt"],
-    )
-    .await;
-    assert!(!out.status.success(), "a whited-out file was read");
+    assert_image_runs(&remote.ctd, &remote.reference, "c").await;
     // containerd fetched no layer: every byte (layers and config) came through the node.
     let blobs = remote.layer_bytes() + remote.image.config.len() as u64;
     assert_eq!(remote.through_node().await, blobs);
@@ -531,23 +467,8 @@ async fn shoal_pull_makes_a_runnable_image_from_the_swarm() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn shoal_install_wires_containerd_to_the_node_once_and_uninstall_restores_it() {
-    use shoal_integration::cluster::Cluster;
     let dir = tempfile::tempdir().unwrap();
-    let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
-        .await
-        .unwrap();
-    let image = image_with_cat(dir.path());
-    image
-        .push(&registry.url(), "test/cat", "v1", None)
-        .await
-        .unwrap();
-    let host = registry.url().trim_start_matches("http://").to_owned();
-    let reference = format!("{host}/test/cat:v1");
-    let cluster = Cluster::builder()
-        .daemons(1)
-        .registry(&host, &registry.url())
-        .start()
-        .await;
+    let (_registry, image, reference, cluster) = registry_and_node(dir.path()).await;
     let mirror = format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port);
 
     let ctd_dir = dir.path().join("containerd");
@@ -590,11 +511,8 @@ async fn shoal_install_wires_containerd_to_the_node_once_and_uninstall_restores_
     // containerd, started with the written config, pulls through the node's mirror onto the
     // shoal snapshotter, and runs the image.
     let socket = node_dir.join("snapshotter.sock");
-    let _snapshotter = snapshotter(
-        &node_dir.join("snapshotter"),
-        &socket,
-        &dir.path().join("s.log"),
-    );
+    let log = dir.path().join("s.log");
+    let _snapshotter = snapshotter(&node_dir.join("snapshotter"), &socket, &log, "none");
     wait_until(Duration::from_secs(20), "snapshotter socket", || {
         socket.exists()
     })

@@ -611,3 +611,102 @@ async fn a_kubelet_pull_over_cri_takes_the_remote_path() {
         "hello from the shoal snapshotter\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_auth_registry_is_read_through_the_node_with_the_credentials_given() {
+    use base64::Engine as _;
+    use shoal_integration::token::TokenServer;
+    let dir = tempfile::tempdir().unwrap();
+    let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
+    let tokens = TokenServer::start(dir.path(), "carol", &password)
+        .await
+        .unwrap();
+    let access = Access::Token {
+        realm: tokens.realm(),
+        bundle: tokens.bundle.clone(),
+    };
+    let registry = TestRegistry::start(&dir.path().join("registry"), &access)
+        .await
+        .unwrap();
+    let image = image_with_cat(dir.path());
+    let push = format!(
+        "Bearer {}",
+        tokens.token_for("repository:test/cat:pull,push")
+    );
+    image
+        .push(&registry.url(), "test/cat", "v1", Some(&push))
+        .await
+        .unwrap();
+    let host = registry.url().trim_start_matches("http://").to_owned();
+    let reference = format!("{host}/test/cat:v1");
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry(&host, &registry.url())
+        .start()
+        .await;
+    let mirror = format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port);
+    // The snapshotter's credentials: Docker's config file, as `docker login` writes it.
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("carol:{password}"));
+    let docker_config = dir.path().join("docker-config.json");
+    std::fs::write(
+        &docker_config,
+        serde_json::json!({"auths": {&host: {"auth": auth}}}).to_string(),
+    )
+    .unwrap();
+    let socket = dir.path().join("snapshotter.sock");
+    let mut cmd = shoal();
+    cmd.arg("snapshotter")
+        .arg("--root")
+        .arg(dir.path().join("snaps"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--metrics-addr", "127.0.0.1:0", "--mirror", &mirror])
+        .arg("--docker-config")
+        .arg(&docker_config)
+        .stderr(std::fs::File::create(dir.path().join("snapshotter.log")).unwrap());
+    let _snapshotter = ChildGuard::spawn(cmd);
+    wait_until(Duration::from_secs(20), "snapshotter socket", || {
+        socket.exists()
+    })
+    .await;
+    let ctd = Containerd::start_with(
+        &dir.path().join("containerd"),
+        &format!("[proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = {socket:?}\n"),
+    )
+    .await;
+
+    let pull = |user: Option<String>| {
+        let mut cmd = shoal();
+        cmd.arg("pull")
+            .arg(&reference)
+            .arg("--address")
+            .arg(&ctd.socket)
+            .args(["--mirror", &mirror])
+            .env("HOME", dir.path());
+        if let Some(u) = user {
+            cmd.arg("--user").arg(u);
+        }
+        shoal_integration::process::run(cmd)
+    };
+    // Without credentials the registry refuses the manifest: a clear error, nothing made.
+    let out = pull(None).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("401"), "{}", text(&out));
+    let out = pull(Some(format!("carol:{password}"))).await;
+    assert!(out.status.success(), "shoal pull: {}", text(&out));
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(said.matches("from the swarm").count(), 2, "{said}");
+    assert_image_runs(&ctd, &reference, "c").await;
+    // The password is in no log.
+    for log in [
+        dir.path().join("snapshotter.log"),
+        cluster.daemons[0].data_dir.join("log"),
+    ] {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            !text.contains(&password) && !text.contains(&auth),
+            "{}",
+            log.display()
+        );
+    }
+}

@@ -16,6 +16,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use sha2::Digest as _;
 
+use shoal_seed::registry::Registry;
+
 use crate::error::{Error, Result};
 use crate::snapshots::Snapshotter;
 
@@ -99,9 +101,11 @@ pub(crate) fn split_reference(reference: &str) -> Option<(String, String)> {
 pub struct Remote {
     /// The mirror (`http://127.0.0.1:4001`).
     pub mirror: url::Url,
-    /// Docker's config file, for a registry's credentials (`auths`); read at each use.
+    /// Docker's config file, for a registry's credentials (`auths`).
     pub docker_config: Option<PathBuf>,
     http: reqwest::Client,
+    /// One client per registry host (each keeps its tokens).
+    registries: Mutex<HashMap<String, Arc<Registry>>>,
     /// Layers already started in the node (by digest).
     started: Mutex<HashSet<String>>,
     /// One unpack per target at a time: a second prepare of a layer waits for the first.
@@ -121,6 +125,7 @@ impl Remote {
             mirror,
             docker_config,
             http,
+            registries: Mutex::default(),
             started: Mutex::default(),
             unpacking: Mutex::default(),
         })
@@ -173,48 +178,38 @@ impl Remote {
         let mut started = self.started.lock().expect("started lock");
         started.insert(layer.digest.clone());
         for digest in &layer.image_layers {
+            let Ok(parsed) = digest.parse::<shoal_p2p::Digest>() else {
+                continue;
+            };
             if !valid_digest(digest) || !started.insert(digest.clone()) {
                 continue;
             }
-            let request = self.request(layer, digest);
+            let (registry, repository) = (self.registry(&layer.registry), layer.repository.clone());
             tokio::spawn(async move {
-                if let Ok(mut resp) = request.send().await {
+                if let Ok(mut resp) = registry.blob(&repository, parsed).await {
                     while let Ok(Some(_)) = resp.chunk().await {}
                 }
             });
         }
     }
 
-    fn request(&self, layer: &LayerRef, digest: &str) -> reqwest::RequestBuilder {
-        let mut url = self.mirror.clone();
-        url.set_path(&format!("/v2/{}/blobs/{digest}", layer.repository));
-        url.query_pairs_mut().append_pair("ns", &layer.registry);
-        let mut req = self.http.get(url);
-        if let Some(auth) = self.credentials(&layer.registry) {
-            req = req.header(http::header::AUTHORIZATION, auth);
-        }
-        req
-    }
-
-    /// `Basic …` for `registry` from Docker's config file (`auths.<host>.auth`).
-    fn credentials(&self, registry: &str) -> Option<http::HeaderValue> {
-        let text = std::fs::read(self.docker_config.as_ref()?).ok()?;
-        let config: serde_json::Value = serde_json::from_slice(&text).ok()?;
-        let auths = config.get("auths")?;
-        let names = [
-            registry,
-            if registry == "docker.io" {
-                "https://index.docker.io/v1/"
-            } else {
-                registry
-            },
-        ];
-        let auth = names
-            .iter()
-            .find_map(|n| auths.get(*n)?.get("auth")?.as_str())?;
-        let mut value = http::HeaderValue::from_str(&format!("Basic {auth}")).ok()?;
-        value.set_sensitive(true);
-        Some(value)
+    /// The client of `host` through the node's mirror (`?ns=host`), with the credentials
+    /// Docker's config file holds for it (read when the client is made; tokens are kept).
+    fn registry(&self, host: &str) -> Arc<Registry> {
+        let mut clients = self.registries.lock().expect("registries lock");
+        clients
+            .entry(host.to_owned())
+            .or_insert_with(|| {
+                let mut base = self.mirror.clone();
+                base.query_pairs_mut().append_pair("ns", host);
+                let credentials = self
+                    .docker_config
+                    .as_deref()
+                    .and_then(|c| crate::pull::docker_credentials(c, host))
+                    .unwrap_or_default();
+                Arc::new(Registry::new(base, self.http.clone(), credentials))
+            })
+            .clone()
     }
 
     /// Unpacks the layer into a snapshot of its own and commits it as the target.
@@ -254,17 +249,15 @@ impl Remote {
 
     /// Streams the layer from the mirror into `dir`, checking its digest.
     async fn unpack(&self, layer: &LayerRef, dir: PathBuf) -> Result<()> {
+        let digest = layer
+            .digest
+            .parse()
+            .map_err(|e| Error::InvalidArgument(format!("layer digest: {e}")))?;
         let resp = self
-            .request(layer, &layer.digest)
-            .send()
+            .registry(&layer.registry)
+            .blob(&layer.repository, digest)
             .await
-            .map_err(|e| Error::Remote(format!("the node's mirror: {e}")))?;
-        if !resp.status().is_success() {
-            return Err(Error::Remote(format!(
-                "the node's mirror answered {}",
-                resp.status()
-            )));
-        }
+            .map_err(|e| Error::Remote(format!("through the node's mirror: {e}")))?;
         unpack_checked(resp, &layer.digest, dir).await
     }
 }

@@ -386,6 +386,15 @@ async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetch
     // Every byte came through the node (from the registry, once): containerd fetched nothing.
     assert_eq!(remote.through_node().await, remote.layer_bytes());
 
+    // A chain id the layer's bytes do not make is not believed: the layer is not committed
+    // under it, and containerd gets mounts (its own path) instead.
+    let forged = format!("sha256:{}", "f".repeat(64));
+    let req = cri_prepare("extract-f", "", &forged, &digests[0], reference, &[]);
+    let resp = client.prepare(req).await.expect("the plain path");
+    assert!(!resp.into_inner().mounts.is_empty());
+    let log = std::fs::read_to_string(dir.path().join("snapshotter.log")).unwrap();
+    assert!(log.contains("not sha256:ffff"), "{log}");
+
     // A layer the node cannot serve (a registry nobody runs) is left to containerd: the
     // snapshotter answers with mounts, as the plain path does.
     let missing = format!("sha256:{}", "0".repeat(64));

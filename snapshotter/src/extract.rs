@@ -7,6 +7,8 @@
 //! layer then takes containerd's own path, which makes them).
 
 use std::io::{BufRead, BufReader, Read};
+
+use sha2::Digest as _;
 use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -19,9 +21,13 @@ const OPAQUE: &str = ".wh..wh..opq";
 pub struct Unpacked {
     pub entries: u64,
     pub whiteouts: u64,
+    /// The digest of the uncompressed tar (every byte of it, padding included): the layer's
+    /// diff id, which its chain id is made of.
+    pub diff_id: String,
 }
 
-/// Unpacks the (possibly compressed) layer `input` into `dir`, which must exist.
+/// Unpacks the (possibly compressed) layer `input` into `dir`, which must exist. Reads `input`
+/// to its end, past the tar's end marker.
 pub fn unpack(input: impl Read, dir: &Path) -> Result<Unpacked> {
     let mut input = BufReader::with_capacity(1 << 20, input);
     let magic = input
@@ -29,15 +35,68 @@ pub fn unpack(input: impl Read, dir: &Path) -> Result<Unpacked> {
         .map_err(|e| Error::io("read layer", dir, e))?;
     let tar: Box<dyn Read> = if magic.starts_with(&[0x1f, 0x8b]) {
         Box::new(flate2::bufread::MultiGzDecoder::new(input))
-    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Box::new(
-            ruzstd::decoding::StreamingDecoder::new(input)
-                .map_err(|e| Error::InvalidArgument(format!("zstd layer: {e}")))?,
-        )
+    } else if magic.starts_with(&ZSTD_MAGIC) {
+        Box::new(ZstdFrames {
+            input: Some(input),
+            frame: None,
+        })
     } else {
         Box::new(input)
     };
-    unpack_tar(tar, dir)
+    let mut tar = Hashing {
+        inner: tar,
+        hash: sha2::Sha256::new(),
+    };
+    let mut out = unpack_tar(&mut tar, dir)?;
+    // The rest (the tar's end padding, a zstd:chunked trailer) counts in the digests too.
+    std::io::copy(&mut tar, &mut std::io::sink()).map_err(|e| Error::io("read layer", dir, e))?;
+    out.diff_id = format!("sha256:{}", hex::encode(tar.hash.finalize()));
+    Ok(out)
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Every zstd frame of `input`, one after the other (a layer may hold several).
+struct ZstdFrames<R: BufRead> {
+    input: Option<R>,
+    frame: Option<ruzstd::decoding::StreamingDecoder<R, ruzstd::decoding::FrameDecoder>>,
+}
+
+impl<R: BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(frame) = &mut self.frame {
+                let n = frame.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                self.input = self.frame.take().map(|f| f.into_inner());
+            }
+            let Some(mut input) = self.input.take() else {
+                return Ok(0);
+            };
+            if input.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            let frame = ruzstd::decoding::StreamingDecoder::new(input)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+            self.frame = Some(frame);
+        }
+    }
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hash: sha2::Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        sha2::Digest::update(&mut self.hash, &buf[..n]);
+        Ok(n)
+    }
 }
 
 fn unpack_tar(tar: impl Read, dir: &Path) -> Result<Unpacked> {
@@ -68,6 +127,12 @@ fn unpack_tar(tar: impl Read, dir: &Path) -> Result<Unpacked> {
                 .map_err(|e| Error::io("mark opaque", &parent, e))?;
             out.whiteouts += 1;
         } else if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            if hidden.is_empty() || hidden == "." || hidden == ".." || hidden.starts_with(".wh.") {
+                return Err(Error::InvalidArgument(format!(
+                    "layer holds a whiteout of no file: {}",
+                    path.display()
+                )));
+            }
             let parent_rel = path.parent().unwrap_or(Path::new(""));
             let parent = inside(dir, parent_rel)?;
             std::fs::create_dir_all(&parent).map_err(|e| Error::io("create", &parent, e))?;

@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use sha2::Digest as _;
 use shoal_seed::registry::{Credentials, Platform, Registry};
 use tonic::Request;
 use tonic::transport::Channel;
@@ -185,9 +184,15 @@ pub async fn pull(p: &Pull, each: impl Fn(&Layer)) -> Result<Pulled, Failure> {
                         .blob(&repository, desc.digest)
                         .await
                         .map_err(|e| format!("layer {}: {e}", desc.digest))?;
-                    crate::remote::unpack_checked(resp, &layer_digests[i], dir)
+                    let diff_id = crate::remote::unpack_checked(resp, &layer_digests[i], dir)
                         .await
                         .map_err(|e| format!("layer {}: {e}", desc.digest))?;
+                    if diff_id != diff_ids[i] {
+                        return Err(format!(
+                            "layer {} unpacks to {diff_id}, the config says {}",
+                            desc.digest, diff_ids[i]
+                        ));
+                    }
                     snapshots
                         .commit(meta.req(CommitSnapshotRequest {
                             snapshotter: p.snapshotter.clone(),
@@ -380,14 +385,7 @@ fn diff_ids(config: &[u8]) -> Result<Vec<String>, Failure> {
 fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for d in diff_ids {
-        let next = match out.last() {
-            None => d.clone(),
-            Some(parent) => format!(
-                "sha256:{}",
-                hex::encode(sha2::Sha256::digest(format!("{parent} {d}").as_bytes()))
-            ),
-        };
-        out.push(next);
+        out.push(crate::remote::chain_id(out.last().map(String::as_str), d));
     }
     out
 }
@@ -464,6 +462,8 @@ pub async fn connect(path: &Path) -> Result<Channel, Failure> {
 
 #[cfg(test)]
 mod tests {
+    use sha2::Digest as _;
+
     use super::*;
 
     #[test]

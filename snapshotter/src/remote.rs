@@ -151,11 +151,18 @@ impl Remote {
             .clone();
         let result = {
             let _one_at_a_time = lock.lock().await;
-            if snapshotter.stat(&layer.target).is_ok() {
-                return Err(Error::AlreadyExists(layer.target));
+            match snapshotter.stat(&layer.target) {
+                // containerd then lists the target with this parent: only that one will do.
+                Ok(s) if s.kind == crate::Kind::Committed && s.parent == parent => Ok(true),
+                // Committed on another parent (another namespace's): containerd's path.
+                Ok(_) => Ok(false),
+                Err(_) => {
+                    self.start_others(&layer);
+                    self.pull(snapshotter, &layer, parent, labels)
+                        .await
+                        .map(|()| true)
+                }
             }
-            self.start_others(&layer);
-            self.pull(snapshotter, &layer, parent, labels).await
         };
         {
             let mut unpacking = self.unpacking.lock().expect("unpacking lock");
@@ -164,8 +171,8 @@ impl Remote {
             }
         }
         match result {
-            Ok(()) => Err(Error::AlreadyExists(layer.target)),
-            Err(Error::AlreadyExists(_)) => Err(Error::AlreadyExists(layer.target)),
+            Ok(true) | Err(Error::AlreadyExists(_)) => Err(Error::AlreadyExists(layer.target)),
+            Ok(false) => Ok(false),
             Err(e) => {
                 tracing::warn!(layer = layer.digest, image_registry = layer.registry, error = %e, "layer not read through the node; containerd fetches it itself");
                 Ok(false)
@@ -232,7 +239,18 @@ impl Remote {
             Ok(s.fs_dir(s.stat(&k)?.id))
         })
         .await?;
-        let result = self.unpack(layer, dir).await;
+        let result = self.unpack(layer, dir).await.and_then(|diff_id| {
+            // The unpacked bytes must be what the chain id containerd named is made of, else
+            // one image could plant files under another's chain id.
+            let made = chain_id(parent_chain(parent), &diff_id);
+            match made == layer.target {
+                true => Ok(()),
+                false => Err(Error::Remote(format!(
+                    "the layer unpacks to {diff_id}, which makes chain id {made}, not {}",
+                    layer.target
+                ))),
+            }
+        });
         let s = snapshotter.clone();
         let (target, labels) = (layer.target.clone(), labels.clone());
         blocking(move || match result {
@@ -247,8 +265,8 @@ impl Remote {
         .await
     }
 
-    /// Streams the layer from the mirror into `dir`, checking its digest.
-    async fn unpack(&self, layer: &LayerRef, dir: PathBuf) -> Result<()> {
+    /// Streams the layer from the mirror into `dir`, checking its digest; its diff id.
+    async fn unpack(&self, layer: &LayerRef, dir: PathBuf) -> Result<String> {
         let digest = layer
             .digest
             .parse()
@@ -262,13 +280,31 @@ impl Remote {
     }
 }
 
+/// The chain id of a layer with diff id `diff_id` on the layers whose chain id is `parent`
+/// (none: a base layer).
+pub(crate) fn chain_id(parent: Option<&str>, diff_id: &str) -> String {
+    match parent {
+        None => diff_id.to_owned(),
+        Some(p) => format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(format!("{p} {diff_id}").as_bytes()))
+        ),
+    }
+}
+
+/// The chain id a parent snapshot stands for: its name, less the `<namespace>/<n>/` containerd
+/// puts before the names it commits.
+fn parent_chain(parent: &str) -> Option<&str> {
+    (!parent.is_empty()).then(|| parent.rsplit('/').next().unwrap_or(parent))
+}
+
 /// Unpacks the layer `resp` streams into `dir` while it arrives; fails unless its bytes are
-/// `digest` (`sha256:…`).
+/// `digest` (`sha256:…`). Returns its diff id.
 pub(crate) async fn unpack_checked(
     mut resp: reqwest::Response,
     digest: &str,
     dir: PathBuf,
-) -> Result<()> {
+) -> Result<String> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
     let unpacking = tokio::task::spawn_blocking(move || {
         crate::extract::unpack(
@@ -298,14 +334,14 @@ pub(crate) async fn unpack_checked(
         .await
         .map_err(|e| Error::Remote(format!("unpacking stopped: {e}")))?;
     streamed.map_err(|e| Error::Remote(format!("reading the layer: {e}")))?;
-    unpacked?;
+    let unpacked = unpacked?;
     let got = format!("sha256:{}", hex::encode(hash.finalize()));
     if got != digest {
         return Err(Error::Remote(format!(
             "the layer's bytes are {got}, not {digest}"
         )));
     }
-    Ok(())
+    Ok(unpacked.diff_id)
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {

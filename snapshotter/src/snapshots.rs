@@ -368,7 +368,14 @@ impl Snapshotter {
     /// Removes the directories no snapshot owns (left by a crash between a record's removal
     /// and its files'). Returns how many.
     pub fn cleanup(&self) -> Result<usize> {
-        let owned: HashSet<u64> = self.list()?.iter().map(|s| s.id).collect();
+        // Under a write transaction: a snapshot being made (its directory made before its
+        // record commits) is not taken for an orphan.
+        let txn = self.db.begin_write()?;
+        let mut owned = HashSet::new();
+        for entry in txn.open_table(SNAPSHOTS)?.iter()? {
+            let (_, value) = entry?;
+            owned.insert(serde_json::from_slice::<Snapshot>(value.value())?.id);
+        }
         let dir = self.root.join("snapshots");
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
         let mut removed = 0;
@@ -384,6 +391,7 @@ impl Snapshotter {
                 removed += 1;
             }
         }
+        txn.abort()?;
         Ok(removed)
     }
 }

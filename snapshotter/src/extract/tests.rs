@@ -98,13 +98,14 @@ fn plain_gzip_and_zstd_layers_unpack_the_same_with_overlay_whiteouts() {
     for (name, bytes) in [("tar", plain.clone()), ("gzip", gz), ("zstd", zst)] {
         let dir = tempfile::tempdir().unwrap();
         let got = unpack(bytes.as_slice(), dir.path()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!((got.entries, got.whiteouts), (7, 2), "{name}");
+        let diff_id = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&plain))
+        );
         assert_eq!(
-            got,
-            Unpacked {
-                entries: 7,
-                whiteouts: 2
-            },
-            "{name}"
+            got.diff_id, diff_id,
+            "{name}: the whole tar, padding included"
         );
         check(dir.path());
     }
@@ -168,4 +169,28 @@ fn device_nodes_and_garbage_are_refused_cleanly() {
     assert!(unpack(truncated.as_slice(), dir.path()).is_err());
     let gz_garbage = [0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
     assert!(unpack(&gz_garbage[..], dir.path()).is_err());
+}
+
+#[test]
+fn several_zstd_frames_are_one_layer_and_a_whiteout_of_nothing_is_refused() {
+    let plain = layer();
+    let (a, b) = plain.split_at(1024);
+    let mut zst = ruzstd::encoding::compress_to_vec(a, ruzstd::encoding::CompressionLevel::Fastest);
+    zst.extend(ruzstd::encoding::compress_to_vec(
+        b,
+        ruzstd::encoding::CompressionLevel::Fastest,
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let got = unpack(zst.as_slice(), dir.path()).unwrap();
+    assert_eq!(got.entries, 7);
+    check(dir.path());
+    for bad in [".wh.", "a/.wh..", ".wh.."] {
+        let dir = tempfile::tempdir().unwrap();
+        let attack = tar(&[(bad, EntryType::Regular, "")]);
+        assert!(unpack(attack.as_slice(), dir.path()).is_err(), "{bad:?}");
+        assert!(
+            dir.path().is_dir(),
+            "{bad:?} replaced the snapshot's own directory"
+        );
+    }
 }

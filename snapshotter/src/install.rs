@@ -101,15 +101,33 @@ fn backup_of(path: &Path) -> PathBuf {
 
 /// The changes installing (or, with `uninstall`, removing) makes; none when done already.
 pub fn plan(install: &Install, uninstall: bool) -> Result<Vec<Change>> {
+    // (file, whether it is containerd's catch-all hosts.toml)
     let files = match install.runtime {
-        Runtime::Containerd => vec![install.config.clone(), hosts_toml(install)?],
-        Runtime::Docker | Runtime::Podman => vec![install.config.clone()],
+        Runtime::Containerd => vec![
+            (install.config.clone(), false),
+            (hosts_toml(install)?, true),
+        ],
+        Runtime::Docker | Runtime::Podman => vec![(install.config.clone(), false)],
     };
     let mut changes = Vec::new();
-    for path in files {
+    for (path, hosts) in files {
+        // A config that is a symlink is changed where it points.
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
         let after = if uninstall {
             match read(&backup_of(&path))? {
-                Some(original) => Some(original),
+                Some(original) => {
+                    // Edited since `shoal install`: restoring would lose that edit.
+                    let installed = edit(install, &path, hosts, Some(&original))?;
+                    if read(&path)?.is_some_and(|now| now != installed) {
+                        return Err(Error::FailedPrecondition(format!(
+                            "{} changed since `shoal install`; remove Shoal's settings by hand \
+                             (the file before install is {})",
+                            path.display(),
+                            backup_of(&path).display()
+                        )));
+                    }
+                    Some(original)
+                }
                 // Written from nothing: removed; otherwise never touched.
                 None => match read(&path)? {
                     Some(t) if t.starts_with(MARK) => None,
@@ -117,7 +135,8 @@ pub fn plan(install: &Install, uninstall: bool) -> Result<Vec<Change>> {
                 },
             }
         } else {
-            Some(edit(install, &path)?)
+            let text = read(&path)?;
+            Some(edit(install, &path, hosts, text.as_deref())?)
         };
         changes.extend(Change::of(&path, after)?);
     }
@@ -132,16 +151,14 @@ pub fn apply(changes: &[Change], uninstall: bool) -> Result<()> {
             && let Some(before) = &c.before
             && !backup.exists()
         {
-            std::fs::write(&backup, before).map_err(|e| Error::io("back up", &backup, e))?;
+            write_like_at(&backup, &c.path, before)?;
         }
         match &c.after {
             Some(text) => {
                 if let Some(dir) = c.path.parent() {
                     std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
                 }
-                let tmp = c.path.with_extension("shoal-tmp");
-                std::fs::write(&tmp, text).map_err(|e| Error::io("write", &tmp, e))?;
-                std::fs::rename(&tmp, &c.path).map_err(|e| Error::io("write", &c.path, e))?;
+                write_like(&c.path, text)?;
             }
             None => std::fs::remove_file(&c.path).map_err(|e| Error::io("remove", &c.path, e))?,
         }
@@ -152,21 +169,53 @@ pub fn apply(changes: &[Change], uninstall: bool) -> Result<()> {
     Ok(())
 }
 
-/// The runtime's file `path` with Shoal wired in.
-fn edit(install: &Install, path: &Path) -> Result<String> {
-    let text = read(path)?;
+/// Writes `text` to `path` through a temporary file renamed over it, synced, with the mode
+/// and owner `path` had (a config may hold registry credentials: never more readable).
+fn write_like(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("shoal-tmp");
+    write_like_at(&tmp, path, text)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("write", path, e))
+}
+
+/// Writes `text` to `to` (synced), with the mode and owner of `like` when it exists (else 0644).
+fn write_like_at(to: &Path, like: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let meta = std::fs::metadata(like).ok();
+    let mode = meta
+        .as_ref()
+        .map_or(0o644, |m| m.permissions().mode() & 0o7777);
+    let _ = std::fs::remove_file(to);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(to)
+        .map_err(|e| Error::io("write", to, e))?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("write", to, e))?;
+    if let Some(m) = &meta {
+        std::os::unix::fs::fchown(&file, Some(m.uid()), Some(m.gid()))
+            .map_err(|e| Error::io("write", to, e))?;
+    }
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| Error::io("write", to, e))
+}
+
+/// The runtime's file `path` (containerd's catch-all hosts.toml when `hosts`), holding `text`,
+/// with Shoal wired in.
+fn edit(install: &Install, path: &Path, hosts: bool, text: Option<&str>) -> Result<String> {
     let bad = |e: String| Error::InvalidArgument(format!("{}: {e}", path.display()));
     match install.runtime {
-        Runtime::Containerd if path != install.config => Ok(format!(
+        Runtime::Containerd if hosts => Ok(format!(
             "{MARK}: every registry is pulled through the local Shoal node first.\n\
              [host.{:?}]\n  capabilities = [\"pull\", \"resolve\"]\n",
             install.mirror
         )),
-        Runtime::Containerd => {
-            containerd(install, text.as_deref().unwrap_or(""), path).map_err(bad)
-        }
-        Runtime::Docker => docker(install, text.as_deref()).map_err(bad),
-        Runtime::Podman => podman(install, text.as_deref().unwrap_or("")).map_err(bad),
+        Runtime::Containerd => containerd(install, text.unwrap_or(""), path).map_err(bad),
+        Runtime::Docker => docker(install, text).map_err(bad),
+        Runtime::Podman => podman(install, text.unwrap_or("")).map_err(bad),
     }
 }
 
@@ -185,8 +234,9 @@ fn hosts_toml(install: &Install) -> Result<PathBuf> {
         })
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(|| {
-            install
-                .config
+            // Beside the config itself (where a symlink points), as `containerd()` writes it.
+            std::fs::canonicalize(&install.config)
+                .unwrap_or_else(|_| install.config.clone())
                 .parent()
                 .unwrap_or(Path::new("/etc/containerd"))
                 .join("certs.d")
@@ -249,6 +299,23 @@ fn table_at<'a>(root: &'a mut Table, path: &[&str]) -> std::result::Result<&'a m
 fn containerd(install: &Install, text: &str, path: &Path) -> std::result::Result<String, String> {
     let mut doc: DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
     let version = version(&doc);
+    if doc.get("version").is_none() && !doc.as_table().is_empty() {
+        return Err(
+            "a config without `version` is containerd's version 1: migrate it first \
+                    (`containerd config migrate`)"
+                .into(),
+        );
+    }
+    let legacy = cri_table(&doc, version)
+        .and_then(|t| t.get("registry")?.as_table())
+        .is_some_and(|r| r.contains_key("mirrors") || r.contains_key("configs"));
+    if legacy {
+        return Err(
+            "its CRI registry has `mirrors` or `configs`, which containerd refuses beside \
+                    `config_path`: move them to a certs.d directory first"
+                .into(),
+        );
+    }
     if doc.get("version").is_none() {
         doc = format!("version = {version}\n{text}")
             .parse()
@@ -304,6 +371,13 @@ fn docker(install: &Install, text: Option<&str>) -> std::result::Result<String, 
 
 fn podman(install: &Install, text: &str) -> std::result::Result<String, String> {
     let mut doc: DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
+    if doc.get("registries").is_some() {
+        return Err(
+            "a version 1 registries.conf (`[registries.search]`, ...): move it to \
+                    version 2 first"
+                .into(),
+        );
+    }
     let mirror = install
         .mirror
         .trim_start_matches("http://")

@@ -141,3 +141,65 @@ fn a_config_that_is_not_toml_is_refused_and_left_alone() {
     );
     assert!(!backup_of(&config).exists());
 }
+
+#[test]
+fn modes_symlinks_and_later_edits_are_respected() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.toml");
+    std::fs::write(&real, CONTAINERD_V2).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = dir.path().join("config.toml");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let wire = install(Runtime::Containerd, &link);
+    apply(&plan(&wire, false).unwrap(), false).unwrap();
+    assert!(
+        link.symlink_metadata().unwrap().file_type().is_symlink(),
+        "still a symlink"
+    );
+    assert!(
+        std::fs::read_to_string(&real)
+            .unwrap()
+            .contains("proxy_plugins")
+    );
+    for f in [real.clone(), backup_of(&real)] {
+        let mode = f.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    // Edited after install: uninstall refuses rather than lose the edit.
+    let mut text = std::fs::read_to_string(&real).unwrap();
+    text.push_str("# the operator's later line\n");
+    std::fs::write(&real, &text).unwrap();
+    let err = plan(&wire, true).unwrap_err();
+    assert!(err.to_string().contains("changed since"), "{err}");
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), text);
+}
+
+#[test]
+fn configs_that_cannot_take_the_change_are_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            Runtime::Containerd,
+            "root = \"/var/lib/containerd\"\n",
+            "version",
+        ),
+        (
+            Runtime::Containerd,
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\nendpoint = [\"https://m\"]\n",
+            "mirrors",
+        ),
+        (
+            Runtime::Podman,
+            "[registries.search]\nregistries = [\"docker.io\"]\n",
+            "version 1",
+        ),
+    ];
+    for (i, (runtime, text, why)) in cases.into_iter().enumerate() {
+        let config = dir.path().join(format!("c{i}"));
+        std::fs::write(&config, text).unwrap();
+        let err = plan(&install(runtime, &config), false).unwrap_err();
+        assert!(err.to_string().contains(why), "{i}: {err}");
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+    }
+}

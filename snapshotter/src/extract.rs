@@ -43,14 +43,15 @@ pub fn unpack(input: impl Read, dir: &Path) -> Result<Unpacked> {
     } else {
         Box::new(input)
     };
-    let mut tar = Hashing {
+    let mut tar = guard::Guard::new(Hashing {
         inner: tar,
         hash: sha2::Sha256::new(),
-    };
+    });
     let mut out = unpack_tar(&mut tar, dir)?;
     // The rest (the tar's end padding, a zstd:chunked trailer) counts in the digests too.
-    std::io::copy(&mut tar, &mut std::io::sink()).map_err(|e| Error::io("read layer", dir, e))?;
-    out.diff_id = format!("sha256:{}", hex::encode(tar.hash.finalize()));
+    let mut rest = tar.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| Error::io("read layer", dir, e))?;
+    out.diff_id = format!("sha256:{}", hex::encode(rest.hash.finalize()));
     Ok(out)
 }
 
@@ -222,6 +223,8 @@ fn whiteout(path: &Path) -> Result<()> {
     mknod(path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
         .map_err(|e| Error::io("make whiteout", path, e.into()))
 }
+
+mod guard;
 
 #[cfg(test)]
 mod tests;

@@ -194,3 +194,85 @@ fn several_zstd_frames_are_one_layer_and_a_whiteout_of_nothing_is_refused() {
         );
     }
 }
+
+/// A tar whose first entry is an extension (`kind`: `L`, `x`) of `data`, then a small file.
+fn with_extension(kind: u8, data: &[u8]) -> Vec<u8> {
+    let mut h = Header::new_gnu();
+    h.set_entry_type(EntryType::new(kind));
+    h.set_size(data.len() as u64);
+    h.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, data).unwrap();
+    let mut f = Header::new_gnu();
+    f.set_size(2);
+    f.set_mode(0o644);
+    f.set_uid(0);
+    f.set_gid(0);
+    f.set_mtime(0);
+    b.append_data(&mut f, "short", &b"hi"[..]).unwrap();
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn extension_entries_are_followed_and_bounded() {
+    // A long name (GNU `L`) of a real path: followed, unpacked under it.
+    let long = format!("{}/file", "d".repeat(150));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    b.append_data(&mut h, &long, &b"abc"[..]).unwrap();
+    let mut f = Header::new_gnu();
+    f.set_size(2);
+    f.set_mode(0o644);
+    f.set_uid(0);
+    f.set_gid(0);
+    f.set_mtime(0);
+    b.append_data(&mut f, "after", &b"ok"[..]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let got = unpack(b.into_inner().unwrap().as_slice(), dir.path()).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(&long)).unwrap(),
+        "abc"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("after")).unwrap(),
+        "ok"
+    );
+    assert_eq!(got.entries, 2);
+
+    // An extension entry over the bound (a gzip bomb's shape) is refused before `tar` holds it.
+    let bomb = with_extension(b'L', &vec![b'a'; (guard::MAX_EXTENSION + 1) as usize]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&bomb).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = unpack(gz.finish().unwrap().as_slice(), dir.path()).unwrap_err();
+    assert!(err.to_string().contains("extension entry"), "{err}");
+
+    // A PAX header is read; one that says a size is refused.
+    let pax = |records: &str| with_extension(b'x', records.as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    unpack(pax("20 mtime=1600000000\n").as_slice(), dir.path()).unwrap();
+    assert!(dir.path().join("short").exists());
+    let dir = tempfile::tempdir().unwrap();
+    let err = unpack(pax("12 size=100\n").as_slice(), dir.path()).unwrap_err();
+    assert!(err.to_string().contains("PAX size"), "{err}");
+}
+
+proptest::proptest! {
+    #[test]
+    fn any_bytes_through_the_guard_fail_cleanly_or_pass(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096)) {
+        let mut g = guard::Guard::new(data.as_slice());
+        let _ = std::io::copy(&mut g, &mut std::io::sink());
+        let dir = tempfile::tempdir().unwrap();
+        let _ = unpack(data.as_slice(), dir.path());
+    }
+}

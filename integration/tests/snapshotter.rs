@@ -433,10 +433,29 @@ async fn shoal_pull(remote: &Remote) -> Output {
 #[tokio::test(flavor = "multi_thread")]
 async fn layers_the_snapshotter_cannot_read_are_unpacked_by_shoal_pull_itself() {
     let remote = Remote::start_with(false).await;
+    // Pulled before onto containerd's own snapshotter: the config is in the content store.
+    let before = remote
+        .ctd
+        .run(&["images", "pull", "--plain-http", &remote.reference])
+        .await;
+    assert!(before.status.success(), "{}", text(&before));
     let out = shoal_pull(&remote).await;
     assert!(out.status.success(), "shoal pull: {}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(said.matches("unpacked here").count(), 2, "{said}");
+    // The config already there now also holds the shoal snapshots (or GC would take them).
+    let content = remote.ctd.run(&["content", "ls"]).await;
+    let config = shoal_integration::sha256(&remote.image.config);
+    let line = text(&content)
+        .lines()
+        .find(|l| l.starts_with(&config))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        line.contains("containerd.io/gc.ref.snapshot.shoal="),
+        "{}",
+        text(&content)
+    );
     assert_image_runs(&remote.ctd, &remote.reference, "c").await;
 }
 

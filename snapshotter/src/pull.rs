@@ -17,7 +17,7 @@ use tonic::Request;
 use tonic::transport::Channel;
 
 use crate::proto::content::content_client::ContentClient;
-use crate::proto::content::{InfoRequest, WriteAction, WriteContentRequest};
+use crate::proto::content::{Info, InfoRequest, UpdateRequest, WriteAction, WriteContentRequest};
 use crate::proto::images::images_client::ImagesClient;
 use crate::proto::images::{CreateImageRequest, Image, UpdateImageRequest};
 use crate::proto::leases::leases_client::LeasesClient;
@@ -319,6 +319,7 @@ async fn write_content(
     data: &[u8],
     labels: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), Failure> {
+    let labels: HashMap<String, String> = labels.into_iter().collect();
     let present = content
         .info(meta.req(InfoRequest {
             digest: digest.to_owned(),
@@ -326,6 +327,21 @@ async fn write_content(
         .await
         .is_ok();
     if present {
+        // There already (pulled before, by another snapshotter say): it must still hold this
+        // pull's references, or garbage collection takes the snapshots.
+        let paths = labels.keys().map(|k| format!("labels.{k}")).collect();
+        let info = Info {
+            digest: digest.to_owned(),
+            labels: labels.clone(),
+            ..Default::default()
+        };
+        content
+            .update(meta.req(UpdateRequest {
+                info: Some(info),
+                update_mask: Some(prost_types::FieldMask { paths }),
+            }))
+            .await
+            .map_err(|e| format!("content {digest}: labels: {}", e.message()))?;
         return Ok(());
     }
     let message = WriteContentRequest {
@@ -335,7 +351,7 @@ async fn write_content(
         expected: digest.to_owned(),
         offset: 0,
         data: data.to_vec(),
-        labels: labels.into_iter().collect(),
+        labels,
     };
     let req = meta.req(futures_util::stream::iter([message]));
     let mut responses = match content.write(req).await {

@@ -331,6 +331,10 @@ pub struct PullArgs {
     /// The node's registry mirror.
     #[arg(long, default_value = "http://127.0.0.1:4001")]
     pub mirror: String,
+    /// The shoal snapshotter's socket (default `<data_dir>/snapshotter.sock`): the layers are
+    /// made there before containerd is asked for them.
+    #[arg(long)]
+    pub snapshotter_socket: Option<PathBuf>,
 }
 
 impl PullArgs {
@@ -365,9 +369,12 @@ impl PullArgs {
                 .and_then(|dir| pull::docker_credentials(&dir.join("config.json"), &host))
                 .unwrap_or_default(),
         };
-        let node = LocalClient::new(socket_in(
-            &self.data_dir.clone().unwrap_or_else(default_data_dir),
-        ));
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        let node = LocalClient::new(socket_in(&data_dir));
+        let stage_at = self
+            .snapshotter_socket
+            .clone()
+            .unwrap_or_else(|| data_dir.join("snapshotter.sock"));
         let before = node.status().await.ok();
         let started = std::time::Instant::now();
         let p = pull::Pull {
@@ -378,6 +385,7 @@ impl PullArgs {
             credentials,
             snapshotter: self.snapshotter,
             mirror: self.mirror.parse().context("--mirror")?,
+            stage_at: Some(stage_at),
         };
         let pulled = pull::pull(&p, |l| {
             println!(

@@ -426,7 +426,9 @@ async fn shoal_pull(remote: &Remote) -> Output {
         .arg("--mirror")
         .arg(format!("http://127.0.0.1:{}", node.proxy_port))
         .arg("--data-dir")
-        .arg(node.data_dir.join("store"));
+        .arg(node.data_dir.join("store"))
+        .arg("--snapshotter-socket")
+        .arg(remote.dir.path().join("snapshotter.sock"));
     shoal_integration::process::run(cmd).await
 }
 

@@ -38,6 +38,9 @@ pub struct Pull {
     pub snapshotter: String,
     /// The node's registry mirror.
     pub mirror: url::Url,
+    /// The shoal snapshotter's own socket: the layers are made there first, so that containerd,
+    /// which holds its metadata lock while its snapshotter prepares, only finds them made.
+    pub stage_at: Option<PathBuf>,
 }
 
 /// One layer, done.
@@ -145,16 +148,8 @@ pub async fn pull(p: &Pull, each: impl Fn(&Layer)) -> Result<Pulled, Failure> {
             .iter()
             .map(|l| l.digest.to_string())
             .collect();
-        let mut snapshots = SnapshotsClient::new(channel.clone());
-        let mut layers = Vec::new();
-        for (i, desc) in manifest.layers.iter().enumerate() {
-            let started = Instant::now();
-            let parent = if i == 0 {
-                String::new()
-            } else {
-                chain[i - 1].clone()
-            };
-            let labels = HashMap::from([
+        let labels = |i: usize| {
+            HashMap::from([
                 (TARGET.to_owned(), chain[i].clone()),
                 (LAYER_DIGEST.to_owned(), layer_digests[i].clone()),
                 (IMAGE_REF.to_owned(), name.clone()),
@@ -163,7 +158,21 @@ pub async fn pull(p: &Pull, each: impl Fn(&Layer)) -> Result<Pulled, Failure> {
                     "containerd.io/snapshot/cri.manifest-digest".to_owned(),
                     served.digest.to_string(),
                 ),
-            ]);
+            ])
+        };
+        let parent_of = |i: usize| match i {
+            0 => String::new(),
+            i => chain[i - 1].clone(),
+        };
+        let mut staged = Vec::new();
+        if let Some(socket) = &p.stage_at {
+            staged = stage(socket, &p.snapshotter, chain.len(), &labels, &parent_of).await;
+        }
+        let mut snapshots = SnapshotsClient::new(channel.clone());
+        let mut layers = Vec::new();
+        for (i, desc) in manifest.layers.iter().enumerate() {
+            let started = Instant::now();
+            let (parent, labels) = (parent_of(i), labels(i));
             let key = format!("{lease}/{i} {}", chain[i]);
             let prepared = snapshots
                 .prepare(meta.req(PrepareSnapshotRequest {
@@ -209,7 +218,8 @@ pub async fn pull(p: &Pull, each: impl Fn(&Layer)) -> Result<Pulled, Failure> {
                 digest: layer_digests[i].clone(),
                 size: desc.size,
                 by_snapshotter,
-                seconds: started.elapsed().as_secs_f64(),
+                seconds: started.elapsed().as_secs_f64()
+                    + staged.get(i).copied().unwrap_or_default(),
             };
             each(&layer);
             layers.push(layer);
@@ -260,6 +270,53 @@ pub async fn pull(p: &Pull, each: impl Fn(&Layer)) -> Result<Pulled, Failure> {
         digest: served.digest.to_string(),
         layers: result?,
     })
+}
+
+/// Makes the layers in the shoal snapshotter itself, through its own socket, bottom first: each
+/// it reads through the node is committed under its chain id, and containerd's prepare of it
+/// then only finds it. Stops at the first layer it cannot make (containerd's prepare then does
+/// the rest). Returns the seconds each layer made took.
+async fn stage(
+    socket: &Path,
+    snapshotter: &str,
+    count: usize,
+    labels: &dyn Fn(usize) -> HashMap<String, String>,
+    parent_of: &dyn Fn(usize) -> String,
+) -> Vec<f64> {
+    let mut took = Vec::new();
+    let Ok(channel) = connect(socket).await else {
+        return took;
+    };
+    let mut direct = SnapshotsClient::new(channel);
+    for i in 0..count {
+        let started = Instant::now();
+        let key = format!("shoal-pull-stage/{}", labels(i)[TARGET]);
+        let made = direct
+            .prepare(PrepareSnapshotRequest {
+                snapshotter: snapshotter.to_owned(),
+                key: key.clone(),
+                parent: parent_of(i),
+                labels: labels(i),
+            })
+            .await;
+        match made {
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                took.push(started.elapsed().as_secs_f64());
+            }
+            Ok(_) => {
+                // Not read through the node: the plain snapshot just made is not wanted.
+                let _ = direct
+                    .remove(crate::proto::snapshots::RemoveSnapshotRequest {
+                        snapshotter: snapshotter.to_owned(),
+                        key,
+                    })
+                    .await;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    took
 }
 
 /// containerd's namespace and this pull's lease, on every request.

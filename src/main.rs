@@ -2,6 +2,7 @@
 //! crate that owns it; this file composes them into one process per role.
 
 mod cli;
+mod containerd;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -198,7 +198,7 @@ async fn snapshots_client(
     socket: &Path,
 ) -> shoal_snapshotter::proto::snapshots::snapshots_client::SnapshotsClient<tonic::transport::Channel>
 {
-    let channel = shoal_snapshotter::pull::connect(socket).await.unwrap();
+    let channel = shoal_snapshotter::client::connect(socket).await.unwrap();
     shoal_snapshotter::proto::snapshots::snapshots_client::SnapshotsClient::new(channel)
 }
 
@@ -614,7 +614,9 @@ async fn a_kubelet_pull_over_cri_takes_the_remote_path() {
     std::fs::write(ctd_dir.join("config.toml"), config).unwrap();
     let ctd = Containerd::start_config(&ctd_dir, &ctd_dir.join("config.toml")).await;
 
-    let channel = shoal_snapshotter::pull::connect(&ctd.socket).await.unwrap();
+    let channel = shoal_snapshotter::client::connect(&ctd.socket)
+        .await
+        .unwrap();
     let mut cri = ImageServiceClient::new(channel);
     let pulled = cri
         .pull_image(PullImageRequest {

@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod client;
 mod config;
 mod error;
 mod extract;

@@ -16,6 +16,7 @@ use shoal_seed::registry::{Credentials, Platform, Registry};
 use tonic::Request;
 use tonic::transport::Channel;
 
+use crate::client::connect;
 use crate::proto::content::content_client::ContentClient;
 use crate::proto::content::{Info, InfoRequest, UpdateRequest, WriteAction, WriteContentRequest};
 use crate::proto::images::images_client::ImagesClient;
@@ -474,63 +475,6 @@ fn parse(reference: &str) -> Result<(String, String, String), Failure> {
         (None, None) => "latest".to_owned(),
     };
     Ok((registry, repository, tag))
-}
-
-/// The credentials Docker's config file (`auths.<host>.auth`, `user:password` in base64)
-/// holds for `host`.
-pub fn docker_credentials(config: &Path, host: &str) -> Option<Credentials> {
-    use base64::Engine as _;
-    let text = std::fs::read(config).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    let hub = "https://index.docker.io/v1/";
-    let auths = value.get("auths")?;
-    let auth = [host, if host == "docker.io" { hub } else { host }]
-        .iter()
-        .find_map(|h| auths.get(*h)?.get("auth")?.as_str())?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(auth)
-        .ok()?;
-    let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-    Some(Credentials::Basic {
-        user: user.to_owned(),
-        password: password.to_owned(),
-    })
-}
-
-/// The registry host of an image reference.
-pub fn registry_of(reference: &str) -> Option<String> {
-    crate::remote::split_reference(reference).map(|(host, _)| host)
-}
-
-/// A channel to containerd's socket.
-pub async fn connect(path: &Path) -> Result<Channel, Failure> {
-    #[derive(Clone)]
-    struct Uds(PathBuf);
-    impl tower_service::Service<http::Uri> for Uds {
-        type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
-        type Error = std::io::Error;
-        type Future = std::pin::Pin<
-            Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
-        >;
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: http::Uri) -> Self::Future {
-            let path = self.0.clone();
-            Box::pin(async move {
-                Ok(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            })
-        }
-    }
-    tonic::transport::Endpoint::from_static("http://[::]:50051")
-        .connect_with_connector(Uds(path.to_owned()))
-        .await
-        .map_err(|e| format!("containerd at {}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -212,7 +212,7 @@ impl Remote {
                 let credentials = self
                     .docker_config
                     .as_deref()
-                    .and_then(|c| crate::pull::docker_credentials(c, host))
+                    .and_then(|c| crate::client::docker_credentials(c, host))
                     .unwrap_or_default();
                 Arc::new(Registry::new(base, self.http.clone(), credentials))
             })

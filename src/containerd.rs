@@ -1,0 +1,255 @@
+//! The containerd commands: `shoal pull`, `shoal install`, `shoal snapshotter`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use shoal_p2p::api::{LocalClient, default_data_dir, socket_in};
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// The image: `registry.example/team/app:v1`, `alpine` (Docker Hub), `…@sha256:…`.
+    pub image: String,
+    /// containerd's socket (as `ctr --address`).
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub address: PathBuf,
+    /// containerd's namespace (`k8s.io` for Kubernetes' images).
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// `os/architecture[/variant]`; default this machine's.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// `user:password` for the registry (else Docker's config file, else anonymous).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The snapshotter containerd knows Shoal's by (`proxy_plugins.<name>`).
+    #[arg(long, default_value = "shoal")]
+    pub snapshotter: String,
+    /// The local node (its mirror serves the image; its status counts the bytes).
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The node's registry mirror.
+    #[arg(long, default_value = "http://127.0.0.1:4001")]
+    pub mirror: String,
+    /// The shoal snapshotter's socket (default `<data_dir>/snapshotter.sock`): the layers are
+    /// made there before containerd is asked for them.
+    #[arg(long)]
+    pub snapshotter_socket: Option<PathBuf>,
+}
+
+impl PullArgs {
+    pub async fn run(self) -> anyhow::Result<()> {
+        use shoal_snapshotter::pull;
+        let platform = match &self.platform {
+            Some(p) => p.parse().map_err(|e: String| anyhow::anyhow!(e))?,
+            None => {
+                let arch = match std::env::consts::ARCH {
+                    "x86_64" => "amd64",
+                    "aarch64" => "arm64",
+                    other => other,
+                };
+                format!("linux/{arch}")
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!(e))?
+            }
+        };
+        let host = shoal_snapshotter::client::registry_of(&self.image)
+            .with_context(|| format!("{:?} is not an image reference", self.image))?;
+        let credentials = match &self.user {
+            Some(u) => {
+                let (user, password) = u.split_once(':').context("--user is user:password")?;
+                shoal_seed::registry::Credentials::Basic {
+                    user: user.into(),
+                    password: password.into(),
+                }
+            }
+            None => std::env::var_os("DOCKER_CONFIG")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))
+                .and_then(|dir| {
+                    shoal_snapshotter::client::docker_credentials(&dir.join("config.json"), &host)
+                })
+                .unwrap_or_default(),
+        };
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        let node = LocalClient::new(socket_in(&data_dir));
+        let stage_at = self
+            .snapshotter_socket
+            .clone()
+            .unwrap_or_else(|| data_dir.join("snapshotter.sock"));
+        let before = node.status().await.ok();
+        let started = std::time::Instant::now();
+        let p = pull::Pull {
+            address: self.address,
+            namespace: self.namespace,
+            reference: self.image,
+            platform,
+            credentials,
+            snapshotter: self.snapshotter,
+            mirror: self.mirror.parse().context("--mirror")?,
+            stage_at: Some(stage_at),
+        };
+        let pulled = pull::pull(&p, |l| {
+            println!(
+                "{}  {:>10} bytes  {:6.2} s  {}",
+                l.digest,
+                l.size,
+                l.seconds,
+                if l.by_snapshotter {
+                    "from the swarm"
+                } else {
+                    "unpacked here"
+                }
+            );
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+        println!(
+            "{} ({}): {} layers in {:.2} s",
+            pulled.name,
+            pulled.digest,
+            pulled.layers.len(),
+            started.elapsed().as_secs_f64()
+        );
+        if let (Some(before), Ok(after)) = (before, node.status().await) {
+            let by_source: Vec<String> = after
+                .downloaded
+                .iter()
+                .map(|(s, n)| {
+                    (
+                        s,
+                        n - before.downloaded.get(s).copied().unwrap_or(0).min(*n),
+                    )
+                })
+                .filter(|(_, n)| *n > 0)
+                .map(|(s, n)| format!("{s} {n}"))
+                .collect();
+            println!(
+                "bytes by source: {}",
+                if by_source.is_empty() {
+                    "none".into()
+                } else {
+                    by_source.join(", ")
+                }
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+pub struct InstallArgs {
+    /// `containerd`, `docker` or `podman` (CRI-O reads the same `registries.conf`).
+    pub runtime: InstallRuntime,
+    /// The runtime's config file (default `/etc/containerd/config.toml`,
+    /// `/etc/docker/daemon.json`, `/etc/containers/registries.conf`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The node to wire to: its snapshotter socket is `<data_dir>/snapshotter.sock`.
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The node's registry mirror.
+    #[arg(long, default_value = "http://127.0.0.1:4001")]
+    pub mirror: String,
+    /// Restore what the files held before (their backups).
+    #[arg(long)]
+    pub uninstall: bool,
+    /// Show the change; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum InstallRuntime {
+    Containerd,
+    Docker,
+    Podman,
+}
+
+impl InstallArgs {
+    pub fn run(self) -> anyhow::Result<()> {
+        use shoal_snapshotter::install::{self, Install, Runtime};
+        let (runtime, default_config) = match self.runtime {
+            InstallRuntime::Containerd => (Runtime::Containerd, "/etc/containerd/config.toml"),
+            InstallRuntime::Docker => (Runtime::Docker, "/etc/docker/daemon.json"),
+            InstallRuntime::Podman => (Runtime::Podman, "/etc/containers/registries.conf"),
+        };
+        let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
+        let wire = Install {
+            runtime,
+            config: self.config.unwrap_or_else(|| default_config.into()),
+            mirror: self.mirror,
+            socket: data_dir.join("snapshotter.sock"),
+        };
+        let changes = install::plan(&wire, self.uninstall)?;
+        if changes.is_empty() {
+            println!("{}: nothing to change", wire.config.display());
+            return Ok(());
+        }
+        for c in &changes {
+            print!("{}", c.diff());
+        }
+        if self.dry_run {
+            return Ok(());
+        }
+        install::apply(&changes, self.uninstall)?;
+        println!(
+            "{} {} file(s); restart the runtime to use them{}",
+            if self.uninstall {
+                "Restored"
+            } else {
+                "Changed"
+            },
+            changes.len(),
+            if self.uninstall {
+                ""
+            } else {
+                " (`--uninstall` restores the backups)"
+            }
+        );
+        Ok(())
+    }
+}
+
+#[derive(Args)]
+pub struct SnapshotterArgs {
+    /// The node's data directory: the snapshots go to `<data_dir>/snapshotter/`, the socket is
+    /// `<data_dir>/snapshotter.sock` unless told otherwise.
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Where the snapshots and their metadata live.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// The socket containerd's `proxy_plugins.shoal.address` names.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// `/healthz` and `/metrics`.
+    #[arg(long, default_value = "127.0.0.1:4003")]
+    pub metrics_addr: SocketAddr,
+    /// The local node's registry mirror: layers prepared with CRI's labels are read through it
+    /// (from the swarm). `none`: containerd fetches every layer itself.
+    #[arg(long, default_value = "http://127.0.0.1:4001")]
+    pub mirror: String,
+    /// Docker's config file, for registries' credentials (default: `$DOCKER_CONFIG/config.json`,
+    /// else `~/.docker/config.json`).
+    #[arg(long)]
+    pub docker_config: Option<PathBuf>,
+}
+
+impl SnapshotterArgs {
+    pub fn setup(&self) -> anyhow::Result<shoal_snapshotter::Setup> {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(shoal_p2p::api::default_data_dir);
+        let config = shoal_snapshotter::SnapshotterConfig {
+            enabled: Some(true),
+            root: self.root.clone(),
+            socket: self.socket.clone(),
+            mirror: Some(self.mirror.clone()),
+            docker_config: self.docker_config.clone(),
+        };
+        Ok(config.setup(&data_dir, None)?)
+    }
+}

@@ -3,7 +3,6 @@
 //! socket, and, in a swarm, the upload server, staying attached to every scheduler.
 
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
@@ -106,16 +105,8 @@ impl Daemon {
                 path.display()
             )));
         }
-        let _ = std::fs::remove_file(&path);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io("create socket directory", dir, e))?;
-        }
-        let listener = tokio::net::UnixListener::bind(&path)
-            .map_err(|e| Error::io("bind local API socket", &path, e))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io("restrict local API socket", &path, e))?;
-        Ok(listener)
+        shoal_p2p::api::bind_private_socket(&path)
+            .map_err(|e| Error::io("bind local API socket", &path, e))
     }
 
     /// Serves the local API on `listener` until `shutdown` resolves, then lets running requests

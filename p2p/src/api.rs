@@ -21,6 +21,19 @@ use crate::error::{Error, Fault};
 use crate::id::IdOptions;
 use crate::origin::OriginRequest;
 
+/// Binds a unix socket at `path` that only this user may connect to (mode 0600), replacing a
+/// file left there (the caller checks first that no one answers on it) and making its directory.
+pub fn bind_private_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
 /// The local API socket's path for a data directory.
 pub fn socket_in(data_dir: &Path) -> PathBuf {
     data_dir.join("shoal.sock")

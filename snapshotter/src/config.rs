@@ -34,6 +34,34 @@ pub struct Setup {
     pub remote: Option<Remote>,
 }
 
+impl Setup {
+    /// Opens the snapshots and binds the socket (failing here, before anything runs); the
+    /// future serves them until `shutdown`. `mirror_port`: the port the node's mirror was
+    /// given, when its config said port 0.
+    pub fn start(
+        self,
+        mirror_port: Option<u16>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> crate::Result<impl std::future::Future<Output = std::io::Result<()>>> {
+        let Setup {
+            root,
+            socket,
+            mut remote,
+        } = self;
+        if let (Some(r), Some(port)) = (remote.as_mut(), mirror_port)
+            && r.mirror.port() == Some(0)
+        {
+            let _ = r.mirror.set_port(Some(port));
+        }
+        let snapshotter = crate::Snapshotter::open(&root)
+            .map_err(|e| crate::Error::Metadata(format!("snapshots in {}: {e}", root.display())))?;
+        let listener = crate::bind(&socket)
+            .map_err(|e| crate::Error::io("bind snapshotter socket", &socket, e))?;
+        tracing::info!(socket = %socket.display(), root = %root.display(), "snapshotter ready");
+        Ok(crate::serve(snapshotter, remote, listener, shutdown))
+    }
+}
+
 impl SnapshotterConfig {
     /// The `[snapshotter]` table of a daemon config file (defaults when absent).
     pub fn from_daemon_toml(text: &str) -> Result<Self, String> {

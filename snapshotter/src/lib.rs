@@ -79,20 +79,13 @@ pub mod proto {
 /// Binds the snapshotter's socket at `path` (mode 0600: containerd runs as root), replacing a
 /// socket nobody answers on; refuses if another snapshotter answers there.
 pub fn bind(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
             format!("another snapshotter answers on {}", path.display()),
         ));
     }
-    let _ = std::fs::remove_file(path);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let listener = tokio::net::UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    shoal_p2p::api::bind_private_socket(path)
 }
 
 /// Serves the Snapshots service for `snapshotter` on `listener` until `shutdown` resolves;

@@ -55,6 +55,9 @@ impl Setup {
         }
         let snapshotter = crate::Snapshotter::open(&root)
             .map_err(|e| crate::Error::Metadata(format!("snapshots in {}: {e}", root.display())))?;
+        if let Err(e) = crate::remote::sweep(&snapshotter) {
+            tracing::warn!(error = %e, "could not remove the layers a stop left half unpacked");
+        }
         let listener = crate::bind(&socket)
             .map_err(|e| crate::Error::io("bind snapshotter socket", &socket, e))?;
         tracing::info!(socket = %socket.display(), root = %root.display(), "snapshotter ready");

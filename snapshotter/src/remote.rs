@@ -4,11 +4,14 @@
 //! node's registry mirror (from the swarm, by digest), checked against its digest, unpacked
 //! while it streams, and committed under the chain id; containerd is then told it already
 //! exists and fetches nothing. The first such layer of an image starts every layer the image
-//! lists (`…/cri.image-layers`) in the node at once, so later layers are read from its store.
+//! lists (`…/cri.image-layers`): they are read and unpacked in parallel ([`stage`]), and each
+//! prepare only waits for its own.
 //! Whatever fails (no mirror, a registry that wants credentials the snapshotter lacks, a layer
 //! with device nodes) leaves that one layer to containerd's own path, with a log line.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod stage;
+
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,8 +29,7 @@ pub const LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
 pub const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
 pub const IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
 
-/// Prefix of the active snapshots the remote path unpacks into before committing.
-const UNPACKING: &str = "shoal-unpacking/";
+pub use stage::sweep;
 
 /// One layer of an image, as the labels name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,8 +108,8 @@ pub struct Remote {
     http: reqwest::Client,
     /// One client per registry host (each keeps its tokens).
     registries: Mutex<HashMap<String, Arc<Registry>>>,
-    /// Layers already started in the node (by digest).
-    started: Mutex<HashSet<String>>,
+    /// Layers being unpacked ahead.
+    stager: Arc<stage::Stager>,
     /// One unpack per target at a time: a second prepare of a layer waits for the first.
     unpacking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -126,7 +128,7 @@ impl Remote {
             docker_config,
             http,
             registries: Mutex::default(),
-            started: Mutex::default(),
+            stager: Arc::default(),
             unpacking: Mutex::default(),
         })
     }
@@ -156,12 +158,10 @@ impl Remote {
                 Ok(s) if s.kind == crate::Kind::Committed && s.parent == parent => Ok(true),
                 // Committed on another parent (another namespace's): containerd's path.
                 Ok(_) => Ok(false),
-                Err(_) => {
-                    self.start_others(&layer);
-                    self.pull(snapshotter, &layer, parent, labels)
-                        .await
-                        .map(|()| true)
-                }
+                Err(_) => self
+                    .pull(snapshotter, &layer, parent, labels)
+                    .await
+                    .map(|()| true),
             }
         };
         {
@@ -177,26 +177,6 @@ impl Remote {
                 tracing::warn!(layer = layer.digest, image_registry = layer.registry, error = %e, "layer not read through the node; containerd fetches it itself");
                 Ok(false)
             }
-        }
-    }
-
-    /// Asks the node for the image's other layers, once each, in the background.
-    fn start_others(&self, layer: &LayerRef) {
-        let mut started = self.started.lock().expect("started lock");
-        started.insert(layer.digest.clone());
-        for digest in &layer.image_layers {
-            let Ok(parsed) = digest.parse::<shoal_p2p::Digest>() else {
-                continue;
-            };
-            if !valid_digest(digest) || !started.insert(digest.clone()) {
-                continue;
-            }
-            let (registry, repository) = (self.registry(&layer.registry), layer.repository.clone());
-            tokio::spawn(async move {
-                if let Ok(mut resp) = registry.blob(&repository, parsed).await {
-                    while let Ok(Some(_)) = resp.chunk().await {}
-                }
-            });
         }
     }
 
@@ -219,7 +199,8 @@ impl Remote {
             .clone()
     }
 
-    /// Unpacks the layer into a snapshot of its own and commits it as the target.
+    /// Unpacks the layer (and starts the image's others) and commits it on `parent` as the
+    /// target.
     async fn pull(
         &self,
         snapshotter: &Arc<Snapshotter>,
@@ -227,56 +208,37 @@ impl Remote {
         parent: &str,
         labels: &BTreeMap<String, String>,
     ) -> Result<()> {
-        let key = format!("{UNPACKING}{}", layer.target);
+        let source = stage::Source {
+            registry: self.registry(&layer.registry),
+            repository: layer.repository.clone(),
+        };
+        let own = std::iter::once(layer.digest.as_str());
+        let others = layer.image_layers.iter().map(String::as_str);
+        self.stager.start(snapshotter, &source, own.chain(others));
+        let (key, diff_id) = match self.stager.claim(&layer.digest).await {
+            Some(unpacked) => unpacked?,
+            None => return Err(Error::Remote("another prepare took its unpack".into())),
+        };
+        // The unpacked bytes must be what the chain id containerd named is made of, else one
+        // image could plant files under another's chain id.
+        let made = chain_id(parent_chain(parent), &diff_id);
+        let checked = match made == layer.target {
+            true => Ok(()),
+            false => Err(Error::Remote(format!(
+                "the layer unpacks to {diff_id}, which makes chain id {made}, not {}",
+                layer.target
+            ))),
+        };
         let s = snapshotter.clone();
-        let (k, p) = (key.clone(), parent.to_owned());
-        let dir = blocking(move || {
-            // Left by a crash mid-unpack (no other unpack of this layer runs now).
-            if s.stat(&k).is_ok() {
-                s.remove(&k)?;
-            }
-            s.prepare(&k, &p, BTreeMap::new())?;
-            Ok(s.fs_dir(s.stat(&k)?.id))
-        })
-        .await?;
-        let result = self.unpack(layer, dir).await.and_then(|diff_id| {
-            // The unpacked bytes must be what the chain id containerd named is made of, else
-            // one image could plant files under another's chain id.
-            let made = chain_id(parent_chain(parent), &diff_id);
-            match made == layer.target {
-                true => Ok(()),
-                false => Err(Error::Remote(format!(
-                    "the layer unpacks to {diff_id}, which makes chain id {made}, not {}",
-                    layer.target
-                ))),
-            }
-        });
-        let s = snapshotter.clone();
-        let (target, labels) = (layer.target.clone(), labels.clone());
-        blocking(move || match result {
-            Ok(()) => s.commit(&target, &key, labels).inspect_err(|_| {
-                let _ = s.remove(&key);
-            }),
-            Err(e) => {
-                let _ = s.remove(&key);
-                Err(e)
-            }
+        let (target, parent, labels) = (layer.target.clone(), parent.to_owned(), labels.clone());
+        blocking(move || {
+            checked
+                .and_then(|()| s.commit_on(&target, &key, Some(&parent), labels))
+                .inspect_err(|_| {
+                    let _ = s.remove(&key);
+                })
         })
         .await
-    }
-
-    /// Streams the layer from the mirror into `dir`, checking its digest; its diff id.
-    async fn unpack(&self, layer: &LayerRef, dir: PathBuf) -> Result<String> {
-        let digest = layer
-            .digest
-            .parse()
-            .map_err(|e| Error::InvalidArgument(format!("layer digest: {e}")))?;
-        let resp = self
-            .registry(&layer.registry)
-            .blob(&layer.repository, digest)
-            .await
-            .map_err(|e| Error::Remote(format!("through the node's mirror: {e}")))?;
-        unpack_checked(resp, &layer.digest, dir).await
     }
 }
 

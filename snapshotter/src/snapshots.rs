@@ -227,6 +227,19 @@ impl Snapshotter {
 
     /// Makes the active snapshot `key` the committed snapshot `name`, with `labels`.
     pub fn commit(&self, name: &str, key: &str, labels: BTreeMap<String, String>) -> Result<()> {
+        self.commit_on(name, key, None, labels)
+    }
+
+    /// [`commit`](Self::commit), and with `parent`, the active snapshot `key` — which has no
+    /// parent — is committed on the committed `parent`: a layer unpacked before its parent was
+    /// there (an overlay layer's directory holds its own diff, whatever lies under it).
+    pub fn commit_on(
+        &self,
+        name: &str,
+        key: &str,
+        parent: Option<&str>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<()> {
         if name.is_empty() {
             return Err(Error::InvalidArgument(
                 "a committed snapshot needs a name".into(),
@@ -244,6 +257,15 @@ impl Snapshotter {
             }
             if table.get(name)?.is_some() {
                 return Err(Error::AlreadyExists(name.to_owned()));
+            }
+            if let Some(parent) = parent.filter(|p| !p.is_empty()) {
+                if !snapshot.parent.is_empty() {
+                    return Err(Error::FailedPrecondition(format!(
+                        "snapshot {key:?} has a parent already"
+                    )));
+                }
+                chain(&table, parent)?;
+                snapshot.parent = parent.to_owned();
             }
             snapshot.usage = Some(usage_of(&self.fs_dir(snapshot.id))?);
             snapshot.kind = Kind::Committed;

@@ -171,3 +171,44 @@ fn records_survive_a_restart_and_cleanup_removes_only_orphans() {
     s.prepare("c", "", BTreeMap::new()).unwrap();
     assert_eq!(s.stat("c").unwrap().id, 3);
 }
+
+#[test]
+fn a_layer_unpacked_alone_is_committed_on_its_parent_once_that_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Snapshotter::open(dir.path()).unwrap();
+    s.prepare("staged-b", "", BTreeMap::new()).unwrap();
+    s.prepare("a", "", BTreeMap::new()).unwrap();
+    assert!(
+        matches!(
+            s.commit_on("B", "staged-b", Some("a"), BTreeMap::new()),
+            Err(Error::InvalidArgument(_))
+        ),
+        "an active parent is no parent"
+    );
+    s.commit("A", "a", BTreeMap::new()).unwrap();
+    s.commit_on("B", "staged-b", Some("A"), BTreeMap::new())
+        .unwrap();
+    assert_eq!(s.stat("B").unwrap().parent, "A");
+    let m = s.prepare("c", "B", BTreeMap::new()).unwrap();
+    assert_eq!(
+        m[0].options[2],
+        format!(
+            "lowerdir={}:{}",
+            fs(&s, "B").display(),
+            fs(&s, "A").display()
+        )
+    );
+    assert!(
+        matches!(s.remove("A"), Err(Error::FailedPrecondition(_))),
+        "A is B's parent now"
+    );
+
+    s.prepare("on-a", "A", BTreeMap::new()).unwrap();
+    assert!(
+        matches!(
+            s.commit_on("X", "on-a", Some("B"), BTreeMap::new()),
+            Err(Error::FailedPrecondition(_))
+        ),
+        "a snapshot's parent is not replaced"
+    );
+}

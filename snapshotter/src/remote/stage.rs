@@ -1,0 +1,204 @@
+//! Layers unpacked ahead, in parallel. containerd prepares an image's layers one after another,
+//! each on the one before; but an overlay layer's directory holds its own diff whatever lies
+//! under it, so the first prepare of an image starts every layer the image lists, each streamed
+//! from the node and unpacked into a snapshot of its own without a parent, a few at a time,
+//! bottom first. A layer's prepare then only waits for its own unpack and commits it on its
+//! parent ([`Snapshotter::commit_on`]).
+//!
+//! An unpack nobody claims (the pull was abandoned) is removed after [`UNCLAIMED_FOR`]; those
+//! a stop interrupted are removed at the next start ([`sweep`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_seed::registry::Registry;
+use tokio::sync::{Semaphore, watch};
+
+use super::{blocking, unpack_checked, valid_digest};
+use crate::error::{Error, Result};
+use crate::snapshots::Snapshotter;
+
+/// Prefix of the snapshots layers are unpacked into before they are claimed.
+const STAGING: &str = "shoal-staging/";
+/// Layers unpacked at once (each also inflates: CPU).
+const AT_ONCE: usize = 4;
+/// How long an unpacked layer waits for its prepare.
+const UNCLAIMED_FOR: Duration = Duration::from_secs(600);
+
+/// What an unpack came to: the layer's diff id, or why not (`None`: still going).
+type Outcome = Option<std::result::Result<String, String>>;
+
+struct Staged {
+    /// The snapshot it is unpacked into.
+    key: String,
+    done: watch::Receiver<Outcome>,
+}
+
+/// The layers being unpacked ahead, by digest.
+pub(super) struct Stager {
+    layers: Mutex<HashMap<String, Staged>>,
+    slots: Arc<Semaphore>,
+    next: AtomicU64,
+}
+
+impl Default for Stager {
+    fn default() -> Self {
+        Stager {
+            layers: Mutex::default(),
+            slots: Arc::new(Semaphore::new(AT_ONCE)),
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Where to read a layer: the registry client (through the node) and repository.
+#[derive(Clone)]
+pub(super) struct Source {
+    pub registry: Arc<Registry>,
+    pub repository: String,
+}
+
+impl Stager {
+    /// Starts unpacking each layer of `digests` not being unpacked already, in that order.
+    pub(super) fn start<'a>(
+        self: &Arc<Self>,
+        snapshotter: &Arc<Snapshotter>,
+        source: &Source,
+        digests: impl IntoIterator<Item = &'a str>,
+    ) {
+        let mut layers = self.layers.lock().expect("staging lock");
+        for digest in digests {
+            if layers.contains_key(digest) || !valid_digest(digest) {
+                continue;
+            }
+            let key = format!(
+                "{STAGING}{}-{digest}",
+                self.next.fetch_add(1, Ordering::Relaxed)
+            );
+            let (tx, done) = watch::channel(None);
+            layers.insert(
+                digest.to_owned(),
+                Staged {
+                    key: key.clone(),
+                    done,
+                },
+            );
+            let (this, s, source, digest) = (
+                self.clone(),
+                snapshotter.clone(),
+                source.clone(),
+                digest.to_owned(),
+            );
+            tokio::spawn(async move {
+                let outcome = this.unpack(&s, &source, &digest, &key).await;
+                if outcome.is_err() {
+                    this.forget(&digest, &key);
+                    remove(&s, &key).await;
+                }
+                let unpacked = outcome.is_ok();
+                let _ = tx.send(Some(outcome.map_err(|e| e.to_string())));
+                if unpacked {
+                    tokio::time::sleep(UNCLAIMED_FOR).await;
+                    if this.forget(&digest, &key) {
+                        tracing::info!(
+                            layer = digest,
+                            "a layer unpacked ahead was not claimed; removed"
+                        );
+                        remove(&s, &key).await;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Takes the unpack of `digest` (no other prepare gets it) and waits for it: the snapshot
+    /// it is in and the layer's diff id. `None`: it is not being unpacked.
+    pub(super) async fn claim(&self, digest: &str) -> Option<Result<(String, String)>> {
+        let Staged { key, mut done } = self.layers.lock().expect("staging lock").remove(digest)?;
+        let outcome = match done.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone(),
+            Err(_) => None,
+        };
+        let outcome = outcome.unwrap_or_else(|| Err("the unpack stopped".to_owned()));
+        Some(outcome.map(|diff_id| (key, diff_id)).map_err(Error::Remote))
+    }
+
+    /// Drops the entry of `digest` if it is still the unpack into `key`; whether it was.
+    fn forget(&self, digest: &str, key: &str) -> bool {
+        let mut layers = self.layers.lock().expect("staging lock");
+        let ours = layers.get(digest).is_some_and(|s| s.key == key);
+        if ours {
+            layers.remove(digest);
+        }
+        ours
+    }
+
+    async fn unpack(
+        &self,
+        s: &Arc<Snapshotter>,
+        source: &Source,
+        digest: &str,
+        key: &str,
+    ) -> Result<String> {
+        let parsed = digest
+            .parse()
+            .map_err(|e| Error::InvalidArgument(format!("layer digest: {e}")))?;
+        let _slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Waits its turn to unpack; the node fetches it meanwhile.
+                warm(source, parsed);
+                self.slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| Error::Remote(e.to_string()))?
+            }
+        };
+        let (s, k) = (s.clone(), key.to_owned());
+        let dir = blocking(move || {
+            s.prepare(&k, "", BTreeMap::new())?;
+            Ok(s.fs_dir(s.stat(&k)?.id))
+        })
+        .await?;
+        let resp = source
+            .registry
+            .blob(&source.repository, parsed)
+            .await
+            .map_err(|e| Error::Remote(format!("through the node's mirror: {e}")))?;
+        unpack_checked(resp, digest, dir).await
+    }
+}
+
+/// Asks the node for a layer and reads it to the end (the node keeps it).
+fn warm(source: &Source, digest: shoal_p2p::Digest) {
+    let source = source.clone();
+    tokio::spawn(async move {
+        if let Ok(mut resp) = source.registry.blob(&source.repository, digest).await {
+            while let Ok(Some(_)) = resp.chunk().await {}
+        }
+    });
+}
+
+async fn remove(s: &Arc<Snapshotter>, key: &str) {
+    let (s, key) = (s.clone(), key.to_owned());
+    let _ = blocking(move || match s.remove(&key) {
+        Err(Error::NotFound(_)) => Ok(()),
+        r => r,
+    })
+    .await;
+}
+
+/// Removes the unpacks a stop interrupted.
+pub fn sweep(s: &Snapshotter) -> Result<usize> {
+    let mut removed = 0;
+    for snapshot in s.list()? {
+        if snapshot.name.starts_with(STAGING) {
+            s.remove(&snapshot.name)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -235,6 +235,11 @@ pub struct SnapshotterArgs {
     /// else `~/.docker/config.json`).
     #[arg(long)]
     pub docker_config: Option<PathBuf>,
+    /// containerd's socket: CRI's image service on the snapshotter's socket (the kubelet's
+    /// `--image-service-endpoint`) is forwarded there, the pulls' credentials kept in memory
+    /// for the layers they prepare. `none`: no image service.
+    #[arg(long, default_value = shoal_snapshotter::DEFAULT_CONTAINERD)]
+    pub containerd: PathBuf,
 }
 
 impl SnapshotterArgs {
@@ -249,6 +254,7 @@ impl SnapshotterArgs {
             socket: self.socket.clone(),
             mirror: Some(self.mirror.clone()),
             docker_config: self.docker_config.clone(),
+            containerd: Some(self.containerd.clone()),
         };
         Ok(config.setup(&data_dir, None)?)
     }

@@ -83,7 +83,8 @@ fn text(out: &Output) -> String {
 /// `ctr run --rm` of `image` with `args`, retried while containerd reconnects to a restarted
 /// snapshotter.
 async fn run(ctd: &Containerd, image: &str, id: &str, args: &[&str]) -> Output {
-    let mut cmd = vec!["run", "--rm", "--snapshotter", "shoal", image, id];
+    let id = unique(id);
+    let mut cmd = vec!["run", "--rm", "--snapshotter", "shoal", image, &id];
     cmd.extend_from_slice(args);
     let start = std::time::Instant::now();
     loop {
@@ -96,6 +97,12 @@ async fn run(ctd: &Containerd, image: &str, id: &str, args: &[&str]) -> Output {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// A container id no other test's uses: runc keeps its containers in one directory for every
+/// containerd (`/run/containerd/runc/<namespace>`).
+fn unique(id: &str) -> String {
+    format!("{id}-{}", hex::encode(shoal_integration::random_bytes(4)))
 }
 
 /// A container of the `cat` image reads the upper layer's file and the lower layer's kept one,
@@ -585,6 +592,30 @@ async fn shoal_install_wires_containerd_to_the_node_once_and_uninstall_restores_
     assert!(!hosts_dir.join("_default/hosts.toml").exists());
 }
 
+/// A containerd under `dir` with its CRI plugin on, configured as `shoal install` would:
+/// snapshotter `shoal` at `socket`, snapshot labels on, `host`'s registry from certs.d (plain
+/// HTTP).
+async fn cri_containerd(dir: &Path, host: &str, socket: &Path) -> Containerd {
+    let certs = dir.join("certs.d").join(host);
+    std::fs::create_dir_all(&certs).unwrap();
+    std::fs::write(
+        certs.join("hosts.toml"),
+        format!("server = \"http://{host}\"\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+    )
+    .unwrap();
+    let config = Containerd::config(dir)
+        .replace("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n", "")
+        + &format!(
+            "[proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = {socket:?}\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"shoal\"\n  \
+         disable_snapshot_annotations = false\n\
+         [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {:?}\n",
+            dir.join("certs.d")
+        );
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+    Containerd::start_config(dir, &dir.join("config.toml")).await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kubelet_pull_over_cri_takes_the_remote_path() {
     use shoal_snapshotter::proto::runtime::v1::image_service_client::ImageServiceClient;
@@ -593,26 +624,8 @@ async fn a_kubelet_pull_over_cri_takes_the_remote_path() {
     // as `shoal install` would: snapshotter `shoal`, snapshot labels on, hosts from certs.d.
     let remote = Remote::start().await;
     let host = remote.reference.split('/').next().unwrap().to_owned();
-    let ctd_dir = remote.dir.path().join("cri");
-    let certs = ctd_dir.join("certs.d").join(&host);
-    std::fs::create_dir_all(&certs).unwrap();
-    std::fs::write(
-        certs.join("hosts.toml"),
-        format!("server = \"http://{host}\"\n[host.\"http://{host}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
-    )
-    .unwrap();
     let socket = remote.dir.path().join("snapshotter.sock");
-    let config = Containerd::config(&ctd_dir)
-        .replace("disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n", "")
-        + &format!(
-            "[proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = {socket:?}\n\
-         [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  snapshotter = \"shoal\"\n  \
-         disable_snapshot_annotations = false\n\
-         [plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {:?}\n",
-            ctd_dir.join("certs.d")
-        );
-    std::fs::write(ctd_dir.join("config.toml"), config).unwrap();
-    let ctd = Containerd::start_config(&ctd_dir, &ctd_dir.join("config.toml")).await;
+    let ctd = cri_containerd(&remote.dir.path().join("cri"), &host, &socket).await;
 
     let channel = shoal_snapshotter::client::connect(&ctd.socket)
         .await
@@ -635,7 +648,8 @@ async fn a_kubelet_pull_over_cri_takes_the_remote_path() {
     assert!(!log.contains("containerd fetches it itself"), "{log}");
     // And a container of it runs (in CRI's namespace).
     let mut args = vec!["-n", "k8s.io", "run", "--rm", "--snapshotter", "shoal"];
-    args.extend([remote.reference.as_str(), "c1", "/bin/cat", "/hello.txt"]);
+    let id = unique("c1");
+    args.extend([remote.reference.as_str(), &id, "/bin/cat", "/hello.txt"]);
     let out = ctd.run(&args).await;
     assert!(out.status.success(), "run: {}", text(&out));
     assert_eq!(
@@ -739,6 +753,143 @@ async fn a_token_auth_registry_is_read_through_the_node_with_the_credentials_giv
             !text.contains(&password) && !text.contains(&auth),
             "{}",
             log.display()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kubelet_pull_through_the_image_proxy_lends_its_credentials_to_the_remote_path() {
+    use shoal_integration::token::TokenServer;
+    use shoal_snapshotter::proto::runtime::v1::image_service_client::ImageServiceClient;
+    use shoal_snapshotter::proto::runtime::v1::{
+        AuthConfig, ImageSpec, ImageStatusRequest, PullImageRequest,
+    };
+    // A registry only carol may read; a snapshotter with no credentials of its own (no Docker
+    // config), whose socket forwards CRI's image service to a containerd with CRI on.
+    let dir = tempfile::tempdir().unwrap();
+    let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
+    let tokens = TokenServer::start(dir.path(), "carol", &password)
+        .await
+        .unwrap();
+    let access = Access::Token {
+        realm: tokens.realm(),
+        bundle: tokens.bundle.clone(),
+    };
+    let registry = TestRegistry::start(&dir.path().join("registry"), &access)
+        .await
+        .unwrap();
+    let image = image_with_cat(dir.path());
+    let push = format!(
+        "Bearer {}",
+        tokens.token_for("repository:test/cat:pull,push")
+    );
+    image
+        .push(&registry.url(), "test/cat", "v1", Some(&push))
+        .await
+        .unwrap();
+    let host = registry.url().trim_start_matches("http://").to_owned();
+    let reference = format!("{host}/test/cat:v1");
+    let cluster = Cluster::builder()
+        .daemons(1)
+        .registry(&host, &registry.url())
+        .start()
+        .await;
+    let mirror = format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port);
+    let ctd_dir = dir.path().join("cri");
+    let socket = dir.path().join("snapshotter.sock");
+    let log = dir.path().join("snapshotter.log");
+    let mut cmd = shoal();
+    cmd.arg("snapshotter")
+        .arg("--root")
+        .arg(dir.path().join("snaps"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--metrics-addr", "127.0.0.1:0", "--mirror", &mirror])
+        .arg("--containerd")
+        .arg(ctd_dir.join("containerd.sock"))
+        .env("HOME", dir.path())
+        .env_remove("DOCKER_CONFIG")
+        .stderr(std::fs::File::create(&log).unwrap());
+    let _snapshotter = ChildGuard::spawn(cmd);
+    wait_until(Duration::from_secs(20), "snapshotter socket", || {
+        socket.exists()
+    })
+    .await;
+    let ctd = cri_containerd(&ctd_dir, &host, &socket).await;
+
+    // The kubelet, with `--image-service-endpoint` naming the snapshotter's socket.
+    let channel = shoal_snapshotter::client::connect(&socket).await.unwrap();
+    let mut kubelet = ImageServiceClient::new(channel);
+    let spec = ImageSpec {
+        image: reference.clone(),
+        annotations: Default::default(),
+    };
+    let pulled = kubelet
+        .pull_image(PullImageRequest {
+            image: Some(spec.clone()),
+            auth: Some(AuthConfig {
+                username: "carol".into(),
+                password: password.clone(),
+                server_address: format!("http://{host}"),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("PullImage through the proxy: {s:?}"))
+        .into_inner();
+    assert!(pulled.image_ref.starts_with("sha256:"), "{pulled:?}");
+    // The snapshotter read every layer through the node, with the pull's credentials.
+    let mut through_node = 0;
+    for source in ["origin", "seed", "peer"] {
+        through_node += cluster.daemons[0]
+            .metric(&format!(
+                "shoal_download_bytes_total{{source=\"{source}\"}}"
+            ))
+            .await;
+    }
+    let layers: u64 = image.layers.iter().map(|l| l.len() as u64).sum();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!said.contains("containerd fetches it itself"), "{said}");
+    assert_eq!(through_node, layers);
+    // Every other call is containerd's answer, unchanged.
+    let status = kubelet
+        .image_status(ImageStatusRequest {
+            image: Some(spec),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let found = status.image.expect("the image is known");
+    assert_eq!(found.id, pulled.image_ref);
+    assert!(found.repo_tags.contains(&reference), "{found:?}");
+    let id = unique("proxied");
+    let args = ["-n", "k8s.io", "run", "--rm", "--snapshotter", "shoal"];
+    let out = ctd
+        .run(&[&args[..], &[&reference, &id, "/bin/cat", "/hello.txt"]].concat())
+        .await;
+    assert!(out.status.success(), "run: {}", text(&out));
+    // The password is in no log and no file of the snapshotter's.
+    let mut files = vec![log, cluster.daemons[0].data_dir.join("log")];
+    let mut dirs = vec![dir.path().join("snaps")];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = entry.file_type().unwrap();
+            match (t.is_dir(), t.is_file()) {
+                (true, _) => dirs.push(entry.path()),
+                (_, true) => files.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        assert!(
+            !bytes
+                .windows(password.len())
+                .any(|w| w == password.as_bytes()),
+            "{}",
+            f.display()
         );
     }
 }

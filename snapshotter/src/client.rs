@@ -33,31 +33,42 @@ pub fn registry_of(reference: &str) -> Option<String> {
 
 /// A channel to containerd's socket.
 pub async fn connect(path: &Path) -> Result<Channel, String> {
-    #[derive(Clone)]
-    struct Uds(PathBuf);
-    impl tower_service::Service<http::Uri> for Uds {
-        type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
-        type Error = std::io::Error;
-        type Future = std::pin::Pin<
-            Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
-        >;
-        fn poll_ready(
-            &mut self,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn call(&mut self, _: http::Uri) -> Self::Future {
-            let path = self.0.clone();
-            Box::pin(async move {
-                Ok(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            })
-        }
-    }
-    tonic::transport::Endpoint::from_static("http://[::]:50051")
+    endpoint()
         .connect_with_connector(Uds(path.to_owned()))
         .await
         .map_err(|e| format!("containerd at {}: {e}", path.display()))
+}
+
+/// A channel to containerd's socket that connects when first used (and again after a
+/// restart of containerd).
+pub fn connect_lazy(path: &Path) -> Channel {
+    endpoint().connect_with_connector_lazy(Uds(path.to_owned()))
+}
+
+fn endpoint() -> tonic::transport::Endpoint {
+    tonic::transport::Endpoint::from_static("http://[::]:50051")
+}
+
+#[derive(Clone)]
+struct Uds(PathBuf);
+impl tower_service::Service<http::Uri> for Uds {
+    type Response = hyper_util::rt::TokioIo<tokio::net::UnixStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
+    >;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let path = self.0.clone();
+        Box::pin(async move {
+            Ok(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(path).await?,
+            ))
+        })
+    }
 }

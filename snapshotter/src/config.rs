@@ -25,13 +25,23 @@ pub struct SnapshotterConfig {
     /// Docker's config file, for registries' credentials (default `$DOCKER_CONFIG/config.json`,
     /// else `~/.docker/config.json`).
     pub docker_config: Option<PathBuf>,
+    /// containerd's socket: CRI's image service, called on the snapshotter's socket (the
+    /// kubelet's `--image-service-endpoint`), is forwarded there, and the pulls' credentials
+    /// are kept for the remote path (default `/run/containerd/containerd.sock`; `none`: the
+    /// snapshotter's socket serves no image service).
+    pub containerd: Option<PathBuf>,
 }
+
+/// containerd's socket where it usually is.
+pub const DEFAULT_CONTAINERD: &str = "/run/containerd/containerd.sock";
 
 /// What a snapshotter runs with.
 pub struct Setup {
     pub root: PathBuf,
     pub socket: PathBuf,
     pub remote: Option<Remote>,
+    /// containerd's socket, where CRI's image service is forwarded.
+    pub containerd: Option<PathBuf>,
 }
 
 impl Setup {
@@ -47,6 +57,7 @@ impl Setup {
             root,
             socket,
             mut remote,
+            containerd,
         } = self;
         if let (Some(r), Some(port)) = (remote.as_mut(), mirror_port)
             && r.mirror.port() == Some(0)
@@ -61,7 +72,16 @@ impl Setup {
         let listener = crate::bind(&socket)
             .map_err(|e| crate::Error::io("bind snapshotter socket", &socket, e))?;
         tracing::info!(socket = %socket.display(), root = %root.display(), "snapshotter ready");
-        Ok(crate::serve(snapshotter, remote, listener, shutdown))
+        Ok(async move {
+            crate::serve(
+                snapshotter,
+                remote,
+                containerd.as_deref(),
+                listener,
+                shutdown,
+            )
+            .await
+        })
     }
 }
 
@@ -102,6 +122,11 @@ impl SnapshotterConfig {
                 .clone()
                 .unwrap_or_else(|| data_dir.join("snapshotter.sock")),
             remote: mirror.map(|m| Remote::new(m, docker_config)).transpose()?,
+            containerd: match self.containerd.as_deref() {
+                None => Some(DEFAULT_CONTAINERD.into()),
+                Some(p) if p == Path::new("none") => None,
+                Some(p) => Some(p.to_owned()),
+            },
         })
     }
 }

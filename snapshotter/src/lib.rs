@@ -12,12 +12,13 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let snapshotter = shoal_snapshotter::Snapshotter::open("/var/lib/shoal/snapshotter".as_ref())?;
 //! let socket = tokio::net::UnixListener::bind("/run/shoal/snapshotter.sock")?;
-//! shoal_snapshotter::serve(snapshotter, None, socket, std::future::pending()).await?;
+//! shoal_snapshotter::serve(snapshotter, None, None, socket, std::future::pending()).await?;
 //! # Ok(()) }
 //! ```
 
 pub mod client;
 mod config;
+pub mod cri;
 mod error;
 mod extract;
 mod filter;
@@ -27,7 +28,7 @@ pub mod remote;
 mod service;
 mod snapshots;
 
-pub use config::{Setup, SnapshotterConfig};
+pub use config::{DEFAULT_CONTAINERD, Setup, SnapshotterConfig};
 pub use error::{Error, Result};
 pub use remote::Remote;
 pub use snapshots::{Kind, Mount, Snapshot, Snapshotter, Usage};
@@ -89,13 +90,22 @@ pub fn bind(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener>
 }
 
 /// Serves the Snapshots service for `snapshotter` on `listener` until `shutdown` resolves;
-/// with `remote`, layers prepared with CRI's labels are read through the local node.
+/// with `remote`, layers prepared with CRI's labels are read through the local node; with
+/// `containerd` (its socket), CRI's image service too, forwarded there ([`cri`]).
 pub async fn serve(
     snapshotter: Snapshotter,
     remote: Option<Remote>,
+    containerd: Option<&std::path::Path>,
     listener: tokio::net::UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
+    let images = containerd.map(|c| {
+        let keychain = remote
+            .as_ref()
+            .map(|r| r.keychain.clone())
+            .unwrap_or_default();
+        cri::ImageProxy::new(c, keychain)
+    });
     let service = service::Service {
         snapshotter: std::sync::Arc::new(snapshotter),
         remote: remote.map(std::sync::Arc::new),
@@ -109,6 +119,7 @@ pub async fn serve(
         .add_service(proto::snapshots::snapshots_server::SnapshotsServer::new(
             service,
         ))
+        .add_optional_service(images)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(std::io::Error::other)

@@ -110,6 +110,8 @@ pub struct Remote {
     registries: Mutex<HashMap<String, Arc<Registry>>>,
     /// Layers being unpacked ahead.
     stager: Arc<stage::Stager>,
+    /// Credentials the kubelet's pulls gave (through the CRI proxy), by repository.
+    pub keychain: Arc<crate::cri::Keychain>,
     /// One unpack per target at a time: a second prepare of a layer waits for the first.
     unpacking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -129,6 +131,7 @@ impl Remote {
             http,
             registries: Mutex::default(),
             stager: Arc::default(),
+            keychain: Arc::default(),
             unpacking: Mutex::default(),
         })
     }
@@ -180,15 +183,19 @@ impl Remote {
         }
     }
 
-    /// The client of `host` through the node's mirror (`?ns=host`), with the credentials
-    /// Docker's config file holds for it (read when the client is made; tokens are kept).
-    fn registry(&self, host: &str) -> Arc<Registry> {
+    /// The client of `host`'s `repository` through the node's mirror (`?ns=host`): with the
+    /// credentials a kubelet's pull of it gave, else those Docker's config file holds for the
+    /// host (read when the client is made; tokens are kept).
+    fn registry(&self, host: &str, repository: &str) -> Arc<Registry> {
+        let mut base = self.mirror.clone();
+        base.query_pairs_mut().append_pair("ns", host);
+        if let Some(credentials) = self.keychain.get(host, repository) {
+            return Arc::new(Registry::new(base, self.http.clone(), credentials));
+        }
         let mut clients = self.registries.lock().expect("registries lock");
         clients
             .entry(host.to_owned())
             .or_insert_with(|| {
-                let mut base = self.mirror.clone();
-                base.query_pairs_mut().append_pair("ns", host);
                 let credentials = self
                     .docker_config
                     .as_deref()
@@ -209,7 +216,7 @@ impl Remote {
         labels: &BTreeMap<String, String>,
     ) -> Result<()> {
         let source = stage::Source {
-            registry: self.registry(&layer.registry),
+            registry: self.registry(&layer.registry, &layer.repository),
             repository: layer.repository.clone(),
         };
         let own = std::iter::once(layer.digest.as_str());

@@ -90,21 +90,14 @@ impl PullArgs {
             mirror: self.mirror.parse().context("--mirror")?,
             stage_at: Some(stage_at),
         };
-        let pulled = pull::pull(&p, |l| {
-            println!(
-                "{}  {:>10} bytes  {:6.2} s  {}",
-                l.digest,
-                l.size,
-                l.seconds,
-                if l.by_snapshotter {
-                    "from the swarm"
-                } else {
-                    "unpacked here"
-                }
-            );
+        let bars = Bars::new(LocalClient::new(socket_in(&data_dir)));
+        let pulled = pull::pull(&p, |event| match event {
+            pull::Event::Layers(layers) => bars.start(layers),
+            pull::Event::Done(l) => bars.done(l),
         })
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+        .await;
+        bars.stop();
+        let pulled = pulled.map_err(|e| anyhow::anyhow!(e))?;
         println!(
             "{} ({}): {} layers in {:.2} s",
             pulled.name,
@@ -135,6 +128,93 @@ impl PullArgs {
             );
         }
         Ok(())
+    }
+}
+
+/// One progress bar per layer (on a terminal), moved by what the node holds of it; a line per
+/// layer done otherwise.
+struct Bars {
+    all: indicatif::MultiProgress,
+    layers: std::sync::Arc<std::sync::Mutex<Vec<(String, indicatif::ProgressBar)>>>,
+    poll: tokio::task::JoinHandle<()>,
+}
+
+impl Bars {
+    fn new(node: LocalClient) -> Bars {
+        use std::io::IsTerminal as _;
+        let all = match std::io::stderr().is_terminal() {
+            true => indicatif::MultiProgress::new(),
+            false => {
+                indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
+            }
+        };
+        let layers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let watched = std::sync::Arc::clone(&layers);
+        let poll = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let Ok(tasks) = node.tasks().await else {
+                    continue;
+                };
+                let held: std::collections::HashMap<String, u64> =
+                    tasks.into_iter().map(|t| (t.task, t.stored)).collect();
+                let bars: &Vec<(String, indicatif::ProgressBar)> =
+                    &watched.lock().expect("bars lock");
+                for (digest, bar) in bars {
+                    if let Some(&n) = held.get(digest)
+                        && !bar.is_finished()
+                    {
+                        bar.set_position(n);
+                    }
+                }
+            }
+        });
+        Bars { all, layers, poll }
+    }
+
+    fn start(&self, layers: &[(String, u64)]) {
+        let style = indicatif::ProgressStyle::with_template(
+            "{prefix} {bar:30} {bytes:>10}/{total_bytes:<10} {msg}",
+        )
+        .expect("static progress template is valid");
+        let mut bars = self.layers.lock().expect("bars lock");
+        for (digest, size) in layers {
+            let bar = self
+                .all
+                .add(indicatif::ProgressBar::new(*size).with_style(style.clone()));
+            bar.set_prefix(digest.chars().take(19).collect::<String>());
+            bars.push((digest.clone(), bar));
+        }
+    }
+
+    fn done(&self, l: &shoal_snapshotter::pull::Layer) {
+        let how = match l.by_snapshotter {
+            true => "from the swarm",
+            false => "unpacked here",
+        };
+        let bars = self.layers.lock().expect("bars lock");
+        match bars
+            .iter()
+            .find(|(d, b)| *d == l.digest && !b.is_finished())
+        {
+            Some((_, bar)) if !bar.is_hidden() => {
+                bar.set_position(l.size);
+                bar.finish_with_message(format!("{:.2} s {how}", l.seconds));
+            }
+            found => {
+                if let Some((_, bar)) = found {
+                    bar.finish();
+                }
+                println!(
+                    "{}  {:>10} bytes  {:6.2} s  {how}",
+                    l.digest, l.size, l.seconds
+                );
+            }
+        }
+    }
+
+    fn stop(&self) {
+        self.poll.abort();
     }
 }
 

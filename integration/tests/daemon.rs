@@ -301,3 +301,40 @@ async fn a_full_store_drops_the_least_recently_used_tasks() {
     // It comes back (from the swarm or the origin) when asked for again.
     assert!(fetch(1).await == files[1]);
 }
+
+/// `/v1/tasks` tells how much of a download is held as it goes (what `shoal pull`'s bars show).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_task_list_tells_the_bytes_held_while_a_download_runs() {
+    let data = random_bytes(16 * MIB);
+    let origin = TestOrigin::builder()
+        .file("/f", data.clone())
+        .rate(4 * MIB as u64)
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let _daemon = start_daemon(&data_dir, free_port());
+    let socket = data_dir.join("shoal.sock");
+    wait_until(Duration::from_secs(20), "daemon socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+    .await;
+    let (url, out) = (origin.url("/f"), dir.path().join("out"));
+    let getting = tokio::spawn({
+        let data_dir = data_dir.clone();
+        async move { get(&url, &out, &data_dir).await }
+    });
+    let client = shoal_p2p::api::LocalClient::new(&socket);
+    let mut seen_partial = false;
+    while !getting.is_finished() {
+        if let Some(t) = client.tasks().await.unwrap().first() {
+            assert!(t.stored <= t.content_length, "{t:?}");
+            seen_partial |= !t.complete && t.stored > 0 && t.stored < t.content_length;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    getting.await.unwrap();
+    assert!(seen_partial, "never saw part of the download held");
+    let t = &client.tasks().await.unwrap()[0];
+    assert_eq!((t.complete, t.stored), (true, data.len() as u64));
+}

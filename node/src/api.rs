@@ -110,16 +110,23 @@ async fn run_get(state: &ApiState, req: &GetRequest, tx: &mpsc::Sender<Event>) -
 }
 
 async fn list_tasks(state: &ApiState) -> Result<Vec<TaskInfo>> {
-    let listed = state.downloader.store().list().await?;
-    Ok(listed
-        .into_iter()
-        .map(|(id, meta)| TaskInfo {
+    let store = state.downloader.store();
+    let mut tasks = Vec::new();
+    for (id, meta) in store.list().await? {
+        let stored = match meta.complete {
+            true => meta.layout.content_length,
+            // Only a download's tasks are incomplete: few, and their journals are short.
+            false => store.state(&id).await?.map_or(0, |s| s.stored_bytes()),
+        };
+        tasks.push(TaskInfo {
             task: id.to_string(),
             url: meta.url,
             content_length: meta.layout.content_length,
             complete: meta.complete,
-        })
-        .collect())
+            stored,
+        });
+    }
+    Ok(tasks)
 }
 
 fn internal_error(e: &Error) -> Response {

@@ -192,6 +192,9 @@ pub struct TaskInfo {
     pub url: String,
     pub content_length: u64,
     pub complete: bool,
+    /// Bytes of checked pieces held (the content length once complete).
+    #[serde(default)]
+    pub stored: u64,
 }
 
 /// What `GET /v1/status` answers: the daemon, its schedulers, its bytes by source, its tasks.
@@ -243,10 +246,16 @@ impl std::fmt::Display for Status {
         for t in &self.tasks {
             writeln!(
                 f,
-                "  {:<16} {:>10} {:<8} {}",
+                "  {:<16} {:>10} {:>9} {}",
                 t.task.get(..16).unwrap_or(&t.task),
                 human(t.content_length),
-                if t.complete { "complete" } else { "partial" },
+                match t.complete {
+                    true => "complete".to_owned(),
+                    false => format!(
+                        "{}%",
+                        (t.stored * 100).checked_div(t.content_length).unwrap_or(0)
+                    ),
+                },
                 t.url
             )?;
         }

@@ -54,6 +54,14 @@ pub struct Layer {
     pub seconds: f64,
 }
 
+/// What a pull tells as it goes.
+pub enum Event<'a> {
+    /// The image's layers (digest, size), bottom first, before any is made.
+    Layers(&'a [(String, u64)]),
+    /// One layer, done.
+    Done(&'a Layer),
+}
+
 /// The image pulled.
 #[derive(Debug)]
 pub struct Pulled {
@@ -66,8 +74,8 @@ pub struct Pulled {
 
 type Failure = String;
 
-/// Pulls; `each` hears of every layer as it is done.
-pub async fn pull(p: &Pull, each: impl Fn(&Layer)) -> Result<Pulled, Failure> {
+/// Pulls; `tell` hears of the layers, and of each as it is done.
+pub async fn pull(p: &Pull, tell: impl Fn(Event<'_>)) -> Result<Pulled, Failure> {
     let (registry_host, repository, reference) = parse(&p.reference)?;
     let name = match reference.contains(':') {
         true => format!("{registry_host}/{repository}@{reference}"),
@@ -101,6 +109,12 @@ pub async fn pull(p: &Pull, each: impl Fn(&Layer)) -> Result<Pulled, Failure> {
         ));
     }
     let chain = chain_ids(&diff_ids);
+    let sizes: Vec<(String, u64)> = manifest
+        .layers
+        .iter()
+        .map(|l| (l.digest.to_string(), l.size))
+        .collect();
+    tell(Event::Layers(&sizes));
 
     let channel = connect(&p.address).await?;
     let lease = format!("shoal-pull-{}", &served.digest.to_string()[7..19]);
@@ -222,7 +236,7 @@ pub async fn pull(p: &Pull, each: impl Fn(&Layer)) -> Result<Pulled, Failure> {
                 seconds: started.elapsed().as_secs_f64()
                     + staged.get(i).copied().unwrap_or_default(),
             };
-            each(&layer);
+            tell(Event::Done(&layer));
             layers.push(layer);
         }
 

@@ -33,7 +33,8 @@ impl Containerd {
         Containerd::spawn_with(dir, "")
     }
 
-    fn spawn_with(dir: &Path, extra: &str) -> anyhow::Result<Containerd> {
+    /// [`spawn`](Self::spawn) with more of containerd's config, as [`start_with`](Self::start_with).
+    pub fn spawn_with(dir: &Path, extra: &str) -> anyhow::Result<Containerd> {
         std::fs::create_dir_all(dir)?;
         let config = dir.join("config.toml");
         std::fs::write(&config, Containerd::config(dir) + extra)?;

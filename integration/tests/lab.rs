@@ -1,4 +1,4 @@
-//! Small lab runs (3 hosts, every scenario; one blob, or one image pulled with ctr) as correctness
+//! Small lab runs (3 hosts, every scenario; one blob, or one image pulled with ctr or `shoal pull`) as correctness
 //! checks: every host gets the right bytes, Shoal's origin sends them about once, and the lab
 //! leaves nothing behind. Never a time: timings are for the `lab` command and `BENCHMARKS.md`.
 
@@ -61,15 +61,19 @@ fn small_lab_every_scenario_gets_the_right_bytes_and_leaves_nothing_behind() {
     );
 }
 
+/// `shoal pull` through each host's snapshotter, and `ctr images pull` through its mirror.
 #[test]
-fn small_lab_image_pulls_with_ctr_through_the_mirror_reach_the_origin_once() {
-    let outcomes = run_small(vec![Scenario::Direct, Scenario::Shoal], 24 << 20, Some(3));
+fn small_lab_image_pulls_with_shoal_pull_and_ctr_reach_the_origin_once() {
+    let scenarios = vec![Scenario::Direct, Scenario::Shoal, Scenario::ShoalCtr];
+    let outcomes = run_small(scenarios, 24 << 20, Some(3));
     assert!(outcomes.iter().all(|o| o.mode == "pull"));
-    let shoal = origin_ratio(&outcomes, "shoal");
-    assert!(
-        shoal <= 1.05,
-        "shoal: the origin sent {shoal:.3}× the image"
-    );
+    for name in ["shoal", "shoal-ctr"] {
+        let shoal = origin_ratio(&outcomes, name);
+        assert!(
+            shoal <= 1.05,
+            "{name}: the origin sent {shoal:.3}× the image"
+        );
+    }
     let direct = origin_ratio(&outcomes, "direct");
     assert!(
         direct >= 3.0,

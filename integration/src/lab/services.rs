@@ -171,6 +171,18 @@ impl Node {
         seed: bool,
         ca: Option<&ClusterCa>,
     ) -> anyhow::Result<Node> {
+        Node::start_with(host, schedulers, origin, seed, ca, "")
+    }
+
+    /// [`start`](Self::start) with more of the node's config (TOML appended).
+    pub fn start_with(
+        host: &Host,
+        schedulers: &[Host],
+        origin: &Host,
+        seed: bool,
+        ca: Option<&ClusterCa>,
+        extra: &str,
+    ) -> anyhow::Result<Node> {
         let store = host.dir.join("store");
         let config = host.dir.join("shoal.toml");
         let cluster = match ca {
@@ -191,7 +203,7 @@ impl Node {
                 "10s",
                 &format!("{}:{PROXY_PORT}", host.ip),
             ) + &format!(
-                "[proxy.registries]\n{LAB_REGISTRY:?} = \"http://{}:{REGISTRY_PORT}\"\n{cluster}",
+                "[proxy.registries]\n{LAB_REGISTRY:?} = \"http://{}:{REGISTRY_PORT}\"\n{cluster}{extra}",
                 origin.ip
             ),
         )?;

@@ -157,8 +157,8 @@ fn run_one(
             cache = Some(services::nginx_cache(&hosts.cache, &origin_url)?);
             format!("http://{}:{NGINX_PORT}{path}", hosts.cache.ip)
         }
-        Scenario::Shoal | Scenario::ShoalPlaintext => {
-            let ca = (scenario == Scenario::Shoal).then_some(&hosts.ca);
+        Scenario::Shoal | Scenario::ShoalPlaintext | Scenario::ShoalCtr => {
+            let ca = scenario.tls().then_some(&hosts.ca);
             for h in &hosts.schedulers {
                 schedulers.push(services::scheduler(h, ca)?);
             }
@@ -169,8 +169,16 @@ fn run_one(
                 true,
                 ca,
             )?);
+            // `shoal pull` makes the layers in the node's snapshotter.
+            let extra = match (target, scenario) {
+                (Target::Image, Scenario::Shoal | Scenario::ShoalPlaintext) => {
+                    "[snapshotter]\nenabled = true\n"
+                }
+                _ => "",
+            };
             for h in &hosts.clients {
-                daemons.push(Node::start(h, &hosts.schedulers, &hosts.origin, false, ca)?);
+                let ss = &hosts.schedulers;
+                daemons.push(Node::start_with(h, ss, &hosts.origin, false, ca, extra)?);
             }
             format!("{origin_url}{path}")
         }
@@ -184,7 +192,7 @@ fn run_one(
                 Scenario::Direct => origin_url.clone(),
                 Scenario::Pullthrough => format!("http://{}:{REGISTRY_PORT}", hosts.cache.ip),
                 Scenario::Nginx => format!("http://{}:{NGINX_PORT}", hosts.cache.ip),
-                Scenario::Shoal | Scenario::ShoalPlaintext => {
+                Scenario::Shoal | Scenario::ShoalPlaintext | Scenario::ShoalCtr => {
                     format!("http://{}:{}", h.ip, services::PROXY_PORT)
                 }
             };
@@ -194,8 +202,16 @@ fn run_one(
                 None,
                 &endpoint,
             );
-            containerds.push(crate::runtimes::Containerd::spawn(
+            let plugin = match scenario {
+                Scenario::Shoal | Scenario::ShoalPlaintext => format!(
+                    "[proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = {:?}\n",
+                    h.dir.join("store/snapshotter.sock")
+                ),
+                _ => String::new(),
+            };
+            containerds.push(crate::runtimes::Containerd::spawn_with(
                 &h.dir.join("containerd"),
+                &plugin,
             )?);
         }
     }
@@ -206,6 +222,16 @@ fn run_one(
         .zip(&outputs)
         .enumerate()
         .map(|(i, (h, out))| match (target, scenario) {
+            (Target::Image, Scenario::Shoal | Scenario::ShoalPlaintext) => {
+                let mut c = h.command(crate::process::shoal_bin());
+                c.args(["pull", &reference, "--address"])
+                    .arg(&containerds[i].socket)
+                    .arg("--data-dir")
+                    .arg(&daemons[i].store)
+                    .arg("--mirror")
+                    .arg(format!("http://{}:{}", h.ip, services::PROXY_PORT));
+                c
+            }
             (Target::Image, _) => {
                 // ctr itself fetches (containerd only stores): it runs inside the host.
                 let mut c = h.command("ctr");
@@ -234,7 +260,7 @@ fn run_one(
     };
     let liar = match fault {
         Some(Fault::CorruptPeer) => {
-            let tls = scenario == Scenario::Shoal;
+            let tls = scenario.tls();
             Some(start_liar(hosts, tls, &url, params.size)?)
         }
         _ => None,
@@ -270,7 +296,7 @@ fn run_one(
                 );
                 daemons[i].svc.child.kill9();
                 restarted = Some(i);
-                let ca = (scenario == Scenario::Shoal).then_some(&hosts.ca);
+                let ca = scenario.tls().then_some(&hosts.ca);
                 match Node::start(h, &hosts.schedulers, &hosts.origin, false, ca) {
                     Ok(node) => daemons[i] = node,
                     Err(e) => eprintln!("lab: {e:#}"),

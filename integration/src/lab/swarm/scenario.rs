@@ -12,6 +12,9 @@ pub enum Scenario {
     Shoal,
     /// The same with `[cluster] insecure = true`: plaintext, to measure what TLS costs.
     ShoalPlaintext,
+    /// Image pulls only: `ctr images pull` through the Shoal node's mirror (the `shoal`
+    /// scenario pulls with `shoal pull` through the node's snapshotter).
+    ShoalCtr,
 }
 
 impl Scenario {
@@ -29,12 +32,21 @@ impl Scenario {
             Scenario::Nginx => "nginx",
             Scenario::Shoal => "shoal",
             Scenario::ShoalPlaintext => "shoal-plaintext",
+            Scenario::ShoalCtr => "shoal-ctr",
         }
     }
 
     /// Whether Shoal serves this scenario (its daemons fetch, its faults apply).
     pub fn is_shoal(self) -> bool {
-        matches!(self, Scenario::Shoal | Scenario::ShoalPlaintext)
+        matches!(
+            self,
+            Scenario::Shoal | Scenario::ShoalPlaintext | Scenario::ShoalCtr
+        )
+    }
+
+    /// Whether the Shoal cluster talks TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, Scenario::Shoal | Scenario::ShoalCtr)
     }
 }
 
@@ -43,11 +55,12 @@ impl std::str::FromStr for Scenario {
     fn from_str(s: &str) -> Result<Self, String> {
         Scenario::ALL
             .into_iter()
-            .chain([Scenario::ShoalPlaintext])
+            .chain([Scenario::ShoalPlaintext, Scenario::ShoalCtr])
             .find(|c| c.name() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown scenario {s:?} (direct, pullthrough, nginx, shoal, shoal-plaintext)"
+                    "unknown scenario {s:?} (direct, pullthrough, nginx, shoal, shoal-plaintext, \
+                     shoal-ctr)"
                 )
             })
     }

@@ -658,23 +658,33 @@ async fn a_kubelet_pull_over_cri_takes_the_remote_path() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_token_auth_registry_is_read_through_the_node_with_the_credentials_given() {
-    use base64::Engine as _;
-    use shoal_integration::token::TokenServer;
-    let dir = tempfile::tempdir().unwrap();
+/// A registry only carol may read (token auth) holding the `cat` image as `test/cat:v1`, and a
+/// cluster of one node whose mirror maps the registry's host.
+struct Private {
+    tokens: shoal_integration::token::TokenServer,
+    registry: TestRegistry,
+    image: Image,
+    host: String,
+    reference: String,
+    cluster: Cluster,
+    password: String,
+    /// The node's mirror.
+    mirror: String,
+}
+
+async fn private_registry_and_node(dir: &Path) -> Private {
     let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
-    let tokens = TokenServer::start(dir.path(), "carol", &password)
+    let tokens = shoal_integration::token::TokenServer::start(dir, "carol", &password)
         .await
         .unwrap();
     let access = Access::Token {
         realm: tokens.realm(),
         bundle: tokens.bundle.clone(),
     };
-    let registry = TestRegistry::start(&dir.path().join("registry"), &access)
+    let registry = TestRegistry::start(&dir.join("registry"), &access)
         .await
         .unwrap();
-    let image = image_with_cat(dir.path());
+    let image = image_with_cat(dir);
     let push = format!(
         "Bearer {}",
         tokens.token_for("repository:test/cat:pull,push")
@@ -691,35 +701,73 @@ async fn a_token_auth_registry_is_read_through_the_node_with_the_credentials_giv
         .start()
         .await;
     let mirror = format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port);
-    // The snapshotter's credentials: Docker's config file, as `docker login` writes it.
+    Private {
+        tokens,
+        registry,
+        image,
+        host,
+        reference,
+        cluster,
+        password,
+        mirror,
+    }
+}
+
+/// `shoal snapshotter` with carol's credentials for `host` in a Docker config file (as `docker
+/// login` writes it; returned), reading through `mirror`, and containerd with it as
+/// `proxy_plugins.shoal`.
+async fn with_docker_config(
+    dir: &Path,
+    host: &str,
+    password: &str,
+    mirror: &str,
+) -> (String, ChildGuard, Containerd) {
+    use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("carol:{password}"));
-    let docker_config = dir.path().join("docker-config.json");
+    let docker_config = dir.join("docker-config.json");
     std::fs::write(
         &docker_config,
-        serde_json::json!({"auths": {&host: {"auth": auth}}}).to_string(),
+        serde_json::json!({"auths": {host: {"auth": auth}}}).to_string(),
     )
     .unwrap();
-    let socket = dir.path().join("snapshotter.sock");
+    let socket = dir.join("snapshotter.sock");
     let mut cmd = shoal();
     cmd.arg("snapshotter")
         .arg("--root")
-        .arg(dir.path().join("snaps"))
+        .arg(dir.join("snaps"))
         .arg("--socket")
         .arg(&socket)
-        .args(["--metrics-addr", "127.0.0.1:0", "--mirror", &mirror])
+        .args(["--metrics-addr", "127.0.0.1:0", "--mirror", mirror])
         .arg("--docker-config")
         .arg(&docker_config)
-        .stderr(std::fs::File::create(dir.path().join("snapshotter.log")).unwrap());
-    let _snapshotter = ChildGuard::spawn(cmd);
+        .stderr(std::fs::File::create(dir.join("snapshotter.log")).unwrap());
+    let snapshotter = ChildGuard::spawn(cmd);
     wait_until(Duration::from_secs(20), "snapshotter socket", || {
         socket.exists()
     })
     .await;
     let ctd = Containerd::start_with(
-        &dir.path().join("containerd"),
+        &dir.join("containerd"),
         &format!("[proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = {socket:?}\n"),
     )
     .await;
+    (auth, snapshotter, ctd)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_auth_registry_is_read_through_the_node_with_the_credentials_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let Private {
+        tokens: _tokens,
+        registry: _registry,
+        image: _,
+        host,
+        reference,
+        cluster,
+        password,
+        mirror,
+    } = private_registry_and_node(dir.path()).await;
+    let (auth, _snapshotter, ctd) = with_docker_config(dir.path(), &host, &password, &mirror).await;
 
     let pull = |user: Option<String>| {
         let mut cmd = shoal();
@@ -759,7 +807,6 @@ async fn a_token_auth_registry_is_read_through_the_node_with_the_credentials_giv
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_kubelet_pull_through_the_image_proxy_lends_its_credentials_to_the_remote_path() {
-    use shoal_integration::token::TokenServer;
     use shoal_snapshotter::proto::runtime::v1::image_service_client::ImageServiceClient;
     use shoal_snapshotter::proto::runtime::v1::{
         AuthConfig, ImageSpec, ImageStatusRequest, PullImageRequest,
@@ -767,34 +814,16 @@ async fn a_kubelet_pull_through_the_image_proxy_lends_its_credentials_to_the_rem
     // A registry only carol may read; a snapshotter with no credentials of its own (no Docker
     // config), whose socket forwards CRI's image service to a containerd with CRI on.
     let dir = tempfile::tempdir().unwrap();
-    let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
-    let tokens = TokenServer::start(dir.path(), "carol", &password)
-        .await
-        .unwrap();
-    let access = Access::Token {
-        realm: tokens.realm(),
-        bundle: tokens.bundle.clone(),
-    };
-    let registry = TestRegistry::start(&dir.path().join("registry"), &access)
-        .await
-        .unwrap();
-    let image = image_with_cat(dir.path());
-    let push = format!(
-        "Bearer {}",
-        tokens.token_for("repository:test/cat:pull,push")
-    );
-    image
-        .push(&registry.url(), "test/cat", "v1", Some(&push))
-        .await
-        .unwrap();
-    let host = registry.url().trim_start_matches("http://").to_owned();
-    let reference = format!("{host}/test/cat:v1");
-    let cluster = Cluster::builder()
-        .daemons(1)
-        .registry(&host, &registry.url())
-        .start()
-        .await;
-    let mirror = format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port);
+    let Private {
+        tokens: _tokens,
+        registry: _registry,
+        image,
+        host,
+        reference,
+        cluster,
+        password,
+        mirror,
+    } = private_registry_and_node(dir.path()).await;
     let ctd_dir = dir.path().join("cri");
     let socket = dir.path().join("snapshotter.sock");
     let log = dir.path().join("snapshotter.log");
@@ -892,4 +921,50 @@ async fn a_kubelet_pull_through_the_image_proxy_lends_its_credentials_to_the_rem
             f.display()
         );
     }
+}
+
+/// A layer the snapshotter reads ahead for one repository, with the credentials that may read
+/// it there, is not handed to a prepare that names another repository: that one reads it
+/// itself, through the mirror's check of what its repository's credentials may read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_read_ahead_for_one_repository_is_not_given_to_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let Private {
+        tokens: _tokens,
+        registry: _registry,
+        image,
+        host,
+        reference,
+        cluster: _cluster,
+        password,
+        mirror,
+    } = private_registry_and_node(dir.path()).await;
+    let (_, _snapshotter, ctd) = with_docker_config(dir.path(), &host, &password, &mirror).await;
+    let digests: Vec<String> = image
+        .layers
+        .iter()
+        .map(|l| shoal_integration::sha256(l))
+        .collect();
+    let chain0 = digests[0].clone();
+    let chain1 = shoal_integration::sha256(format!("{chain0} {}", digests[1]).as_bytes());
+    let mut client = snapshots_client(&ctd.socket).await;
+    // test/cat's bottom layer: its top layer starts being read ahead, for test/cat.
+    let req = cri_prepare("a-0", "", &chain0, &digests[0], &reference, &digests);
+    let status = client.prepare(req).await.expect_err("made remotely");
+    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+    // An image of another repository whose base is test/cat's top layer (which that
+    // repository does not hold): not from test/cat's read-ahead.
+    let other = format!("{host}/evil/app:v1");
+    let req = cri_prepare("b-0", "", &digests[1], &digests[1], &other, &digests[1..]);
+    let prepared = client.prepare(req).await;
+    assert!(
+        prepared.is_ok(),
+        "evil/app was given test/cat's layer: {prepared:?}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("snapshotter.log")).unwrap();
+    assert!(log.contains("containerd fetches it itself"), "{log}");
+    // test/cat's own prepare still gets it.
+    let req = cri_prepare("a-1", &chain0, &chain1, &digests[1], &reference, &digests);
+    let status = client.prepare(req).await.expect_err("made remotely");
+    assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
 }

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -30,39 +31,80 @@ const PULL_IMAGE: &str = "/runtime.v1.ImageService/PullImage";
 const KEPT_FOR: Duration = Duration::from_secs(3600);
 /// Repositories whose credentials are kept at most (the oldest go first).
 const MAX_KEPT: usize = 1024;
+/// The largest message forwarded (the kubelet's and containerd's limit).
+const MAX_MESSAGE: usize = 16 << 20;
 
 /// Credentials kept from pulls, by (registry host, repository).
 #[derive(Default)]
 pub struct Keychain {
-    kept: Mutex<HashMap<(String, String), (Credentials, Instant)>>,
+    kept: Mutex<HashMap<(String, String), Entry>>,
+    generation: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Entry {
+    credentials: Credentials,
+    at: Instant,
+    generation: u64,
+}
+
+/// Credentials just kept, and what they replaced (see [`Keychain::undo`]).
+pub struct Kept {
+    key: (String, String),
+    generation: u64,
+    replaced: Option<Entry>,
 }
 
 impl Keychain {
     /// Keeps `credentials` for the repository of `image` (a reference as CRI names it).
-    pub fn keep(&self, image: &str, credentials: Credentials) {
-        let Some(key) = crate::remote::split_reference(image) else {
-            return;
-        };
+    pub fn keep(&self, image: &str, credentials: Credentials) -> Option<Kept> {
+        let key = crate::remote::split_reference(image)?;
         let mut kept = self.kept.lock().expect("keychain lock");
         let now = Instant::now();
-        kept.retain(|_, (_, at)| now.duration_since(*at) < KEPT_FOR);
+        kept.retain(|_, e| now.duration_since(e.at) < KEPT_FOR);
         if kept.len() >= MAX_KEPT
             && !kept.contains_key(&key)
             && let Some(oldest) = kept
                 .iter()
-                .min_by_key(|(_, (_, at))| *at)
+                .min_by_key(|(_, e)| e.at)
                 .map(|(k, _)| k.clone())
         {
             kept.remove(&oldest);
         }
-        kept.insert(key, (credentials, now));
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            credentials,
+            at: now,
+            generation,
+        };
+        let replaced = kept.insert(key.clone(), entry);
+        Some(Kept {
+            key,
+            generation,
+            replaced,
+        })
+    }
+
+    /// Puts back what `kept` replaced, unless newer credentials came since: the pull they came
+    /// with failed (a wrong secret does not evict good credentials).
+    pub fn undo(&self, kept: Kept) {
+        let mut all = self.kept.lock().expect("keychain lock");
+        if all
+            .get(&kept.key)
+            .is_some_and(|e| e.generation == kept.generation)
+        {
+            match kept.replaced {
+                Some(e) => all.insert(kept.key, e),
+                None => all.remove(&kept.key),
+            };
+        }
     }
 
     /// The credentials last given for `registry`/`repository`, if still kept.
     pub fn get(&self, registry: &str, repository: &str) -> Option<Credentials> {
         let kept = self.kept.lock().expect("keychain lock");
-        let (credentials, at) = kept.get(&(registry.to_owned(), repository.to_owned()))?;
-        (at.elapsed() < KEPT_FOR).then(|| credentials.clone())
+        let e = kept.get(&(registry.to_owned(), repository.to_owned()))?;
+        (e.at.elapsed() < KEPT_FOR).then(|| e.credentials.clone())
     }
 }
 
@@ -70,6 +112,9 @@ impl Keychain {
 /// OAuth refresh token) is not used: containerd's own path reads such images.
 fn credentials(auth: &AuthConfig) -> Option<Credentials> {
     use base64::Engine as _;
+    if !auth.identity_token.is_empty() {
+        return None;
+    }
     if !auth.registry_token.is_empty() {
         let mut header =
             http::HeaderValue::from_str(&format!("Bearer {}", auth.registry_token)).ok()?;
@@ -114,20 +159,19 @@ impl ImageProxy {
 
     /// Keeps the credentials of a pull (a request that does not decode is containerd's to
     /// refuse).
-    fn remember(&self, request: &Bytes) {
-        let Ok(pull) = PullImageRequest::decode(request.clone()) else {
-            return;
-        };
-        let (Some(image), Some(auth)) = (pull.image, pull.auth) else {
-            return;
-        };
+    fn remember(&self, request: &Bytes) -> Option<Kept> {
+        let pull = PullImageRequest::decode(request.clone()).ok()?;
+        let (image, auth) = (pull.image?, pull.auth?);
         match credentials(&auth) {
             Some(c) => self.keychain.keep(&image.image, c),
-            None if !auth.identity_token.is_empty() => tracing::info!(
-                image = image.image,
-                "a pull with an identity token: its layers are read by containerd"
-            ),
-            None => {}
+            None if !auth.identity_token.is_empty() => {
+                tracing::info!(
+                    image = image.image,
+                    "a pull with an identity token: its layers are read by containerd"
+                );
+                None
+            }
+            None => None,
         }
     }
 }
@@ -156,7 +200,10 @@ where
             path: req.uri().path().to_owned(),
             proxy: self.clone(),
         };
-        Box::pin(async move { Ok(tonic::server::Grpc::new(Raw).unary(forward, req).await) })
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(Raw).max_decoding_message_size(MAX_MESSAGE);
+            Ok(grpc.unary(forward, req).await)
+        })
     }
 }
 
@@ -173,17 +220,22 @@ impl tonic::server::UnaryService<Bytes> for Forward {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let (path, proxy) = (self.path.clone(), self.proxy.clone());
         Box::pin(async move {
-            if path == PULL_IMAGE {
-                proxy.remember(request.get_ref());
-            }
+            let kept = match path == PULL_IMAGE {
+                true => proxy.remember(request.get_ref()),
+                false => None,
+            };
             let path = http::uri::PathAndQuery::try_from(path)
                 .map_err(|_| Status::unimplemented("not a method path"))?;
-            let mut containerd = tonic::client::Grpc::new(proxy.upstream);
-            containerd
-                .ready()
-                .await
-                .map_err(|e| Status::unavailable(format!("containerd: {e}")))?;
-            containerd.unary(request, path, Raw).await
+            let mut containerd =
+                tonic::client::Grpc::new(proxy.upstream).max_decoding_message_size(MAX_MESSAGE);
+            let answer = match containerd.ready().await {
+                Ok(()) => containerd.unary(request, path, Raw).await,
+                Err(e) => Err(Status::unavailable(format!("containerd: {e}"))),
+            };
+            if let (Err(_), Some(kept)) = (&answer, kept) {
+                proxy.keychain.undo(kept);
+            }
+            answer
         })
     }
 }
@@ -248,6 +300,33 @@ mod tests {
         // Short names are Docker Hub's, as containerd names them in the layer labels.
         keychain.keep("nginx:1.25", credentials(&auth).unwrap());
         assert!(keychain.get("docker.io", "library/nginx").is_some());
+        // A pull that failed puts back what it replaced, unless newer ones came since.
+        let wrong = AuthConfig {
+            username: "mallory".into(),
+            ..Default::default()
+        };
+        let kept = keychain.keep("registry.example/team/app:v2", credentials(&wrong).unwrap());
+        keychain.undo(kept.unwrap());
+        assert_eq!(
+            user_of(keychain.get("registry.example", "team/app")),
+            "Some(Basic(carol, <redacted>))"
+        );
+        let kept = keychain.keep("registry.example/new/app", credentials(&wrong).unwrap());
+        keychain.undo(kept.unwrap());
+        assert!(keychain.get("registry.example", "new/app").is_none());
+        let first = keychain.keep("registry.example/team/app", credentials(&wrong).unwrap());
+        keychain.keep("registry.example/team/app", credentials(&auth).unwrap());
+        keychain.undo(first.unwrap());
+        assert_eq!(
+            user_of(keychain.get("registry.example", "team/app")),
+            "Some(Basic(carol, <redacted>))",
+            "newer credentials stay"
+        );
+        // Docker Hub's names as containerd normalizes them.
+        keychain.keep("docker.io/redis", credentials(&auth).unwrap());
+        assert!(keychain.get("docker.io", "library/redis").is_some());
+        keychain.keep("index.docker.io/team/x", credentials(&auth).unwrap());
+        assert!(keychain.get("docker.io", "team/x").is_some());
         // Bounded.
         for i in 0..MAX_KEPT + 10 {
             keychain.keep(&format!("r.example/app{i}"), Credentials::Anonymous);
@@ -273,6 +352,7 @@ mod tests {
         };
         assert_eq!(user_of(credentials(&token)), "Some(Header(<redacted>))");
         let identity = AuthConfig {
+            username: "00000000-0000-0000-0000-000000000000".into(),
             identity_token: "refresh".into(),
             ..Default::default()
         };

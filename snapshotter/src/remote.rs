@@ -29,7 +29,7 @@ pub const LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
 pub const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
 pub const IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
 
-pub use stage::sweep;
+pub use stage::{internal, sweep};
 
 /// One layer of an image, as the labels name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,14 +78,21 @@ pub(crate) fn split_reference(reference: &str) -> Option<(String, String)> {
         _ => name,
     };
     let (first, rest) = name.split_once('/').unwrap_or(("", name));
-    let (registry, repository) =
-        if first.contains('.') || first.contains(':') || first == "localhost" {
-            (first.to_owned(), rest.to_owned())
-        } else if first.is_empty() {
-            ("docker.io".to_owned(), format!("library/{rest}"))
-        } else {
-            ("docker.io".to_owned(), name.to_owned())
+    let (registry, repository) = if first == "docker.io" || first == "index.docker.io" {
+        // As containerd normalizes Docker Hub's names.
+        let official = !rest.contains('/');
+        let repository = match official {
+            true => format!("library/{rest}"),
+            false => rest.to_owned(),
         };
+        ("docker.io".to_owned(), repository)
+    } else if first.contains('.') || first.contains(':') || first == "localhost" {
+        (first.to_owned(), rest.to_owned())
+    } else if first.is_empty() {
+        ("docker.io".to_owned(), format!("library/{rest}"))
+    } else {
+        ("docker.io".to_owned(), name.to_owned())
+    };
     // The distribution spec's path components: lower-case alphanumerics, separated by `.`,
     // `_`, `__` or dashes; never `..` (the repository goes into a URL path).
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
@@ -217,15 +224,24 @@ impl Remote {
     ) -> Result<()> {
         let source = stage::Source {
             registry: self.registry(&layer.registry, &layer.repository),
+            host: layer.registry.clone(),
             repository: layer.repository.clone(),
         };
         let own = std::iter::once(layer.digest.as_str());
         let others = layer.image_layers.iter().map(String::as_str);
         self.stager.start(snapshotter, &source, own.chain(others));
-        let (key, diff_id) = match self.stager.claim(&layer.digest).await {
-            Some(unpacked) => unpacked?,
-            None => return Err(Error::Remote("another prepare took its unpack".into())),
-        };
+        let mut claimed = None;
+        for _ in 0..3 {
+            claimed = self.stager.claim(&source, &layer.digest).await;
+            if claimed.is_some() {
+                break;
+            }
+            // Another prepare (of the same layer on another parent) took it: another unpack.
+            self.stager
+                .start(snapshotter, &source, [layer.digest.as_str()]);
+        }
+        let (key, diff_id) =
+            claimed.ok_or_else(|| Error::Remote("other prepares took its unpacks".into()))??;
         // The unpacked bytes must be what the chain id containerd named is made of, else one
         // image could plant files under another's chain id.
         let made = chain_id(parent_chain(parent), &diff_id);

@@ -180,9 +180,11 @@ impl Snapshots for Service {
             .collect::<Result<Vec<_>, _>>()
             .map_err(Status::invalid_argument)?;
         let all = self.run(Snapshotter::list).await?;
+        // Layers being unpacked ahead are not containerd's (its garbage collector would
+        // remove them).
         let infos: Vec<Info> = all
             .into_iter()
-            .filter(|s| filter::any(&filters, s))
+            .filter(|s| !crate::remote::internal(&s.name) && filter::any(&filters, s))
             .map(info)
             .collect();
         let batches: Vec<Result<ListSnapshotsResponse, Status>> = infos

@@ -5,8 +5,12 @@
 //! bottom first. A layer's prepare then only waits for its own unpack and commits it on its
 //! parent ([`Snapshotter::commit_on`]).
 //!
-//! An unpack nobody claims (the pull was abandoned) is removed after [`UNCLAIMED_FOR`]; those
-//! a stop interrupted are removed at the next start ([`sweep`]).
+//! Unpacks are kept per registry, repository and digest: a layer is only ever given to a
+//! prepare of the repository it was read from (with that pull's credentials, through the
+//! mirror's access check). They are hidden from containerd ([`internal`]), whose garbage
+//! collector removes every snapshot it does not know. An unpack nobody claims (the pull was
+//! abandoned) is removed after [`UNCLAIMED_FOR`]; those a stop interrupted are removed at the
+//! next start ([`sweep`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_seed::registry::Registry;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use super::{blocking, unpack_checked, valid_digest};
 use crate::error::{Error, Result};
@@ -22,6 +26,8 @@ use crate::snapshots::Snapshotter;
 
 /// Prefix of the snapshots layers are unpacked into before they are claimed.
 const STAGING: &str = "shoal-staging/";
+/// The prefix an earlier version unpacked under.
+const UNPACKING: &str = "shoal-unpacking/";
 /// Layers unpacked at once (each also inflates: CPU).
 const AT_ONCE: usize = 4;
 /// How long an unpacked layer waits for its prepare.
@@ -34,11 +40,16 @@ struct Staged {
     /// The snapshot it is unpacked into.
     key: String,
     done: watch::Receiver<Outcome>,
+    /// Told when a prepare waits for it: it unpacks at once, without waiting for a slot.
+    wanted: Arc<Notify>,
 }
 
-/// The layers being unpacked ahead, by digest.
+/// (registry, repository, digest).
+type Which = (String, String, String);
+
+/// The layers being unpacked ahead.
 pub(super) struct Stager {
-    layers: Mutex<HashMap<String, Staged>>,
+    layers: Mutex<HashMap<Which, Staged>>,
     slots: Arc<Semaphore>,
     next: AtomicU64,
 }
@@ -53,11 +64,22 @@ impl Default for Stager {
     }
 }
 
-/// Where to read a layer: the registry client (through the node) and repository.
+/// Where to read a layer: the registry client (through the node), its host and repository.
 #[derive(Clone)]
 pub(super) struct Source {
     pub registry: Arc<Registry>,
+    pub host: String,
     pub repository: String,
+}
+
+impl Source {
+    fn which(&self, digest: &str) -> Which {
+        (
+            self.host.clone(),
+            self.repository.clone(),
+            digest.to_owned(),
+        )
+    }
 }
 
 impl Stager {
@@ -70,7 +92,8 @@ impl Stager {
     ) {
         let mut layers = self.layers.lock().expect("staging lock");
         for digest in digests {
-            if layers.contains_key(digest) || !valid_digest(digest) {
+            let which = source.which(digest);
+            if layers.contains_key(&which) || !valid_digest(digest) {
                 continue;
             }
             let key = format!(
@@ -78,30 +101,28 @@ impl Stager {
                 self.next.fetch_add(1, Ordering::Relaxed)
             );
             let (tx, done) = watch::channel(None);
+            let wanted = Arc::new(Notify::new());
             layers.insert(
-                digest.to_owned(),
+                which.clone(),
                 Staged {
                     key: key.clone(),
                     done,
+                    wanted: wanted.clone(),
                 },
             );
-            let (this, s, source, digest) = (
-                self.clone(),
-                snapshotter.clone(),
-                source.clone(),
-                digest.to_owned(),
-            );
+            let (this, s, source) = (self.clone(), snapshotter.clone(), source.clone());
             tokio::spawn(async move {
-                let outcome = this.unpack(&s, &source, &digest, &key).await;
+                let digest = &which.2;
+                let outcome = this.unpack(&s, &source, digest, &key, &wanted).await;
                 if outcome.is_err() {
-                    this.forget(&digest, &key);
+                    this.forget(&which, &key);
                     remove(&s, &key).await;
                 }
                 let unpacked = outcome.is_ok();
                 let _ = tx.send(Some(outcome.map_err(|e| e.to_string())));
                 if unpacked {
                     tokio::time::sleep(UNCLAIMED_FOR).await;
-                    if this.forget(&digest, &key) {
+                    if this.forget(&which, &key) {
                         tracing::info!(
                             layer = digest,
                             "a layer unpacked ahead was not claimed; removed"
@@ -113,24 +134,38 @@ impl Stager {
         }
     }
 
-    /// Takes the unpack of `digest` (no other prepare gets it) and waits for it: the snapshot
-    /// it is in and the layer's diff id. `None`: it is not being unpacked.
-    pub(super) async fn claim(&self, digest: &str) -> Option<Result<(String, String)>> {
-        let Staged { key, mut done } = self.layers.lock().expect("staging lock").remove(digest)?;
+    /// Waits for the unpack of `digest` from `source`, then takes it (no other prepare gets
+    /// it): the snapshot it is in and the layer's diff id. `None`: it is not being unpacked,
+    /// or another prepare took it. Dropped while waiting, the unpack stays for another.
+    pub(super) async fn claim(
+        &self,
+        source: &Source,
+        digest: &str,
+    ) -> Option<Result<(String, String)>> {
+        let which = source.which(digest);
+        let (key, mut done) = {
+            let layers = self.layers.lock().expect("staging lock");
+            let staged = layers.get(&which)?;
+            staged.wanted.notify_one();
+            (staged.key.clone(), staged.done.clone())
+        };
         let outcome = match done.wait_for(Option::is_some).await {
             Ok(outcome) => outcome.clone(),
             Err(_) => None,
         };
-        let outcome = outcome.unwrap_or_else(|| Err("the unpack stopped".to_owned()));
-        Some(outcome.map(|diff_id| (key, diff_id)).map_err(Error::Remote))
+        match outcome.unwrap_or_else(|| Err("the unpack stopped".to_owned())) {
+            // Taken here, with no wait before the caller commits it (or removes it).
+            Ok(diff_id) => self.forget(&which, &key).then_some(Ok((key, diff_id))),
+            Err(e) => Some(Err(Error::Remote(e))),
+        }
     }
 
-    /// Drops the entry of `digest` if it is still the unpack into `key`; whether it was.
-    fn forget(&self, digest: &str, key: &str) -> bool {
+    /// Drops the entry of `which` if it is still the unpack into `key`; whether it was.
+    fn forget(&self, which: &Which, key: &str) -> bool {
         let mut layers = self.layers.lock().expect("staging lock");
-        let ours = layers.get(digest).is_some_and(|s| s.key == key);
+        let ours = layers.get(which).is_some_and(|s| s.key == key);
         if ours {
-            layers.remove(digest);
+            layers.remove(which);
         }
         ours
     }
@@ -141,20 +176,23 @@ impl Stager {
         source: &Source,
         digest: &str,
         key: &str,
+        wanted: &Notify,
     ) -> Result<String> {
         let parsed = digest
             .parse()
             .map_err(|e| Error::InvalidArgument(format!("layer digest: {e}")))?;
         let _slot = match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
+            Ok(slot) => Some(slot),
             Err(_) => {
-                // Waits its turn to unpack; the node fetches it meanwhile.
+                // Waits its turn to unpack (the node fetches it meanwhile), unless containerd
+                // waits for it now.
                 warm(source, parsed);
-                self.slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| Error::Remote(e.to_string()))?
+                tokio::select! {
+                    slot = self.slots.clone().acquire_owned() => {
+                        Some(slot.map_err(|e| Error::Remote(e.to_string()))?)
+                    }
+                    () = wanted.notified() => None,
+                }
             }
         };
         let (s, k) = (s.clone(), key.to_owned());
@@ -191,13 +229,22 @@ async fn remove(s: &Arc<Snapshotter>, key: &str) {
     .await;
 }
 
-/// Removes the unpacks a stop interrupted.
+/// Whether a snapshot is one of these unpacks: containerd is not shown them.
+pub fn internal(name: &str) -> bool {
+    name.starts_with(STAGING) || name.starts_with(UNPACKING)
+}
+
+/// Removes the unpacks a stop interrupted; how many.
 pub fn sweep(s: &Snapshotter) -> Result<usize> {
     let mut removed = 0;
     for snapshot in s.list()? {
-        if snapshot.name.starts_with(STAGING) {
-            s.remove(&snapshot.name)?;
-            removed += 1;
+        if internal(&snapshot.name) {
+            match s.remove(&snapshot.name) {
+                Ok(()) => removed += 1,
+                Err(e) => {
+                    tracing::warn!(snapshot = snapshot.name, error = %e, "could not remove a half-unpacked layer")
+                }
+            }
         }
     }
     Ok(removed)

@@ -488,6 +488,10 @@ async fn shoal_pull_makes_a_runnable_image_from_the_swarm() {
     // containerd fetched no layer: every byte (layers and config) came through the node.
     let blobs = remote.layer_bytes() + remote.image.config.len() as u64;
     assert_eq!(remote.through_node().await, blobs);
+    let cached = node
+        .metric("shoal_download_bytes_total{source=\"cache\"}")
+        .await;
+    assert_eq!(cached, 0, "a layer was read twice");
     // Pulling again changes nothing and fetches nothing.
     let mut again = shoal();
     again
@@ -713,21 +717,27 @@ async fn private_registry_and_node(dir: &Path) -> Private {
     }
 }
 
-/// `shoal snapshotter` with carol's credentials for `host` in a Docker config file (as `docker
-/// login` writes it; returned), reading through `mirror`, and containerd with it as
-/// `proxy_plugins.shoal`.
+/// `shoal snapshotter` reading through `mirror`, with carol's credentials for `host` in a
+/// Docker config file when `password` is given (as `docker login` writes it; returned), else
+/// none, and containerd with it as `proxy_plugins.shoal`.
 async fn with_docker_config(
     dir: &Path,
     host: &str,
-    password: &str,
+    password: Option<&str>,
     mirror: &str,
 ) -> (String, ChildGuard, Containerd) {
     use base64::Engine as _;
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("carol:{password}"));
+    let auth = password.map_or_else(String::new, |p| {
+        base64::engine::general_purpose::STANDARD.encode(format!("carol:{p}"))
+    });
+    let auths = match password {
+        Some(_) => serde_json::json!({host: {"auth": auth}}),
+        None => serde_json::json!({}),
+    };
     let docker_config = dir.join("docker-config.json");
     std::fs::write(
         &docker_config,
-        serde_json::json!({"auths": {host: {"auth": auth}}}).to_string(),
+        serde_json::json!({ "auths": auths }).to_string(),
     )
     .unwrap();
     let socket = dir.join("snapshotter.sock");
@@ -767,7 +777,8 @@ async fn a_token_auth_registry_is_read_through_the_node_with_the_credentials_giv
         password,
         mirror,
     } = private_registry_and_node(dir.path()).await;
-    let (auth, _snapshotter, ctd) = with_docker_config(dir.path(), &host, &password, &mirror).await;
+    // The snapshotter has no credentials of its own: `shoal pull --user` lends its.
+    let (_, _snapshotter, ctd) = with_docker_config(dir.path(), &host, None, &mirror).await;
 
     let pull = |user: Option<String>| {
         let mut cmd = shoal();
@@ -776,6 +787,8 @@ async fn a_token_auth_registry_is_read_through_the_node_with_the_credentials_giv
             .arg("--address")
             .arg(&ctd.socket)
             .args(["--mirror", &mirror])
+            .arg("--snapshotter-socket")
+            .arg(dir.path().join("snapshotter.sock"))
             .env("HOME", dir.path());
         if let Some(u) = user {
             cmd.arg("--user").arg(u);
@@ -792,6 +805,8 @@ async fn a_token_auth_registry_is_read_through_the_node_with_the_credentials_giv
     assert_eq!(said.matches("from the swarm").count(), 2, "{said}");
     assert_image_runs(&ctd, &reference, "c").await;
     // The password is in no log.
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("carol:{password}"));
     for log in [
         dir.path().join("snapshotter.log"),
         cluster.daemons[0].data_dir.join("log"),
@@ -939,7 +954,8 @@ async fn a_layer_read_ahead_for_one_repository_is_not_given_to_another() {
         password,
         mirror,
     } = private_registry_and_node(dir.path()).await;
-    let (_, _snapshotter, ctd) = with_docker_config(dir.path(), &host, &password, &mirror).await;
+    let (_, _snapshotter, ctd) =
+        with_docker_config(dir.path(), &host, Some(&password), &mirror).await;
     let digests: Vec<String> = image
         .layers
         .iter()

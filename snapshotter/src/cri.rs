@@ -108,6 +108,45 @@ impl Keychain {
     }
 }
 
+/// The metadata `shoal pull` lends its registry credentials to the snapshotter with, on the
+/// prepares it sends the snapshotter's own socket (an `Authorization` value: `Basic …` or
+/// `Bearer …`): they are kept as a kubelet's pull's are, for the image the labels name.
+pub const LEND: &str = "shoal-registry-authorization";
+
+/// The credentials an `Authorization` value stands for.
+pub fn from_authorization(value: &str) -> Option<Credentials> {
+    use base64::Engine as _;
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+        return Some(Credentials::Basic {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        });
+    }
+    let mut header = http::HeaderValue::from_str(value).ok()?;
+    header.set_sensitive(true);
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(Credentials::Header(header))
+}
+
+/// The `Authorization` value of `credentials` (none for anonymous).
+pub fn authorization(credentials: &Credentials) -> Option<String> {
+    use base64::Engine as _;
+    match credentials {
+        Credentials::Anonymous => None,
+        Credentials::Basic { user, password } => Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )),
+        Credentials::Header(h) => h.to_str().ok().map(str::to_owned),
+    }
+}
+
 /// What a CRI `AuthConfig` says, as the registry client's credentials. An identity token (an
 /// OAuth refresh token) is not used: containerd's own path reads such images.
 fn credentials(auth: &AuthConfig) -> Option<Credentials> {
@@ -332,6 +371,25 @@ mod tests {
             keychain.keep(&format!("r.example/app{i}"), Credentials::Anonymous);
         }
         assert_eq!(keychain.kept.lock().unwrap().len(), MAX_KEPT);
+    }
+
+    #[test]
+    fn lent_credentials_go_both_ways() {
+        let basic = Credentials::Basic {
+            user: "carol".into(),
+            password: "p:w".into(),
+        };
+        let value = authorization(&basic).unwrap();
+        assert_eq!(
+            user_of(from_authorization(&value)),
+            "Some(Basic(carol, <redacted>))"
+        );
+        let bearer = from_authorization("Bearer abc").unwrap();
+        assert_eq!(authorization(&bearer).unwrap(), "Bearer abc");
+        assert!(authorization(&Credentials::Anonymous).is_none());
+        for bad in ["Basic !!!", "Digest x", "Basic", "", "Bearer \n"] {
+            assert!(from_authorization(bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

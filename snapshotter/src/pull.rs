@@ -168,7 +168,8 @@ pub async fn pull(p: &Pull, tell: impl Fn(Event<'_>)) -> Result<Pulled, Failure>
                 (TARGET.to_owned(), chain[i].clone()),
                 (LAYER_DIGEST.to_owned(), layer_digests[i].clone()),
                 (IMAGE_REF.to_owned(), name.clone()),
-                (IMAGE_LAYERS.to_owned(), layer_digests.join(",")),
+                // From this layer up, as containerd lists them.
+                (IMAGE_LAYERS.to_owned(), layer_digests[i..].join(",")),
                 (
                     "containerd.io/snapshot/cri.manifest-digest".to_owned(),
                     served.digest.to_string(),
@@ -181,7 +182,16 @@ pub async fn pull(p: &Pull, tell: impl Fn(Event<'_>)) -> Result<Pulled, Failure>
         };
         let mut staged = Vec::new();
         if let Some(socket) = &p.stage_at {
-            staged = stage(socket, &p.snapshotter, chain.len(), &labels, &parent_of).await;
+            let lend = crate::cri::authorization(&p.credentials);
+            staged = stage(
+                socket,
+                &p.snapshotter,
+                chain.len(),
+                &labels,
+                &parent_of,
+                lend,
+            )
+            .await;
         }
         let mut snapshots = SnapshotsClient::new(channel.clone());
         let mut layers = Vec::new();
@@ -290,13 +300,15 @@ pub async fn pull(p: &Pull, tell: impl Fn(Event<'_>)) -> Result<Pulled, Failure>
 /// Makes the layers in the shoal snapshotter itself, through its own socket, bottom first: each
 /// it reads through the node is committed under its chain id, and containerd's prepare of it
 /// then only finds it. Stops at the first layer it cannot make (containerd's prepare then does
-/// the rest). Returns the seconds each layer made took.
+/// the rest). `lend`: this pull's credentials (an `Authorization` value), lent to the
+/// snapshotter for the image's layers. Returns the seconds each layer made took.
 async fn stage(
     socket: &Path,
     snapshotter: &str,
     count: usize,
     labels: &dyn Fn(usize) -> HashMap<String, String>,
     parent_of: &dyn Fn(usize) -> String,
+    lend: Option<String>,
 ) -> Vec<f64> {
     let mut took = Vec::new();
     let Ok(channel) = connect(socket).await else {
@@ -306,14 +318,20 @@ async fn stage(
     for i in 0..count {
         let started = Instant::now();
         let key = format!("shoal-pull-stage/{}", labels(i)[TARGET]);
-        let made = direct
-            .prepare(PrepareSnapshotRequest {
-                snapshotter: snapshotter.to_owned(),
-                key: key.clone(),
-                parent: parent_of(i),
-                labels: labels(i),
-            })
-            .await;
+        let mut req = Request::new(PrepareSnapshotRequest {
+            snapshotter: snapshotter.to_owned(),
+            key: key.clone(),
+            parent: parent_of(i),
+            labels: labels(i),
+        });
+        if let Some(Ok(mut value)) = lend
+            .as_deref()
+            .map(tonic::metadata::MetadataValue::try_from)
+        {
+            value.set_sensitive(true);
+            req.metadata_mut().insert(crate::cri::LEND, value);
+        }
+        let made = direct.prepare(req).await;
         match made {
             Err(s) if s.code() == tonic::Code::AlreadyExists => {
                 took.push(started.elapsed().as_secs_f64());

@@ -227,9 +227,15 @@ impl Remote {
             host: layer.registry.clone(),
             repository: layer.repository.clone(),
         };
+        // The layers above this one (containerd lists from this layer up, and prepares bottom
+        // first: those below are made).
         let own = std::iter::once(layer.digest.as_str());
-        let others = layer.image_layers.iter().map(String::as_str);
-        self.stager.start(snapshotter, &source, own.chain(others));
+        let mut above = layer.image_layers.iter().map(String::as_str);
+        let from_here = above.clone().position(|d| d == layer.digest);
+        if let Some(i) = from_here {
+            above.nth(i);
+        }
+        self.stager.start(snapshotter, &source, own.chain(above));
         let mut claimed = None;
         for _ in 0..3 {
             claimed = self.stager.claim(&source, &layer.digest).await;

@@ -84,9 +84,17 @@ impl Snapshots for Service {
         &self,
         request: Request<PrepareSnapshotRequest>,
     ) -> Result<Response<PrepareSnapshotResponse>, Status> {
+        let lent = request
+            .metadata()
+            .get(crate::cri::LEND)
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::cri::from_authorization);
         let req = request.into_inner();
         let labels = labels(req.labels);
         if let Some(remote) = &self.remote {
+            if let (Some(credentials), Some(image)) = (lent, labels.get(crate::remote::IMAGE_REF)) {
+                remote.keychain.keep(image, credentials);
+            }
             // Err(AlreadyExists) when the layer is committed: containerd fetches nothing.
             remote
                 .prepare(&self.snapshotter, &req.parent, &labels)

@@ -128,11 +128,24 @@ async fn dockerd_pulls_a_docker_hub_image_through_registry_mirrors() {
         .default_registry(&registry.url())
         .start()
         .await;
-    let mirror = format!(
-        "--registry-mirror=http://127.0.0.1:{}",
-        cluster.daemons[0].proxy_port
+    // Wired as `shoal install docker` wires it: `registry-mirrors` in the daemon.json dockerd
+    // reads (its /etc/docker).
+    let etc = dir.path().join("dockerd/etc-docker");
+    std::fs::create_dir_all(&etc).unwrap();
+    let mut install = shoal_integration::process::shoal();
+    install
+        .args(["install", "docker", "--config"])
+        .arg(etc.join("daemon.json"))
+        .arg("--mirror")
+        .arg(format!(
+            "http://127.0.0.1:{}",
+            cluster.daemons[0].proxy_port
+        ));
+    succeeded(
+        &shoal_integration::process::run(install).await,
+        "shoal install docker: ",
     );
-    let dockerd = Dockerd::start(&dir.path().join("dockerd"), &[mirror], &[]).await;
+    let dockerd = Dockerd::start(&dir.path().join("dockerd"), &[], &[]).await;
     // Without the mirror this pull would go to registry-1.docker.io, which this machine
     // cannot reach.
     let out = dockerd.run(&["pull", "app:v1"]).await;

@@ -22,6 +22,17 @@ fn start_daemon(data_dir: &Path, metrics_port: u16) -> ChildGuard {
     ChildGuard::spawn(cmd)
 }
 
+/// [`start_daemon`] (metrics on any port), once its socket answers; the socket.
+async fn started_daemon(data_dir: &Path) -> (ChildGuard, std::path::PathBuf) {
+    let daemon = start_daemon(data_dir, free_port());
+    let socket = data_dir.join("shoal.sock");
+    wait_until(Duration::from_secs(20), "daemon socket", || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+    .await;
+    (daemon, socket)
+}
+
 async fn http_get(port: u16, path: &str) -> String {
     let out = run({
         let mut c = std::process::Command::new("curl");
@@ -221,12 +232,7 @@ async fn daemon_reports_origin_errors_to_the_client() {
     let origin = TestOrigin::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let _daemon = start_daemon(&data_dir, free_port());
-    let socket = data_dir.join("shoal.sock");
-    wait_until(Duration::from_secs(20), "daemon socket", || {
-        std::os::unix::net::UnixStream::connect(&socket).is_ok()
-    })
-    .await;
+    let (_daemon, socket) = started_daemon(&data_dir).await;
     let mut cmd = shoal();
     cmd.arg("get")
         .arg(origin.url("/missing"))
@@ -313,12 +319,7 @@ async fn the_task_list_tells_the_bytes_held_while_a_download_runs() {
         .await;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let _daemon = start_daemon(&data_dir, free_port());
-    let socket = data_dir.join("shoal.sock");
-    wait_until(Duration::from_secs(20), "daemon socket", || {
-        std::os::unix::net::UnixStream::connect(&socket).is_ok()
-    })
-    .await;
+    let (_daemon, socket) = started_daemon(&data_dir).await;
     let (url, out) = (origin.url("/f"), dir.path().join("out"));
     let getting = tokio::spawn({
         let data_dir = data_dir.clone();

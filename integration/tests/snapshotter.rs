@@ -200,6 +200,19 @@ async fn ctr_pulls_and_runs_an_image_on_the_shoal_snapshotter() {
     );
 }
 
+/// The two layers' digests, and their chain ids (uncompressed layers: the diff ids are the
+/// digests).
+fn digests_and_chain_ids(image: &Image) -> (Vec<String>, String, String) {
+    let digests: Vec<String> = image
+        .layers
+        .iter()
+        .map(|l| shoal_integration::sha256(l))
+        .collect();
+    let chain0 = digests[0].clone();
+    let chain1 = shoal_integration::sha256(format!("{chain0} {}", digests[1]).as_bytes());
+    (digests, chain0, chain1)
+}
+
 /// A client of containerd's Snapshots API on its socket, as `shoal pull` and CRI drive it.
 async fn snapshots_client(
     socket: &Path,
@@ -308,14 +321,7 @@ async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetch
     let remote = Remote::start().await;
     let (dir, image, reference, ctd) = (&remote.dir, &remote.image, &remote.reference, &remote.ctd);
 
-    // Uncompressed layers: the diff ids are the digests.
-    let digests: Vec<String> = image
-        .layers
-        .iter()
-        .map(|l| shoal_integration::sha256(l))
-        .collect();
-    let chain0 = digests[0].clone();
-    let chain1 = shoal_integration::sha256(format!("{chain0} {}", digests[1]).as_bytes());
+    let (digests, chain0, chain1) = digests_and_chain_ids(image);
     let mut client = snapshots_client(&ctd.socket).await;
     for (i, (parent, chain)) in [("", &chain0), (chain0.as_str(), &chain1)]
         .into_iter()
@@ -956,13 +962,7 @@ async fn a_layer_read_ahead_for_one_repository_is_not_given_to_another() {
     } = private_registry_and_node(dir.path()).await;
     let (_, _snapshotter, ctd) =
         with_docker_config(dir.path(), &host, Some(&password), &mirror).await;
-    let digests: Vec<String> = image
-        .layers
-        .iter()
-        .map(|l| shoal_integration::sha256(l))
-        .collect();
-    let chain0 = digests[0].clone();
-    let chain1 = shoal_integration::sha256(format!("{chain0} {}", digests[1]).as_bytes());
+    let (digests, chain0, chain1) = digests_and_chain_ids(&image);
     let mut client = snapshots_client(&ctd.socket).await;
     // test/cat's bottom layer: its top layer starts being read ahead, for test/cat.
     let req = cri_prepare("a-0", "", &chain0, &digests[0], &reference, &digests);

@@ -38,6 +38,7 @@ pub mod fuzz {
 }
 
 mod error;
+pub mod gzindex;
 mod job;
 pub mod registry;
 

@@ -89,6 +89,7 @@ impl PullArgs {
             snapshotter: self.snapshotter,
             mirror: self.mirror.parse().context("--mirror")?,
             stage_at: Some(stage_at),
+            lend: self.user.is_some(),
         };
         let bars = Bars::new(LocalClient::new(socket_in(&data_dir)));
         let pulled = pull::pull(&p, |event| match event {
@@ -135,14 +136,19 @@ impl PullArgs {
 /// layer done otherwise.
 struct Bars {
     all: indicatif::MultiProgress,
-    layers: std::sync::Arc<std::sync::Mutex<Vec<(String, indicatif::ProgressBar)>>>,
-    poll: tokio::task::JoinHandle<()>,
+    layers: LayerBars,
+    /// Polls the node for the bars (on a terminal only).
+    poll: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// Each layer's digest and bar.
+type LayerBars = std::sync::Arc<std::sync::Mutex<Vec<(String, indicatif::ProgressBar)>>>;
 
 impl Bars {
     fn new(node: LocalClient) -> Bars {
         use std::io::IsTerminal as _;
-        let all = match std::io::stderr().is_terminal() {
+        let terminal = std::io::stderr().is_terminal();
+        let all = match terminal {
             true => indicatif::MultiProgress::new(),
             false => {
                 indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
@@ -150,26 +156,28 @@ impl Bars {
         };
         let layers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let watched = std::sync::Arc::clone(&layers);
-        let poll = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                let Ok(tasks) = node.tasks().await else {
-                    continue;
-                };
-                let held: std::collections::HashMap<String, u64> =
-                    tasks.into_iter().map(|t| (t.task, t.stored)).collect();
-                let bars: &Vec<(String, indicatif::ProgressBar)> =
-                    &watched.lock().expect("bars lock");
-                for (digest, bar) in bars {
-                    if let Some(&n) = held.get(digest)
-                        && !bar.is_finished()
-                    {
-                        bar.set_position(n);
-                    }
+        let poll = terminal.then(|| tokio::spawn(async move { Bars::follow(node, watched).await }));
+        Bars { all, layers, poll }
+    }
+
+    /// Moves the bars by the bytes the node holds of each layer, until stopped.
+    async fn follow(node: LocalClient, watched: LayerBars) {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let Ok(tasks) = node.tasks().await else {
+                continue;
+            };
+            let held: std::collections::HashMap<String, u64> =
+                tasks.into_iter().map(|t| (t.task, t.stored)).collect();
+            let bars: &Vec<(String, indicatif::ProgressBar)> = &watched.lock().expect("bars lock");
+            for (digest, bar) in bars {
+                if let Some(&n) = held.get(digest)
+                    && !bar.is_finished()
+                {
+                    bar.set_position(n);
                 }
             }
-        });
-        Bars { all, layers, poll }
+        }
     }
 
     fn start(&self, layers: &[(String, u64)]) {
@@ -214,7 +222,9 @@ impl Bars {
     }
 
     fn stop(&self) {
-        self.poll.abort();
+        if let Some(poll) = &self.poll {
+            poll.abort();
+        }
     }
 }
 

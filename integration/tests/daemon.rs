@@ -232,7 +232,7 @@ async fn daemon_reports_origin_errors_to_the_client() {
     let origin = TestOrigin::builder().start().await;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
-    let (_daemon, socket) = started_daemon(&data_dir).await;
+    let (_daemon, _) = started_daemon(&data_dir).await;
     let mut cmd = shoal();
     cmd.arg("get")
         .arg(origin.url("/missing"))

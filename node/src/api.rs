@@ -115,8 +115,14 @@ async fn list_tasks(state: &ApiState) -> Result<Vec<TaskInfo>> {
     for (id, meta) in store.list().await? {
         let stored = match meta.complete {
             true => meta.layout.content_length,
-            // Only a download's tasks are incomplete: few, and their journals are short.
-            false => store.state(&id).await?.map_or(0, |s| s.stored_bytes()),
+            // Only a download's tasks are incomplete: few, and their journals are short. A task
+            // gone (or unreadable) meanwhile holds nothing.
+            false => store
+                .state(&id)
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |s| s.stored_bytes()),
         };
         tasks.push(TaskInfo {
             task: id.to_string(),

@@ -253,7 +253,10 @@ impl std::fmt::Display for Status {
                     true => "complete".to_owned(),
                     false => format!(
                         "{}%",
-                        (t.stored * 100).checked_div(t.content_length).unwrap_or(0)
+                        t.stored
+                            .saturating_mul(100)
+                            .checked_div(t.content_length)
+                            .unwrap_or(0)
                     ),
                 },
                 t.url

@@ -42,6 +42,10 @@ pub struct Pull {
     /// The shoal snapshotter's own socket: the layers are made there first, so that containerd,
     /// which holds its metadata lock while its snapshotter prepares, only finds them made.
     pub stage_at: Option<PathBuf>,
+    /// Lend `credentials` to the snapshotter for this image's layers (given on the command
+    /// line: the snapshotter has no other way to them). Only to a socket owned by this user or
+    /// root.
+    pub lend: bool,
 }
 
 /// One layer, done.
@@ -168,8 +172,8 @@ pub async fn pull(p: &Pull, tell: impl Fn(Event<'_>)) -> Result<Pulled, Failure>
                 (TARGET.to_owned(), chain[i].clone()),
                 (LAYER_DIGEST.to_owned(), layer_digests[i].clone()),
                 (IMAGE_REF.to_owned(), name.clone()),
-                // From this layer up, as containerd lists them.
-                (IMAGE_LAYERS.to_owned(), layer_digests[i..].join(",")),
+                // From this layer up, as containerd lists them (as many as a label holds).
+                (IMAGE_LAYERS.to_owned(), layers_label(&layer_digests[i..])),
                 (
                     "containerd.io/snapshot/cri.manifest-digest".to_owned(),
                     served.digest.to_string(),
@@ -182,7 +186,10 @@ pub async fn pull(p: &Pull, tell: impl Fn(Event<'_>)) -> Result<Pulled, Failure>
         };
         let mut staged = Vec::new();
         if let Some(socket) = &p.stage_at {
-            let lend = crate::cri::authorization(&p.credentials);
+            let lend = match p.lend && owned_by_us_or_root(socket) {
+                true => crate::cri::authorization(&p.credentials),
+                false => None,
+            };
             staged = stage(
                 socket,
                 &p.snapshotter,
@@ -352,6 +359,31 @@ async fn stage(
     took
 }
 
+/// Whether the file at `path` belongs to this process's user or to root (credentials go only
+/// to a snapshotter one of them runs).
+fn owned_by_us_or_root(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path)
+        .is_ok_and(|m| m.uid() == 0 || m.uid() == nix::unistd::geteuid().as_raw())
+}
+
+/// The `cri.image-layers` label: the digests, as many as fit in one label (containerd refuses a
+/// label whose key and value pass 4096 bytes, and cuts the list there as this does).
+fn layers_label(digests: &[String]) -> String {
+    let mut value = String::new();
+    for d in digests {
+        let more = usize::from(!value.is_empty()) + d.len();
+        if IMAGE_LAYERS.len() + value.len() + more > crate::snapshots::MAX_LABEL_BYTES {
+            break;
+        }
+        if !value.is_empty() {
+            value.push(',');
+        }
+        value.push_str(d);
+    }
+    value
+}
+
 /// containerd's namespace and this pull's lease, on every request.
 struct Meta {
     namespace: String,
@@ -491,6 +523,15 @@ mod tests {
     use sha2::Digest as _;
 
     use super::*;
+
+    #[test]
+    fn the_layers_label_fits_in_a_label() {
+        let digests: Vec<String> = (0..100).map(|i| format!("sha256:{i:064x}")).collect();
+        let label = layers_label(&digests);
+        assert!(IMAGE_LAYERS.len() + label.len() <= 4096);
+        assert_eq!(label.split(',').count(), 56);
+        assert_eq!(layers_label(&digests[..2]), digests[..2].join(","));
+    }
 
     #[test]
     fn references_and_chain_ids() {

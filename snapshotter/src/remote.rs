@@ -4,7 +4,7 @@
 //! node's registry mirror (from the swarm, by digest), checked against its digest, unpacked
 //! while it streams, and committed under the chain id; containerd is then told it already
 //! exists and fetches nothing. The first such layer of an image starts every layer the image
-//! lists (`…/cri.image-layers`): they are read and unpacked in parallel ([`stage`]), and each
+//! lists (`…/cri.image-layers`): they are read and unpacked in parallel (`stage`), and each
 //! prepare only waits for its own.
 //! Whatever fails (no mirror, a registry that wants credentials the snapshotter lacks, a layer
 //! with device nodes) leaves that one layer to containerd's own path, with a log line.

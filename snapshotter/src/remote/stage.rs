@@ -151,7 +151,12 @@ impl Stager {
         };
         let outcome = match done.wait_for(Option::is_some).await {
             Ok(outcome) => outcome.clone(),
-            Err(_) => None,
+            Err(_) => {
+                // The unpack's task ended without a word (a panic): the next prepare starts
+                // another.
+                self.forget(&which, &key);
+                None
+            }
         };
         match outcome.unwrap_or_else(|| Err("the unpack stopped".to_owned())) {
             // Taken here, with no wait before the caller commits it (or removes it).

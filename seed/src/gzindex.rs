@@ -17,7 +17,10 @@ use miniz_oxide::inflate::core::inflate_flags::{
 };
 use miniz_oxide::inflate::core::{BlockBoundaryState, DecompressorOxide, decompress};
 
+mod files;
 mod format;
+
+pub use files::{FileEntry, FileKind, index_layer};
 
 /// Output between checkpoints (as SOCI's default span).
 pub const DEFAULT_SPAN: u64 = 4 << 20;
@@ -27,7 +30,7 @@ const WINDOW: usize = 32 << 10;
 const MAX_HEADER: usize = 64 << 10;
 
 /// What is wrong with a gzip stream, or with the bytes given to read from it.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("gzip: {0}")]
 pub struct GzError(String);
 

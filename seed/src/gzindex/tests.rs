@@ -185,3 +185,110 @@ proptest! {
         }
     }
 }
+
+/// A PAX record: its length counts itself.
+fn pax_record(key: &str, value: &str) -> String {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len();
+    while format!("{len}{body}").len() != len {
+        len = format!("{len}{body}").len();
+    }
+    format!("{len}{body}")
+}
+
+fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_uid(1000);
+    h.set_gid(1001);
+    h.set_mtime(1_700_000_000);
+    h
+}
+
+/// A layer with every kind of entry a mount shows; the regular files' paths and bytes.
+fn layer_tar() -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut files = Vec::new();
+    let mut dir = header(tar::EntryType::Directory, 0);
+    dir.set_mode(0o755);
+    b.append_data(&mut dir, "etc/", std::io::empty()).unwrap();
+    let long = format!("a/{}/file.txt", "b".repeat(150));
+    for (path, data) in [
+        ("etc/hosts".to_owned(), b"127.0.0.1 localhost\n".to_vec()),
+        ("usr/lib/big.bin".to_owned(), layer_like(21, 700_000)),
+        (long, b"a long name\n".to_vec()),
+        ("./rel/file".to_owned(), b"relative\n".to_vec()),
+        ("etc/.wh.gone".to_owned(), Vec::new()),
+    ] {
+        let mut h = header(tar::EntryType::Regular, data.len() as u64);
+        b.append_data(&mut h, &path, data.as_slice()).unwrap();
+        files.push((path.trim_start_matches("./").to_owned(), data));
+    }
+    let mut link = header(tar::EntryType::Symlink, 0);
+    b.append_link(&mut link, "bin/sh", "/usr/bin/dash").unwrap();
+    let mut hard = header(tar::EntryType::Link, 0);
+    b.append_link(&mut hard, "etc/hosts2", "etc/hosts").unwrap();
+    let pax = pax_record("SCHILY.xattr.user.k", "v");
+    let mut x = header(tar::EntryType::XHeader, pax.len() as u64);
+    b.append_data(&mut x, "PaxHeaders/xattr.txt", pax.as_bytes())
+        .unwrap();
+    let mut h = header(tar::EntryType::Regular, 7);
+    b.append_data(&mut h, "xattr.txt", &b"xattrs\n"[..])
+        .unwrap();
+    files.push(("xattr.txt".to_owned(), b"xattrs\n".to_vec()));
+    (b.into_inner().unwrap(), files)
+}
+
+#[test]
+fn a_layers_files_are_read_from_their_spans_alone() {
+    let (tar, files) = layer_tar();
+    let gz = gzip(&tar);
+    let (index, entries) = index_layer(gz.as_slice(), 64 << 10).unwrap();
+    assert_eq!(index.uncompressed_size, tar.len() as u64);
+    let find = |p: &str| entries.iter().find(|e| e.path == p.as_bytes()).unwrap();
+    assert_eq!(find("etc").kind, FileKind::Dir);
+    assert_eq!(find("etc").mode, 0o755);
+    let sh = find("bin/sh");
+    assert_eq!(
+        (sh.kind, sh.link.as_deref()),
+        (FileKind::Symlink, Some(&b"/usr/bin/dash"[..]))
+    );
+    let hard = find("etc/hosts2");
+    assert_eq!(
+        (hard.kind, hard.link.as_deref()),
+        (FileKind::Hardlink, Some(&b"etc/hosts"[..]))
+    );
+    let x = find("xattr.txt");
+    assert_eq!(x.xattrs, [(b"user.k".to_vec(), b"v".to_vec())]);
+    assert_eq!((x.uid, x.gid, x.mtime), (1000, 1001, 1_700_000_000));
+    for (path, data) in &files {
+        let e = find(path);
+        assert_eq!(
+            (e.kind, e.size),
+            (FileKind::File, data.len() as u64),
+            "{path}"
+        );
+        if data.is_empty() {
+            continue;
+        }
+        let got = read(&index, &gz, e.offset..e.offset + e.size);
+        assert!(&got == data, "{path}");
+    }
+}
+
+#[test]
+fn a_layer_whose_paths_climb_out_is_not_indexed() {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = header(tar::EntryType::Regular, 1);
+    // Set the name by hand: the builder itself refuses `..`.
+    h.as_gnu_mut().unwrap().name[..12].copy_from_slice(b"../escape.tx");
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).unwrap();
+    let gz = gzip(&b.into_inner().unwrap());
+    let err = index_layer(gz.as_slice(), 1 << 20).unwrap_err();
+    assert!(err.0.contains(".."), "{err}");
+    // Not gzip at all.
+    assert!(index_layer(&b"plain tar"[..], 1 << 20).is_err());
+}

@@ -23,6 +23,7 @@ mod error;
 mod extract;
 mod filter;
 pub mod install;
+pub mod lazy;
 pub mod pull;
 pub mod remote;
 mod service;

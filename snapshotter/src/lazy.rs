@@ -217,7 +217,7 @@ impl LazyLayer {
 
     /// `len` bytes at `offset` of the uncompressed stream, span by span.
     fn read_stream(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-        let end = (offset + len).min(self.index.uncompressed_size);
+        let end = offset.saturating_add(len).min(self.index.uncompressed_size);
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
         let mut at = offset;
         while at < end {
@@ -228,7 +228,10 @@ impl LazyLayer {
                 .saturating_sub(1);
             let span = self.span(cp)?;
             let start = self.index.checkpoints[cp].uncompressed;
-            let from = (at - start) as usize;
+            let from = at
+                .checked_sub(start)
+                .ok_or_else(|| std::io::Error::other("no checkpoint before the range"))?
+                as usize;
             let take = ((end - at) as usize).min(span.len().saturating_sub(from));
             if take == 0 {
                 return Err(std::io::Error::other("a span shorter than the index says"));
@@ -250,10 +253,13 @@ impl LazyLayer {
             }
         }
         let checkpoints = &self.index.checkpoints;
-        let from = &checkpoints[cp];
+        let from = checkpoints
+            .get(cp)
+            .ok_or_else(|| std::io::Error::other("an index without checkpoints"))?;
         let end = checkpoints
             .get(cp + 1)
-            .map_or(self.index.uncompressed_size, |c| c.uncompressed);
+            .map_or(self.index.uncompressed_size, |c| c.uncompressed)
+            .max(from.uncompressed);
         let (_, range) = self
             .index
             .span(from.uncompressed..end.max(from.uncompressed + 1))
@@ -327,7 +333,7 @@ impl Filesystem for LazyLayer {
         if len == 0 || e.kind != FileKind::File {
             return reply.data(&[]);
         }
-        match self.read_stream(e.offset + offset, len) {
+        match self.read_stream(e.offset.saturating_add(offset), len) {
             Ok(bytes) => reply.data(&bytes),
             Err(err) => {
                 tracing::error!(path = %String::from_utf8_lossy(&e.path), offset, len, error = %err, "a lazy read failed");

@@ -392,6 +392,65 @@ mod tests {
         }
     }
 
+    /// With containerd down (or not there), a kubelet's call gets `Unavailable` at once, and the
+    /// pull's credentials are not kept.
+    #[tokio::test]
+    async fn calls_fail_fast_when_containerd_is_not_there() {
+        use crate::proto::runtime::v1::image_service_client::ImageServiceClient;
+        use crate::proto::runtime::v1::{ImageSpec, ImageStatusRequest};
+        let dir = tempfile::tempdir().unwrap();
+        let keychain = Arc::new(Keychain::default());
+        let proxy = ImageProxy::new(&dir.path().join("no-containerd.sock"), keychain.clone());
+        let socket = dir.path().join("proxy.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let incoming = futures_util::stream::poll_fn(move |cx| {
+            listener
+                .poll_accept(cx)
+                .map(|r| Some(r.map(|(stream, _)| stream)))
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(proxy)
+                .serve_with_incoming(incoming),
+        );
+        let channel = crate::client::connect(&socket).await.unwrap();
+        let mut kubelet = ImageServiceClient::new(channel);
+        let image = Some(ImageSpec {
+            image: "registry.example/team/app:v1".into(),
+            annotations: Default::default(),
+        });
+        let started = Instant::now();
+        let status = kubelet
+            .image_status(ImageStatusRequest {
+                image: image.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        let pulled = kubelet
+            .pull_image(PullImageRequest {
+                image,
+                auth: Some(AuthConfig {
+                    username: "carol".into(),
+                    password: "secret".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(pulled.code(), tonic::Code::Unavailable, "{pulled:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            keychain.get("registry.example", "team/app").is_none(),
+            "a failed pull's credentials are not kept"
+        );
+    }
+
     #[test]
     fn auth_configs_as_kubelet_sends_them() {
         use base64::Engine as _;

@@ -90,6 +90,10 @@ impl LazyLayer {
                 None => (Vec::new(), entry.path.clone()),
             };
             if name.is_empty() {
+                // The layer's `./`: the root's owner and mode (it stays a directory).
+                if entry.kind != FileKind::Dir {
+                    continue;
+                }
                 layer.nodes[0].entry = FileEntry {
                     path: Vec::new(),
                     ..entry

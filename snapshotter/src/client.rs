@@ -8,7 +8,6 @@ use tonic::transport::Channel;
 /// The credentials Docker's config file (`auths.<host>.auth`, `user:password` in base64)
 /// holds for `host`.
 pub fn docker_credentials(config: &Path, host: &str) -> Option<Credentials> {
-    use base64::Engine as _;
     let text = std::fs::read(config).ok()?;
     let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
     let hub = "https://index.docker.io/v1/";
@@ -16,14 +15,14 @@ pub fn docker_credentials(config: &Path, host: &str) -> Option<Credentials> {
     let auth = [host, if host == "docker.io" { hub } else { host }]
         .iter()
         .find_map(|h| auths.get(*h)?.get("auth")?.as_str())?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(auth)
-        .ok()?;
-    let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-    Some(Credentials::Basic {
-        user: user.to_owned(),
-        password: password.to_owned(),
-    })
+    Credentials::from_basic_token(auth)
+}
+
+/// The node's registry mirror `mirror` as the registry `host` (`?ns=host`).
+pub fn through_mirror(mirror: &url::Url, host: &str) -> url::Url {
+    let mut base = mirror.clone();
+    base.query_pairs_mut().append_pair("ns", host);
+    base
 }
 
 /// The registry host of an image reference.

@@ -113,19 +113,11 @@ impl Keychain {
 /// `Bearer …`): they are kept as a kubelet's pull's are, for the image the labels name.
 pub const LEND: &str = "shoal-registry-authorization";
 
-/// The credentials an `Authorization` value stands for.
+/// The credentials an `Authorization` value stands for (`Basic …` or `Bearer …`).
 pub fn from_authorization(value: &str) -> Option<Credentials> {
-    use base64::Engine as _;
     let (scheme, rest) = value.split_once(' ')?;
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest.trim())
-            .ok()?;
-        let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-        return Some(Credentials::Basic {
-            user: user.to_owned(),
-            password: password.to_owned(),
-        });
+        return Credentials::from_basic_token(rest);
     }
     let mut header = http::HeaderValue::from_str(value).ok()?;
     header.set_sensitive(true);
@@ -134,23 +126,9 @@ pub fn from_authorization(value: &str) -> Option<Credentials> {
         .then_some(Credentials::Header(header))
 }
 
-/// The `Authorization` value of `credentials` (none for anonymous).
-pub fn authorization(credentials: &Credentials) -> Option<String> {
-    use base64::Engine as _;
-    match credentials {
-        Credentials::Anonymous => None,
-        Credentials::Basic { user, password } => Some(format!(
-            "Basic {}",
-            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-        )),
-        Credentials::Header(h) => h.to_str().ok().map(str::to_owned),
-    }
-}
-
 /// What a CRI `AuthConfig` says, as the registry client's credentials. An identity token (an
 /// OAuth refresh token) is not used: containerd's own path reads such images.
 fn credentials(auth: &AuthConfig) -> Option<Credentials> {
-    use base64::Engine as _;
     if !auth.identity_token.is_empty() {
         return None;
     }
@@ -167,14 +145,7 @@ fn credentials(auth: &AuthConfig) -> Option<Credentials> {
         });
     }
     if !auth.auth.is_empty() {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(&auth.auth)
-            .ok()?;
-        let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-        return Some(Credentials::Basic {
-            user: user.to_owned(),
-            password: password.to_owned(),
-        });
+        return Credentials::from_basic_token(&auth.auth);
     }
     None
 }
@@ -379,14 +350,14 @@ mod tests {
             user: "carol".into(),
             password: "p:w".into(),
         };
-        let value = authorization(&basic).unwrap();
+        let value = basic.authorization().unwrap();
         assert_eq!(
-            user_of(from_authorization(&value)),
+            user_of(from_authorization(value.to_str().unwrap())),
             "Some(Basic(carol, <redacted>))"
         );
         let bearer = from_authorization("Bearer abc").unwrap();
-        assert_eq!(authorization(&bearer).unwrap(), "Bearer abc");
-        assert!(authorization(&Credentials::Anonymous).is_none());
+        assert_eq!(bearer.authorization().unwrap(), "Bearer abc");
+        assert!(Credentials::Anonymous.authorization().is_none());
         for bad in ["Basic !!!", "Digest x", "Basic", "", "Bearer \n"] {
             assert!(from_authorization(bad).is_none(), "{bad:?}");
         }

@@ -9,7 +9,7 @@
 //! does not have — and committed.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use shoal_seed::registry::{Credentials, Platform, Registry};
@@ -27,6 +27,8 @@ use crate::proto::snapshots::snapshots_client::SnapshotsClient;
 use crate::proto::snapshots::{CommitSnapshotRequest, PrepareSnapshotRequest};
 use crate::proto::types::Descriptor;
 use crate::remote::{IMAGE_LAYERS, IMAGE_REF, LAYER_DIGEST, TARGET};
+
+mod stage;
 
 /// What to pull, and into which containerd.
 pub struct Pull {
@@ -92,8 +94,7 @@ pub async fn pull(p: &Pull, tell: impl Fn(Event<'_>)) -> Result<Pulled, Failure>
         .read_timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
-    let mut base = p.mirror.clone();
-    base.query_pairs_mut().append_pair("ns", &registry_host);
+    let base = crate::client::through_mirror(&p.mirror, &registry_host);
     let registry = Registry::new(base, http, p.credentials.clone());
     let (served, manifest) = registry
         .platform_manifest(&repository, &reference, &p.platform)
@@ -186,11 +187,8 @@ pub async fn pull(p: &Pull, tell: impl Fn(Event<'_>)) -> Result<Pulled, Failure>
         };
         let mut staged = Vec::new();
         if let Some(socket) = &p.stage_at {
-            let lend = match p.lend && owned_by_us_or_root(socket) {
-                true => crate::cri::authorization(&p.credentials),
-                false => None,
-            };
-            staged = stage(
+            let lend = p.lend.then_some(&p.credentials);
+            staged = stage::stage(
                 socket,
                 &p.snapshotter,
                 chain.len(),
@@ -302,69 +300,6 @@ pub async fn pull(p: &Pull, tell: impl Fn(Event<'_>)) -> Result<Pulled, Failure>
         digest: served.digest.to_string(),
         layers: result?,
     })
-}
-
-/// Makes the layers in the shoal snapshotter itself, through its own socket, bottom first: each
-/// it reads through the node is committed under its chain id, and containerd's prepare of it
-/// then only finds it. Stops at the first layer it cannot make (containerd's prepare then does
-/// the rest). `lend`: this pull's credentials (an `Authorization` value), lent to the
-/// snapshotter for the image's layers. Returns the seconds each layer made took.
-async fn stage(
-    socket: &Path,
-    snapshotter: &str,
-    count: usize,
-    labels: &dyn Fn(usize) -> HashMap<String, String>,
-    parent_of: &dyn Fn(usize) -> String,
-    lend: Option<String>,
-) -> Vec<f64> {
-    let mut took = Vec::new();
-    let Ok(channel) = connect(socket).await else {
-        return took;
-    };
-    let mut direct = SnapshotsClient::new(channel);
-    for i in 0..count {
-        let started = Instant::now();
-        let key = format!("shoal-pull-stage/{}", labels(i)[TARGET]);
-        let mut req = Request::new(PrepareSnapshotRequest {
-            snapshotter: snapshotter.to_owned(),
-            key: key.clone(),
-            parent: parent_of(i),
-            labels: labels(i),
-        });
-        if let Some(Ok(mut value)) = lend
-            .as_deref()
-            .map(tonic::metadata::MetadataValue::try_from)
-        {
-            value.set_sensitive(true);
-            req.metadata_mut().insert(crate::cri::LEND, value);
-        }
-        let made = direct.prepare(req).await;
-        match made {
-            Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                took.push(started.elapsed().as_secs_f64());
-            }
-            Ok(_) => {
-                // Not read through the node: the plain snapshot just made is not wanted.
-                let _ = direct
-                    .remove(crate::proto::snapshots::RemoveSnapshotRequest {
-                        snapshotter: snapshotter.to_owned(),
-                        key,
-                    })
-                    .await;
-                break;
-            }
-            Err(_) => break,
-        }
-    }
-    took
-}
-
-/// Whether the file at `path` belongs to this process's user or to root (credentials go only
-/// to a snapshotter one of them runs).
-fn owned_by_us_or_root(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata(path)
-        .is_ok_and(|m| m.uid() == 0 || m.uid() == nix::unistd::geteuid().as_raw())
 }
 
 /// The `cri.image-layers` label: the digests, as many as fit in one label (containerd refuses a

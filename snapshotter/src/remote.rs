@@ -194,8 +194,7 @@ impl Remote {
     /// credentials a kubelet's pull of it gave, else those Docker's config file holds for the
     /// host (read when the client is made; tokens are kept).
     fn registry(&self, host: &str, repository: &str) -> Arc<Registry> {
-        let mut base = self.mirror.clone();
-        base.query_pairs_mut().append_pair("ns", host);
+        let base = crate::client::through_mirror(&self.mirror, host);
         if let Some(credentials) = self.keychain.get(host, repository) {
             return Arc::new(Registry::new(base, self.http.clone(), credentials));
         }

@@ -38,6 +38,28 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// `user:password` in base64, as Docker's config file and a `Basic` header hold it.
+    pub fn from_basic_token(encoded: &str) -> Option<Credentials> {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()?;
+        let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+        Some(Credentials::Basic {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+
+    /// The `Authorization` value these credentials send as they are (none when anonymous).
+    pub fn authorization(&self) -> Option<HeaderValue> {
+        match self {
+            Credentials::Anonymous => None,
+            Credentials::Basic { .. } => self.basic(),
+            Credentials::Header(h) => Some(h.clone()),
+        }
+    }
+
     fn basic(&self) -> Option<HeaderValue> {
         let Credentials::Basic { user, password } = self else {
             return None;

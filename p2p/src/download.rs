@@ -15,6 +15,7 @@ mod link;
 mod pieces;
 mod reader;
 mod request;
+mod urgent;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,7 +37,7 @@ use crate::peer::PeerClient;
 use crate::piece::Layout;
 use crate::proto::PieceSet;
 use crate::rate::RateLimit;
-use crate::store::{AsyncStore, Holdings};
+use crate::store::{AsyncStore, Holdings, TaskMeta};
 use crate::swarm::Swarm;
 
 /// Downloads tasks into a store; one download per task at a time.
@@ -52,6 +53,8 @@ pub struct Downloader {
     background: Arc<tokio::sync::Semaphore>,
     max_background: usize,
     origin_rate: Option<Arc<RateLimit>>,
+    /// Pieces readers wait for (see [`Reading::present`]).
+    urgent: Arc<urgent::Urgent>,
 }
 
 /// Background downloads at once unless [`Downloader::with_background_limit`] says otherwise.
@@ -86,6 +89,7 @@ impl Downloader {
             background: Arc::new(tokio::sync::Semaphore::new(MAX_BACKGROUND)),
             max_background: MAX_BACKGROUND,
             origin_rate: None,
+            urgent: Arc::default(),
         }
     }
 
@@ -215,6 +219,12 @@ impl Downloader {
             Some(swarm) => self.link(swarm.clone(), id, req).await,
             None => None,
         };
+        if link.is_none() && req.swarm_only() {
+            return Err(Error::NotInSwarm {
+                task: id.clone(),
+                why: "no scheduler",
+            });
+        }
         let (layout, stat) = self.layout(id, req, link.as_mut()).await?;
         // Where the content comes from: the swarm's sources, and this host's origin when it
         // asked it (for the length, or to fetch pieces).
@@ -255,7 +265,8 @@ impl Downloader {
             None => None,
         };
         let reporter = prefix.as_ref().map(|p| p.reporter());
-        let run = Run::new(job, state.pieces, state.meta.sources, link, stat, reporter);
+        let run = Run::new(job, state.pieces, state.meta.sources, link, stat, reporter)
+            .with_urgent(self.urgent.clone());
         let (pieces, sources) = match run.run(progress).await {
             Ok(p) => p,
             Err(e) => {
@@ -312,6 +323,12 @@ impl Downloader {
                     tracing::warn!(task = %id, len, "the swarm's content length is impossible; asking the origin")
                 }
             }
+        }
+        if req.swarm_only() {
+            return Err(Error::NotInSwarm {
+                task: id.clone(),
+                why: "no holder told its length",
+            });
         }
         match self.origin.stat(&req.origin).await {
             Ok(stat) => {
@@ -377,6 +394,34 @@ impl Downloader {
             digests: Vec::new(),
             sources: state.meta.sources,
         }
+    }
+
+    /// Stores `data`, made on this host (a seed's gzip index of a layer), as the complete task
+    /// `id`, and tells the swarm this host holds it with its piece digests (a seed's are
+    /// believed). `url` is the task's, `sources` the upstreams its content derives from.
+    pub async fn publish(
+        &self,
+        id: &TaskId,
+        url: String,
+        data: Vec<u8>,
+        sources: Vec<crate::proto::Source>,
+    ) -> Result<TaskMeta> {
+        let (meta, digests) = self.store.import(id, url, data, sources).await?;
+        if let Some(swarm) = &self.swarm {
+            let bitmap: Bitmap = digests.iter().map(|_| true).collect();
+            let set = PieceSet {
+                length_known: true,
+                content_length: meta.layout.content_length,
+                bitmap: bitmap.as_bytes().to_vec(),
+                digests: (0u32..)
+                    .zip(&digests)
+                    .map(|(n, d)| crate::proto::PieceDigest::of(n, d))
+                    .collect(),
+                sources: meta.sources.clone(),
+            };
+            swarm.announce(id, Some(set), None).await;
+        }
+        Ok(meta)
     }
 
     /// Tells the swarm this host, its fetcher, could not fetch from the origin (an HTTP error,

@@ -51,6 +51,9 @@ pub enum Error {
     },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// Content only the swarm provides (a layer's gzip index) that the swarm does not have.
+    #[error("the swarm has no task {task} ({why})")]
+    NotInSwarm { task: TaskId, why: &'static str },
     #[error("config: {0}")]
     Config(String),
 }
@@ -74,7 +77,8 @@ impl Error {
             | Error::Config(_) => Fault::Local,
             Error::OriginStatus { .. }
             | Error::OriginTransport { .. }
-            | Error::OriginProtocol { .. } => Fault::Origin,
+            | Error::OriginProtocol { .. }
+            | Error::NotInSwarm { .. } => Fault::Origin,
             // The bytes came from the origin, but the digest the request named is what disagrees.
             Error::DigestMismatch { .. } | Error::InvalidRequest(_) => Fault::Request,
         }

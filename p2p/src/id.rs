@@ -5,6 +5,9 @@
 //! * Any other URL is identified by the SHA-256 of the URL with volatile query parameters removed
 //!   (object-store signatures, expiry times, containerd's `ns`), plus the optional tag and
 //!   application. These are Dragonfly's rules (see `reference/dragonfly-compat.md` §4).
+//! * A blob URL with the application [`GZIP_INDEX`] names the seekable index of that gzip layer
+//!   (lazy pulling): a small task of its own, derived from the layer's digest, that only a seed
+//!   builds and peers pass on (see [`TaskId::gzip_index`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -48,6 +51,9 @@ pub const DEFAULT_FILTERED_QUERY_PARAMS: &[&str] = &[
     "x-cos-security-token",
     "ns",
 ];
+
+/// The application that makes a blob URL name the layer's gzip index instead of the layer.
+pub const GZIP_INDEX: &str = "shoal.gzip-index.v1";
 
 /// What besides the URL goes into a URL task's identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -115,7 +121,10 @@ impl TaskId {
     /// The id for downloading `url`.
     pub fn for_url(url: &Url, opts: &IdOptions) -> TaskId {
         if let Some(digest) = oci_blob_digest(url) {
-            return TaskId::for_blob(&digest);
+            return match opts.application.as_deref() {
+                Some(GZIP_INDEX) => TaskId::gzip_index(&digest),
+                _ => TaskId::for_blob(&digest),
+            };
         }
         let filtered = filtered_url(url, opts.filtered_query_params.as_deref());
         let mut h = sha2::Sha256::new();
@@ -149,6 +158,16 @@ impl TaskId {
     /// The id of a content-addressed blob.
     pub fn for_blob(digest: &Digest) -> TaskId {
         TaskId(digest.to_string())
+    }
+
+    /// The id of the gzip index of the layer `layer` (whose own id is its digest): the SHA-256
+    /// of a name for the index format and the digest, so it is neither a blob id nor any URL's.
+    pub fn gzip_index(layer: &Digest) -> TaskId {
+        let mut h = sha2::Sha256::new();
+        h.update(GZIP_INDEX.as_bytes());
+        h.update([0u8]);
+        h.update(layer.to_string().as_bytes());
+        TaskId(hex::encode(h.finalize()))
     }
 
     /// The whole-content digest this id promises, for blob ids.
@@ -257,6 +276,39 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a, c);
         assert_eq!(a.blob_digest().unwrap().to_string(), D);
+    }
+
+    #[test]
+    fn a_layers_gzip_index_has_an_id_of_its_own_named_by_its_blob_url() {
+        let url = Url::parse(&format!("https://r.example/v2/a/blobs/{D}")).unwrap();
+        let other = Url::parse(&format!("http://mirror/v2/b/blobs/{D}?ns=r")).unwrap();
+        let index = IdOptions {
+            application: Some(GZIP_INDEX.into()),
+            ..Default::default()
+        };
+        let id = TaskId::for_url(&url, &index);
+        assert_eq!(id, TaskId::for_url(&other, &index), "whatever the registry");
+        assert_eq!(id, TaskId::gzip_index(&D.parse().unwrap()));
+        assert_ne!(id.as_str(), D);
+        assert_eq!(
+            id.blob_digest(),
+            None,
+            "no whole-content digest is promised"
+        );
+        // Another application leaves a blob URL the blob's.
+        let app = IdOptions {
+            application: Some("other".into()),
+            ..Default::default()
+        };
+        assert_eq!(TaskId::for_url(&url, &app).as_str(), D);
+        // A seed job for it passes the scheduler's check.
+        let task = crate::proto::Task {
+            id: id.to_string(),
+            url: url.to_string(),
+            id_options: Some((&index).into()),
+            ..Default::default()
+        };
+        assert!(task.checked_url().is_ok());
     }
 
     #[test]

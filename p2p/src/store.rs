@@ -318,6 +318,34 @@ impl Store {
         Ok(meta)
     }
 
+    /// Stores `data`, made on this host, as the complete task `id` (replacing what the store
+    /// held of it), its pieces hashed as a download's are. Returns its record and piece digests.
+    pub fn import(
+        &self,
+        id: &TaskId,
+        url: &str,
+        data: &[u8],
+        sources: &[Source],
+    ) -> Result<(TaskMeta, Vec<Digest>)> {
+        let layout = Layout::for_length(data.len() as u64).ok_or_else(|| {
+            Error::InvalidRequest(format!("{} bytes are too many for a task", data.len()))
+        })?;
+        self.remove(id)?;
+        self.open_task(id, url, layout, sources)?;
+        let path = self.data_path(id);
+        self.writer(id)?
+            .write_all_at(data, 0)
+            .map_err(|e| Error::io("write task file", &path, e))?;
+        let digests: Vec<Digest> = (0..layout.piece_count())
+            .map(|n| {
+                let r = layout.range(n);
+                Digest::piece(&data[r.start as usize..r.end as usize])
+            })
+            .collect();
+        let meta = self.complete(id, None, &digests, sources)?;
+        Ok((meta, digests))
+    }
+
     /// The digests of a complete task's pieces.
     pub fn piece_digests(&self, id: &TaskId) -> Result<Vec<Option<Digest>>> {
         let meta = self

@@ -7,6 +7,8 @@
 //! * Endgame: when every missing piece is in flight and few are left, a piece in flight from
 //!   one parent is asked of another holder too.
 //! * From the origin: a missing piece not in flight that no parent could give.
+//! * Pieces a reader waits for (a lazy layer's file read) go before all others, to peers and
+//!   to the origin, with twice the per-parent limit.
 
 use std::collections::HashMap;
 
@@ -47,6 +49,8 @@ pub(super) struct Snapshot<'a> {
     pub parents: Vec<Candidate>,
     /// The pieces not stored yet, in order.
     pub missing: Vec<u32>,
+    /// Of those, the ones a reader waits for.
+    pub urgent: Vec<u32>,
     /// Whether each piece's digest is published (only such pieces are asked of peers).
     pub known: Vec<bool>,
     pub inflight: &'a Inflight,
@@ -61,18 +65,51 @@ impl Snapshot<'_> {
         self.load.get(id).copied().unwrap_or(0)
     }
 
+    /// The next piece some reader waits for (see `urgent`) to ask a parent for, and the
+    /// parent: the background's limits doubled, so a read never queues behind it.
+    pub fn urgent_peer(&self) -> Option<(u32, &Candidate)> {
+        let limit = 2 * per_parent_limit(self.piece_concurrency, self.parents.len());
+        let n = self.rarest(&self.urgent, limit)?;
+        Some((n, self.parent_for(n, limit)?))
+    }
+
     /// The next piece to ask a parent for, and the parent.
     pub fn peer(&self) -> Option<(u32, &Candidate)> {
         let limit = per_parent_limit(self.piece_concurrency, self.parents.len());
-        let known = |n: u32| self.known.get(n as usize).copied().unwrap_or(false);
-        // Rarest first, random among equals.
+        let endgame = self.missing.len() <= ENDGAME_PIECES
+            && self.missing.iter().all(|n| self.inflight.contains_key(n));
+        let n = self.rarest(&self.missing, limit).or_else(|| {
+            if !endgame {
+                return None;
+            }
+            self.inflight
+                .iter()
+                .filter(|(_, reqs)| reqs.len() == 1)
+                .find(|(n, reqs)| {
+                    self.known(**n)
+                        && self
+                            .parents
+                            .iter()
+                            .any(|p| p.holds.get(**n) && reqs[0].0.as_deref() != Some(&p.id))
+                })
+                .map(|(n, _)| *n)
+        })?;
+        Some((n, self.parent_for(n, limit)?))
+    }
+
+    fn known(&self, n: u32) -> bool {
+        self.known.get(n as usize).copied().unwrap_or(false)
+    }
+
+    /// Of `pieces`, one not in flight whose digest is known, held by the fewest parents with a
+    /// free slot under `limit` (random among equals).
+    fn rarest(&self, pieces: &[u32], limit: usize) -> Option<u32> {
         let mut best: Option<(usize, u32, u32)> = None;
         let mut rng = rand::rng();
-        for n in self
-            .missing
+        for n in pieces
             .iter()
             .copied()
-            .filter(|n| !self.inflight.contains_key(n) && known(*n))
+            .filter(|n| !self.inflight.contains_key(n) && self.known(*n))
         {
             let holders = self
                 .parents
@@ -87,24 +124,12 @@ impl Snapshot<'_> {
                 best = Some((holders, n, tie));
             }
         }
-        let endgame = self.missing.len() <= ENDGAME_PIECES
-            && self.missing.iter().all(|n| self.inflight.contains_key(n));
-        let n = best.map(|(_, n, _)| n).or_else(|| {
-            if !endgame {
-                return None;
-            }
-            self.inflight
-                .iter()
-                .filter(|(_, reqs)| reqs.len() == 1)
-                .find(|(n, reqs)| {
-                    known(**n)
-                        && self
-                            .parents
-                            .iter()
-                            .any(|p| p.holds.get(**n) && reqs[0].0.as_deref() != Some(&p.id))
-                })
-                .map(|(n, _)| *n)
-        })?;
+        best.map(|(_, n, _)| n)
+    }
+
+    /// The parent to ask for piece `n`: one that holds it, was not asked for it already and
+    /// has a free slot; a non-seed before a seed, then the least loaded.
+    fn parent_for(&self, n: u32, limit: usize) -> Option<&Candidate> {
         let asked: Vec<&str> = self
             .inflight
             .get(&n)
@@ -112,25 +137,22 @@ impl Snapshot<'_> {
             .flatten()
             .filter_map(|(p, _)| p.as_deref())
             .collect();
-        let parent = self
-            .parents
+        self.parents
             .iter()
             .filter(|p| {
                 p.holds.get(n) && !asked.contains(&p.id.as_str()) && self.load(&p.id) < limit
             })
-            .min_by_key(|p| (p.seed, self.load(&p.id)))?;
-        Some((n, parent))
+            .min_by_key(|p| (p.seed, self.load(&p.id)))
     }
 
     /// The next piece to fetch from the origin: missing, not in flight, and not one a parent
     /// could give (held by one, digest known).
+    /// Pieces a reader waits for go first.
     pub fn origin(&self) -> Option<u32> {
-        let from_peers = |n: u32| {
-            self.known.get(n as usize).copied().unwrap_or(false)
-                && self.parents.iter().any(|p| p.holds.get(n))
-        };
-        self.missing
+        let from_peers = |n: u32| self.known(n) && self.parents.iter().any(|p| p.holds.get(n));
+        self.urgent
             .iter()
+            .chain(&self.missing)
             .copied()
             .find(|n| !self.inflight.contains_key(n) && !from_peers(*n))
     }
@@ -173,6 +195,7 @@ mod tests {
                 parent("b", &[0], false),
             ],
             missing: vec![0, 1, 2, 3],
+            urgent: Vec::new(),
             known: vec![true, true, true, false],
             inflight: &inflight,
             load: &load,
@@ -190,5 +213,29 @@ mod tests {
         let (n, p) = snap.peer().unwrap();
         assert_eq!((n, p.id.as_str()), (1, "a"), "a peer before the seed");
         assert_eq!(snap.origin(), None, "a parent can give piece 1");
+    }
+
+    #[test]
+    fn a_piece_a_reader_waits_for_goes_first_even_to_a_busy_parent() {
+        let inflight = Inflight::new();
+        // "a" has all its slots taken by background pieces (8 over 2 parents: 4 each).
+        let load = HashMap::from([("a".to_owned(), 4)]);
+        let snap = Snapshot {
+            parents: vec![parent("a", &[0, 1, 2, 3], false), parent("b", &[0], false)],
+            missing: vec![0, 1, 2, 3],
+            urgent: vec![3],
+            known: vec![true; 4],
+            inflight: &inflight,
+            load: &load,
+            piece_concurrency: 8,
+        };
+        assert_eq!(snap.peer().map(|(n, p)| (n, p.id.as_str())), Some((0, "b")));
+        let (n, p) = snap.urgent_peer().unwrap();
+        assert_eq!((n, p.id.as_str()), (3, "a"), "past the background's limit");
+        let alone = Snapshot {
+            parents: Vec::new(),
+            ..snap
+        };
+        assert_eq!(alone.origin(), Some(3), "and first from the origin");
     }
 }

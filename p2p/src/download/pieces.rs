@@ -17,6 +17,7 @@
 //!   by the upload server at once.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -26,6 +27,7 @@ use super::choose::{Candidate, Inflight, Snapshot};
 use super::job::{Failure, Job};
 use super::link::{SwarmLink, next_view, task_message};
 use super::request::Progress;
+use super::urgent::Urgent;
 use crate::bitmap::Bitmap;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
@@ -73,6 +75,8 @@ pub(crate) struct Run<'a> {
     /// holds (see [`PrefixHash`]).
     prefix: Option<watch::Sender<u64>>,
     prefix_pieces: u32,
+    /// Pieces readers wait for, and word of new ones.
+    urgent: Option<(Arc<Urgent>, watch::Receiver<u64>)>,
 }
 
 impl<'a> Run<'a> {
@@ -102,7 +106,15 @@ impl<'a> Run<'a> {
             dirty: false,
             prefix,
             prefix_pieces: 0,
+            urgent: None,
         }
+    }
+
+    /// Asks first for the pieces readers wait for in `urgent`.
+    pub(crate) fn with_urgent(mut self, urgent: Arc<Urgent>) -> Self {
+        let rx = urgent.subscribe();
+        self.urgent = Some((urgent, rx));
+        self
     }
 
     /// Reports how far the stored prefix reaches, for the whole content's hash.
@@ -128,6 +140,12 @@ impl<'a> Run<'a> {
         let mut reconnect_at: Option<Instant> = None;
         self.advance_prefix();
         loop {
+            if self.to_origin && self.job.req.swarm_only() {
+                return Err(Error::NotInSwarm {
+                    task: self.job.id.clone(),
+                    why: "its holders are gone",
+                });
+            }
             if self.stored.iter().all(Option::is_some) {
                 self.announce();
                 let pieces = self.stored.into_iter().map(|d| d.expect("all stored"));
@@ -179,6 +197,7 @@ impl<'a> Run<'a> {
                         false => Some(Instant::now() + Duration::from_secs(1)),
                     };
                 }
+                Ok(()) = async { self.urgent.as_mut().expect("guarded").1.changed().await }, if self.urgent.is_some() => {}
                 () = tokio::time::sleep_until(stall.into()), if !self.to_origin => {
                     tracing::warn!(task = %self.job.id, "no new pieces in the swarm for {:?}; fetching the rest from the origin", self.stall_timeout());
                     self.to_origin = true;
@@ -205,9 +224,14 @@ impl<'a> Run<'a> {
                 self.to_origin && self.origin_inflight < self.job.origin.config().concurrency;
             let (to_peer, to_origin) = {
                 let snap = self.snapshot(piece_concurrency);
-                let to_peer = (peer_inflight < piece_concurrency)
-                    .then(|| snap.peer())
+                let to_peer = (peer_inflight < 2 * piece_concurrency)
+                    .then(|| snap.urgent_peer())
                     .flatten()
+                    .or_else(|| {
+                        (peer_inflight < piece_concurrency)
+                            .then(|| snap.peer())
+                            .flatten()
+                    })
                     .map(|(n, p)| (n, p.id.clone(), p.addr.clone(), p.seed));
                 let to_origin = (to_peer.is_none() && origin_free)
                     .then(|| snap.origin())
@@ -246,11 +270,17 @@ impl<'a> Run<'a> {
                 })
                 .collect()
         });
+        let urgent = self.urgent.as_ref().map_or(Vec::new(), |(u, _)| {
+            let mut wanted = u.pieces(&self.job.id);
+            wanted.retain(|&n| self.stored.get(n as usize).is_some_and(Option::is_none));
+            wanted
+        });
         Snapshot {
             parents,
             missing: (0..count)
                 .filter(|&n| self.stored[n as usize].is_none())
                 .collect(),
+            urgent,
             known: (0..count).map(|n| self.expected(n).is_some()).collect(),
             inflight: &self.inflight,
             load: &self.per_parent,

@@ -37,8 +37,8 @@ pub struct Reading {
     /// Every upstream the content came from (see [`crate::proto::Source`]): empty when not
     /// known, and then no client's registry vouches for it.
     pub sources: Vec<crate::proto::Source>,
-    downloader: Arc<Downloader>,
-    done: watch::Receiver<Done>,
+    pub(super) downloader: Arc<Downloader>,
+    pub(super) done: watch::Receiver<Done>,
     /// The task is not removed while it is read.
     _reading: ReadGuard,
 }

@@ -125,6 +125,19 @@ impl AsyncStore {
             .await
     }
 
+    /// Stores bytes made on this host as a complete task; see [`Store::import`].
+    pub async fn import(
+        &self,
+        id: &TaskId,
+        url: String,
+        data: Vec<u8>,
+        sources: Vec<Source>,
+    ) -> Result<(TaskMeta, Vec<Digest>)> {
+        let id = id.clone();
+        self.call(move |s| s.import(&id, &url, &data, &sources))
+            .await
+    }
+
     /// Forgets a task and deletes its content.
     pub async fn remove(&self, id: &TaskId) -> Result<()> {
         let id = id.clone();

@@ -174,3 +174,29 @@ fn a_tasks_sources_are_kept_and_only_grow() {
     assert_eq!(meta.sources.len(), 3);
     assert_eq!(store.meta(&id).unwrap().unwrap().sources, meta.sources);
 }
+
+#[test]
+fn bytes_made_here_are_imported_as_a_complete_task_with_their_piece_digests() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = task("http://h/index");
+    // Over a piece: two pieces of the 1 MiB floor.
+    let data: Vec<u8> = (0..(1u32 << 20) + 5).map(|i| i as u8).collect();
+    let (meta, digests) = store.import(&id, "http://h/index", &data, &[]).unwrap();
+    assert!(meta.complete);
+    assert_eq!(meta.layout.content_length, data.len() as u64);
+    assert_eq!(digests.len(), 2);
+    assert_eq!(digests[1], Digest::piece(&data[1 << 20..]));
+    let held: Vec<Digest> = store
+        .piece_digests(&id)
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(held, digests);
+    assert_eq!(std::fs::read(store.data_path(&id)).unwrap(), data);
+    // Made again (smaller): replaced, not mixed with the old bytes.
+    let (meta, _) = store.import(&id, "http://h/index", b"new", &[]).unwrap();
+    assert_eq!(meta.layout.content_length, 3);
+    assert_eq!(std::fs::read(store.data_path(&id)).unwrap(), b"new");
+}

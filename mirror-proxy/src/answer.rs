@@ -37,7 +37,7 @@ pub(crate) enum Vouch {
 /// `sources`: each of them is that registry, or served the content with no credentials (it is
 /// public). A registry the client names for the first time vouches for nothing that came from
 /// elsewhere; content from nowhere known goes to nobody.
-fn vouched(sources: &[Source], upstream: &str) -> bool {
+pub(crate) fn vouched(sources: &[Source], upstream: &str) -> bool {
     !sources.is_empty()
         && sources
             .iter()

@@ -51,6 +51,9 @@ pub enum Error {
     /// The upstream could not be reached (or broke off) before answering.
     #[error("upstream {url} unreachable")]
     UpstreamUnreachable { url: String, source: reqwest::Error },
+    /// A lazy layer's request (`x-shoal-lazy`) this node cannot answer.
+    #[error("{0}")]
+    NotLazy(String),
     /// The task could not start: the origin refused, or this host failed.
     #[error(transparent)]
     Task(Arc<shoal_p2p::Error>),
@@ -77,6 +80,7 @@ impl Error {
                 (StatusCode::BAD_REQUEST, "UNSUPPORTED", None)
             }
             Error::NotMirrored => (StatusCode::NOT_FOUND, "UNSUPPORTED", None),
+            Error::NotLazy(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN", Some("proxy")),
             Error::NotAllowed(_) => (StatusCode::FORBIDDEN, "DENIED", None),
             Error::BadPath { code, .. } => (StatusCode::BAD_REQUEST, *code, None),
             Error::RangeNotSatisfiable { .. } => {
@@ -88,15 +92,23 @@ impl Error {
             }
             Error::Task(e) => {
                 tracing::warn!(error = %e, "task failed");
-                let (status, code) = match e.origin_status() {
-                    Some(401) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
-                    Some(403) => (StatusCode::FORBIDDEN, "DENIED"),
-                    Some(404) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
-                    Some(s) => (
-                        StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY),
-                        "UNKNOWN",
-                    ),
-                    None => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
+                let (status, code) = match (e.origin_status(), &**e) {
+                    (_, shoal_p2p::Error::NotInSwarm { .. }) => {
+                        (StatusCode::NOT_FOUND, "BLOB_UNKNOWN")
+                    }
+                    (_, shoal_p2p::Error::Busy { .. }) => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+                    }
+                    (status, _) => match status {
+                        Some(401) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+                        Some(403) => (StatusCode::FORBIDDEN, "DENIED"),
+                        Some(404) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN"),
+                        Some(s) => (
+                            StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY),
+                            "UNKNOWN",
+                        ),
+                        None => (StatusCode::BAD_GATEWAY, "UNKNOWN"),
+                    },
                 };
                 (status, code, Some("backend"))
             }

@@ -31,6 +31,7 @@ mod answer;
 pub mod ca;
 pub mod config;
 mod error;
+mod lazy;
 mod manifests;
 mod metrics;
 mod proxy;

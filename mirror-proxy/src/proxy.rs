@@ -151,6 +151,11 @@ async fn blob(ctx: &Ctx, url: Url, digest: &Digest, name: &str, parts: &Parts) -
         digest: Some(*digest),
         task_id: Some(TaskId::for_blob(digest)),
     };
+    match crate::lazy::kind(&parts.headers) {
+        Some(Ok(lazy)) => return crate::lazy::serve(ctx, req, parts, lazy).await,
+        Some(Err(e)) => return e.into_response(),
+        None => {}
+    }
     let mut extra = HeaderMap::new();
     let d = HeaderValue::from_str(&digest.to_string()).expect("a digest is ASCII");
     extra.insert("docker-content-digest", d.clone());
@@ -330,6 +335,7 @@ pub(crate) fn origin_headers(headers: &HeaderMap) -> HeaderMap {
         header::ACCEPT_ENCODING,
         header::CONTENT_LENGTH,
         header::CONTENT_TYPE,
+        HeaderName::from_static(crate::lazy::HEADER),
     ] {
         out.remove(h);
     }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use job::Job;
 use link::{Courier, SwarmLink, task_message};
 use pieces::Run;
-pub use reader::Reading;
+pub use reader::{ChunkReader, Reading};
 pub use request::{DownloadRequest, Downloaded, Progress};
 
 use crate::bitmap::Bitmap;

@@ -82,7 +82,7 @@ pub mod fuzz {
 
 pub use bitmap::Bitmap;
 pub use digest::{Algorithm, Digest};
-pub use download::{DownloadRequest, Downloaded, Downloader, Progress, Reading};
+pub use download::{ChunkReader, DownloadRequest, Downloaded, Downloader, Progress, Reading};
 pub use error::{Error, Fault, Result};
 pub use id::{IdOptions, TaskId};
 pub use metrics::{Metrics, Source};

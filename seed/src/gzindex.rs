@@ -19,8 +19,10 @@ use miniz_oxide::inflate::core::{BlockBoundaryState, DecompressorOxide, decompre
 
 mod files;
 mod format;
+mod layer;
 
 pub use files::{FileEntry, FileKind, index_layer};
+pub use layer::LayerIndex;
 
 /// Output between checkpoints (as SOCI's default span).
 pub const DEFAULT_SPAN: u64 = 4 << 20;

@@ -12,7 +12,6 @@
 mod stage;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -297,13 +296,7 @@ pub(crate) async fn unpack_checked(
 ) -> Result<String> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(16);
     let unpacking = tokio::task::spawn_blocking(move || {
-        crate::extract::unpack(
-            ChannelReader {
-                rx,
-                chunk: Bytes::new(),
-            },
-            &dir,
-        )
+        crate::extract::unpack(shoal_p2p::ChunkReader::new(rx), &dir)
     });
     let mut hash = sha2::Sha256::new();
     let streamed = async {
@@ -338,26 +331,6 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Remote(format!("snapshot operation stopped: {e}")))?
-}
-
-/// The layer's bytes as they arrive, for the unpacker's thread.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
-    chunk: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => self.chunk = chunk?,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

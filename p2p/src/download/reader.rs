@@ -174,3 +174,34 @@ impl Reading {
         Ok(())
     }
 }
+
+/// A byte stream's chunks, as they arrive, read on a blocking thread ([`std::io::Read`]): for
+/// the parsers that read a task (or a layer) while it downloads. An error item is the read's
+/// error; the end of the stream is the end of the bytes.
+pub struct ChunkReader {
+    rx: mpsc::Receiver<std::io::Result<Bytes>>,
+    chunk: Bytes,
+}
+
+impl ChunkReader {
+    pub fn new(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> Self {
+        ChunkReader {
+            rx,
+            chunk: Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}

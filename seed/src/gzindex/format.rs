@@ -84,10 +84,10 @@ impl Index {
 }
 
 /// The index's bytes not read yet.
-struct Reader<'a>(&'a [u8]);
+pub(super) struct Reader<'a>(pub(super) &'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], GzError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], GzError> {
         if self.0.len() < n {
             return bad("the index is cut short");
         }
@@ -96,13 +96,13 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], GzError> {
+    pub(super) fn array<const N: usize>(&mut self) -> Result<[u8; N], GzError> {
         let mut a = [0; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
 
-    fn u64(&mut self) -> Result<u64, GzError> {
+    pub(super) fn u64(&mut self) -> Result<u64, GzError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 }

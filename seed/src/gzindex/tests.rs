@@ -292,3 +292,27 @@ fn a_layer_whose_paths_climb_out_is_not_indexed() {
     // Not gzip at all.
     assert!(index_layer(&b"plain tar"[..], 1 << 20).is_err());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn a_layer_index_survives_its_bytes_and_junk_from_peers_never_panics(
+        junk in proptest::collection::vec(any::<u8>(), 0..200),
+        cut in any::<u32>(),
+        flip in any::<(u32, u8)>(),
+    ) {
+        let (tar, _) = layer_tar();
+        let layer = crate::gzindex::LayerIndex::build(gzip(&tar).as_slice(), 64 << 10).unwrap();
+        let bytes = layer.to_bytes();
+        prop_assert_eq!(&crate::gzindex::LayerIndex::from_bytes(&bytes).unwrap(), &layer);
+        let _ = crate::gzindex::LayerIndex::from_bytes(&junk);
+        let mut cut_short = bytes.clone();
+        cut_short.truncate(cut as usize % bytes.len());
+        prop_assert!(crate::gzindex::LayerIndex::from_bytes(&cut_short).is_err());
+        let mut flipped = bytes.clone();
+        let at = flip.0 as usize % bytes.len();
+        flipped[at] ^= flip.1.max(1);
+        let _ = crate::gzindex::LayerIndex::from_bytes(&flipped);
+    }
+}

@@ -1,5 +1,7 @@
 //! Seed jobs: what the scheduler asks a seed to fetch, turned into a download.
 
+mod index;
+
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -17,6 +19,12 @@ impl JobHandler for Seed {
         Box::pin(async move {
             let Some(task) = job.task else { return };
             match request(&task) {
+                Ok(req) if req.swarm_only() => {
+                    if let Err(e) = index::build(&downloader, &req).await {
+                        tracing::warn!(task = task.id, error = %e, "gzip index not built");
+                        refuse(&downloader, &task, &e).await;
+                    }
+                }
                 Ok(req) => {
                     if let Err(e) = downloader.download(&req, &Progress::default()).await {
                         tracing::warn!(task = task.id, error = %e, "seed job failed");

@@ -26,6 +26,10 @@ pub struct PullArgs {
     /// The snapshotter containerd knows Shoal's by (`proxy_plugins.<name>`).
     #[arg(long, default_value = "shoal")]
     pub snapshotter: String,
+    /// Unpack every layer, even one the swarm has an index of (by default such a layer is
+    /// mounted lazily: the container starts before the layer is here).
+    #[arg(long)]
+    pub eager: bool,
     /// The local node (its mirror serves the image; its status counts the bytes).
     #[arg(long, env = "SHOAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -90,6 +94,7 @@ impl PullArgs {
             mirror: self.mirror.parse().context("--mirror")?,
             stage_at: Some(stage_at),
             lend: self.user.is_some(),
+            eager: self.eager,
         };
         let bars = Bars::new(LocalClient::new(socket_in(&data_dir)));
         let pulled = pull::pull(&p, |event| match event {

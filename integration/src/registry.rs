@@ -204,12 +204,36 @@ impl Image {
 
     /// An image of these uncompressed tar layers (bottom first), for this machine's platform.
     pub fn of_layers(layers: Vec<Bytes>) -> Image {
+        let diff_ids: Vec<String> = layers.iter().map(|l| crate::sha256(l)).collect();
+        Image::made_of(layers, diff_ids, "application/vnd.oci.image.layer.v1.tar")
+    }
+
+    /// An image of these tar layers (bottom first), each gzipped, as most images are.
+    pub fn of_gzip_layers(tars: Vec<Bytes>) -> Image {
+        use std::io::Write as _;
+        let diff_ids: Vec<String> = tars.iter().map(|l| crate::sha256(l)).collect();
+        let layers = tars
+            .iter()
+            .map(|t| {
+                let mut gz =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                gz.write_all(t).expect("gzip in memory");
+                Bytes::from(gz.finish().expect("gzip in memory"))
+            })
+            .collect();
+        Image::made_of(
+            layers,
+            diff_ids,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        )
+    }
+
+    fn made_of(layers: Vec<Bytes>, diff_ids: Vec<String>, media_type: &str) -> Image {
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
             other => other,
         };
-        let diff_ids: Vec<String> = layers.iter().map(|l| crate::sha256(l)).collect();
         let config = serde_json::json!({
             "architecture": arch, "os": "linux", "config": {},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
@@ -220,7 +244,7 @@ impl Image {
             "schemaVersion": 2,
             "mediaType": MANIFEST_TYPE,
             "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
-            "layers": layers.iter().map(|l| descriptor("application/vnd.oci.image.layer.v1.tar", l)).collect::<Vec<_>>(),
+            "layers": layers.iter().map(|l| descriptor(media_type, l)).collect::<Vec<_>>(),
         });
         Image {
             layers,

@@ -316,7 +316,8 @@ impl Downloader {
             let stat = self.origin.stat(&req.origin).await?;
             return Ok((origin_layout(req, &stat)?, Some(stat)));
         };
-        if let Some(len) = link.wait_for_length().await {
+        // Content only the swarm has is there now or not at all (its builder is on it).
+        if let Some(len) = link.wait_for_length(!req.swarm_only()).await {
             match Layout::for_length(len) {
                 Some(layout) => return Ok((layout, None)),
                 None => {

@@ -169,6 +169,19 @@ impl Registry {
         .await
     }
 
+    /// A GET of the blob with `extra` headers (a mirror's own requests, a `Range`): the
+    /// answer as it comes, any success status.
+    pub async fn blob_with(
+        &self,
+        repository: &str,
+        digest: Digest,
+        extra: &http::HeaderMap,
+    ) -> Result<reqwest::Response> {
+        check_reference(repository, &digest.to_string())?;
+        let url = self.url(repository, "blobs", &digest.to_string());
+        self.get_with(&url, repository, extra).await
+    }
+
     /// A small blob (an image's config), checked against its digest.
     pub async fn small_blob(&self, repository: &str, digest: Digest) -> Result<bytes::Bytes> {
         let url = self.url(repository, "blobs", &digest.to_string());
@@ -229,12 +242,23 @@ impl Registry {
     /// A GET with the registry's authentication: the held token for the repository's pull
     /// scope, else the credentials' header; on a `401` the challenge is answered once.
     async fn get(&self, url: &Url, repository: &str) -> Result<reqwest::Response> {
+        self.get_with(url, repository, &http::HeaderMap::new())
+            .await
+    }
+
+    /// [`Registry::get`] with `extra` headers on every request.
+    async fn get_with(
+        &self,
+        url: &Url,
+        repository: &str,
+        extra: &http::HeaderMap,
+    ) -> Result<reqwest::Response> {
         let scope = format!("repository:{repository}:pull");
         let held = match &self.credentials {
             Credentials::Header(h) => Some(h.clone()),
             _ => self.tokens.get(&scope),
         };
-        let resp = self.send(url, held.clone()).await?;
+        let resp = self.send(url, held.clone(), extra).await?;
         if resp.status() != http::StatusCode::UNAUTHORIZED
             || matches!(self.credentials, Credentials::Header(_))
         {
@@ -255,7 +279,7 @@ impl Registry {
             .await?;
         match earned {
             Some(auth) if Some(&auth) != held.as_ref() => {
-                checked(self.send(url, Some(auth)).await?, url)
+                checked(self.send(url, Some(auth), extra).await?, url)
             }
             _ => checked(resp, url),
         }
@@ -265,8 +289,13 @@ impl Registry {
         &self,
         url: &Url,
         authorization: Option<http::HeaderValue>,
+        extra: &http::HeaderMap,
     ) -> Result<reqwest::Response> {
-        let mut rb = self.http.get(url.clone()).header(ACCEPT, ACCEPT_MANIFESTS);
+        let mut rb = self
+            .http
+            .get(url.clone())
+            .header(ACCEPT, ACCEPT_MANIFESTS)
+            .headers(extra.clone());
         if let Some(a) = authorization {
             rb = rb.header(AUTHORIZATION, a);
         }

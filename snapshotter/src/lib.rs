@@ -107,8 +107,12 @@ pub async fn serve(
             .unwrap_or_default();
         cri::ImageProxy::new(c, keychain)
     });
+    let snapshotter = std::sync::Arc::new(snapshotter);
+    if let Some(r) = &remote {
+        r.restore(&snapshotter).await;
+    }
     let service = service::Service {
-        snapshotter: std::sync::Arc::new(snapshotter),
+        snapshotter,
         remote: remote.map(std::sync::Arc::new),
     };
     let incoming = futures_util::stream::poll_fn(move |cx| {

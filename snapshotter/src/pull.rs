@@ -48,6 +48,8 @@ pub struct Pull {
     /// line: the snapshotter has no other way to them). Only to a socket owned by this user or
     /// root.
     pub lend: bool,
+    /// Unpack every layer, even those the swarm could mount lazily (`--eager`).
+    pub eager: bool,
 }
 
 /// One layer, done.
@@ -169,7 +171,7 @@ pub async fn pull(p: &Pull, tell: impl Fn(Event<'_>)) -> Result<Pulled, Failure>
             .map(|l| l.digest.to_string())
             .collect();
         let labels = |i: usize| {
-            HashMap::from([
+            let mut labels = HashMap::from([
                 (TARGET.to_owned(), chain[i].clone()),
                 (LAYER_DIGEST.to_owned(), layer_digests[i].clone()),
                 (IMAGE_REF.to_owned(), name.clone()),
@@ -179,7 +181,11 @@ pub async fn pull(p: &Pull, tell: impl Fn(Event<'_>)) -> Result<Pulled, Failure>
                     "containerd.io/snapshot/cri.manifest-digest".to_owned(),
                     served.digest.to_string(),
                 ),
-            ])
+            ]);
+            if p.eager {
+                labels.insert(crate::remote::EAGER.to_owned(), "true".to_owned());
+            }
+            labels
         };
         let parent_of = |i: usize| match i {
             0 => String::new(),

@@ -9,6 +9,7 @@
 //! Whatever fails (no mirror, a registry that wants credentials the snapshotter lacks, a layer
 //! with device nodes) leaves that one layer to containerd's own path, with a log line.
 
+mod lazy;
 mod stage;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +29,7 @@ pub const LAYER_DIGEST: &str = "containerd.io/snapshot/cri.layer-digest";
 pub const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
 pub const IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
 
+pub use lazy::{EAGER, INDEX_WAIT, LAZY};
 pub use stage::{internal, sweep};
 
 /// One layer of an image, as the labels name it.
@@ -120,6 +122,10 @@ pub struct Remote {
     pub keychain: Arc<crate::cri::Keychain>,
     /// One unpack per target at a time: a second prepare of a layer waits for the first.
     unpacking: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Whether a layer whose index the swarm holds is mounted lazily (FUSE) instead of
+    /// unpacked (default true; a prepare labelled [`EAGER`] is unpacked all the same).
+    pub lazy: bool,
+    mounted: Arc<lazy::Mounted>,
 }
 
 impl Remote {
@@ -139,7 +145,69 @@ impl Remote {
             stager: Arc::default(),
             keychain: Arc::default(),
             unpacking: Mutex::default(),
+            lazy: true,
+            mounted: Arc::default(),
         })
+    }
+
+    /// After a (re)start: the lazy layers' mounts are gone (a stop unmounts them, a crash
+    /// leaves them dead). Each committed lazy snapshot is mounted again, or, when its index
+    /// cannot be had, the layer is unpacked into its directory: never left empty.
+    pub async fn restore(&self, snapshotter: &Arc<Snapshotter>) {
+        lazy::unmount_stale(snapshotter.root());
+        let s = snapshotter.clone();
+        let Ok(list) = blocking(move || s.list()).await else {
+            return;
+        };
+        let until = std::time::Instant::now() + lazy::RESTORE_FOR;
+        for snap in list {
+            if snap.kind != crate::Kind::Committed || !snap.labels.contains_key(LAZY) {
+                continue;
+            }
+            let (Some(layer), Ok(digest)) = (
+                LayerRef::from_labels(&snap.labels),
+                snap.labels[LAZY].parse::<shoal_p2p::Digest>(),
+            ) else {
+                tracing::error!(
+                    snapshot = snap.name,
+                    "a lazy layer whose labels do not name it: its directory is empty"
+                );
+                continue;
+            };
+            let source = stage::Source {
+                registry: self.registry(&layer.registry, &layer.repository),
+                host: layer.registry.clone(),
+                repository: layer.repository.clone(),
+            };
+            let remounted =
+                lazy::remount(snapshotter, &self.mounted, &source, &snap, digest, until).await;
+            let Err(e) = remounted else { continue };
+            tracing::warn!(layer = %digest, error = %e, "a lazy layer could not be mounted again; unpacking it");
+            let dir = snapshotter.fs_dir(snap.id);
+            let unpacked = match source.registry.blob(&source.repository, digest).await {
+                Ok(resp) => unpack_checked(resp, &layer.digest, dir).await,
+                Err(e) => Err(Error::Remote(e.to_string())),
+            };
+            match unpacked {
+                Ok(diff_id) if chain_id(parent_chain(&snap.parent), &diff_id) == snap.name => {
+                    let (s, name) = (snapshotter.clone(), snap.name.clone());
+                    let mut labels = snap.labels.clone();
+                    labels.remove(LAZY);
+                    let _ = blocking(move || s.update(&name, labels, &[]).map(drop)).await;
+                }
+                Ok(diff_id) => {
+                    tracing::error!(layer = %digest, diff_id, snapshot = snap.name, "the layer unpacked to another chain id: its snapshot is wrong")
+                }
+                Err(e) => {
+                    tracing::error!(layer = %digest, error = %e, snapshot = snap.name, "a lazy layer could be neither mounted nor unpacked: its directory is empty")
+                }
+            }
+        }
+    }
+
+    /// Unmounts the lazy layer mounted over snapshot `id`, if one is (before its files go).
+    pub fn unmount(&self, id: u64) {
+        self.mounted.unmount(id);
     }
 
     /// Prepares `key` by the remote path. `Ok(false)`: the labels name no layer (the plain path
@@ -225,6 +293,26 @@ impl Remote {
             host: layer.registry.clone(),
             repository: layer.repository.clone(),
         };
+        let eager = labels.get(EAGER).is_some_and(|v| v == "true");
+        if self.lazy && !eager && !self.stager.has(&source, &layer.digest) {
+            let key = self.stager.key(&layer.digest);
+            let mounted = lazy::mount(
+                snapshotter,
+                &self.mounted,
+                &source,
+                key,
+                layer,
+                parent,
+                labels,
+            )
+            .await;
+            match mounted {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::info!(layer = layer.digest, why = %e, "layer not mounted lazily; unpacking it")
+                }
+            }
+        }
         // The layers above this one (containerd lists from this layer up, and prepares bottom
         // first: those below are made).
         let own = std::iter::once(layer.digest.as_str());

@@ -143,7 +143,15 @@ impl Snapshots for Service {
         request: Request<RemoveSnapshotRequest>,
     ) -> Result<Response<()>, Status> {
         let key = request.into_inner().key;
-        self.run(move |s| s.remove(&key)).await?;
+        let remote = self.remote.clone();
+        self.run(move |s| {
+            s.remove_then(&key, |id| {
+                if let Some(r) = &remote {
+                    r.unmount(id);
+                }
+            })
+        })
+        .await?;
         Ok(Response::new(()))
     }
 

@@ -282,6 +282,12 @@ impl Snapshotter {
     /// Removes snapshot `key` and its files; a committed snapshot that is the parent of
     /// another stays.
     pub fn remove(&self, key: &str) -> Result<()> {
+        self.remove_then(key, |_| {})
+    }
+
+    /// [`remove`](Self::remove), calling `before_files` with the snapshot's id once it is
+    /// forgotten and before its files go (to unmount what is mounted over them).
+    pub fn remove_then(&self, key: &str, before_files: impl FnOnce(u64)) -> Result<()> {
         let txn = self.db.begin_write()?;
         let id = {
             let mut table = txn.open_table(SNAPSHOTS)?;
@@ -300,6 +306,7 @@ impl Snapshotter {
             snapshot.id
         };
         txn.commit()?;
+        before_files(id);
         self.remove_dir(id);
         Ok(())
     }

@@ -10,11 +10,17 @@ use shoal_integration::process::{ChildGuard, shoal, wait_until};
 use shoal_integration::registry::{Access, Image, TestRegistry, tar_dir};
 use shoal_integration::runtimes::Containerd;
 
+mod lazy;
 mod private;
 
 /// Layer 0: `/bin/cat` with the libraries it loads, `/etc/kept.txt` and `/etc/gone.txt`.
 /// Layer 1: `/hello.txt`, and a whiteout deleting `/etc/gone.txt`.
 fn image_with_cat(dir: &Path) -> Image {
+    Image::of_layers(cat_tars(dir))
+}
+
+/// The `cat` image's layers as tars.
+fn cat_tars(dir: &Path) -> Vec<bytes::Bytes> {
     let base = dir.join("layer0");
     let mut files = vec!["/bin/cat".to_owned()];
     let ldd = Command::new("ldd").arg("/bin/cat").output().unwrap();
@@ -36,7 +42,7 @@ fn image_with_cat(dir: &Path) -> Image {
     std::fs::create_dir_all(top.join("etc")).unwrap();
     std::fs::write(top.join("hello.txt"), "hello from the shoal snapshotter\n").unwrap();
     std::fs::write(top.join("etc/.wh.gone.txt"), "").unwrap();
-    Image::of_layers(vec![tar_dir(&base).unwrap(), tar_dir(&top).unwrap()])
+    vec![tar_dir(&base).unwrap(), tar_dir(&top).unwrap()]
 }
 
 /// `shoal snapshotter` reading layers through `mirror` (`none`: containerd's path only).
@@ -57,10 +63,17 @@ fn snapshotter(root: &Path, socket: &Path, log: &Path, mirror: &str) -> ChildGua
 /// A registry holding the `cat` image as `test/cat:v1`, and a cluster of one node whose mirror
 /// maps the registry's host; the image's reference.
 async fn registry_and_node(dir: &Path) -> (TestRegistry, Image, String, Cluster) {
+    registry_and_node_with(dir, image_with_cat(dir)).await
+}
+
+/// [`registry_and_node`] with another image as `test/cat:v1`.
+async fn registry_and_node_with(
+    dir: &Path,
+    image: Image,
+) -> (TestRegistry, Image, String, Cluster) {
     let registry = TestRegistry::start(&dir.join("registry"), &Access::Anonymous)
         .await
         .unwrap();
-    let image = image_with_cat(dir);
     image
         .push(&registry.url(), "test/cat", "v1", None)
         .await
@@ -272,7 +285,13 @@ impl Remote {
     /// With `remote` false the snapshotter reads no layer itself (`--mirror none`).
     async fn start_with(remote: bool) -> Remote {
         let dir = tempfile::tempdir().unwrap();
-        let (registry, image, reference, cluster) = registry_and_node(dir.path()).await;
+        let image = image_with_cat(dir.path());
+        Remote::start_in(dir, image, remote).await
+    }
+
+    /// With `image` as `test/cat:v1`.
+    async fn start_in(dir: tempfile::TempDir, image: Image, remote: bool) -> Remote {
+        let (registry, image, reference, cluster) = registry_and_node_with(dir.path(), image).await;
         let socket = dir.path().join("snapshotter.sock");
         let mirror = match remote {
             true => format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port),

@@ -26,9 +26,13 @@ pub(crate) struct SwarmLink<'a> {
 }
 
 impl SwarmLink<'_> {
-    /// Waits for the swarm to tell the content length. `None` when this host must learn it
-    /// from the origin: it is the fetcher, or no length came within the stall timeout.
-    pub(crate) async fn wait_for_length(&mut self) -> Option<u64> {
+    /// Waits for the swarm to tell the content length (without `wait`, only takes it if the
+    /// first view had it). `None` when this host must learn it from the origin: it is the
+    /// fetcher, or no length came within the stall timeout.
+    pub(crate) async fn wait_for_length(&mut self, wait: bool) -> Option<u64> {
+        if !wait {
+            return self.view.length_known.then_some(self.view.content_length);
+        }
         let deadline = tokio::time::Instant::now() + self.swarm.config().stall_timeout;
         loop {
             if self.view.length_known {

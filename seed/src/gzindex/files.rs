@@ -4,6 +4,9 @@
 
 use std::io::Read;
 
+use shoal_p2p::Digest;
+use shoal_p2p::digest::{Algorithm, Hasher};
+
 use super::{GzError, Index, IndexBuilder, bad};
 
 /// What a tar entry is.
@@ -45,6 +48,14 @@ pub struct FileEntry {
 /// files. Fails on what is not a gzip tar stream, and on what a mount could not show (a path
 /// that climbs out with `..`, a sparse file).
 pub fn index_layer(gzip: impl Read, span: u64) -> Result<(Index, Vec<FileEntry>), GzError> {
+    index_layer_diff(gzip, span).map(|(index, files, _)| (index, files))
+}
+
+/// [`index_layer`], and the layer's diff id: the SHA-256 of its uncompressed bytes.
+pub(super) fn index_layer_diff(
+    gzip: impl Read,
+    span: u64,
+) -> Result<(Index, Vec<FileEntry>, Digest), GzError> {
     let mut inflating = Inflating {
         source: gzip,
         builder: Some(IndexBuilder::new(span)),
@@ -52,6 +63,7 @@ pub fn index_layer(gzip: impl Read, span: u64) -> Result<(Index, Vec<FileEntry>)
         out: Vec::new(),
         at: 0,
         index: None,
+        diff: Some(Algorithm::Sha256.hasher()),
     };
     let files = files(&mut inflating)?;
     // The tar's end padding, and anything after it, is part of the stream.
@@ -60,7 +72,8 @@ pub fn index_layer(gzip: impl Read, span: u64) -> Result<(Index, Vec<FileEntry>)
         .index
         .take()
         .map_or_else(|| bad("the stream did not end"), Ok)?;
-    Ok((index, files))
+    let diff = inflating.diff.take().expect("taken once").finish();
+    Ok((index, files, diff))
 }
 
 fn io(e: std::io::Error) -> GzError {
@@ -158,6 +171,8 @@ struct Inflating<R> {
     out: Vec<u8>,
     at: usize,
     index: Option<Index>,
+    /// The uncompressed bytes' hash.
+    diff: Option<Hasher>,
 }
 
 impl<R: Read> Read for Inflating<R> {
@@ -176,9 +191,14 @@ impl<R: Read> Read for Inflating<R> {
                 }
                 return Ok(0);
             }
-            let out = &mut self.out;
+            let (out, diff) = (&mut self.out, &mut self.diff);
             builder
-                .write(&self.input[..n], &mut |o| out.extend_from_slice(o))
+                .write(&self.input[..n], &mut |o| {
+                    out.extend_from_slice(o);
+                    if let Some(h) = diff.as_mut() {
+                        h.update(o);
+                    }
+                })
                 .map_err(std::io::Error::other)?;
         }
         let n = buf.len().min(self.out.len() - self.at);

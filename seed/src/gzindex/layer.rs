@@ -1,5 +1,5 @@
 //! What a layer's index task holds: the gzip index and the file table, as bytes. Little-endian:
-//! `SHOALGZL`, version 1, the index's length (u64) and bytes ([`Index::to_bytes`]), the entry
+//! `SHOALGZL`, version 1, the diff id's 32 bytes (SHA-256), the index's length (u64) and bytes ([`Index::to_bytes`]), the entry
 //! count (u32), then each entry: path, kind (u8), mode (u32), uid, gid, mtime, size, offset
 //! (u64 each), link (u8 flag, then bytes), xattr count (u32) and each name and value, device
 //! (u8 flag, then major and minor as u32). Byte strings are a u32 length and the bytes.
@@ -7,7 +7,11 @@
 use std::io::Read;
 
 use super::format::Reader;
-use super::{FileEntry, FileKind, GzError, Index, bad, index_layer};
+use shoal_p2p::Digest;
+use shoal_p2p::digest::Algorithm;
+
+use super::files::index_layer_diff;
+use super::{FileEntry, FileKind, GzError, Index, bad};
 
 const MAGIC: &[u8; 8] = b"SHOALGZL";
 const VERSION: u8 = 1;
@@ -24,6 +28,9 @@ const KINDS: [FileKind; 7] = [
 /// A gzip layer's index and files: all a lazy mount needs besides the layer's bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayerIndex {
+    /// The layer's diff id (the SHA-256 of its tar): what an image's config names it by, so a
+    /// mount can be checked against the chain id it is mounted as.
+    pub diff_id: Digest,
     pub index: Index,
     pub files: Vec<FileEntry>,
 }
@@ -31,8 +38,12 @@ pub struct LayerIndex {
 impl LayerIndex {
     /// Reads a gzip layer to its end (see [`index_layer`]).
     pub fn build(gzip: impl Read, span: u64) -> Result<LayerIndex, GzError> {
-        let (index, files) = index_layer(gzip, span)?;
-        Ok(LayerIndex { index, files })
+        let (index, files, diff_id) = index_layer_diff(gzip, span)?;
+        Ok(LayerIndex {
+            diff_id,
+            index,
+            files,
+        })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -40,6 +51,7 @@ impl LayerIndex {
         let mut b = Vec::with_capacity(index.len() + 64 * self.files.len() + 32);
         b.extend_from_slice(MAGIC);
         b.push(VERSION);
+        b.extend_from_slice(self.diff_id.bytes());
         b.extend_from_slice(&(index.len() as u64).to_le_bytes());
         b.extend_from_slice(&index);
         let count = u32::try_from(self.files.len()).unwrap_or(u32::MAX);
@@ -83,6 +95,7 @@ impl LayerIndex {
         if r.take(1)?[0] != VERSION {
             return bad("a layer index of another version");
         }
+        let diff_id = Digest::new(Algorithm::Sha256, r.array()?);
         let len = usize::try_from(r.u64()?).unwrap_or(usize::MAX);
         let index = Index::from_bytes(r.take(len)?)?;
         let count = u32::from_le_bytes(r.array()?);
@@ -94,7 +107,11 @@ impl LayerIndex {
         if !r.0.is_empty() {
             return bad("bytes after the layer index");
         }
-        Ok(LayerIndex { index, files })
+        Ok(LayerIndex {
+            diff_id,
+            index,
+            files,
+        })
     }
 }
 

@@ -304,6 +304,7 @@ proptest! {
     ) {
         let (tar, _) = layer_tar();
         let layer = crate::gzindex::LayerIndex::build(gzip(&tar).as_slice(), 64 << 10).unwrap();
+        prop_assert_eq!(layer.diff_id, shoal_p2p::Digest::of(shoal_p2p::Algorithm::Sha256, &tar));
         let bytes = layer.to_bytes();
         prop_assert_eq!(&crate::gzindex::LayerIndex::from_bytes(&bytes).unwrap(), &layer);
         let _ = crate::gzindex::LayerIndex::from_bytes(&junk);

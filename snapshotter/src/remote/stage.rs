@@ -96,10 +96,7 @@ impl Stager {
             if layers.contains_key(&which) || !valid_digest(digest) {
                 continue;
             }
-            let key = format!(
-                "{STAGING}{}-{digest}",
-                self.next.fetch_add(1, Ordering::Relaxed)
-            );
+            let key = self.key(digest);
             let (tx, done) = watch::channel(None);
             let wanted = Arc::new(Notify::new());
             layers.insert(
@@ -132,6 +129,21 @@ impl Stager {
                 }
             });
         }
+    }
+
+    /// Whether `digest` from `source` is being (or was) unpacked ahead, not claimed yet.
+    pub(super) fn has(&self, source: &Source, digest: &str) -> bool {
+        let layers = self.layers.lock().expect("staging lock");
+        layers.contains_key(&source.which(digest))
+    }
+
+    /// A name for a snapshot of `digest` made before its prepare commits it (hidden from
+    /// containerd, swept at start).
+    pub(super) fn key(&self, digest: &str) -> String {
+        format!(
+            "{STAGING}{}-{digest}",
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Waits for the unpack of `digest` from `source`, then takes it (no other prepare gets

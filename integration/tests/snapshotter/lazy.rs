@@ -1,0 +1,103 @@
+//! Lazy pulling: a gzip layer whose index the swarm holds is mounted with FUSE instead of
+//! unpacked, under a real containerd and runc; the container's reads come through the node.
+
+use super::*;
+
+/// Asks the node's mirror for `layer`'s gzip index until the swarm has it (the first ask
+/// sends the seed to build it, as a pull on another host would); its bytes.
+async fn index_built(remote: &Remote, layer: &str) -> bytes::Bytes {
+    let host = remote.reference.split('/').next().unwrap();
+    let url = format!(
+        "{}/v2/test/cat/blobs/{layer}?ns={host}",
+        remote.cluster.daemons[0].mirror_url()
+    );
+    let client = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    loop {
+        let resp = client
+            .get(&url)
+            .header("x-shoal-lazy", "index")
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            return resp.bytes().await.unwrap();
+        }
+        assert_eq!(resp.status(), 404, "{}", resp.text().await.unwrap());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no index of {layer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The FUSE mounts of lazy layers under `dir`.
+fn lazy_mounts(dir: &Path) -> usize {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .filter(|l| {
+            l.starts_with("shoal ") && l.contains(" fuse ") && l.contains(dir.to_str().unwrap())
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_the_swarm_has_an_index_of_is_mounted_lazily_and_its_container_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = Image::of_gzip_layers(cat_tars(dir.path()));
+    let remote = Remote::start_in(dir, image, true).await;
+    let digests: Vec<String> = remote
+        .image
+        .layers
+        .iter()
+        .map(|l| shoal_integration::sha256(l))
+        .collect();
+    for d in &digests {
+        let index = index_built(&remote, d).await;
+        assert!(index.starts_with(b"SHOALGZL"));
+    }
+
+    let out = shoal_pull(&remote).await;
+    assert!(out.status.success(), "shoal pull: {}", text(&out));
+    let log = std::fs::read_to_string(remote.dir.path().join("snapshotter.log")).unwrap();
+    assert_eq!(log.matches("layer mounted lazily").count(), 2, "{log}");
+    assert_eq!(
+        lazy_mounts(remote.dir.path()),
+        2,
+        "{}",
+        std::fs::read_to_string("/proc/self/mounts").unwrap()
+    );
+    // `cat` and its libraries are read through FUSE; the upper layer's whiteout hides the
+    // lower layer's file.
+    assert_image_runs(&remote.ctd, &remote.reference, "lazy").await;
+
+    // The layers come in the background: the node soon holds both, whole and checked.
+    let store = remote.cluster.daemons[0].data_dir.join("store");
+    let node = shoal_p2p::api::LocalClient::new(shoal_p2p::api::socket_in(&store));
+    let start = std::time::Instant::now();
+    loop {
+        let tasks = node.tasks().await.unwrap();
+        let complete = |d: &String| tasks.iter().any(|t| &t.task == d && t.complete);
+        if digests.iter().all(complete) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{tasks:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // With the registry gone the image still runs: its bytes are here.
+    drop(remote._registry);
+    assert_image_runs(&remote.ctd, &remote.reference, "lazy-offline").await;
+
+    // containerd's GC (here: the image removed, its snapshots with it) unmounts them.
+    let rm = remote
+        .ctd
+        .run(&["images", "rm", "--sync", &remote.reference])
+        .await;
+    assert!(rm.status.success(), "{}", text(&rm));
+    wait_until(Duration::from_secs(20), "lazy layers unmounted", || {
+        lazy_mounts(remote.dir.path()) == 0
+    })
+    .await;
+}

@@ -1,0 +1,309 @@
+//! The lazy path (DESIGN.md "Lazy pulling", path 1): a gzip layer whose index the swarm holds
+//! is not unpacked. The prepare fetches the index through the node's mirror (which checks the
+//! client's credentials against the registry first, as for the layer), checks that the layer's
+//! diff id makes the chain id containerd named, commits an empty snapshot under it and mounts
+//! the layer over its directory with FUSE (`crate::lazy`); overlay then stacks it like any
+//! other. A file read asks the node to make the bytes' compressed span present (`present`:
+//! the node fetches those pieces first, from peers, else the origin) and reads the node's task
+//! file; the rest of the layer comes in the background from the first byte asked, and once
+//! the node holds it all, reads go to the file alone.
+//! No index within [`INDEX_WAIT`] (the first pull of a layer anywhere: the seed builds it
+//! meanwhile), a layer that is not gzip, `shoal pull --eager`: the layer is unpacked, as before.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::HeaderValue;
+use http::header::HeaderMap;
+use shoal_p2p::Digest;
+use shoal_seed::gzindex::LayerIndex;
+
+use super::stage::Source;
+use super::{LayerRef, blocking, chain_id, parent_chain};
+use crate::error::{Error, Result};
+use crate::lazy::{LazyLayer, Spans};
+use crate::snapshots::Snapshotter;
+
+/// A prepare's label (`shoal pull --eager`) that unpacks the layer even when it could be lazy.
+pub const EAGER: &str = "containerd.io/snapshot/shoal.eager";
+/// The label of a committed snapshot a lazy layer is mounted over: the layer's digest.
+pub const LAZY: &str = "containerd.io/snapshot/shoal.lazy";
+/// How long a prepare waits for the layer's index before it unpacks the layer instead.
+pub const INDEX_WAIT: Duration = Duration::from_secs(3);
+/// The header of the mirror's lazy requests.
+const LAZY_HEADER: &str = "x-shoal-lazy";
+/// The largest index taken.
+const MAX_INDEX: usize = 256 << 20;
+
+/// The FUSE mounts of lazy layers, by snapshot id.
+#[derive(Default)]
+pub(super) struct Mounted(Mutex<HashMap<u64, fuser::BackgroundSession>>);
+
+impl Mounted {
+    /// Unmounts what is mounted over snapshot `id` (nothing if nothing is).
+    pub(super) fn unmount(&self, id: u64) {
+        let session = self.0.lock().expect("mounts lock").remove(&id);
+        if let Some(session) = session
+            && let Err(e) = session.umount_and_join()
+        {
+            tracing::warn!(snapshot = id, error = %e, "could not unmount a lazy layer");
+        }
+    }
+}
+
+/// Mounts `layer` lazily and commits it on `parent` as containerd wants it; an error (no
+/// index, a diff id that does not make the chain id) leaves nothing behind.
+pub(super) async fn mount(
+    snapshotter: &Arc<Snapshotter>,
+    mounted: &Arc<Mounted>,
+    source: &Source,
+    key: String,
+    layer: &LayerRef,
+    parent: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<()> {
+    let digest: Digest = layer
+        .digest
+        .parse()
+        .map_err(|e| Error::InvalidArgument(format!("layer digest: {e}")))?;
+    let started = std::time::Instant::now();
+    let index = tokio::time::timeout(INDEX_WAIT, index(source, digest))
+        .await
+        .map_err(|_| Error::Remote(format!("no index within {INDEX_WAIT:?}")))??;
+    // The index's diff id is the seed's word (the index's pieces are checked against the
+    // seed's digests): the layer it describes must be the one containerd names.
+    let made = chain_id(parent_chain(parent), &index.diff_id.to_string());
+    if made != layer.target {
+        return Err(Error::Remote(format!(
+            "the layer's index says diff id {}, which makes chain id {made}, not {}",
+            index.diff_id, layer.target
+        )));
+    }
+    let (s, target, parent) = (snapshotter.clone(), layer.target.clone(), parent.to_owned());
+    let mut labels = labels.clone();
+    labels.insert(LAZY.into(), layer.digest.clone());
+    let id = blocking(move || {
+        s.prepare(&key, "", BTreeMap::new())?;
+        let id = s.stat(&key)?.id;
+        s.commit_on(&target, &key, Some(&parent), labels)
+            .inspect_err(|_| {
+                let _ = s.remove(&key);
+            })?;
+        Ok(id)
+    })
+    .await?;
+    if let Err(e) = attach(snapshotter, mounted, source, digest, id, index).await {
+        let (s, target) = (snapshotter.clone(), layer.target.clone());
+        let _ = blocking(move || s.remove(&target)).await;
+        return Err(e);
+    }
+    tracing::info!(layer = layer.digest, took = ?started.elapsed(), "layer mounted lazily");
+    Ok(())
+}
+
+/// Mounts the layer `digest` described by `index` over snapshot `id`'s directory and starts
+/// its background download.
+async fn attach(
+    snapshotter: &Snapshotter,
+    mounted: &Mounted,
+    source: &Source,
+    digest: Digest,
+    id: u64,
+    index: LayerIndex,
+) -> Result<()> {
+    let spans = NodeSpans {
+        source: source.clone(),
+        digest,
+        handle: tokio::runtime::Handle::current(),
+        file: Mutex::default(),
+    };
+    let fs = LazyLayer::new(index.index, index.files, Box::new(spans));
+    let dir = snapshotter.fs_dir(id);
+    let session = tokio::task::spawn_blocking(move || crate::lazy::mount(fs, &dir))
+        .await
+        .map_err(|e| Error::Remote(format!("FUSE mount: {e}")))?
+        .map_err(|e| Error::Remote(format!("FUSE mount: {e}")))?;
+    mounted.0.lock().expect("mounts lock").insert(id, session);
+    // The first byte asked starts the whole layer's download in the node: the background
+    // completion. Its answer is not waited for.
+    let source = source.clone();
+    tokio::spawn(async move {
+        if let Err(e) = present(&source, digest, 0..1).await {
+            tracing::warn!(layer = %digest, error = %e, "the layer's background download did not start");
+        }
+    });
+    Ok(())
+}
+
+/// The layer's index, from the swarm through the node's mirror.
+async fn index(source: &Source, digest: Digest) -> Result<LayerIndex> {
+    let mut extra = HeaderMap::new();
+    extra.insert(LAZY_HEADER, HeaderValue::from_static("index"));
+    let mut resp = source
+        .registry
+        .blob_with(&source.repository, digest, &extra)
+        .await
+        .map_err(|e| Error::Remote(format!("the layer's index: {e}")))?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Error::Remote(format!("reading the layer's index: {e}")))?
+    {
+        if bytes.len() + chunk.len() > MAX_INDEX {
+            return Err(Error::Remote("the layer's index is too large".into()));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    LayerIndex::from_bytes(&bytes).map_err(|e| Error::Remote(format!("the layer's index: {e}")))
+}
+
+/// Asks the node to make `range` of the layer present; the task file it is in, and whether
+/// the node holds the whole layer.
+async fn present(
+    source: &Source,
+    digest: Digest,
+    range: Range<u64>,
+) -> std::io::Result<(String, bool)> {
+    let mut extra = HeaderMap::new();
+    extra.insert(LAZY_HEADER, HeaderValue::from_static("present"));
+    let bytes = format!("bytes={}-{}", range.start, range.end.saturating_sub(1));
+    extra.insert(
+        http::header::RANGE,
+        HeaderValue::from_str(&bytes).expect("ASCII"),
+    );
+    let resp = source
+        .registry
+        .blob_with(&source.repository, digest, &extra)
+        .await
+        .map_err(std::io::Error::other)?;
+    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+    let file = header("x-shoal-task-file")
+        .ok_or_else(|| std::io::Error::other("the node named no task file"))?
+        .to_owned();
+    Ok((file, header("x-shoal-complete") == Some("1")))
+}
+
+/// A lazy layer's compressed bytes: made present by the node, read from its task file.
+struct NodeSpans {
+    source: Source,
+    digest: Digest,
+    handle: tokio::runtime::Handle,
+    /// The task file once opened, and whether the node held the whole layer then.
+    file: Mutex<Option<(Arc<File>, bool)>>,
+}
+
+impl Spans for NodeSpans {
+    fn fetch(&self, range: Range<u64>) -> std::io::Result<Vec<u8>> {
+        let held = self.file.lock().expect("task file lock").clone();
+        let file = match held {
+            // The whole layer is here, checked: no need to ask.
+            Some((file, true)) => file,
+            _ => {
+                let (path, complete) = self
+                    .handle
+                    .block_on(present(&self.source, self.digest, range.clone()))
+                    .map_err(|e| {
+                        std::io::Error::other(format!(
+                            "layer {} bytes {}-{}: {e}",
+                            self.digest, range.start, range.end
+                        ))
+                    })?;
+                let mut held = self.file.lock().expect("task file lock");
+                match held.as_mut() {
+                    Some((file, was)) => {
+                        *was |= complete;
+                        file.clone()
+                    }
+                    None => {
+                        let file = Arc::new(File::open(&path)?);
+                        *held = Some((file.clone(), complete));
+                        file
+                    }
+                }
+            }
+        };
+        let len = usize::try_from(range.end - range.start).map_err(std::io::Error::other)?;
+        let mut buf = vec![0; len];
+        file.read_exact_at(&mut buf, range.start)?;
+        Ok(buf)
+    }
+}
+
+impl std::fmt::Debug for NodeSpans {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NodeSpans({})", self.digest)
+    }
+}
+
+/// How long a restarted snapshotter tries to get the lazy layers' indexes again (the node may
+/// be starting beside it) before it unpacks them instead.
+pub(super) const RESTORE_FOR: Duration = Duration::from_secs(30);
+
+/// Mounts the lazy layer of the committed snapshot `s` again, after a restart, trying until
+/// `until` for its index.
+pub(super) async fn remount(
+    snapshotter: &Snapshotter,
+    mounted: &Mounted,
+    source: &Source,
+    s: &crate::snapshots::Snapshot,
+    digest: Digest,
+    until: std::time::Instant,
+) -> Result<()> {
+    let index = loop {
+        match tokio::time::timeout(INDEX_WAIT, index(source, digest)).await {
+            Ok(Ok(index)) => break index,
+            failed if std::time::Instant::now() > until => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no index within {INDEX_WAIT:?}"),
+                };
+                return Err(Error::Remote(why));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+    let made = chain_id(parent_chain(&s.parent), &index.diff_id.to_string());
+    if made != s.name {
+        return Err(Error::Remote(format!(
+            "the layer's index makes chain id {made}, not {}",
+            s.name
+        )));
+    }
+    attach(snapshotter, mounted, source, digest, s.id, index).await
+}
+
+/// Lazy layers' mounts a stopped snapshotter left under `root` (a crash leaves them dead:
+/// "transport endpoint is not connected"), detached.
+pub(super) fn unmount_stale(root: &std::path::Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let under = root.join("snapshots");
+    for line in mounts.lines() {
+        let mut fields = line.split(' ');
+        let (Some(_), Some(at), Some(kind)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        // The kernel writes a space in a path as \040.
+        let at = std::path::PathBuf::from(at.replace("\\040", " "));
+        if kind.starts_with("fuse") && at.starts_with(&under) {
+            let done = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&at)
+                .status();
+            match done {
+                Ok(s) if s.success() => {
+                    tracing::info!(at = %at.display(), "a stale lazy layer mount detached")
+                }
+                _ => {
+                    tracing::warn!(at = %at.display(), "could not detach a stale lazy layer mount")
+                }
+            }
+        }
+    }
+}

@@ -335,6 +335,9 @@ pub struct SnapshotterArgs {
     /// for the layers they prepare. `none`: no image service.
     #[arg(long, default_value = shoal_snapshotter::DEFAULT_CONTAINERD)]
     pub containerd: PathBuf,
+    /// Unpack every layer: never mount one lazily (FUSE), even when the swarm has its index.
+    #[arg(long)]
+    pub eager: bool,
 }
 
 impl SnapshotterArgs {
@@ -350,6 +353,7 @@ impl SnapshotterArgs {
             mirror: Some(self.mirror.clone()),
             docker_config: self.docker_config.clone(),
             containerd: Some(self.containerd.clone()),
+            lazy: Some(!self.eager),
         };
         Ok(config.setup(&data_dir, None)?)
     }

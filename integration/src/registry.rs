@@ -321,6 +321,27 @@ impl Image {
     }
 }
 
+/// Copies `/bin/cat` and the libraries it loads into `root` (at the same paths): a rootfs a
+/// container can run `cat` in.
+pub fn copy_cat(root: &Path) {
+    let mut files = vec!["/bin/cat".to_owned()];
+    let ldd = std::process::Command::new("ldd")
+        .arg("/bin/cat")
+        .output()
+        .expect("ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux….so.2 (0x…)`
+        if let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) {
+            files.push(path.to_owned());
+        }
+    }
+    for file in &files {
+        let to = root.join(file.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().expect("a file has a directory")).expect("mkdir");
+        std::fs::copy(file, &to).expect("copy cat");
+    }
+}
+
 /// A tar archive of the directory `dir` (its contents, not `dir` itself), as `tar` makes it:
 /// owner root, names sorted, so the same files make the same layer.
 pub fn tar_dir(dir: &Path) -> anyhow::Result<Bytes> {

@@ -23,9 +23,8 @@ use crate::answer::{parse_range, vouched};
 use crate::error::{Body, Error, full};
 use crate::proxy::Ctx;
 
-pub(crate) const HEADER: &str = "x-shoal-lazy";
-/// The largest index served: far more than a layer of a million files needs.
-const MAX_INDEX: u64 = 256 << 20;
+pub(crate) use shoal_p2p::api::LAZY_HEADER as HEADER;
+use shoal_p2p::api::{COMPLETE_HEADER, MAX_GZIP_INDEX, TASK_FILE_HEADER};
 
 /// What a lazy layer asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +76,7 @@ pub(crate) async fn serve(
     }
     let len = reading.content_length();
     let range = match lazy {
-        Lazy::Index if len > MAX_INDEX => {
+        Lazy::Index if len > MAX_GZIP_INDEX => {
             return Error::NotLazy(format!("an index of {len} bytes")).into_response();
         }
         Lazy::Index => 0..len,
@@ -116,9 +115,9 @@ pub(crate) async fn serve(
             };
             let mut answer = answer
                 .status(StatusCode::NO_CONTENT)
-                .header("x-shoal-task-file", file);
+                .header(TASK_FILE_HEADER, file);
             if complete {
-                answer = answer.header("x-shoal-complete", "1");
+                answer = answer.header(COMPLETE_HEADER, "1");
             }
             answer
                 .body(full(bytes::Bytes::new()))

@@ -21,6 +21,17 @@ use crate::error::{Error, Fault};
 use crate::id::IdOptions;
 use crate::origin::OriginRequest;
 
+/// The header of a lazy layer's requests to the node's mirror, on a blob GET: `index` (the
+/// layer's gzip index, from the swarm only) or `present` (with a `Range`: those bytes made
+/// present in the node's task file, which a 204 names in [`TASK_FILE_HEADER`]).
+pub const LAZY_HEADER: &str = "x-shoal-lazy";
+/// The task file a `present` answer names (the bytes never cross the socket).
+pub const TASK_FILE_HEADER: &str = "x-shoal-task-file";
+/// `1` on a `present` answer once the node holds the whole layer, checked.
+pub const COMPLETE_HEADER: &str = "x-shoal-complete";
+/// The largest gzip index a node serves or a snapshotter takes.
+pub const MAX_GZIP_INDEX: u64 = 256 << 20;
+
 /// Binds a unix socket at `path` that only this user may connect to (mode 0600), replacing a
 /// file left there (the caller checks first that no one answers on it) and making its directory.
 pub fn bind_private_socket(path: &Path) -> std::io::Result<tokio::net::UnixListener> {

@@ -159,7 +159,8 @@ impl State {
         let Some(entry) = self.tasks.get_mut(task_id) else {
             return Merge::UnknownTask;
         };
-        let knows = is_seed || entry.fetcher.as_deref() == Some(host_id);
+        let fetcher = entry.fetcher.as_deref() == Some(host_id) && !entry.seed_only();
+        let knows = is_seed || fetcher;
         let mut disputed = false;
         if pieces.length_known {
             match entry.length {
@@ -314,6 +315,7 @@ impl State {
             };
         }
         if let Some(peer) = asking
+            && !entry.seed_only()
             && self.hosts.contains_key(peer)
             && !entry.failed_recently(peer)
         {

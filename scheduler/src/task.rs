@@ -67,6 +67,16 @@ pub struct Holder {
 }
 
 impl TaskEntry {
+    /// Whether only a seed may fetch the task (a layer's gzip index: a seed builds it, and
+    /// what it holds — file modes, owners, links — is believed as the layer's).
+    pub fn seed_only(&self) -> bool {
+        self.task
+            .id_options
+            .as_ref()
+            .and_then(|o| o.application.as_deref())
+            == Some(shoal_p2p::id::GZIP_INDEX)
+    }
+
     pub(crate) fn new(task: Task) -> Self {
         TaskEntry {
             task,

@@ -22,7 +22,7 @@ mod format;
 mod layer;
 
 pub use files::{FileEntry, FileKind, index_layer};
-pub use layer::LayerIndex;
+pub use layer::{LAYER_INDEX_MAGIC, LayerIndex};
 
 /// Output between checkpoints (as SOCI's default span).
 pub const DEFAULT_SPAN: u64 = 4 << 20;

@@ -30,6 +30,9 @@ pub struct SnapshotterConfig {
     /// are kept for the remote path (default `/run/containerd/containerd.sock`; `none`: the
     /// snapshotter's socket serves no image service).
     pub containerd: Option<PathBuf>,
+    /// Whether a layer whose index the swarm holds is mounted lazily (FUSE) instead of
+    /// unpacked (default true; off without `/dev/fuse`).
+    pub lazy: Option<bool>,
 }
 
 /// containerd's socket where it usually is.
@@ -121,7 +124,13 @@ impl SnapshotterConfig {
                 .socket
                 .clone()
                 .unwrap_or_else(|| data_dir.join("snapshotter.sock")),
-            remote: mirror.map(|m| Remote::new(m, docker_config)).transpose()?,
+            remote: mirror
+                .map(|m| {
+                    let mut remote = Remote::new(m, docker_config)?;
+                    remote.lazy = self.lazy.unwrap_or(true) && fuse_available();
+                    Ok::<_, crate::Error>(remote)
+                })
+                .transpose()?,
             containerd: match self.containerd.as_deref() {
                 None => Some(DEFAULT_CONTAINERD.into()),
                 Some(p) if p == Path::new("none") => None,
@@ -129,6 +138,19 @@ impl SnapshotterConfig {
             },
         })
     }
+}
+
+/// Whether this host can mount FUSE file systems (a container may lack the device).
+fn fuse_available() -> bool {
+    let there = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok();
+    if !there {
+        tracing::warn!("no usable /dev/fuse: layers are unpacked, never mounted lazily");
+    }
+    there
 }
 
 #[cfg(test)]

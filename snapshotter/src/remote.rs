@@ -206,8 +206,8 @@ impl Remote {
     }
 
     /// Unmounts the lazy layer mounted over snapshot `id`, if one is (before its files go).
-    pub fn unmount(&self, id: u64) {
-        self.mounted.unmount(id);
+    pub fn unmount(&self, snapshotter: &Snapshotter, id: u64) {
+        self.mounted.unmount(id, &snapshotter.fs_dir(id));
     }
 
     /// Prepares `key` by the remote path. `Ok(false)`: the labels name no layer (the plain path
@@ -320,6 +320,12 @@ impl Remote {
         let from_here = above.clone().position(|d| d == layer.digest);
         if let Some(i) = from_here {
             above.nth(i);
+        }
+        let mut above: Vec<&str> = above.collect();
+        if self.lazy && !eager {
+            // Those the swarm has an index of are mounted lazily when their turn comes.
+            let indexed = lazy::indexed(&source, &above).await;
+            above.retain(|d| !indexed.contains(d));
         }
         self.stager.start(snapshotter, &source, own.chain(above));
         let mut claimed = None;

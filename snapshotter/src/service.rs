@@ -147,7 +147,7 @@ impl Snapshots for Service {
         self.run(move |s| {
             s.remove_then(&key, |id| {
                 if let Some(r) = &remote {
-                    r.unmount(id);
+                    r.unmount(s, id);
                 }
             })
         })

@@ -267,7 +267,12 @@ impl Snapshotter {
                 chain(&table, parent)?;
                 snapshot.parent = parent.to_owned();
             }
-            snapshot.usage = Some(usage_of(&self.fs_dir(snapshot.id))?);
+            // A lazy layer's files are not on this disk (and walking them would read its
+            // FUSE mount's whole tree).
+            snapshot.usage = Some(match labels.contains_key(crate::remote::LAZY) {
+                true => Usage::default(),
+                false => usage_of(&self.fs_dir(snapshot.id))?,
+            });
             snapshot.kind = Kind::Committed;
             snapshot.labels = labels;
             snapshot.updated = SystemTime::now();

@@ -73,6 +73,30 @@ async fn a_layer_the_swarm_has_an_index_of_is_mounted_lazily_and_its_container_r
     // lower layer's file.
     assert_image_runs(&remote.ctd, &remote.reference, "lazy").await;
 
+    // A snapshotter killed leaves its mounts dead; the next one mounts the layers again.
+    drop(remote._snapshotter);
+    let socket = remote.dir.path().join("snapshotter.sock");
+    let _ = std::fs::remove_file(&socket);
+    let log = remote.dir.path().join("snapshotter-again.log");
+    let _again = snapshotter(
+        &remote.dir.path().join("snaps"),
+        &socket,
+        &log,
+        &remote.cluster.daemons[0].mirror_url(),
+    );
+    wait_until(Duration::from_secs(20), "snapshotter socket", || {
+        socket.exists()
+    })
+    .await;
+    assert_image_runs(&remote.ctd, &remote.reference, "lazy-again").await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        said.matches("lazy layer mounted again").count(),
+        2,
+        "{said}"
+    );
+    assert_eq!(lazy_mounts(remote.dir.path()), 2);
+
     // The layers come in the background: the node soon holds both, whole and checked.
     let store = remote.cluster.daemons[0].data_dir.join("store");
     let node = shoal_p2p::api::LocalClient::new(shoal_p2p::api::socket_in(&store));

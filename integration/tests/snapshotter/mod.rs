@@ -22,19 +22,7 @@ fn image_with_cat(dir: &Path) -> Image {
 /// The `cat` image's layers as tars.
 fn cat_tars(dir: &Path) -> Vec<bytes::Bytes> {
     let base = dir.join("layer0");
-    let mut files = vec!["/bin/cat".to_owned()];
-    let ldd = Command::new("ldd").arg("/bin/cat").output().unwrap();
-    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux….so.2 (0x…)`
-        if let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) {
-            files.push(path.to_owned());
-        }
-    }
-    for file in &files {
-        let to = base.join(file.trim_start_matches('/'));
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(file, &to).unwrap();
-    }
+    shoal_integration::registry::copy_cat(&base);
     std::fs::create_dir_all(base.join("etc")).unwrap();
     std::fs::write(base.join("etc/kept.txt"), "kept\n").unwrap();
     std::fs::write(base.join("etc/gone.txt"), "should be gone\n").unwrap();

@@ -18,6 +18,11 @@ struct Private {
 }
 
 async fn private_registry_and_node(dir: &Path) -> Private {
+    private_registry_and_node_with(dir, image_with_cat(dir)).await
+}
+
+/// [`private_registry_and_node`] with another image as `test/cat:v1`.
+async fn private_registry_and_node_with(dir: &Path, image: Image) -> Private {
     let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
     let tokens = shoal_integration::token::TokenServer::start(dir, "carol", &password)
         .await
@@ -29,7 +34,6 @@ async fn private_registry_and_node(dir: &Path) -> Private {
     let registry = TestRegistry::start(&dir.join("registry"), &access)
         .await
         .unwrap();
-    let image = image_with_cat(dir);
     let push = format!(
         "Bearer {}",
         tokens.token_for("repository:test/cat:pull,push")
@@ -311,4 +315,62 @@ async fn a_layer_read_ahead_for_one_repository_is_not_given_to_another() {
     let req = cri_prepare("a-1", &chain0, &chain1, &digests[1], &reference, &digests);
     let status = client.prepare(req).await.expect_err("made remotely");
     assert_eq!(status.code(), tonic::Code::AlreadyExists, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_layers_index_and_bytes_go_only_to_a_client_the_registry_lets_read_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = Image::of_gzip_layers(cat_tars(dir.path()));
+    let p = private_registry_and_node_with(dir.path(), image).await;
+    let layer = shoal_integration::sha256(&p.image.layers[0]);
+    let url = format!("{}/v2/test/cat/blobs/{layer}?ns={}", p.mirror, p.host);
+    let carol = format!("Bearer {}", p.tokens.token_for("repository:test/cat:pull"));
+    let client = reqwest::Client::new();
+    let ask = |lazy: &'static str, auth: Option<String>| {
+        let mut req = client.get(&url).header("x-shoal-lazy", lazy);
+        if lazy == "present" {
+            req = req.header("range", "bytes=0-99");
+        }
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    // carol's ask sends the seed to build the index (with her credentials); then it is hers.
+    let start = std::time::Instant::now();
+    let index = loop {
+        let resp = ask("index", Some(carol.clone())).await.unwrap();
+        if resp.status() == 200 {
+            break resp.bytes().await.unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{}",
+            resp.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(index.starts_with(b"SHOALGZL"));
+    let present = ask("present", Some(carol.clone())).await.unwrap();
+    assert_eq!(present.status(), 204);
+    assert!(present.headers().contains_key("x-shoal-task-file"));
+    // Nobody else gets the index (its file names) or has the node fetch the layer for them:
+    // the registry answers them, as it would without Shoal.
+    let stranger = format!(
+        "Bearer {}",
+        p.tokens.token_for("repository:other/thing:pull")
+    );
+    for auth in [None, Some(stranger), Some("Basic bWFsbG9yeTp4".to_owned())] {
+        for lazy in ["index", "present"] {
+            let resp = ask(lazy, auth.clone()).await.unwrap();
+            assert!(
+                resp.status() == 401 || resp.status() == 403,
+                "{lazy} with {auth:?}: {}",
+                resp.status()
+            );
+            assert!(!resp.headers().contains_key("x-shoal-task-file"));
+            let body = resp.bytes().await.unwrap();
+            assert!(!body.starts_with(b"SHOALGZL"), "{lazy} with {auth:?}");
+        }
+    }
 }

@@ -8,7 +8,8 @@
 //!   one parent is asked of another holder too.
 //! * From the origin: a missing piece not in flight that no parent could give.
 //! * Pieces a reader waits for (a lazy layer's file read) go before all others, to peers and
-//!   to the origin, with twice the per-parent limit.
+//!   to the origin, with twice the per-parent limit; meanwhile no other piece starts (the
+//!   background completion of a lazy layer pauses while a read waits).
 
 use std::collections::HashMap;
 
@@ -147,12 +148,15 @@ impl Snapshot<'_> {
 
     /// The next piece to fetch from the origin: missing, not in flight, and not one a parent
     /// could give (held by one, digest known).
-    /// Pieces a reader waits for go first.
+    /// While a reader waits, only the pieces it waits for.
     pub fn origin(&self) -> Option<u32> {
         let from_peers = |n: u32| self.known(n) && self.parents.iter().any(|p| p.holds.get(n));
-        self.urgent
+        let pieces = match self.urgent.is_empty() {
+            true => &self.missing,
+            false => &self.urgent,
+        };
+        pieces
             .iter()
-            .chain(&self.missing)
             .copied()
             .find(|n| !self.inflight.contains_key(n) && !from_peers(*n))
     }
@@ -237,5 +241,11 @@ mod tests {
             ..snap
         };
         assert_eq!(alone.origin(), Some(3), "and first from the origin");
+        let in_flight = Inflight::from([(3, Vec::new())]);
+        let waiting = Snapshot {
+            inflight: &in_flight,
+            ..alone
+        };
+        assert_eq!(waiting.origin(), None, "and nothing else while it comes");
     }
 }

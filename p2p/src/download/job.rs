@@ -38,8 +38,9 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    /// Fetches piece `n` from the origin (a range request, retried) into the task file.
-    pub(crate) async fn origin_piece(&self, n: u32) -> Result<Digest> {
+    /// Fetches piece `n` from the origin (a range request, retried) into the task file; with
+    /// `expected` (the swarm's digest of it), other bytes are refused.
+    pub(crate) async fn origin_piece(&self, n: u32, expected: Option<Digest>) -> Result<Digest> {
         let range = self.layout.range(n);
         self.origin
             .retrying(&self.req.origin, || async {
@@ -47,7 +48,7 @@ impl Job {
                     .origin
                     .open(&self.req.origin, Some(range.clone()))
                     .await?;
-                let mut out = self.consume(resp, n..n + 1, &[]).await?;
+                let mut out = self.consume(resp, n..n + 1, &[], &|_| expected).await?;
                 out.pop()
                     .map(|(_, d)| d)
                     .ok_or_else(|| Error::Metadata("origin piece produced no digest".into()))
@@ -82,6 +83,7 @@ impl Job {
     pub(crate) async fn origin_stream(
         &self,
         pieces: &mut [Option<Digest>],
+        known: &[Option<Digest>],
         progress: &Progress,
     ) -> Result<Vec<(u32, Digest)>> {
         let skip: Vec<bool> = pieces.iter().map(Option::is_some).collect();
@@ -93,7 +95,8 @@ impl Job {
             .origin
             .retrying(&self.req.origin, || async {
                 let resp = self.origin.open(&self.req.origin, None).await?;
-                self.consume(resp, all.clone(), &skip).await
+                let known = |n: u32| known.get(n as usize).copied().flatten();
+                self.consume(resp, all.clone(), &skip, &known).await
             })
             .await?;
         for (n, d) in &digests {
@@ -105,12 +108,14 @@ impl Job {
     }
 
     /// Reads `resp`, which starts at the first byte of piece `pieces.start`, writing and hashing
-    /// every piece in `pieces` not marked in `skip`. Returns the digests of the pieces it stored.
+    /// every piece in `pieces` not marked in `skip`; a piece whose digest the swarm published
+    /// (`known`) must have it. Returns the digests of the pieces it stored.
     async fn consume(
         &self,
         mut resp: reqwest::Response,
         pieces: Range<u32>,
         skip: &[bool],
+        known: &(dyn Fn(u32) -> Option<Digest> + Sync),
     ) -> Result<Vec<(u32, Digest)>> {
         let layout = self.layout;
         let mut out = Vec::new();
@@ -147,7 +152,7 @@ impl Job {
                 pos += take as u64;
                 if pos == end {
                     if keep(n) {
-                        out.push((n, writer.finish(n).await?));
+                        out.push((n, writer.finish(n, known(n)).await?));
                     }
                     n += 1;
                     if n < pieces.end && keep(n) {

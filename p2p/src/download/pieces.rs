@@ -153,7 +153,13 @@ impl<'a> Run<'a> {
             }
             if self.to_origin && self.stat.as_ref().is_some_and(|s| !s.ranges) && set.is_empty() {
                 // An origin without ranges is one stream; nothing else can run beside it.
-                let digests = self.job.origin_stream(&mut self.stored, progress).await?;
+                let known: Vec<Option<Digest>> = (0..self.job.layout.piece_count())
+                    .map(|n| self.expected(n))
+                    .collect();
+                let digests = self
+                    .job
+                    .origin_stream(&mut self.stored, &known, progress)
+                    .await?;
                 self.advance_prefix();
                 for (n, d) in digests {
                     self.fetched(n, &d);
@@ -224,11 +230,13 @@ impl<'a> Run<'a> {
                 self.to_origin && self.origin_inflight < self.job.origin.config().concurrency;
             let (to_peer, to_origin) = {
                 let snap = self.snapshot(piece_concurrency);
+                // While a reader waits, the background pauses: no other piece starts.
+                let background = snap.urgent.is_empty();
                 let to_peer = (peer_inflight < 2 * piece_concurrency)
                     .then(|| snap.urgent_peer())
                     .flatten()
                     .or_else(|| {
-                        (peer_inflight < piece_concurrency)
+                        (background && peer_inflight < piece_concurrency)
                             .then(|| snap.peer())
                             .flatten()
                     })
@@ -331,9 +339,11 @@ impl<'a> Run<'a> {
 
     fn spawn_origin(&mut self, set: &mut JoinSet<Outcome>, n: u32) {
         let job = self.job.clone();
+        // The origin's bytes must be what the swarm's fetcher published, when it did.
+        let expected = self.expected(n);
         self.origin_inflight += 1;
         let handle = set.spawn(async move {
-            let result = job.origin_piece(n).await.map_err(Failure::Fatal);
+            let result = job.origin_piece(n, expected).await.map_err(Failure::Fatal);
             (n, PieceSource::Origin, result)
         });
         self.spawned.insert(handle.id(), None);

@@ -89,6 +89,9 @@ impl Drop for Want {
         if counts.is_empty() {
             wanted.remove(&self.task);
         }
+        drop(wanted);
+        // A reader that stops waiting lets the background go on at once.
+        self.urgent.changed.send_modify(|g| *g += 1);
     }
 }
 

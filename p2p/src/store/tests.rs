@@ -200,3 +200,40 @@ fn bytes_made_here_are_imported_as_a_complete_task_with_their_piece_digests() {
     assert_eq!(meta.layout.content_length, 3);
     assert_eq!(std::fs::read(store.data_path(&id)).unwrap(), b"new");
 }
+
+/// A piece from the origin whose bytes are not the digest the swarm published is not recorded
+/// (a lazy layer's reader would otherwise be given it before the whole layer is checked).
+#[tokio::test]
+async fn a_piece_unlike_the_swarms_digest_is_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = AsyncStore::open(dir.path()).unwrap();
+    let id = task("http://h/w");
+    let layout = Layout {
+        content_length: 200,
+        piece_length: 100,
+    };
+    store
+        .open_task(&id, "http://h/w".into(), layout, Vec::new())
+        .await
+        .unwrap();
+    let writer = store.task_writer(&id).unwrap();
+    let swarms = Digest::piece(&[1u8; 100]);
+    for (n, byte, expected) in [
+        (0u32, 2u8, Some(swarms)),
+        (1, 1, Some(swarms)),
+        (0, 1, None),
+    ] {
+        writer.begin(n).await.unwrap();
+        let offset = u64::from(n) * 100;
+        writer
+            .write(n, offset, bytes::Bytes::from(vec![byte; 100]))
+            .await
+            .unwrap();
+        let done = writer.finish(n, expected).await;
+        assert_eq!(done.is_ok(), byte == 1, "piece {n} of {byte}s");
+    }
+    drop(writer);
+    let state = store.state(&id).await.unwrap().unwrap();
+    // Piece 0 was recorded only when its right bytes came.
+    assert_eq!(state.pieces, vec![Some(swarms), Some(swarms)]);
+}

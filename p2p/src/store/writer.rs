@@ -28,6 +28,8 @@ enum Op {
     },
     Finish {
         piece: u32,
+        /// The digest the swarm published for it, if any: other bytes are not recorded.
+        expected: Option<Digest>,
         reply: oneshot::Sender<io::Result<Digest>>,
     },
     /// A whole piece already checked against its digest: write and record it.
@@ -104,12 +106,26 @@ impl TaskWriter {
                             .map(|()| data);
                         let _ = reply.send(result);
                     }
-                    Op::Finish { piece, reply } => {
+                    Op::Finish {
+                        piece,
+                        expected,
+                        reply,
+                    } => {
                         let result = match (failed.remove(&piece), hashers.remove(&piece)) {
                             (Some(e), _) => Err(e),
                             (None, Some(h)) => {
                                 let d = h.finish();
-                                journal::append_record(&mut journal, piece, &d).map(|()| d)
+                                match expected {
+                                    Some(e) if e != d => Err(io::Error::new(
+                                        io::ErrorKind::InvalidData,
+                                        format!(
+                                            "piece {piece} has digest {d}, not the swarm's {e}"
+                                        ),
+                                    )),
+                                    _ => {
+                                        journal::append_record(&mut journal, piece, &d).map(|()| d)
+                                    }
+                                }
                             }
                             (None, None) => {
                                 Err(io::Error::other(format!("piece {piece} was not begun")))
@@ -137,10 +153,16 @@ impl TaskWriter {
         .await
     }
 
-    /// Waits until the piece's bytes are written and recorded, and returns their digest.
-    pub(crate) async fn finish(&self, piece: u32) -> Result<Digest> {
+    /// Waits until the piece's bytes are written and recorded, and returns their digest. With
+    /// `expected` (the digest the swarm published), other bytes are an error, not recorded.
+    pub(crate) async fn finish(&self, piece: u32, expected: Option<Digest>) -> Result<Digest> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Finish { piece, reply }).await?;
+        self.send(Op::Finish {
+            piece,
+            expected,
+            reply,
+        })
+        .await?;
         rx.await
             .map_err(|_| self.gone())?
             .map_err(|e| Error::io("write piece to", &self.path, e))

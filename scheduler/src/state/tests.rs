@@ -426,3 +426,38 @@ proptest::proptest! {
         }
     }
 }
+
+/// A layer's gzip index is believed from a seed alone: with no seed, no peer is sent to build
+/// it (its URL would fetch the layer, not an index), and a peer's claim of its length and piece
+/// digests is not taken even if it watched first. Before the fix, the first watcher was made
+/// the fetcher and its claims defined the index (file modes, owners, links of a layer).
+#[test]
+fn only_a_seed_says_what_a_layers_index_is() {
+    let mut state = State::default();
+    let index = Task {
+        id: "t".into(),
+        url: "http://origin/v2/a/blobs/sha256:00".into(),
+        id_options: Some(shoal_p2p::proto::IdOptions {
+            application: Some(shoal_p2p::id::GZIP_INDEX.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let peer = host("h0", false);
+    state.attach(peer.clone(), mpsc::channel(1).0);
+    let _ = state.watch(&peer, index.clone(), &PieceSet::default());
+    assert_eq!(
+        state.tasks["t"].fetcher, None,
+        "a peer sent to build an index"
+    );
+    assert!(!state.plan("t", Some("h0")).back_to_source_peer);
+    assert_eq!(state.merge("t", "h0", &claim(4, 0xee)), Merge::Merged);
+    assert_eq!(state.tasks["t"].length, None, "a peer's index was believed");
+    // A seed is sent to build it, and believed.
+    let seed = host("seed", true);
+    state.attach(seed.clone(), mpsc::channel(1).0);
+    let assigned = state.plan("t", Some("h0"));
+    assert!(assigned.seed_job.is_some());
+    assert_eq!(state.merge("t", "seed", &claim(4, 7)), Merge::Merged);
+    assert_eq!(state.tasks["t"].length, Some(4 * PIECE));
+}

@@ -44,6 +44,9 @@ pub struct FileEntry {
     pub device: Option<(u32, u32)>,
 }
 
+/// The largest file table a layer may have (about a million files with long paths).
+pub(super) const MAX_TABLE: usize = 128 << 20;
+
 /// Reads a gzip layer to its end: its index (checkpoints every `span` of output) and its
 /// files. Fails on what is not a gzip tar stream, and on what a mount could not show (a path
 /// that climbs out with `..`, a sparse file).
@@ -65,7 +68,7 @@ pub(super) fn index_layer_diff(
         index: None,
         diff: Some(Algorithm::Sha256.hasher()),
     };
-    let files = files(&mut inflating)?;
+    let files = files(&mut inflating, MAX_TABLE)?;
     // The tar's end padding, and anything after it, is part of the stream.
     std::io::copy(&mut inflating, &mut std::io::sink()).map_err(io)?;
     let index = inflating
@@ -84,9 +87,12 @@ fn io(e: std::io::Error) -> GzError {
 }
 
 /// The entries of the tar stream `tar`.
-fn files(tar: impl Read) -> Result<Vec<FileEntry>, GzError> {
+pub(super) fn files(tar: impl Read, max_table: usize) -> Result<Vec<FileEntry>, GzError> {
     let mut archive = tar::Archive::new(tar);
     let mut out = Vec::new();
+    // What the table holds, bounded: a small gzip of millions of headers must not make the
+    // builder (a seed) run out of memory.
+    let mut held = 0usize;
     for entry in archive.entries().map_err(io)? {
         let mut entry = entry.map_err(io)?;
         let header = entry.header();
@@ -129,6 +135,16 @@ fn files(tar: impl Read) -> Result<Vec<FileEntry>, GzError> {
                     xattrs.push((name.to_vec(), record.value_bytes().to_vec()));
                 }
             }
+        }
+        held += 64
+            + path.len()
+            + link.as_ref().map_or(0, Vec::len)
+            + xattrs.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if held > max_table {
+            return bad(format!(
+                "a file table over {max_table} bytes ({} entries)",
+                out.len()
+            ));
         }
         out.push(FileEntry {
             path,

@@ -13,7 +13,9 @@ use shoal_p2p::digest::Algorithm;
 use super::files::index_layer_diff;
 use super::{FileEntry, FileKind, GzError, Index, bad};
 
-const MAGIC: &[u8; 8] = b"SHOALGZL";
+const MAGIC: &[u8; 8] = LAYER_INDEX_MAGIC;
+/// The first bytes of a layer index.
+pub const LAYER_INDEX_MAGIC: &[u8; 8] = b"SHOALGZL";
 const VERSION: u8 = 1;
 const KINDS: [FileKind; 7] = [
     FileKind::File,
@@ -36,7 +38,7 @@ pub struct LayerIndex {
 }
 
 impl LayerIndex {
-    /// Reads a gzip layer to its end (see [`index_layer`]).
+    /// Reads a gzip layer to its end (see [`index_layer`](super::index_layer)).
     pub fn build(gzip: impl Read, span: u64) -> Result<LayerIndex, GzError> {
         let (index, files, diff_id) = index_layer_diff(gzip, span)?;
         Ok(LayerIndex {

@@ -317,3 +317,20 @@ proptest! {
         let _ = crate::gzindex::LayerIndex::from_bytes(&flipped);
     }
 }
+
+#[test]
+fn a_layer_of_more_files_than_a_table_may_hold_is_not_indexed() {
+    let mut tar = tar::Builder::new(Vec::new());
+    for i in 0..100 {
+        let mut h = header(tar::EntryType::Regular, 0);
+        tar.append_data(&mut h, format!("{}/{i}", "d".repeat(200)), std::io::empty())
+            .unwrap();
+    }
+    let tar = tar.into_inner().unwrap();
+    assert_eq!(
+        super::files::files(tar.as_slice(), 1 << 20).unwrap().len(),
+        100
+    );
+    let err = super::files::files(tar.as_slice(), 10_000).unwrap_err();
+    assert!(err.to_string().contains("file table over"), "{err}");
+}

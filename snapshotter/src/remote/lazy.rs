@@ -13,14 +13,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::HeaderValue;
 use http::header::HeaderMap;
 use shoal_p2p::Digest;
-use shoal_seed::gzindex::LayerIndex;
+use shoal_p2p::api::{COMPLETE_HEADER, LAZY_HEADER, TASK_FILE_HEADER};
+use shoal_seed::gzindex::{LAYER_INDEX_MAGIC, LayerIndex};
 
 use super::stage::Source;
 use super::{LayerRef, blocking, chain_id, parent_chain};
@@ -34,10 +35,12 @@ pub const EAGER: &str = "containerd.io/snapshot/shoal.eager";
 pub const LAZY: &str = "containerd.io/snapshot/shoal.lazy";
 /// How long a prepare waits for the layer's index before it unpacks the layer instead.
 pub const INDEX_WAIT: Duration = Duration::from_secs(3);
-/// The header of the mirror's lazy requests.
-const LAZY_HEADER: &str = "x-shoal-lazy";
 /// The largest index taken.
-const MAX_INDEX: usize = 256 << 20;
+const MAX_INDEX: usize = shoal_p2p::api::MAX_GZIP_INDEX as usize;
+/// How often a mounted layer's background download is checked on (and started again).
+const COMPLETE_CHECK: Duration = Duration::from_secs(5);
+/// How long a read waits for a node too busy to start the layer's download.
+const BUSY_FOR: Duration = Duration::from_secs(30);
 
 /// The FUSE mounts of lazy layers, by snapshot id.
 #[derive(Default)]
@@ -45,14 +48,29 @@ pub(super) struct Mounted(Mutex<HashMap<u64, fuser::BackgroundSession>>);
 
 impl Mounted {
     /// Unmounts what is mounted over snapshot `id` (nothing if nothing is).
-    pub(super) fn unmount(&self, id: u64) {
+    pub(super) fn unmount(&self, id: u64, at: &std::path::Path) {
         let session = self.0.lock().expect("mounts lock").remove(&id);
         if let Some(session) = session
             && let Err(e) = session.umount_and_join()
         {
-            tracing::warn!(snapshot = id, error = %e, "could not unmount a lazy layer");
+            // Busy (a process still in it): detached, so the snapshot's files can go.
+            tracing::warn!(snapshot = id, error = %e, "could not unmount a lazy layer; detaching it");
+            detach(at);
         }
     }
+
+    fn holds(&self, id: u64) -> bool {
+        self.0.lock().expect("mounts lock").contains_key(&id)
+    }
+}
+
+/// `umount -l`: the mount leaves the tree now, the kernel lets go of it when it is idle.
+fn detach(at: &std::path::Path) -> bool {
+    let done = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(at)
+        .status();
+    matches!(done, Ok(s) if s.success())
 }
 
 /// Mounts `layer` lazily and commits it on `parent` as containerd wants it; an error (no
@@ -83,22 +101,25 @@ pub(super) async fn mount(
             index.diff_id, layer.target
         )));
     }
+    // Mounted over the snapshot before it is committed: containerd never sees it empty.
+    let (s, k) = (snapshotter.clone(), key.clone());
+    let id = blocking(move || {
+        s.prepare(&k, "", BTreeMap::new())?;
+        Ok(s.stat(&k)?.id)
+    })
+    .await?;
     let (s, target, parent) = (snapshotter.clone(), layer.target.clone(), parent.to_owned());
     let mut labels = labels.clone();
     labels.insert(LAZY.into(), layer.digest.clone());
-    let id = blocking(move || {
-        s.prepare(&key, "", BTreeMap::new())?;
-        let id = s.stat(&key)?.id;
-        s.commit_on(&target, &key, Some(&parent), labels)
-            .inspect_err(|_| {
-                let _ = s.remove(&key);
-            })?;
-        Ok(id)
-    })
-    .await?;
-    if let Err(e) = attach(snapshotter, mounted, source, digest, id, index).await {
-        let (s, target) = (snapshotter.clone(), layer.target.clone());
-        let _ = blocking(move || s.remove(&target)).await;
+    let attached = attach(snapshotter, mounted, source, digest, id, index).await;
+    let committed = match attached {
+        Ok(()) => blocking(move || s.commit_on(&target, &key, Some(&parent), labels)).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = committed {
+        mounted.unmount(id, &snapshotter.fs_dir(id));
+        let (s, k) = (snapshotter.clone(), layer.target.clone());
+        let _ = blocking(move || s.remove(&k)).await;
         return Err(e);
     }
     tracing::info!(layer = layer.digest, took = ?started.elapsed(), "layer mounted lazily");
@@ -109,7 +130,7 @@ pub(super) async fn mount(
 /// its background download.
 async fn attach(
     snapshotter: &Snapshotter,
-    mounted: &Mounted,
+    mounted: &Arc<Mounted>,
     source: &Source,
     digest: Digest,
     id: u64,
@@ -129,14 +150,40 @@ async fn attach(
         .map_err(|e| Error::Remote(format!("FUSE mount: {e}")))?;
     mounted.0.lock().expect("mounts lock").insert(id, session);
     // The first byte asked starts the whole layer's download in the node: the background
-    // completion. Its answer is not waited for.
-    let source = source.clone();
+    // completion. Asked again now and then until the node holds it all (a download that
+    // failed starts over), while the layer is mounted.
+    let (source, mounted) = (source.clone(), mounted.clone());
     tokio::spawn(async move {
-        if let Err(e) = present(&source, digest, 0..1).await {
-            tracing::warn!(layer = %digest, error = %e, "the layer's background download did not start");
+        let mut warned = false;
+        while mounted.holds(id) {
+            match present(&source, digest, 0..1).await {
+                Ok((_, true)) => break,
+                Ok(_) => {}
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(layer = %digest, error = %e, "the layer's background download did not start; trying again");
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(COMPLETE_CHECK).await;
         }
     });
     Ok(())
+}
+
+/// Of `layers`, those whose index the swarm holds (each asked at once; the node keeps what
+/// it fetched for the prepares to come).
+pub(super) async fn indexed<'a>(source: &Source, layers: &[&'a str]) -> Vec<&'a str> {
+    let asks = layers.iter().map(|d| async move {
+        let digest: Digest = d.parse().ok()?;
+        let found = tokio::time::timeout(INDEX_WAIT, index(source, digest)).await;
+        matches!(found, Ok(Ok(_))).then_some(*d)
+    });
+    futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// The layer's index, from the swarm through the node's mirror.
@@ -148,7 +195,7 @@ async fn index(source: &Source, digest: Digest) -> Result<LayerIndex> {
         .blob_with(&source.repository, digest, &extra)
         .await
         .map_err(|e| Error::Remote(format!("the layer's index: {e}")))?;
-    let mut bytes = Vec::new();
+    let mut bytes: Vec<u8> = Vec::new();
     while let Some(chunk) = resp
         .chunk()
         .await
@@ -158,17 +205,21 @@ async fn index(source: &Source, digest: Digest) -> Result<LayerIndex> {
             return Err(Error::Remote("the layer's index is too large".into()));
         }
         bytes.extend_from_slice(&chunk);
+        // Not an index (a mirror that does not know the header answered the layer): stop.
+        if bytes.len() >= LAYER_INDEX_MAGIC.len() && !bytes.starts_with(LAYER_INDEX_MAGIC) {
+            return Err(Error::Remote("the node's mirror answered no index".into()));
+        }
     }
     LayerIndex::from_bytes(&bytes).map_err(|e| Error::Remote(format!("the layer's index: {e}")))
 }
 
-/// Asks the node to make `range` of the layer present; the task file it is in, and whether
-/// the node holds the whole layer.
+/// Asks the node to make `range` (not empty) of the layer present; the task file it is in,
+/// and whether the node holds the whole layer.
 async fn present(
     source: &Source,
     digest: Digest,
     range: Range<u64>,
-) -> std::io::Result<(String, bool)> {
+) -> shoal_seed::Result<(String, bool)> {
     let mut extra = HeaderMap::new();
     extra.insert(LAZY_HEADER, HeaderValue::from_static("present"));
     let bytes = format!("bytes={}-{}", range.start, range.end.saturating_sub(1));
@@ -179,13 +230,14 @@ async fn present(
     let resp = source
         .registry
         .blob_with(&source.repository, digest, &extra)
-        .await
-        .map_err(std::io::Error::other)?;
+        .await?;
     let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
-    let file = header("x-shoal-task-file")
-        .ok_or_else(|| std::io::Error::other("the node named no task file"))?
-        .to_owned();
-    Ok((file, header("x-shoal-complete") == Some("1")))
+    // Anything else (a mirror that does not know the header) is not an answer.
+    let file = header(TASK_FILE_HEADER).ok_or_else(|| shoal_seed::Error::Status {
+        url: format!("the node's mirror, for layer {digest}"),
+        status: resp.status().as_u16(),
+    })?;
+    Ok((file.to_owned(), header(COMPLETE_HEADER) == Some("1")))
 }
 
 /// A lazy layer's compressed bytes: made present by the node, read from its task file.
@@ -197,35 +249,52 @@ struct NodeSpans {
     file: Mutex<Option<(Arc<File>, bool)>>,
 }
 
+impl NodeSpans {
+    /// Makes `range` present, waiting out a node too busy to start the download; the task
+    /// file (opened again if the node made it anew) and whether the layer is whole.
+    fn present(&self, range: Range<u64>) -> std::io::Result<Arc<File>> {
+        let start = std::time::Instant::now();
+        let (path, complete) = loop {
+            match self
+                .handle
+                .block_on(present(&self.source, self.digest, range.clone()))
+            {
+                Ok(answer) => break answer,
+                Err(e) if e.status() == Some(503) && start.elapsed() < BUSY_FOR => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => {
+                    return Err(std::io::Error::other(format!(
+                        "layer {} bytes {}-{}: {e}",
+                        self.digest, range.start, range.end
+                    )));
+                }
+            }
+        };
+        let mut held = self.file.lock().expect("task file lock");
+        let same = |f: &File| {
+            let (a, b) = (f.metadata(), std::fs::metadata(&path));
+            matches!((a, b), (Ok(a), Ok(b)) if (a.dev(), a.ino()) == (b.dev(), b.ino()))
+        };
+        let file = match held.as_ref() {
+            Some((f, _)) if same(f) => f.clone(),
+            _ => Arc::new(File::open(&path)?),
+        };
+        *held = Some((file.clone(), complete));
+        Ok(file)
+    }
+}
+
 impl Spans for NodeSpans {
     fn fetch(&self, range: Range<u64>) -> std::io::Result<Vec<u8>> {
+        if range.is_empty() {
+            return Ok(Vec::new());
+        }
         let held = self.file.lock().expect("task file lock").clone();
         let file = match held {
             // The whole layer is here, checked: no need to ask.
             Some((file, true)) => file,
-            _ => {
-                let (path, complete) = self
-                    .handle
-                    .block_on(present(&self.source, self.digest, range.clone()))
-                    .map_err(|e| {
-                        std::io::Error::other(format!(
-                            "layer {} bytes {}-{}: {e}",
-                            self.digest, range.start, range.end
-                        ))
-                    })?;
-                let mut held = self.file.lock().expect("task file lock");
-                match held.as_mut() {
-                    Some((file, was)) => {
-                        *was |= complete;
-                        file.clone()
-                    }
-                    None => {
-                        let file = Arc::new(File::open(&path)?);
-                        *held = Some((file.clone(), complete));
-                        file
-                    }
-                }
-            }
+            _ => self.present(range.clone())?,
         };
         let len = usize::try_from(range.end - range.start).map_err(std::io::Error::other)?;
         let mut buf = vec![0; len];
@@ -248,7 +317,7 @@ pub(super) const RESTORE_FOR: Duration = Duration::from_secs(30);
 /// `until` for its index.
 pub(super) async fn remount(
     snapshotter: &Snapshotter,
-    mounted: &Mounted,
+    mounted: &Arc<Mounted>,
     source: &Source,
     s: &crate::snapshots::Snapshot,
     digest: Digest,
@@ -274,7 +343,9 @@ pub(super) async fn remount(
             s.name
         )));
     }
-    attach(snapshotter, mounted, source, digest, s.id, index).await
+    attach(snapshotter, mounted, source, digest, s.id, index).await?;
+    tracing::info!(layer = %digest, snapshot = s.name, "lazy layer mounted again");
+    Ok(())
 }
 
 /// Lazy layers' mounts a stopped snapshotter left under `root` (a crash leaves them dead:

@@ -77,6 +77,9 @@ impl Process {
             tasks.spawn(async move { daemon.serve(socket, stop).await.context("daemon") });
         }
         if let Some(setup) = self.snapshotter {
+            if let Some(remote) = &setup.remote {
+                remote.metrics().register(&mut registry);
+            }
             let serving = setup.start(mirror_port, stop()).context("snapshotter")?;
             tasks.spawn(async move { serving.await.context("snapshotter") });
         }

@@ -418,7 +418,8 @@ pub fn mount(layer: LazyLayer, at: &Path) -> std::io::Result<fuser::BackgroundSe
         fuser::MountOption::Subtype("shoal".into()),
         fuser::MountOption::DefaultPermissions,
     ];
-    config.n_threads = Some(4);
+    // A read waiting for the network holds its thread: enough for lookups to go on beside them.
+    config.n_threads = Some(16);
     fuser::spawn_mount(layer, at, &config)
 }
 

@@ -10,6 +10,7 @@
 //! with device nodes) leaves that one layer to containerd's own path, with a log line.
 
 mod lazy;
+mod metrics;
 mod stage;
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +31,7 @@ pub const IMAGE_REF: &str = "containerd.io/snapshot/cri.image-ref";
 pub const IMAGE_LAYERS: &str = "containerd.io/snapshot/cri.image-layers";
 
 pub use lazy::{EAGER, INDEX_WAIT, LAZY};
+pub use metrics::LazyMetrics;
 pub use stage::{internal, sweep};
 
 /// One layer of an image, as the labels name it.
@@ -203,6 +205,11 @@ impl Remote {
                 }
             }
         }
+    }
+
+    /// What lazy layers do (for `/metrics`: [`LazyMetrics::register`]).
+    pub fn metrics(&self) -> &LazyMetrics {
+        &self.mounted.metrics
     }
 
     /// Unmounts the lazy layer mounted over snapshot `id`, if one is (before its files go).

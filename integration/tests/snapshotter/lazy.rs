@@ -47,7 +47,7 @@ fn lazy_mounts(dir: &Path) -> usize {
 async fn a_layer_the_swarm_has_an_index_of_is_mounted_lazily_and_its_container_runs() {
     let dir = tempfile::tempdir().unwrap();
     let image = Image::of_gzip_layers(cat_tars(dir.path()));
-    let remote = Remote::start_in(dir, image, true).await;
+    let remote = Remote::start_in(dir, image, true, |b| b).await;
     let digests: Vec<String> = remote
         .image
         .layers
@@ -124,4 +124,70 @@ async fn a_layer_the_swarm_has_an_index_of_is_mounted_lazily_and_its_container_r
         lazy_mounts(remote.dir.path()) == 0
     })
     .await;
+}
+
+/// A layer of `cat`, then `big.bin` (48 MiB, random) and `last.txt`, stored last.
+fn image_with_a_big_file(dir: &Path) -> Image {
+    let root = dir.join("big");
+    shoal_integration::registry::copy_cat(&root);
+    std::fs::write(
+        root.join("big.bin"),
+        shoal_integration::random_bytes(48 << 20),
+    )
+    .unwrap();
+    std::fs::write(root.join("last.txt"), "the last file\n").unwrap();
+    Image::of_gzip_layers(vec![tar_dir(&root).unwrap()])
+}
+
+/// Registry stopped after the mount: the read is served from a peer (the seed). Then the
+/// seed gone too: a read of what the node does not hold fails with EIO once the origin was
+/// tried, and the snapshotter's log names the layer and the range.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_come_from_peers_without_the_registry_and_fail_cleanly_without_any_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = image_with_a_big_file(dir.path());
+    // The node's link: 1 MB/s, so the layer's background download is far from done when the
+    // sources go; the swarm is given up on after 2 s.
+    let remote = Remote::start_in(dir, image, true, |b| {
+        b.setting("limits", "download_rate = 1000000")
+            .stall_timeout("2s")
+    })
+    .await;
+    let layer = shoal_integration::sha256(&remote.image.layers[0]);
+    index_built(&remote, &layer).await;
+    let out = shoal_pull(&remote).await;
+    assert!(out.status.success(), "shoal pull: {}", text(&out));
+    drop(remote._registry);
+
+    let out = run(
+        &remote.ctd,
+        &remote.reference,
+        "peers",
+        &["/bin/cat", "/last.txt"],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "the last file\n");
+    let from_origin = remote.cluster.daemons[0]
+        .metric("shoal_download_bytes_total{source=\"origin\"}")
+        .await;
+    assert_eq!(from_origin, 0, "the registry is gone: all from the seed");
+
+    let mut cluster = remote.cluster;
+    drop(cluster.seed.take());
+    let out = run(
+        &remote.ctd,
+        &remote.reference,
+        "none",
+        &["/bin/cat", "/big.bin"],
+    )
+    .await;
+    assert!(!out.status.success(), "read with every source gone");
+    assert!(text(&out).contains("Input/output error"), "{}", text(&out));
+    let log = std::fs::read_to_string(remote.dir.path().join("snapshotter.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("a lazy read failed"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains(&layer) && line.contains("big.bin"), "{line}");
 }

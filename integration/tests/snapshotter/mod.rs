@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use shoal_integration::cluster::Cluster;
+use shoal_integration::cluster::{Cluster, ClusterBuilder};
 use shoal_integration::process::{ChildGuard, shoal, wait_until};
 use shoal_integration::registry::{Access, Image, TestRegistry, tar_dir};
 use shoal_integration::runtimes::Containerd;
@@ -51,13 +51,15 @@ fn snapshotter(root: &Path, socket: &Path, log: &Path, mirror: &str) -> ChildGua
 /// A registry holding the `cat` image as `test/cat:v1`, and a cluster of one node whose mirror
 /// maps the registry's host; the image's reference.
 async fn registry_and_node(dir: &Path) -> (TestRegistry, Image, String, Cluster) {
-    registry_and_node_with(dir, image_with_cat(dir)).await
+    registry_and_node_with(dir, image_with_cat(dir), |b| b).await
 }
 
-/// [`registry_and_node`] with another image as `test/cat:v1`.
+/// [`registry_and_node`] with another image as `test/cat:v1`, the cluster as `configure`
+/// makes it.
 async fn registry_and_node_with(
     dir: &Path,
     image: Image,
+    configure: fn(ClusterBuilder) -> ClusterBuilder,
 ) -> (TestRegistry, Image, String, Cluster) {
     let registry = TestRegistry::start(&dir.join("registry"), &Access::Anonymous)
         .await
@@ -67,11 +69,13 @@ async fn registry_and_node_with(
         .await
         .unwrap();
     let host = registry.url().trim_start_matches("http://").to_owned();
-    let cluster = Cluster::builder()
-        .daemons(1)
-        .registry(&host, &registry.url())
-        .start()
-        .await;
+    let cluster = configure(
+        Cluster::builder()
+            .daemons(1)
+            .registry(&host, &registry.url()),
+    )
+    .start()
+    .await;
     (registry, image, format!("{host}/test/cat:v1"), cluster)
 }
 
@@ -274,12 +278,18 @@ impl Remote {
     async fn start_with(remote: bool) -> Remote {
         let dir = tempfile::tempdir().unwrap();
         let image = image_with_cat(dir.path());
-        Remote::start_in(dir, image, remote).await
+        Remote::start_in(dir, image, remote, |b| b).await
     }
 
-    /// With `image` as `test/cat:v1`.
-    async fn start_in(dir: tempfile::TempDir, image: Image, remote: bool) -> Remote {
-        let (registry, image, reference, cluster) = registry_and_node_with(dir.path(), image).await;
+    /// With `image` as `test/cat:v1`, the cluster as `configure` makes it.
+    async fn start_in(
+        dir: tempfile::TempDir,
+        image: Image,
+        remote: bool,
+        configure: fn(ClusterBuilder) -> ClusterBuilder,
+    ) -> Remote {
+        let (registry, image, reference, cluster) =
+            registry_and_node_with(dir.path(), image, configure).await;
         let socket = dir.path().join("snapshotter.sock");
         let mirror = match remote {
             true => format!("http://127.0.0.1:{}", cluster.daemons[0].proxy_port),

@@ -23,6 +23,7 @@ use shoal_p2p::Digest;
 use shoal_p2p::api::{COMPLETE_HEADER, LAZY_HEADER, TASK_FILE_HEADER};
 use shoal_seed::gzindex::{LAYER_INDEX_MAGIC, LayerIndex};
 
+use super::metrics::LazyMetrics;
 use super::stage::Source;
 use super::{LayerRef, blocking, chain_id, parent_chain};
 use crate::error::{Error, Result};
@@ -42,14 +43,17 @@ const COMPLETE_CHECK: Duration = Duration::from_secs(5);
 /// How long a read waits for a node too busy to start the layer's download.
 const BUSY_FOR: Duration = Duration::from_secs(30);
 
-/// The FUSE mounts of lazy layers, by snapshot id.
+/// The FUSE mounts of lazy layers, by snapshot id, and what they do.
 #[derive(Default)]
-pub(super) struct Mounted(Mutex<HashMap<u64, fuser::BackgroundSession>>);
+pub(super) struct Mounted {
+    sessions: Mutex<HashMap<u64, fuser::BackgroundSession>>,
+    pub metrics: LazyMetrics,
+}
 
 impl Mounted {
     /// Unmounts what is mounted over snapshot `id` (nothing if nothing is).
     pub(super) fn unmount(&self, id: u64, at: &std::path::Path) {
-        let session = self.0.lock().expect("mounts lock").remove(&id);
+        let session = self.sessions.lock().expect("mounts lock").remove(&id);
         if let Some(session) = session
             && let Err(e) = session.umount_and_join()
         {
@@ -60,7 +64,7 @@ impl Mounted {
     }
 
     fn holds(&self, id: u64) -> bool {
-        self.0.lock().expect("mounts lock").contains_key(&id)
+        self.sessions.lock().expect("mounts lock").contains_key(&id)
     }
 }
 
@@ -136,19 +140,31 @@ async fn attach(
     id: u64,
     index: LayerIndex,
 ) -> Result<()> {
+    let metrics = mounted.metrics.clone();
+    let since = std::time::Instant::now();
     let spans = NodeSpans {
         source: source.clone(),
         digest,
         handle: tokio::runtime::Handle::current(),
         file: Mutex::default(),
+        metrics: metrics.clone(),
+        since,
+        read: std::sync::atomic::AtomicBool::new(false),
     };
+    let layer_bytes = index.index.compressed_size;
     let fs = LazyLayer::new(index.index, index.files, Box::new(spans));
     let dir = snapshotter.fs_dir(id);
     let session = tokio::task::spawn_blocking(move || crate::lazy::mount(fs, &dir))
         .await
         .map_err(|e| Error::Remote(format!("FUSE mount: {e}")))?
         .map_err(|e| Error::Remote(format!("FUSE mount: {e}")))?;
-    mounted.0.lock().expect("mounts lock").insert(id, session);
+    mounted
+        .sessions
+        .lock()
+        .expect("mounts lock")
+        .insert(id, session);
+    metrics.mounted.inc();
+    metrics.layer_bytes.inc_by(layer_bytes);
     // The first byte asked starts the whole layer's download in the node: the background
     // completion. Asked again now and then until the node holds it all (a download that
     // failed starts over), while the layer is mounted.
@@ -157,7 +173,10 @@ async fn attach(
         let mut warned = false;
         while mounted.holds(id) {
             match present(&source, digest, 0..1).await {
-                Ok((_, true)) => break,
+                Ok((_, true)) => {
+                    metrics.complete.observe(since.elapsed().as_secs_f64());
+                    break;
+                }
                 Ok(_) => {}
                 Err(e) if !warned => {
                     warned = true;
@@ -247,6 +266,10 @@ struct NodeSpans {
     handle: tokio::runtime::Handle,
     /// The task file once opened, and whether the node held the whole layer then.
     file: Mutex<Option<(Arc<File>, bool)>>,
+    metrics: LazyMetrics,
+    /// When the layer was mounted, and whether a read came since.
+    since: std::time::Instant,
+    read: std::sync::atomic::AtomicBool,
 }
 
 impl NodeSpans {
@@ -290,11 +313,18 @@ impl Spans for NodeSpans {
         if range.is_empty() {
             return Ok(Vec::new());
         }
+        if !self.read.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            let waited = self.since.elapsed().as_secs_f64();
+            self.metrics.first_read.observe(waited);
+        }
         let held = self.file.lock().expect("task file lock").clone();
         let file = match held {
             // The whole layer is here, checked: no need to ask.
             Some((file, true)) => file,
-            _ => self.present(range.clone())?,
+            _ => {
+                self.metrics.read_bytes.inc_by(range.end - range.start);
+                self.present(range.clone())?
+            }
         };
         let len = usize::try_from(range.end - range.start).map_err(std::io::Error::other)?;
         let mut buf = vec![0; len];

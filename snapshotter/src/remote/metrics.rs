@@ -1,0 +1,64 @@
+//! What lazy layers do, for `/metrics`: how much of a layer its reads needed, how soon the
+//! first read came, how long the background took to bring the rest.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug)]
+pub struct LazyMetrics {
+    /// Layers mounted lazily (again after a restart included).
+    pub mounted: Counter,
+    /// Compressed bytes of the layers mounted.
+    pub layer_bytes: Counter,
+    /// Compressed bytes reads asked the node for (the spans around what was read).
+    pub read_bytes: Counter,
+    /// From a layer's mount to its first read.
+    pub first_read: Histogram,
+    /// From a layer's mount to the node holding all of it.
+    pub complete: Histogram,
+}
+
+impl Default for LazyMetrics {
+    fn default() -> Self {
+        // 10 ms to about 20 min.
+        let seconds = || Histogram::new(exponential_buckets(0.01, 2.0, 18));
+        LazyMetrics {
+            mounted: Counter::default(),
+            layer_bytes: Counter::default(),
+            read_bytes: Counter::default(),
+            first_read: seconds(),
+            complete: seconds(),
+        }
+    }
+}
+
+impl LazyMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "shoal_lazy_layers_mounted",
+            "Layers mounted lazily (FUSE) instead of unpacked",
+            self.mounted.clone(),
+        );
+        registry.register(
+            "shoal_lazy_layer_bytes",
+            "Compressed bytes of the layers mounted lazily",
+            self.layer_bytes.clone(),
+        );
+        registry.register(
+            "shoal_lazy_read_bytes",
+            "Compressed bytes of lazy layers that reads needed before the layer was whole",
+            self.read_bytes.clone(),
+        );
+        registry.register(
+            "shoal_lazy_first_read_seconds",
+            "From a lazy layer's mount to its first read",
+            self.first_read.clone(),
+        );
+        registry.register(
+            "shoal_lazy_complete_seconds",
+            "From a lazy layer's mount to the node holding all of it",
+            self.complete.clone(),
+        );
+    }
+}

@@ -338,6 +338,10 @@ pub struct SnapshotterArgs {
     /// Unpack every layer: never mount one lazily (FUSE), even when the swarm has its index.
     #[arg(long)]
     pub eager: bool,
+    /// On the first host to run a lazy layer, how long after its first read the reads are
+    /// recorded and published as the layer's prefetch list (default 15s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub record_for: Option<std::time::Duration>,
 }
 
 impl SnapshotterArgs {
@@ -354,6 +358,7 @@ impl SnapshotterArgs {
             docker_config: self.docker_config.clone(),
             containerd: Some(self.containerd.clone()),
             lazy: Some(!self.eager),
+            record_for: self.record_for,
         };
         Ok(config.setup(&data_dir, None)?)
     }

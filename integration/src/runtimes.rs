@@ -105,6 +105,16 @@ impl Drop for Containerd {
     }
 }
 
+/// Detaches whatever is mounted under its directory when dropped (a killed snapshotter's FUSE
+/// mounts stay, dead, until they are).
+pub struct UnmountOnDrop(pub PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        unmount_under(&self.0);
+    }
+}
+
 /// Unmounts whatever a runtime left mounted under `dir` (deepest first).
 fn unmount_under(dir: &Path) {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();

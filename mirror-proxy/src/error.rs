@@ -54,6 +54,15 @@ pub enum Error {
     /// A lazy layer's request (`x-shoal-lazy`) this node cannot answer.
     #[error("{0}")]
     NotLazy(String),
+    /// A lazy layer's request that is wrong (a prefetch list that is not one).
+    #[error("{0}")]
+    BadLazy(String),
+    /// The layer's prefetch list was published already (the first one stands).
+    #[error("{0}")]
+    Published(String),
+    /// The client may not read the blob it asked to publish for.
+    #[error("the registry does not let this client read {0}")]
+    Denied(String),
     /// The task could not start: the origin refused, or this host failed.
     #[error(transparent)]
     Task(Arc<shoal_p2p::Error>),
@@ -81,7 +90,9 @@ impl Error {
             }
             Error::NotMirrored => (StatusCode::NOT_FOUND, "UNSUPPORTED", None),
             Error::NotLazy(_) => (StatusCode::NOT_FOUND, "BLOB_UNKNOWN", Some("proxy")),
-            Error::NotAllowed(_) => (StatusCode::FORBIDDEN, "DENIED", None),
+            Error::NotAllowed(_) | Error::Denied(_) => (StatusCode::FORBIDDEN, "DENIED", None),
+            Error::BadLazy(_) => (StatusCode::BAD_REQUEST, "UNSUPPORTED", Some("proxy")),
+            Error::Published(_) => (StatusCode::CONFLICT, "UNSUPPORTED", Some("proxy")),
             Error::BadPath { code, .. } => (StatusCode::BAD_REQUEST, *code, None),
             Error::RangeNotSatisfiable { .. } => {
                 (StatusCode::RANGE_NOT_SATISFIABLE, "RANGE_INVALID", None)

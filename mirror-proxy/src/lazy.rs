@@ -3,21 +3,28 @@
 //! any blob):
 //! * `index`: the layer's gzip index, from the swarm only (a seed builds it; the registry would
 //!   answer the layer). 404 when the swarm has none.
+//! * `prefetch`: the layer's prefetch list (the spans the first host to run it read first),
+//!   from the swarm only. 404 when the swarm has none.
 //! * `present`, with a `Range`: those bytes of the layer are made present in this node's task
 //!   file (pieces asked for before any other; the rest of the layer keeps coming in the
 //!   background), then a 204 names the file (`x-shoal-task-file`): the bytes themselves never
 //!   cross the socket, the snapshotter reads the file. `x-shoal-complete: 1` once the whole
 //!   layer is here, checked against its digest.
 //!
-//! Neither ever passes through to the registry, and content the client's registry does not
+//! A blob PUT with `x-shoal-lazy: prefetch` publishes the layer's prefetch list (the body),
+//! as this node's, for a layer this node holds for the client: 201, or 409 when the swarm has
+//! a list already (the first one stands).
+//!
+//! None ever passes through to the registry, and content the client's registry does not
 //! vouch for is not offered.
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Response, StatusCode};
-use shoal_p2p::id::GZIP_INDEX;
+use shoal_p2p::api::PrefetchList;
+use shoal_p2p::id::{GZIP_INDEX, PREFETCH};
 use shoal_p2p::origin::upstream_of;
-use shoal_p2p::{DownloadRequest, IdOptions};
+use shoal_p2p::{DownloadRequest, IdOptions, TaskId};
 
 use crate::answer::{parse_range, vouched};
 use crate::error::{Body, Error, full};
@@ -30,6 +37,7 @@ use shoal_p2p::api::{COMPLETE_HEADER, MAX_GZIP_INDEX, TASK_FILE_HEADER};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Lazy {
     Index,
+    Prefetch,
     Present,
 }
 
@@ -38,8 +46,11 @@ pub(crate) fn kind(headers: &HeaderMap) -> Option<Result<Lazy, Error>> {
     let v = headers.get(HEADER)?;
     Some(match v.as_bytes() {
         b"index" => Ok(Lazy::Index),
+        b"prefetch" => Ok(Lazy::Prefetch),
         b"present" => Ok(Lazy::Present),
-        _ => Err(Error::NotLazy(format!("{HEADER} must be index or present"))),
+        _ => Err(Error::NotLazy(format!(
+            "{HEADER} must be index, prefetch or present"
+        ))),
     })
 }
 
@@ -52,15 +63,8 @@ pub(crate) async fn serve(
 ) -> Response<Body> {
     let upstream = upstream_of(&blob.origin.url);
     let req = match lazy {
-        Lazy::Index => DownloadRequest {
-            id_options: IdOptions {
-                application: Some(GZIP_INDEX.into()),
-                ..Default::default()
-            },
-            digest: None,
-            task_id: None,
-            ..blob
-        },
+        Lazy::Index => derived(blob, GZIP_INDEX),
+        Lazy::Prefetch => derived(blob, PREFETCH),
         Lazy::Present => blob,
     };
     let task = req.task_id();
@@ -79,7 +83,10 @@ pub(crate) async fn serve(
         Lazy::Index if len > MAX_GZIP_INDEX => {
             return Error::NotLazy(format!("an index of {len} bytes")).into_response();
         }
-        Lazy::Index => 0..len,
+        Lazy::Prefetch if len > PrefetchList::MAX_BYTES => {
+            return Error::NotLazy(format!("a prefetch list of {len} bytes")).into_response();
+        }
+        Lazy::Index | Lazy::Prefetch => 0..len,
         Lazy::Present => match parse_range(parts.headers.get(header::RANGE), len) {
             Ok(Some(r)) => r,
             Ok(None) => {
@@ -97,7 +104,7 @@ pub(crate) async fn serve(
         .header("x-dragonfly-task-id", task.as_str())
         .header("x-shoal-content-length", len);
     match lazy {
-        Lazy::Index => match tokio::fs::read(&path).await {
+        Lazy::Index | Lazy::Prefetch => match tokio::fs::read(&path).await {
             Ok(bytes) => answer
                 .header(header::CONTENT_TYPE, "application/octet-stream")
                 .body(full(bytes.into()))
@@ -123,5 +130,67 @@ pub(crate) async fn serve(
                 .body(full(bytes::Bytes::new()))
                 .expect("valid response")
         }
+    }
+}
+
+/// The request for content derived from the layer `blob` (its index, its prefetch list): the
+/// blob's URL and credentials with the `application` that names it.
+fn derived(blob: DownloadRequest, application: &str) -> DownloadRequest {
+    DownloadRequest {
+        id_options: IdOptions {
+            application: Some(application.into()),
+            ..Default::default()
+        },
+        digest: None,
+        task_id: None,
+        ..blob
+    }
+}
+
+/// Publishes `body` as the prefetch list of the layer `blob`, which the client may read (its
+/// credentials were checked) and this node holds, from an upstream the client's registry is.
+pub(crate) async fn publish(ctx: &Ctx, blob: DownloadRequest, body: &[u8]) -> Response<Body> {
+    let upstream = upstream_of(&blob.origin.url);
+    let layer = blob.task_id();
+    let Some(digest) = blob.digest else {
+        return Error::BadLazy("a prefetch list is published for a layer's blob URL".into())
+            .into_response();
+    };
+    let meta = match ctx.downloader.store().meta(&layer).await {
+        Ok(Some(meta)) if vouched(&meta.sources, &upstream) => meta,
+        Ok(_) => {
+            return Error::NotLazy(format!("this node holds no layer {layer} from {upstream}"))
+                .into_response();
+        }
+        Err(e) => return Error::Task(std::sync::Arc::new(e)).into_response(),
+    };
+    if let Err(why) = PrefetchList::from_bytes(body, meta.layout.content_length) {
+        return Error::BadLazy(format!("layer {layer}: {why}")).into_response();
+    }
+    // Asked first (which also names the task to the swarm): the first list stands.
+    let req = derived(blob, PREFETCH);
+    match ctx.downloader.read(req.clone()).await {
+        Ok(_) => {
+            return Error::Published(format!("layer {layer} has a prefetch list already"))
+                .into_response();
+        }
+        Err(e) if matches!(&*e, shoal_p2p::Error::NotInSwarm { .. }) => {}
+        Err(e) => return Error::Task(e).into_response(),
+    }
+    let id = TaskId::prefetch(&digest);
+    let published = ctx
+        .downloader
+        .publish(&id, req.origin.display_url(), body.to_vec(), meta.sources)
+        .await;
+    match published {
+        Ok(_) => {
+            tracing::info!(%layer, bytes = body.len(), "prefetch list published");
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .header("x-dragonfly-task-id", id.as_str())
+                .body(full(bytes::Bytes::new()))
+                .expect("valid response")
+        }
+        Err(e) => Error::Task(std::sync::Arc::new(e)).into_response(),
     }
 }

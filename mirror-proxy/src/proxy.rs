@@ -25,9 +25,11 @@ use crate::answer::{Vouch, serve_task};
 use crate::ca::Ca;
 use crate::config::{Compiled, ProxyConfig};
 use crate::error::{Body, BoxError, Error};
+use crate::lazy::Lazy;
 use crate::manifests::{Manifests, manifest};
 use crate::metrics::{Kind, ProxyMetrics};
 use crate::route::{self, BadPath, V2};
+use shoal_p2p::api::PrefetchList;
 
 /// Everything a request handler needs.
 pub(crate) struct Ctx {
@@ -57,8 +59,7 @@ where
     if head_size(&req) > ctx.limits.max_header_bytes {
         return Error::HeadTooLarge.into_response();
     }
-    let (parts, body) = req.into_parts();
-    let body = Some(reqwest::Body::wrap_stream(body.into_data_stream()));
+    let (parts, raw) = req.into_parts();
     let uri = parts.uri.clone();
     let path = uri.path();
     let is_v2 = path == "/v2" || path.starts_with("/v2/");
@@ -88,6 +89,21 @@ where
                 let url = route::join(&base, path, query.as_deref());
                 blob(&ctx, url, &digest, &name, &parts).await
             }
+            Ok(V2::Blob { name, digest })
+                if parts.method == Method::PUT
+                    && matches!(crate::lazy::kind(&parts.headers), Some(Ok(Lazy::Prefetch))) =>
+            {
+                ctx.metrics.request(Kind::Blob);
+                let url = route::join(&base, path, query.as_deref());
+                let limit = PrefetchList::MAX_BYTES as usize;
+                let read = http_body_util::Limited::new(raw, limit).collect().await;
+                match read {
+                    Ok(b) => {
+                        publish_prefetch(&ctx, url, &digest, &name, &parts, &b.to_bytes()).await
+                    }
+                    Err(e) => Error::BadLazy(format!("the prefetch list: {e}")).into_response(),
+                }
+            }
             Ok(V2::Manifest { name, reference })
                 if parts.method == Method::GET || parts.method == Method::HEAD =>
             {
@@ -98,7 +114,7 @@ where
             Ok(_) => {
                 ctx.metrics.request(Kind::Pass);
                 let url = route::join(&base, path, query.as_deref());
-                passthrough(&ctx, url, parts, body).await
+                passthrough(&ctx, url, parts, upload(raw)).await
             }
         }
     } else {
@@ -110,10 +126,19 @@ where
             }
             None => {
                 ctx.metrics.request(Kind::Pass);
-                passthrough(&ctx, url, parts, body).await
+                passthrough(&ctx, url, parts, upload(raw)).await
             }
         }
     }
+}
+
+/// A request's body, passed on upstream.
+fn upload<B>(raw: B) -> Option<reqwest::Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    Some(reqwest::Body::wrap_stream(raw.into_data_stream()))
 }
 
 /// The size of a request's head: its target and headers. (hyper bounds its read buffer, not
@@ -164,6 +189,30 @@ async fn blob(ctx: &Ctx, url: Url, digest: &Digest, name: &str, parts: &Parts) -
         HeaderValue::from_str(&format!("\"{digest}\"")).expect("ASCII"),
     );
     serve_task(ctx, req, parts, extra, Vouch::Sources).await
+}
+
+/// Publishes a layer's prefetch list for a client the registry lets read the layer.
+async fn publish_prefetch(
+    ctx: &Ctx,
+    url: Url,
+    digest: &Digest,
+    name: &str,
+    parts: &Parts,
+    list: &[u8],
+) -> Response<Body> {
+    let headers = origin_headers(&parts.headers);
+    match ctx.access.check(&url, &headers, Probe::Head).await {
+        Ok(true) => {}
+        Ok(false) => return Error::Denied(format!("{name}@{digest}")).into_response(),
+        Err(e) => return Error::unreachable(&url, e).into_response(),
+    }
+    let req = DownloadRequest {
+        origin: OriginRequest { url, headers },
+        id_options: IdOptions::default(),
+        digest: Some(*digest),
+        task_id: Some(TaskId::for_blob(digest)),
+    };
+    crate::lazy::publish(ctx, req, list).await
 }
 
 /// Whether the blob `digest` is complete here and came only from upstreams that served it with

@@ -7,7 +7,9 @@
 //!   application. These are Dragonfly's rules (see `reference/dragonfly-compat.md` §4).
 //! * A blob URL with the application [`GZIP_INDEX`] names the seekable index of that gzip layer
 //!   (lazy pulling): a small task of its own, derived from the layer's digest, that only a seed
-//!   builds and peers pass on (see [`TaskId::gzip_index`]).
+//!   builds and peers pass on (see [`TaskId::gzip_index`]). With [`PREFETCH`], it names the
+//!   layer's prefetch list: the spans the first host to run it read first, published by that
+//!   host (see [`TaskId::prefetch`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -54,6 +56,8 @@ pub const DEFAULT_FILTERED_QUERY_PARAMS: &[&str] = &[
 
 /// The application that makes a blob URL name the layer's gzip index instead of the layer.
 pub const GZIP_INDEX: &str = "shoal.gzip-index.v1";
+/// The application that makes a blob URL name the layer's prefetch list.
+pub const PREFETCH: &str = "shoal.prefetch.v1";
 
 /// What besides the URL goes into a URL task's identity.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -122,7 +126,7 @@ impl TaskId {
     pub fn for_url(url: &Url, opts: &IdOptions) -> TaskId {
         if let Some(digest) = oci_blob_digest(url) {
             return match opts.application.as_deref() {
-                Some(GZIP_INDEX) => TaskId::gzip_index(&digest),
+                Some(app @ (GZIP_INDEX | PREFETCH)) => TaskId::of_layer(app, &digest),
                 _ => TaskId::for_blob(&digest),
             };
         }
@@ -163,8 +167,17 @@ impl TaskId {
     /// The id of the gzip index of the layer `layer` (whose own id is its digest): the SHA-256
     /// of a name for the index format and the digest, so it is neither a blob id nor any URL's.
     pub fn gzip_index(layer: &Digest) -> TaskId {
+        TaskId::of_layer(GZIP_INDEX, layer)
+    }
+
+    /// The id of the prefetch list of the layer `layer`, made as [`TaskId::gzip_index`] is.
+    pub fn prefetch(layer: &Digest) -> TaskId {
+        TaskId::of_layer(PREFETCH, layer)
+    }
+
+    fn of_layer(application: &str, layer: &Digest) -> TaskId {
         let mut h = sha2::Sha256::new();
-        h.update(GZIP_INDEX.as_bytes());
+        h.update(application.as_bytes());
         h.update([0u8]);
         h.update(layer.to_string().as_bytes());
         TaskId(hex::encode(h.finalize()))
@@ -301,6 +314,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(TaskId::for_url(&url, &app).as_str(), D);
+        // The layer's prefetch list is a third task.
+        let prefetch = IdOptions {
+            application: Some(PREFETCH.into()),
+            ..Default::default()
+        };
+        let list = TaskId::for_url(&url, &prefetch);
+        assert_eq!(list, TaskId::prefetch(&D.parse().unwrap()));
+        assert_ne!(list, id);
+        assert_ne!(list.as_str(), D);
         // A seed job for it passes the scheduler's check.
         let task = crate::proto::Task {
             id: id.to_string(),

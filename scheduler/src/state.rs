@@ -159,6 +159,11 @@ impl State {
         let Some(entry) = self.tasks.get_mut(task_id) else {
             return Merge::UnknownTask;
         };
+        // A prefetch list's first complete announcement makes its host the author (the one
+        // who knows it, as a fetcher knows what it fetched).
+        if entry.authored() && entry.fetcher.is_none() && entry.length.is_none() && whole(pieces) {
+            entry.fetcher = Some(host_id.to_owned());
+        }
         let fetcher = entry.fetcher.as_deref() == Some(host_id) && !entry.seed_only();
         let knows = is_seed || fetcher;
         let mut disputed = false;
@@ -282,6 +287,7 @@ impl State {
         // While a fetcher's failure is recent, the watchers fetch from the origin themselves.
         if entry.recent_failure().is_some()
             || entry.task.url.is_empty()
+            || entry.authored()
             || entry.covered(&self.hosts)
         {
             return Assigned::default();
@@ -407,6 +413,19 @@ impl State {
             !e.holders.is_empty() || e.last_active.elapsed() < idle
         });
     }
+}
+
+/// Whether `pieces` announces a whole task: its length, every piece held, every digest.
+fn whole(pieces: &PieceSet) -> bool {
+    let Some(n) = shoal_p2p::Layout::for_length(pieces.content_length).map(|l| l.piece_count())
+    else {
+        return false;
+    };
+    let mut digests = Bitmap::new(n);
+    for d in pieces.digests.iter().filter(|d| d.number < n) {
+        digests.set(d.number);
+    }
+    pieces.length_known && Bitmap::from_bytes(&pieces.bitmap, n).is_full() && digests.is_full()
 }
 
 #[cfg(test)]

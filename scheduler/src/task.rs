@@ -77,6 +77,17 @@ impl TaskEntry {
             == Some(shoal_p2p::id::GZIP_INDEX)
     }
 
+    /// Whether the task is a layer's prefetch list: nobody fetches it, the first host to
+    /// announce all of it (before anyone told its length) is its author, and what it said
+    /// defines it.
+    pub fn authored(&self) -> bool {
+        self.task
+            .id_options
+            .as_ref()
+            .and_then(|o| o.application.as_deref())
+            == Some(shoal_p2p::id::PREFETCH)
+    }
+
     pub(crate) fn new(task: Task) -> Self {
         TaskEntry {
             task,

@@ -182,6 +182,32 @@ impl Registry {
         self.get_with(&url, repository, extra).await
     }
 
+    /// A PUT of `body` to the blob's URL with `extra` headers and the credentials already held
+    /// for the repository (a mirror's own requests: a lazy layer's prefetch list).
+    pub async fn put_blob_with(
+        &self,
+        repository: &str,
+        digest: Digest,
+        extra: &http::HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response> {
+        check_reference(repository, &digest.to_string())?;
+        let url = self.url(repository, "blobs", &digest.to_string());
+        let held = match &self.credentials {
+            Credentials::Header(h) => Some(h.clone()),
+            _ => self.tokens.get(&format!("repository:{repository}:pull")),
+        };
+        let mut rb = self.http.put(url.clone()).headers(extra.clone()).body(body);
+        if let Some(a) = held {
+            rb = rb.header(AUTHORIZATION, a);
+        }
+        let resp = rb.send().await.map_err(|e| Error::Transport {
+            url: shoal_p2p::origin::display_url(&url),
+            source: e.without_url(),
+        })?;
+        checked(resp, &url)
+    }
+
     /// A small blob (an image's config), checked against its digest.
     pub async fn small_blob(&self, repository: &str, digest: Digest) -> Result<bytes::Bytes> {
         let url = self.url(repository, "blobs", &digest.to_string());

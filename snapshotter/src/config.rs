@@ -33,6 +33,10 @@ pub struct SnapshotterConfig {
     /// Whether a layer whose index the swarm holds is mounted lazily (FUSE) instead of
     /// unpacked (default true; off without `/dev/fuse`).
     pub lazy: Option<bool>,
+    /// How long after a lazy layer's first read, on the first host to run it, its reads are
+    /// recorded for the next hosts' prefetch (default 15s).
+    #[serde(with = "humantime_serde")]
+    pub record_for: Option<std::time::Duration>,
 }
 
 /// containerd's socket where it usually is.
@@ -128,6 +132,9 @@ impl SnapshotterConfig {
                 .map(|m| {
                     let mut remote = Remote::new(m, docker_config)?;
                     remote.lazy = self.lazy.unwrap_or(true) && fuse_available();
+                    if let Some(d) = self.record_for {
+                        remote.set_record_for(d);
+                    }
                     Ok::<_, crate::Error>(remote)
                 })
                 .transpose()?,

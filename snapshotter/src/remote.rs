@@ -152,6 +152,14 @@ impl Remote {
         })
     }
 
+    /// How long after a lazy layer's first read its reads are recorded for its prefetch list
+    /// (before the snapshotter serves).
+    pub fn set_record_for(&mut self, d: std::time::Duration) {
+        if let Some(m) = Arc::get_mut(&mut self.mounted) {
+            m.record_for = d;
+        }
+    }
+
     /// After a (re)start: the lazy layers' mounts are gone (a stop unmounts them, a crash
     /// leaves them dead). Each committed lazy snapshot is mounted again, or, when its index
     /// cannot be had, the layer is unpacked into its directory: never left empty.

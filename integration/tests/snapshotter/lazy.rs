@@ -191,3 +191,111 @@ async fn reads_come_from_peers_without_the_registry_and_fail_cleanly_without_any
         .unwrap_or_else(|| panic!("{log}"));
     assert!(line.contains(&layer) && line.contains("big.bin"), "{line}");
 }
+
+/// The log of a snapshotter once it has a line saying `what`.
+async fn logged(log: &Path, what: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let said = std::fs::read_to_string(log).unwrap_or_default();
+        if said.contains(what) {
+            return said;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no {what:?} in {}: {said}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Prefetch: the first host to run the layer publishes what its reads needed (2 s after the
+/// first, here); the next host's mount makes those spans present before the container reads,
+/// from the swarm (no byte from the registry). The list is the first host's: another is
+/// refused, as is one that is not a list, or one for a blob the registry does not show.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_hosts_reads_are_prefetched_on_the_next_host_from_the_swarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = image_with_a_big_file(dir.path());
+    let remote = Remote::start_in(dir, image, true, |b| b.daemons(2)).await;
+    let layer = shoal_integration::sha256(&remote.image.layers[0]);
+    index_built(&remote, &layer).await;
+
+    // The first host: its reads are recorded, then published.
+    let out = shoal_pull(&remote).await;
+    assert!(out.status.success(), "shoal pull: {}", text(&out));
+    let read = |id| {
+        run(
+            &remote.ctd,
+            &remote.reference,
+            id,
+            &["/bin/cat", "/last.txt"],
+        )
+    };
+    let out = read("first").await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "the last file\n");
+    let first_log = remote.dir.path().join("snapshotter.log");
+    logged(&first_log, "published for the next hosts' prefetch").await;
+
+    // The next host: its own containerd and snapshotter on the second node.
+    let second = remote.dir.path().join("second");
+    let socket = second.join("snapshotter.sock");
+    let log = second.join("snapshotter.log");
+    std::fs::create_dir_all(&second).unwrap();
+    let node = &remote.cluster.daemons[1];
+    let _snapshotter = snapshotter(
+        &second.join("snaps"),
+        &socket,
+        &log,
+        &format!("http://127.0.0.1:{}", node.proxy_port),
+    );
+    wait_until(Duration::from_secs(20), "snapshotter socket", || {
+        socket.exists()
+    })
+    .await;
+    let ctd = Containerd::start_with(
+        &second.join("containerd"),
+        &format!("[proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = {socket:?}\n"),
+    )
+    .await;
+    let out = pull_through(node, &ctd, &socket, &remote.reference).await;
+    assert!(out.status.success(), "shoal pull: {}", text(&out));
+    let said = logged(&log, "prefetched the layer's first reads").await;
+    assert!(!said.contains("prefetch stopped"), "{said}");
+    let out = run(&ctd, &remote.reference, "next", &["/bin/cat", "/last.txt"]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "the last file\n");
+    let from_origin = node
+        .metric("shoal_download_bytes_total{source=\"origin\"}")
+        .await;
+    assert_eq!(from_origin, 0, "the next host's bytes came from the swarm");
+    // It had a list: it records none of its own.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(!said.contains("published for the next hosts"), "{said}");
+
+    // The first list stands; what is not a list, or names no layer held, is refused.
+    let host = remote.reference.split('/').next().unwrap();
+    let put = |body: Vec<u8>, digest: String| {
+        let url = format!(
+            "http://127.0.0.1:{}/v2/test/cat/blobs/{digest}?ns={host}",
+            node.proxy_port
+        );
+        async move {
+            reqwest::Client::new()
+                .put(url)
+                .header("x-shoal-lazy", "prefetch")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let mut other = shoal_p2p::api::PrefetchList::default();
+    other.record(0..1);
+    assert_eq!(put(other.to_bytes(), layer.clone()).await, 409);
+    assert_eq!(put(b"SHOALPF1 nonsense".to_vec(), layer.clone()).await, 400);
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    assert_eq!(put(other.to_bytes(), unknown).await, 403);
+}

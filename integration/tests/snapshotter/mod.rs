@@ -33,10 +33,12 @@ fn cat_tars(dir: &Path) -> Vec<bytes::Bytes> {
     vec![tar_dir(&base).unwrap(), tar_dir(&top).unwrap()]
 }
 
-/// `shoal snapshotter` reading layers through `mirror` (`none`: containerd's path only).
+/// `shoal snapshotter` reading layers through `mirror` (`none`: containerd's path only); a
+/// lazy layer's first reads are published 2 s after the first.
 fn snapshotter(root: &Path, socket: &Path, log: &Path, mirror: &str) -> ChildGuard {
     let mut cmd = shoal();
     cmd.arg("snapshotter")
+        .args(["--record-for", "2s"])
         .arg("--root")
         .arg(root)
         .arg("--socket")
@@ -220,12 +222,21 @@ fn digests_and_chain_ids(image: &Image) -> (Vec<String>, String, String) {
     (digests, chain0, chain1)
 }
 
-/// A client of containerd's Snapshots API on its socket, as `shoal pull` and CRI drive it.
+/// The lease [`cri_prepare`]s are made under, as CRI's pulls are: what containerd's garbage
+/// collector must not remove while the image is not recorded yet.
+const LEASE: &str = "shoal-test-pull";
+
+/// A client of containerd's Snapshots API on its socket, as `shoal pull` and CRI drive it (the
+/// [`LEASE`] made).
 async fn snapshots_client(
-    socket: &Path,
+    ctd: &Containerd,
 ) -> shoal_snapshotter::proto::snapshots::snapshots_client::SnapshotsClient<tonic::transport::Channel>
 {
-    let channel = shoal_snapshotter::client::connect(socket).await.unwrap();
+    let lease = ctd.run(&["leases", "create", "--id", LEASE]).await;
+    assert!(lease.status.success(), "{}", text(&lease));
+    let channel = shoal_snapshotter::client::connect(&ctd.socket)
+        .await
+        .unwrap();
     shoal_snapshotter::proto::snapshots::snapshots_client::SnapshotsClient::new(channel)
 }
 
@@ -254,12 +265,16 @@ fn cri_prepare(
     );
     req.metadata_mut()
         .insert("containerd-namespace", "default".parse().unwrap());
+    req.metadata_mut()
+        .insert("containerd-lease", LEASE.parse().unwrap());
     req
 }
 
 /// A registry holding the `cat` image, a node whose mirror maps its host, `shoal snapshotter`
 /// reading through that mirror, and containerd with it as `proxy_plugins.shoal`.
 struct Remote {
+    /// First: dropped before the directory goes.
+    _mounts: shoal_integration::runtimes::UnmountOnDrop,
     dir: tempfile::TempDir,
     image: Image,
     reference: String,
@@ -307,6 +322,7 @@ impl Remote {
         )
         .await;
         Remote {
+            _mounts: shoal_integration::runtimes::UnmountOnDrop(dir.path().to_owned()),
             dir,
             image,
             reference,
@@ -332,7 +348,7 @@ async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetch
     let (dir, image, reference, ctd) = (&remote.dir, &remote.image, &remote.reference, &remote.ctd);
 
     let (digests, chain0, chain1) = digests_and_chain_ids(image);
-    let mut client = snapshots_client(&ctd.socket).await;
+    let mut client = snapshots_client(ctd).await;
     for (i, (parent, chain)) in [("", &chain0), (chain0.as_str(), &chain1)]
         .into_iter()
         .enumerate()
@@ -352,7 +368,8 @@ async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetch
         assert_eq!(
             status.code(),
             tonic::Code::AlreadyExists,
-            "layer {i}: {status:?}"
+            "layer {i}: {status:?}\n{}",
+            std::fs::read_to_string(dir.path().join("snapshotter.log")).unwrap_or_default()
         );
     }
     // containerd recorded both as committed (it asked our List and Stat).
@@ -373,7 +390,12 @@ async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetch
             &chain1,
         ])
         .await;
-    assert!(prepared.status.success(), "{}", text(&prepared));
+    assert!(
+        prepared.status.success(),
+        "{}\n{}",
+        text(&prepared),
+        std::fs::read_to_string(dir.path().join("snapshotter.log")).unwrap_or_default()
+    );
     let mnt = dir.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let mounts = ctd
@@ -440,18 +462,33 @@ async fn layers_prepared_with_cri_labels_come_from_the_node_and_containerd_fetch
 
 /// `shoal pull` of the `cat` image into `remote`'s containerd.
 async fn shoal_pull(remote: &Remote) -> Output {
-    let node = &remote.cluster.daemons[0];
+    pull_through(
+        &remote.cluster.daemons[0],
+        &remote.ctd,
+        &remote.dir.path().join("snapshotter.sock"),
+        &remote.reference,
+    )
+    .await
+}
+
+/// `shoal pull` of `reference` through `node` into `ctd`, whose snapshotter is at `socket`.
+async fn pull_through(
+    node: &shoal_integration::cluster::Node,
+    ctd: &Containerd,
+    socket: &Path,
+    reference: &str,
+) -> Output {
     let mut cmd = shoal();
     cmd.arg("pull")
-        .arg(&remote.reference)
+        .arg(reference)
         .arg("--address")
-        .arg(&remote.ctd.socket)
+        .arg(&ctd.socket)
         .arg("--mirror")
         .arg(format!("http://127.0.0.1:{}", node.proxy_port))
         .arg("--data-dir")
         .arg(node.data_dir.join("store"))
         .arg("--snapshotter-socket")
-        .arg(remote.dir.path().join("snapshotter.sock"));
+        .arg(socket);
     shoal_integration::process::run(cmd).await
 }
 

@@ -295,7 +295,7 @@ async fn a_layer_read_ahead_for_one_repository_is_not_given_to_another() {
     let (_, _snapshotter, ctd) =
         with_docker_config(dir.path(), &host, Some(&password), &mirror).await;
     let (digests, chain0, chain1) = digests_and_chain_ids(&image);
-    let mut client = snapshots_client(&ctd.socket).await;
+    let mut client = snapshots_client(&ctd).await;
     // test/cat's bottom layer: its top layer starts being read ahead, for test/cat.
     let req = cri_prepare("a-0", "", &chain0, &digests[0], &reference, &digests);
     let status = client.prepare(req).await.expect_err("made remotely");
@@ -354,14 +354,32 @@ async fn a_private_layers_index_and_bytes_go_only_to_a_client_the_registry_lets_
     let present = ask("present", Some(carol.clone())).await.unwrap();
     assert_eq!(present.status(), 204);
     assert!(present.headers().contains_key("x-shoal-task-file"));
-    // Nobody else gets the index (its file names) or has the node fetch the layer for them:
-    // the registry answers them, as it would without Shoal.
+    // A prefetch list (what a first start read) is published by one who may read the layer.
+    let mut list = shoal_p2p::api::PrefetchList::default();
+    list.record(0..100);
+    let put = |auth: Option<String>| {
+        let mut req = client
+            .put(&url)
+            .header("x-shoal-lazy", "prefetch")
+            .body(list.to_bytes());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    assert_eq!(put(Some(carol.clone())).await.unwrap().status(), 201);
+    let got = ask("prefetch", Some(carol.clone())).await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert!(got.bytes().await.unwrap().starts_with(b"SHOALPF1"));
+    // Nobody else gets the index (its file names) or the prefetch list (what was read), has
+    // the node fetch the layer for them, or publishes a list: the registry answers them, as
+    // it would without Shoal.
     let stranger = format!(
         "Bearer {}",
         p.tokens.token_for("repository:other/thing:pull")
     );
     for auth in [None, Some(stranger), Some("Basic bWFsbG9yeTp4".to_owned())] {
-        for lazy in ["index", "present"] {
+        for lazy in ["index", "present", "prefetch"] {
             let resp = ask(lazy, auth.clone()).await.unwrap();
             assert!(
                 resp.status() == 401 || resp.status() == 403,
@@ -371,6 +389,9 @@ async fn a_private_layers_index_and_bytes_go_only_to_a_client_the_registry_lets_
             assert!(!resp.headers().contains_key("x-shoal-task-file"));
             let body = resp.bytes().await.unwrap();
             assert!(!body.starts_with(b"SHOALGZL"), "{lazy} with {auth:?}");
+            assert!(!body.starts_with(b"SHOALPF1"), "{lazy} with {auth:?}");
         }
+        let status = put(auth.clone()).await.unwrap().status();
+        assert_eq!(status, 403, "publish with {auth:?}");
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::digest::Digest;
-use crate::id::{GZIP_INDEX, IdOptions, TaskId};
+use crate::id::{GZIP_INDEX, IdOptions, PREFETCH, TaskId};
 use crate::origin::OriginRequest;
 use crate::store::TaskMeta;
 
@@ -26,10 +26,14 @@ impl DownloadRequest {
             .unwrap_or_else(|| TaskId::for_url(&self.origin.url, &self.id_options))
     }
 
-    /// Whether only the swarm may provide the content: a layer's gzip index, whose URL is the
-    /// layer's (the origin would answer the layer). A seed builds it; see `shoal-seed`.
+    /// Whether only the swarm may provide the content: a layer's gzip index or prefetch list,
+    /// whose URL is the layer's (the origin would answer the layer). A seed builds the index
+    /// (see `shoal-seed`); the first host to run the layer publishes its prefetch list.
     pub fn swarm_only(&self) -> bool {
-        self.id_options.application.as_deref() == Some(GZIP_INDEX)
+        matches!(
+            self.id_options.application.as_deref(),
+            Some(GZIP_INDEX | PREFETCH)
+        )
     }
 }
 

@@ -461,3 +461,45 @@ fn only_a_seed_says_what_a_layers_index_is() {
     assert_eq!(state.merge("t", "seed", &claim(4, 7)), Merge::Merged);
     assert_eq!(state.tasks["t"].length, Some(4 * PIECE));
 }
+
+/// A layer's prefetch list is nobody's to fetch: the first host to announce all of it is its
+/// author and defines it; a later host's other list is disputed, never adopted, and a partial
+/// claim makes no author.
+#[test]
+fn the_first_whole_prefetch_list_is_the_one_believed() {
+    let mut state = State::default();
+    let list = Task {
+        id: "p".into(),
+        url: "http://origin/v2/a/blobs/sha256:00".into(),
+        id_options: Some(shoal_p2p::proto::IdOptions {
+            application: Some(shoal_p2p::id::PREFETCH.into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let hosts: Vec<Host> = ["seed", "reader", "author", "late"]
+        .iter()
+        .map(|id| host(id, *id == "seed"))
+        .collect();
+    for h in &hosts {
+        state.attach(h.clone(), mpsc::channel(1).0);
+    }
+    // Asked for before anyone has it: nobody is sent anywhere, not even a seed.
+    let (_, assigned) = state.watch(&hosts[1], list.clone(), &PieceSet::default());
+    assert!(assigned.seed_job.is_none() && !assigned.back_to_source_peer);
+    assert_eq!(state.tasks["p"].fetcher, None);
+    // Half a list makes no author.
+    assert_eq!(state.merge("p", "late", &have(2, &[0])), Merge::Merged);
+    assert_eq!(state.tasks["p"].length, None);
+    // The first whole list does.
+    assert_eq!(state.merge("p", "author", &have(2, &[0, 1])), Merge::Merged);
+    assert_eq!(state.tasks["p"].length, Some(2 * PIECE));
+    assert_eq!(state.tasks["p"].fetcher.as_deref(), Some("author"));
+    assert_eq!(state.tasks["p"].digests[1], Some(vec![1; 32]));
+    // Another whole list is not taken.
+    let mut other = have(2, &[0, 1]);
+    other.digests[1].blake3 = vec![9; 32];
+    assert_eq!(state.merge("p", "late", &other), Merge::Disputed);
+    assert_eq!(state.tasks["p"].digests[1], Some(vec![1; 32]));
+    assert!(state.plan("p", Some("late")).seed_job.is_none());
+}

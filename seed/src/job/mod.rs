@@ -5,6 +5,7 @@ mod index;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
+use shoal_p2p::id::GZIP_INDEX;
 use shoal_p2p::proto::{Failure, Job, Task};
 use shoal_p2p::{
     DownloadRequest, Downloader, Error, JobHandler, OriginRequest, Progress, Result, TaskId,
@@ -19,11 +20,16 @@ impl JobHandler for Seed {
         Box::pin(async move {
             let Some(task) = job.task else { return };
             match request(&task) {
-                Ok(req) if req.swarm_only() => {
+                Ok(req) if req.id_options.application.as_deref() == Some(GZIP_INDEX) => {
                     if let Err(e) = index::build(&downloader, &req).await {
                         tracing::warn!(task = task.id, error = %e, "gzip index not built");
                         refuse(&downloader, &task, &e).await;
                     }
+                }
+                Ok(req) if req.swarm_only() => {
+                    // A prefetch list: its author publishes it, nobody fetches it.
+                    let e = Error::InvalidRequest("content only its author publishes".into());
+                    refuse(&downloader, &task, &e).await;
                 }
                 Ok(req) => {
                     if let Err(e) = downloader.download(&req, &Progress::default()).await {

@@ -7,6 +7,10 @@
 //! the node fetches those pieces first, from peers, else the origin) and reads the node's task
 //! file; the rest of the layer comes in the background from the first byte asked, and once
 //! the node holds it all, reads go to the file alone.
+//! Prefetch: the first host to run a layer records the spans its reads needed for
+//! [`Mounted::record_for`] after the first read and publishes them as the layer's prefetch list
+//! (through the mirror, into the swarm); the next hosts' mounts make those spans present first,
+//! in the order they were read.
 //! No index within [`INDEX_WAIT`] (the first pull of a layer anywhere: the seed builds it
 //! meanwhile), a layer that is not gzip, `shoal pull --eager`: the layer is unpacked, as before.
 
@@ -20,7 +24,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use http::header::HeaderMap;
 use shoal_p2p::Digest;
-use shoal_p2p::api::{COMPLETE_HEADER, LAZY_HEADER, TASK_FILE_HEADER};
+use shoal_p2p::api::{COMPLETE_HEADER, LAZY_HEADER, PrefetchList, TASK_FILE_HEADER};
 use shoal_seed::gzindex::{LAYER_INDEX_MAGIC, LayerIndex};
 
 use super::metrics::LazyMetrics;
@@ -43,11 +47,27 @@ const COMPLETE_CHECK: Duration = Duration::from_secs(5);
 /// How long a read waits for a node too busy to start the layer's download.
 const BUSY_FOR: Duration = Duration::from_secs(30);
 
+/// How long after a layer's first read its reads are recorded for its prefetch list, unless
+/// the config says otherwise.
+pub const RECORD_FOR: Duration = Duration::from_secs(15);
+
 /// The FUSE mounts of lazy layers, by snapshot id, and what they do.
-#[derive(Default)]
 pub(super) struct Mounted {
     sessions: Mutex<HashMap<u64, fuser::BackgroundSession>>,
     pub metrics: LazyMetrics,
+    /// How long after a layer's first read (on the first host to run it) its reads are
+    /// recorded for the prefetch list.
+    pub record_for: Duration,
+}
+
+impl Default for Mounted {
+    fn default() -> Self {
+        Mounted {
+            sessions: Mutex::default(),
+            metrics: LazyMetrics::default(),
+            record_for: RECORD_FOR,
+        }
+    }
 }
 
 impl Mounted {
@@ -142,6 +162,7 @@ async fn attach(
 ) -> Result<()> {
     let metrics = mounted.metrics.clone();
     let since = std::time::Instant::now();
+    let recording = Arc::new(Recording::default());
     let spans = NodeSpans {
         source: source.clone(),
         digest,
@@ -150,6 +171,7 @@ async fn attach(
         metrics: metrics.clone(),
         since,
         read: std::sync::atomic::AtomicBool::new(false),
+        recording: recording.clone(),
     };
     let layer_bytes = index.index.compressed_size;
     let fs = LazyLayer::new(index.index, index.files, Box::new(spans));
@@ -165,6 +187,14 @@ async fn attach(
         .insert(id, session);
     metrics.mounted.inc();
     metrics.layer_bytes.inc_by(layer_bytes);
+    tokio::spawn(prefetch_or_record(
+        source.clone(),
+        mounted.clone(),
+        id,
+        digest,
+        layer_bytes,
+        recording,
+    ));
     // The first byte asked starts the whole layer's download in the node: the background
     // completion. Asked again now and then until the node holds it all (a download that
     // failed starts over), while the layer is mounted.
@@ -187,6 +217,109 @@ async fn attach(
             tokio::time::sleep(COMPLETE_CHECK).await;
         }
     });
+    Ok(())
+}
+
+/// What a layer's first reads needed, while they are recorded for its prefetch list.
+#[derive(Default)]
+struct Recording {
+    /// `Some` while reads are recorded.
+    list: Mutex<Option<PrefetchList>>,
+    first_read: tokio::sync::Notify,
+}
+
+/// With the layer's prefetch list from the swarm, makes its spans present, in order; without
+/// one (the first host to run the layer), records what the reads need for
+/// [`Mounted::record_for`] after the first and publishes it.
+async fn prefetch_or_record(
+    source: Source,
+    mounted: Arc<Mounted>,
+    id: u64,
+    digest: Digest,
+    layer_bytes: u64,
+    recording: Arc<Recording>,
+) {
+    *recording.list.lock().expect("recording lock") = Some(PrefetchList::default());
+    let found = tokio::time::timeout(INDEX_WAIT, prefetch_list(&source, digest, layer_bytes)).await;
+    if let Ok(Ok(list)) = found {
+        *recording.list.lock().expect("recording lock") = None;
+        let started = std::time::Instant::now();
+        for range in &list.ranges {
+            if !mounted.holds(id) {
+                return;
+            }
+            if let Err(e) = present(&source, digest, range.clone()).await {
+                tracing::warn!(layer = %digest, error = %e, "prefetch stopped");
+                return;
+            }
+            mounted.metrics.prefetched.inc_by(range.end - range.start);
+        }
+        tracing::info!(layer = %digest, spans = list.ranges.len(), bytes = list.bytes(), took = ?started.elapsed(), "prefetched the layer's first reads");
+        return;
+    }
+    // A layer nobody reads records nothing: given up when it is unmounted.
+    while tokio::time::timeout(COMPLETE_CHECK, recording.first_read.notified())
+        .await
+        .is_err()
+    {
+        if !mounted.holds(id) {
+            return;
+        }
+    }
+    tokio::time::sleep(mounted.record_for).await;
+    let list = recording.list.lock().expect("recording lock").take();
+    let Some(list) = list.filter(|l| !l.ranges.is_empty()) else {
+        return;
+    };
+    match publish_prefetch(&source, digest, &list).await {
+        Ok(()) => {
+            tracing::info!(layer = %digest, spans = list.ranges.len(), bytes = list.bytes(), "the layer's first reads published for the next hosts' prefetch")
+        }
+        // Another host's list came first: it stands.
+        Err(e) if e.status() == Some(409) => {}
+        Err(e) => {
+            tracing::warn!(layer = %digest, error = %e, "the layer's prefetch list was not published")
+        }
+    }
+}
+
+/// The layer's prefetch list, from the swarm through the node's mirror.
+async fn prefetch_list(source: &Source, digest: Digest, layer_bytes: u64) -> Result<PrefetchList> {
+    let mut extra = HeaderMap::new();
+    extra.insert(LAZY_HEADER, HeaderValue::from_static("prefetch"));
+    let resp = source
+        .registry
+        .blob_with(&source.repository, digest, &extra)
+        .await
+        .map_err(|e| Error::Remote(format!("the layer's prefetch list: {e}")))?;
+    if resp
+        .content_length()
+        .is_some_and(|n| n > PrefetchList::MAX_BYTES)
+    {
+        return Err(Error::Remote(
+            "the layer's prefetch list is too large".into(),
+        ));
+    }
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| Error::Remote(format!("reading the layer's prefetch list: {e}")))?;
+    PrefetchList::from_bytes(&bytes, layer_bytes)
+        .map_err(|e| Error::Remote(format!("the layer's prefetch list: {e}")))
+}
+
+/// Publishes `list` as the layer's prefetch list, through the node's mirror.
+async fn publish_prefetch(
+    source: &Source,
+    digest: Digest,
+    list: &PrefetchList,
+) -> shoal_seed::Result<()> {
+    let mut extra = HeaderMap::new();
+    extra.insert(LAZY_HEADER, HeaderValue::from_static("prefetch"));
+    source
+        .registry
+        .put_blob_with(&source.repository, digest, &extra, list.to_bytes())
+        .await?;
     Ok(())
 }
 
@@ -270,6 +403,7 @@ struct NodeSpans {
     /// When the layer was mounted, and whether a read came since.
     since: std::time::Instant,
     read: std::sync::atomic::AtomicBool,
+    recording: Arc<Recording>,
 }
 
 impl NodeSpans {
@@ -316,6 +450,7 @@ impl Spans for NodeSpans {
         if !self.read.swap(true, std::sync::atomic::Ordering::Relaxed) {
             let waited = self.since.elapsed().as_secs_f64();
             self.metrics.first_read.observe(waited);
+            self.recording.first_read.notify_one();
         }
         let held = self.file.lock().expect("task file lock").clone();
         let file = match held {
@@ -323,6 +458,9 @@ impl Spans for NodeSpans {
             Some((file, true)) => file,
             _ => {
                 self.metrics.read_bytes.inc_by(range.end - range.start);
+                if let Some(list) = self.recording.list.lock().expect("recording lock").as_mut() {
+                    list.record(range.clone());
+                }
                 self.present(range.clone())?
             }
         };

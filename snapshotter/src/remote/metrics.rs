@@ -13,6 +13,8 @@ pub struct LazyMetrics {
     pub layer_bytes: Counter,
     /// Compressed bytes reads asked the node for (the spans around what was read).
     pub read_bytes: Counter,
+    /// Compressed bytes made present ahead of reads, from layers' prefetch lists.
+    pub prefetched: Counter,
     /// From a layer's mount to its first read.
     pub first_read: Histogram,
     /// From a layer's mount to the node holding all of it.
@@ -27,6 +29,7 @@ impl Default for LazyMetrics {
             mounted: Counter::default(),
             layer_bytes: Counter::default(),
             read_bytes: Counter::default(),
+            prefetched: Counter::default(),
             first_read: seconds(),
             complete: seconds(),
         }
@@ -49,6 +52,11 @@ impl LazyMetrics {
             "shoal_lazy_read_bytes",
             "Compressed bytes of lazy layers that reads needed before the layer was whole",
             self.read_bytes.clone(),
+        );
+        registry.register(
+            "shoal_lazy_prefetched_bytes",
+            "Compressed bytes of lazy layers made present ahead of reads, from their prefetch lists",
+            self.prefetched.clone(),
         );
         registry.register(
             "shoal_lazy_first_read_seconds",

@@ -158,6 +158,10 @@ struct Run {
     fetched_before: u64,
     /// Compressed bytes the reads needed (the spans around what they read).
     needed: u64,
+    /// Compressed bytes made present from the layers' prefetch lists by then.
+    prefetched: u64,
+    /// Bytes the node had from the registry by then.
+    origin_before: u64,
     complete: f64,
     read_all_overlay: f64,
     read_all_lazy: f64,
@@ -224,6 +228,10 @@ async fn one_run(
     let first_read = start.elapsed().as_secs_f64();
     ensure!(said == "the last file of the layer\n", "read {said:?}");
     let needed = lazy_node.metric("shoal_lazy_read_bytes_total").await;
+    let prefetched = lazy_node.metric("shoal_lazy_prefetched_bytes_total").await;
+    let origin_before = lazy_node
+        .metric("shoal_download_bytes_total{source=\"origin\"}")
+        .await;
     let mut fetched_before = 0;
     for source in ["origin", "seed", "peer"] {
         fetched_before += lazy_node
@@ -260,6 +268,8 @@ async fn one_run(
         pull,
         fetched_before,
         needed,
+        prefetched,
+        origin_before,
         complete,
         read_all_overlay,
         read_all_lazy,
@@ -316,14 +326,16 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         eprintln!(
-            "run {i}: full pull {:.2} s; lazy: pull {:.2} s, first read {:.2} s ({:.1} % of full), reads needed {} bytes, the node held {} of {} by then, complete {:.1} s; read all: overlayfs {:.2} s, lazy {:.2} s",
+            "run {i}: full pull {:.2} s; lazy: pull {:.2} s, first read {:.2} s ({:.1} % of full), reads needed {} bytes, {} prefetched, the node held {} of {} by then ({} from the registry), complete {:.1} s; read all: overlayfs {:.2} s, lazy {:.2} s",
             run.full,
             run.pull,
             run.first_read,
             100.0 * run.first_read / run.full,
             run.needed,
+            run.prefetched,
             run.fetched_before,
             layer_bytes,
+            run.origin_before,
             run.complete,
             run.read_all_overlay,
             run.read_all_lazy
@@ -369,5 +381,19 @@ async fn main() -> anyhow::Result<()> {
         med(|r| r.needed),
         med(|r| r.fetched_before)
     );
+    // Run 0's host had no prefetch list (it published one); the later hosts had it.
+    if let [first, later @ ..] = runs.as_slice()
+        && !later.is_empty()
+    {
+        let with: Vec<f64> = later.iter().map(|r| r.first_read).collect();
+        println!(
+            "  first read without a prefetch list (run 0): {:.2} s; with the list (runs 1–{}): {:.2} s median, {} bytes prefetched, {} bytes from the registry (max)",
+            first.first_read,
+            later.len(),
+            median(with),
+            med(|r| r.prefetched),
+            later.iter().map(|r| r.origin_before).max().unwrap_or(0)
+        );
+    }
     Ok(())
 }

@@ -13,7 +13,8 @@
 //!
 //! A blob PUT with `x-shoal-lazy: prefetch` publishes the layer's prefetch list (the body),
 //! as this node's, for a layer this node holds for the client: 201, or 409 when the swarm has
-//! a list already (the first one stands).
+//! a list already (the first one stands: of two published at once, the scheduler believes the
+//! first to reach it, and only from a host that holds the layer).
 //!
 //! None ever passes through to the registry, and content the client's registry does not
 //! vouch for is not offered.

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use shoal_p2p::Bitmap;
-use shoal_p2p::proto::{Failure, Host, Job, Parent, PieceSet, Task, TaskView};
+use shoal_p2p::proto::{Failure, Host, Job, Parent, PieceSet, Source, Task, TaskView};
 use tokio::sync::{mpsc, watch};
 
 use crate::task::{Attached, Holder, MAX_STRIKES, TaskEntry, rendezvous};
@@ -147,6 +147,28 @@ impl State {
         }
     }
 
+    /// Whether `host_id`'s announcement makes it the author of the prefetch list `task_id`: the
+    /// first whole list, before anyone defined it, from a host that holds pieces of the layer
+    /// itself (it ran the layer). The layer's sources, which become the list's: it goes to
+    /// whom the layer goes.
+    fn may_author(&self, task_id: &str, host_id: &str, pieces: &PieceSet) -> Option<Vec<Source>> {
+        let entry = self.tasks.get(task_id)?;
+        if !entry.authored() || entry.fetcher.is_some() || entry.length.is_some() || !whole(pieces)
+        {
+            return None;
+        }
+        let url: url::Url = entry.task.url.parse().ok()?;
+        let digest = shoal_p2p::id::oci_blob_digest(&url)?;
+        let layer = self
+            .tasks
+            .get(&shoal_p2p::TaskId::for_blob(&digest).to_string())?;
+        let runs_it = layer
+            .holders
+            .get(host_id)
+            .is_some_and(|h| h.bitmap.count() > 0);
+        (runs_it && !layer.sources.is_empty()).then(|| layer.sources.clone())
+    }
+
     /// Merges what a host announced. A task's length and piece digests are taken only from a
     /// host that knows them: the one sent to the origin for it, or a seed. Another host's claims
     /// wait for one who knows (its bitmap is kept), and a claim that contradicts what is known
@@ -156,13 +178,13 @@ impl State {
     /// from one of the task's sources, the upstreams a mirror checks its clients against.
     pub fn merge(&mut self, task_id: &str, host_id: &str, pieces: &PieceSet) -> Merge {
         let is_seed = self.hosts.get(host_id).is_some_and(|a| a.host.seed);
+        let author = self.may_author(task_id, host_id, pieces);
         let Some(entry) = self.tasks.get_mut(task_id) else {
             return Merge::UnknownTask;
         };
-        // A prefetch list's first complete announcement makes its host the author (the one
-        // who knows it, as a fetcher knows what it fetched).
-        if entry.authored() && entry.fetcher.is_none() && entry.length.is_none() && whole(pieces) {
+        if let Some(sources) = &author {
             entry.fetcher = Some(host_id.to_owned());
+            entry.set_sources(sources);
         }
         let fetcher = entry.fetcher.as_deref() == Some(host_id) && !entry.seed_only();
         let knows = is_seed || fetcher;
@@ -188,8 +210,9 @@ impl State {
         // came from, all of them among the task's sources, so that those stay every upstream
         // the content came from.
         let vouched = knows
-            && !pieces.sources.is_empty()
-            && pieces.sources.iter().all(|s| entry.sources.contains(s));
+            && (entry.authored()
+                || !pieces.sources.is_empty()
+                    && pieces.sources.iter().all(|s| entry.sources.contains(s)));
         for d in &pieces.digests {
             let i = d.number as usize;
             if d.number >= n || d.blake3.len() != 32 {
@@ -249,6 +272,10 @@ impl State {
         let seed = self.hosts.get(host_id).is_some_and(|a| a.host.seed);
         let route = matches!(failure.http_status, 0 | 408 | 429 | 500..=599);
         if let Some(entry) = self.tasks.get_mut(task_id) {
+            if entry.authored() {
+                // Nobody fetches a prefetch list: no failure to route around.
+                return;
+            }
             if !(seed && route) {
                 entry.failure = Some((failure, Instant::now()));
             }
@@ -397,7 +424,7 @@ impl State {
                 .map(|d| d.clone().unwrap_or_default())
                 .collect(),
             parents: parents.into_iter().map(|(_, p)| p).collect(),
-            back_to_source: entry.fetcher.as_deref() == Some(host.id.as_str()),
+            back_to_source: entry.fetcher.as_deref() == Some(host.id.as_str()) && !entry.authored(),
             failure: entry.recent_failure().cloned(),
             sources: entry.sources.clone(),
         };

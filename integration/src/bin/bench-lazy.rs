@@ -13,6 +13,9 @@
 //!   node holds the whole layer (background completion), and a read of every file of the
 //!   layer against the same read on the full pull's overlayfs snapshot.
 //!
+//! The first run's lazy host publishes what its reads needed as the layer's prefetch list; the
+//! later runs' hosts make those spans present first (prefetch).
+//!
 //! A benchmark, not a test. `scripts/bench-lazy.sh --size 1GiB --rate 200mbit --runs 3`.
 
 use std::path::Path;
@@ -80,6 +83,17 @@ fn image(dir: &Path, size: u64) -> anyhow::Result<Image> {
 
 /// Asks `node`'s mirror for the layer's index until the swarm has it (the seed builds it).
 async fn preheat_index(node: &Node, host: &str, layer: &str) -> anyhow::Result<Duration> {
+    until_swarm_has(node, host, layer, "index", Duration::from_secs(600)).await
+}
+
+/// Asks `node`'s mirror for what the layer's `lazy` header names until the swarm has it.
+async fn until_swarm_has(
+    node: &Node,
+    host: &str,
+    layer: &str,
+    lazy: &'static str,
+    within: Duration,
+) -> anyhow::Result<Duration> {
     let url = format!(
         "{}/v2/bench/lazy/blobs/{layer}?ns={host}",
         node.mirror_url()
@@ -87,17 +101,13 @@ async fn preheat_index(node: &Node, host: &str, layer: &str) -> anyhow::Result<D
     let client = reqwest::Client::new();
     let start = Instant::now();
     loop {
-        let resp = client
-            .get(&url)
-            .header("x-shoal-lazy", "index")
-            .send()
-            .await?;
+        let resp = client.get(&url).header("x-shoal-lazy", lazy).send().await?;
         if resp.status() == 200 {
             return Ok(start.elapsed());
         }
         ensure!(
-            start.elapsed() < Duration::from_secs(600),
-            "no index of {layer}: {}",
+            start.elapsed() < within,
+            "no {lazy} of {layer}: {}",
             resp.status()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -341,6 +351,10 @@ async fn main() -> anyhow::Result<()> {
             run.read_all_lazy
         );
         runs.push(run);
+        if i == 0 {
+            // The first lazy host publishes its reads (15 s after the first): the next use them.
+            until_swarm_has(asker, &host, &layer, "prefetch", Duration::from_secs(120)).await?;
+        }
     }
     let col = |f: fn(&Run) -> f64| {
         let v: Vec<f64> = runs.iter().map(f).collect();

@@ -272,6 +272,7 @@ async fn the_first_hosts_reads_are_prefetched_on_the_next_host_from_the_swarm() 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let said = std::fs::read_to_string(&log).unwrap();
     assert!(!said.contains("published for the next hosts"), "{said}");
+    assert!(!said.contains("prefetch list came first"), "{said}");
 
     // The first list stands; what is not a list, or names no layer held, is refused.
     let host = remote.reference.split('/').next().unwrap();

@@ -462,27 +462,43 @@ fn only_a_seed_says_what_a_layers_index_is() {
     assert_eq!(state.tasks["t"].length, Some(4 * PIECE));
 }
 
-/// A layer's prefetch list is nobody's to fetch: the first host to announce all of it is its
-/// author and defines it; a later host's other list is disputed, never adopted, and a partial
-/// claim makes no author.
+/// A layer's prefetch list is nobody's to fetch: the first host that runs the layer (holds
+/// pieces of it) and announces all of a list is its author and defines it, with the layer's
+/// sources; a host that does not hold the layer, a later host's other list, or a partial claim
+/// defines nothing.
 #[test]
 fn the_first_whole_prefetch_list_is_the_one_believed() {
     let mut state = State::default();
+    let digest = format!("sha256:{}", "ab".repeat(32));
     let list = Task {
         id: "p".into(),
-        url: "http://origin/v2/a/blobs/sha256:00".into(),
+        url: format!("http://origin/v2/a/blobs/{digest}"),
         id_options: Some(shoal_p2p::proto::IdOptions {
             application: Some(shoal_p2p::id::PREFETCH.into()),
             ..Default::default()
         }),
         ..Default::default()
     };
-    let hosts: Vec<Host> = ["seed", "reader", "author", "late"]
+    let hosts: Vec<Host> = ["seed", "reader", "author", "late", "stranger"]
         .iter()
         .map(|id| host(id, *id == "seed"))
         .collect();
     for h in &hosts {
         state.attach(h.clone(), mpsc::channel(1).0);
+    }
+    // The layer: the seed fetched it; the author and the late host hold pieces of it.
+    let layer = Task {
+        id: digest.clone(),
+        url: format!("http://origin/v2/a/blobs/{digest}"),
+        ..Default::default()
+    };
+    let _ = state.watch(&hosts[0], layer.clone(), &PieceSet::default());
+    assert_eq!(
+        state.merge(&digest, "seed", &have(2, &[0, 1])),
+        Merge::Merged
+    );
+    for h in &hosts[2..4] {
+        let _ = state.watch(h, layer.clone(), &have(2, &[0]));
     }
     // Asked for before anyone has it: nobody is sent anywhere, not even a seed.
     let (_, assigned) = state.watch(&hosts[1], list.clone(), &PieceSet::default());
@@ -491,11 +507,28 @@ fn the_first_whole_prefetch_list_is_the_one_believed() {
     // Half a list makes no author.
     assert_eq!(state.merge("p", "late", &have(2, &[0])), Merge::Merged);
     assert_eq!(state.tasks["p"].length, None);
-    // The first whole list does.
-    assert_eq!(state.merge("p", "author", &have(2, &[0, 1])), Merge::Merged);
+    // A whole list from a host that does not run the layer makes no author.
+    assert_eq!(
+        state.merge("p", "stranger", &have(2, &[0, 1])),
+        Merge::Merged
+    );
+    assert_eq!(
+        state.tasks["p"].length, None,
+        "a stranger's list was believed"
+    );
+    // The first whole list from one that does.
+    let mut mine = have(2, &[0, 1]);
+    mine.sources = vec![source("http://elsewhere", true)];
+    assert_eq!(state.merge("p", "author", &mine), Merge::Merged);
     assert_eq!(state.tasks["p"].length, Some(2 * PIECE));
     assert_eq!(state.tasks["p"].fetcher.as_deref(), Some("author"));
     assert_eq!(state.tasks["p"].digests[1], Some(vec![1; 32]));
+    assert_eq!(
+        state.tasks["p"].sources, state.tasks[&digest].sources,
+        "the list goes to whom the layer goes"
+    );
+    let (view, _) = state.view("p", &hosts[2]).unwrap();
+    assert!(!view.back_to_source, "an author is not sent to the origin");
     // Another whole list is not taken.
     let mut other = have(2, &[0, 1]);
     other.digests[1].blake3 = vec![9; 32];

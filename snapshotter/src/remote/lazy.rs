@@ -135,7 +135,7 @@ pub(super) async fn mount(
     let (s, target, parent) = (snapshotter.clone(), layer.target.clone(), parent.to_owned());
     let mut labels = labels.clone();
     labels.insert(LAZY.into(), layer.digest.clone());
-    let attached = attach(snapshotter, mounted, source, digest, id, index).await;
+    let attached = attach(snapshotter, mounted, source, digest, id, index, true).await;
     let committed = match attached {
         Ok(()) => blocking(move || s.commit_on(&target, &key, Some(&parent), labels)).await,
         Err(e) => Err(e),
@@ -151,7 +151,8 @@ pub(super) async fn mount(
 }
 
 /// Mounts the layer `digest` described by `index` over snapshot `id`'s directory and starts
-/// its background download.
+/// its background download, and its prefetch (or, when `record` and the swarm has no list,
+/// the recording of its first reads).
 async fn attach(
     snapshotter: &Snapshotter,
     mounted: &Arc<Mounted>,
@@ -159,10 +160,15 @@ async fn attach(
     digest: Digest,
     id: u64,
     index: LayerIndex,
+    record: bool,
 ) -> Result<()> {
     let metrics = mounted.metrics.clone();
     let since = std::time::Instant::now();
-    let recording = Arc::new(Recording::default());
+    // Recording from the mount on; stopped if the swarm has a list.
+    let recording = Arc::new(Recording {
+        list: Mutex::new(record.then(PrefetchList::default)),
+        first_read: tokio::sync::Notify::new(),
+    });
     let spans = NodeSpans {
         source: source.clone(),
         digest,
@@ -221,7 +227,6 @@ async fn attach(
 }
 
 /// What a layer's first reads needed, while they are recorded for its prefetch list.
-#[derive(Default)]
 struct Recording {
     /// `Some` while reads are recorded.
     list: Mutex<Option<PrefetchList>>,
@@ -239,7 +244,6 @@ async fn prefetch_or_record(
     layer_bytes: u64,
     recording: Arc<Recording>,
 ) {
-    *recording.list.lock().expect("recording lock") = Some(PrefetchList::default());
     let found = tokio::time::timeout(INDEX_WAIT, prefetch_list(&source, digest, layer_bytes)).await;
     if let Ok(Ok(list)) = found {
         *recording.list.lock().expect("recording lock") = None;
@@ -255,6 +259,9 @@ async fn prefetch_or_record(
             mounted.metrics.prefetched.inc_by(range.end - range.start);
         }
         tracing::info!(layer = %digest, spans = list.ranges.len(), bytes = list.bytes(), took = ?started.elapsed(), "prefetched the layer's first reads");
+        return;
+    }
+    if recording.list.lock().expect("recording lock").is_none() {
         return;
     }
     // A layer nobody reads records nothing: given up when it is unmounted.
@@ -275,8 +282,9 @@ async fn prefetch_or_record(
         Ok(()) => {
             tracing::info!(layer = %digest, spans = list.ranges.len(), bytes = list.bytes(), "the layer's first reads published for the next hosts' prefetch")
         }
-        // Another host's list came first: it stands.
-        Err(e) if e.status() == Some(409) => {}
+        Err(e) if e.status() == Some(409) => {
+            tracing::info!(layer = %digest, "another host's prefetch list came first: it stands")
+        }
         Err(e) => {
             tracing::warn!(layer = %digest, error = %e, "the layer's prefetch list was not published")
         }
@@ -287,23 +295,24 @@ async fn prefetch_or_record(
 async fn prefetch_list(source: &Source, digest: Digest, layer_bytes: u64) -> Result<PrefetchList> {
     let mut extra = HeaderMap::new();
     extra.insert(LAZY_HEADER, HeaderValue::from_static("prefetch"));
-    let resp = source
+    let mut resp = source
         .registry
         .blob_with(&source.repository, digest, &extra)
         .await
         .map_err(|e| Error::Remote(format!("the layer's prefetch list: {e}")))?;
-    if resp
-        .content_length()
-        .is_some_and(|n| n > PrefetchList::MAX_BYTES)
-    {
-        return Err(Error::Remote(
-            "the layer's prefetch list is too large".into(),
-        ));
-    }
-    let bytes = resp
-        .bytes()
+    let mut bytes: Vec<u8> = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|e| Error::Remote(format!("reading the layer's prefetch list: {e}")))?;
+        .map_err(|e| Error::Remote(format!("reading the layer's prefetch list: {e}")))?
+    {
+        if (bytes.len() + chunk.len()) as u64 > PrefetchList::MAX_BYTES {
+            return Err(Error::Remote(
+                "the layer's prefetch list is too large".into(),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     PrefetchList::from_bytes(&bytes, layer_bytes)
         .map_err(|e| Error::Remote(format!("the layer's prefetch list: {e}")))
 }
@@ -452,15 +461,15 @@ impl Spans for NodeSpans {
             self.metrics.first_read.observe(waited);
             self.recording.first_read.notify_one();
         }
+        if let Some(list) = self.recording.list.lock().expect("recording lock").as_mut() {
+            list.record(range.clone());
+        }
         let held = self.file.lock().expect("task file lock").clone();
         let file = match held {
             // The whole layer is here, checked: no need to ask.
             Some((file, true)) => file,
             _ => {
                 self.metrics.read_bytes.inc_by(range.end - range.start);
-                if let Some(list) = self.recording.list.lock().expect("recording lock").as_mut() {
-                    list.record(range.clone());
-                }
                 self.present(range.clone())?
             }
         };
@@ -511,7 +520,8 @@ pub(super) async fn remount(
             s.name
         )));
     }
-    attach(snapshotter, mounted, source, digest, s.id, index).await?;
+    // Its first reads were this host's before the restart: not recorded again.
+    attach(snapshotter, mounted, source, digest, s.id, index, false).await?;
     tracing::info!(layer = %digest, snapshot = s.name, "lazy layer mounted again");
     Ok(())
 }

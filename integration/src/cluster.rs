@@ -203,6 +203,7 @@ impl ClusterBuilder {
         let dir = tempfile::tempdir().expect("cluster dir");
         let scheduler_port = free_port();
         let mut cluster = Cluster {
+            _mounts: crate::runtimes::UnmountOnDrop(dir.path().to_owned()),
             dir,
             scheduler_port,
             scheduler: None,
@@ -260,6 +261,8 @@ impl ClusterBuilder {
 }
 
 pub struct Cluster {
+    /// First: the nodes' snapshotters' FUSE mounts detached before the directory goes.
+    _mounts: crate::runtimes::UnmountOnDrop,
     dir: tempfile::TempDir,
     pub scheduler_port: u16,
     pub scheduler: Option<ChildGuard>,

@@ -51,6 +51,9 @@ pub struct LazyLayer {
     spans: Box<dyn Spans>,
     /// Inflated spans, by checkpoint, most recent last.
     cache: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
+    /// Spans being inflated, by checkpoint: a read of one waits for it (readahead sends
+    /// several reads of a span at once) instead of inflating it again.
+    inflating: Mutex<HashMap<usize, Arc<Mutex<()>>>>,
 }
 
 fn dir_entry(path: Vec<u8>) -> FileEntry {
@@ -83,6 +86,7 @@ impl LazyLayer {
             index,
             spans,
             cache: Mutex::default(),
+            inflating: Mutex::default(),
         };
         for mut entry in files {
             let (parent_path, name) = match entry.path.iter().rposition(|&b| b == b'/') {
@@ -246,16 +250,43 @@ impl LazyLayer {
         Ok(out)
     }
 
-    /// The uncompressed bytes from checkpoint `cp` to the next (or the end).
+    /// The span of checkpoint `cp` if it is cached (then the most recent).
+    fn cached(&self, cp: usize) -> Option<Arc<Vec<u8>>> {
+        let mut cache = self.cache.lock().expect("span cache lock");
+        let i = cache.iter().position(|(k, _)| *k == cp)?;
+        let hit = cache.remove(i);
+        cache.push(hit.clone());
+        Some(hit.1)
+    }
+
+    /// The uncompressed bytes from checkpoint `cp` to the next (or the end), inflated once
+    /// however many reads want them at the same time.
     fn span(&self, cp: usize) -> std::io::Result<Arc<Vec<u8>>> {
-        {
-            let mut cache = self.cache.lock().expect("span cache lock");
-            if let Some(i) = cache.iter().position(|(k, _)| *k == cp) {
-                let hit = cache.remove(i);
-                cache.push(hit.clone());
-                return Ok(hit.1);
-            }
+        if let Some(hit) = self.cached(cp) {
+            return Ok(hit);
         }
+        let gate = self
+            .inflating
+            .lock()
+            .expect("inflating lock")
+            .entry(cp)
+            .or_default()
+            .clone();
+        // It guards nothing but the work: a reader that panicked leaves it usable.
+        let held = gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let inflated = match self.cached(cp) {
+            Some(hit) => Ok(hit),
+            None => self.inflate(cp),
+        };
+        drop(held);
+        self.inflating.lock().expect("inflating lock").remove(&cp);
+        inflated
+    }
+
+    /// Fetches and inflates the span of checkpoint `cp`, and caches it.
+    fn inflate(&self, cp: usize) -> std::io::Result<Arc<Vec<u8>>> {
         let checkpoints = &self.index.checkpoints;
         let from = checkpoints
             .get(cp)

@@ -235,3 +235,42 @@ fn a_nonsensical_file_table_builds_a_sane_tree() {
     );
     assert!(layer.read_stream(0, 4).is_ok());
 }
+
+/// Slow fetches, counted.
+struct Slow {
+    gz: Arc<Vec<u8>>,
+    calls: Arc<AtomicU64>,
+}
+
+impl Spans for Slow {
+    fn fetch(&self, range: Range<u64>) -> std::io::Result<Vec<u8>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(50));
+        Ok(self.gz[range.start as usize..range.end as usize].to_vec())
+    }
+}
+
+/// Readahead sends several reads of one span at once: the span is fetched and inflated once,
+/// the other reads wait for it (before, each fetched and inflated it again).
+#[test]
+fn reads_of_one_span_at_once_inflate_it_once() {
+    let big = noise(3 << 20);
+    let gz = Arc::new(layer(&big));
+    let (index, files) = index_layer(gz.as_slice(), 1 << 20).unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let spans = Slow {
+        gz: gz.clone(),
+        calls: calls.clone(),
+    };
+    let layer = Arc::new(LazyLayer::new(index, files, Box::new(spans)));
+    let readers: Vec<_> = (0..8u64)
+        .map(|i| {
+            let layer = layer.clone();
+            std::thread::spawn(move || layer.read_stream(i * 4096, 4096).unwrap())
+        })
+        .collect();
+    for r in readers {
+        assert_eq!(r.join().unwrap().len(), 4096);
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), 1);
+}

@@ -170,12 +170,7 @@ async fn blob(ctx: &Ctx, url: Url, digest: &Digest, name: &str, parts: &Parts) -
         }
         Err(e) => return Error::unreachable(&url, e).into_response(),
     }
-    let req = DownloadRequest {
-        origin: OriginRequest { url, headers },
-        id_options: IdOptions::default(),
-        digest: Some(*digest),
-        task_id: Some(TaskId::for_blob(digest)),
-    };
+    let req = blob_request(url, headers, digest);
     match crate::lazy::kind(&parts.headers) {
         Some(Ok(lazy)) => return crate::lazy::serve(ctx, req, parts, lazy).await,
         Some(Err(e)) => return e.into_response(),
@@ -206,13 +201,17 @@ async fn publish_prefetch(
         Ok(false) => return Error::Denied(format!("{name}@{digest}")).into_response(),
         Err(e) => return Error::unreachable(&url, e).into_response(),
     }
-    let req = DownloadRequest {
+    crate::lazy::publish(ctx, blob_request(url, headers, digest), list).await
+}
+
+/// The download of the blob `digest` at `url`, with the client's `headers`.
+fn blob_request(url: Url, headers: HeaderMap, digest: &Digest) -> DownloadRequest {
+    DownloadRequest {
         origin: OriginRequest { url, headers },
         id_options: IdOptions::default(),
         digest: Some(*digest),
         task_id: Some(TaskId::for_blob(digest)),
-    };
-    crate::lazy::publish(ctx, req, list).await
+    }
 }
 
 /// Whether the blob `digest` is complete here and came only from upstreams that served it with

@@ -41,7 +41,8 @@ pub struct PrefetchList {
 }
 
 impl PrefetchList {
-    const MAGIC: &[u8; 8] = b"SHOALPF1";
+    /// The first bytes of an encoded list.
+    pub const MAGIC: &[u8; 8] = b"SHOALPF1";
     /// The most spans a list holds.
     pub const MAX_RANGES: usize = 4096;
     /// The largest list, encoded.

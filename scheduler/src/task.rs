@@ -70,22 +70,18 @@ impl TaskEntry {
     /// Whether only a seed may fetch the task (a layer's gzip index: a seed builds it, and
     /// what it holds — file modes, owners, links — is believed as the layer's).
     pub fn seed_only(&self) -> bool {
-        self.task
-            .id_options
-            .as_ref()
-            .and_then(|o| o.application.as_deref())
-            == Some(shoal_p2p::id::GZIP_INDEX)
+        self.application() == Some(shoal_p2p::id::GZIP_INDEX)
     }
 
-    /// Whether the task is a layer's prefetch list: nobody fetches it, the first host to
-    /// announce all of it (before anyone told its length) is its author, and what it said
-    /// defines it.
+    /// Whether the task is a layer's prefetch list: nobody fetches it, the first host that
+    /// holds the layer and announces all of a list (before anyone told its length) is its
+    /// author, and what it said defines it.
     pub fn authored(&self) -> bool {
-        self.task
-            .id_options
-            .as_ref()
-            .and_then(|o| o.application.as_deref())
-            == Some(shoal_p2p::id::PREFETCH)
+        self.application() == Some(shoal_p2p::id::PREFETCH)
+    }
+
+    fn application(&self) -> Option<&str> {
+        self.task.id_options.as_ref()?.application.as_deref()
     }
 
     pub(crate) fn new(task: Task) -> Self {

@@ -293,26 +293,14 @@ async fn prefetch_or_record(
 
 /// The layer's prefetch list, from the swarm through the node's mirror.
 async fn prefetch_list(source: &Source, digest: Digest, layer_bytes: u64) -> Result<PrefetchList> {
-    let mut extra = HeaderMap::new();
-    extra.insert(LAZY_HEADER, HeaderValue::from_static("prefetch"));
-    let mut resp = source
-        .registry
-        .blob_with(&source.repository, digest, &extra)
-        .await
-        .map_err(|e| Error::Remote(format!("the layer's prefetch list: {e}")))?;
-    let mut bytes: Vec<u8> = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| Error::Remote(format!("reading the layer's prefetch list: {e}")))?
-    {
-        if (bytes.len() + chunk.len()) as u64 > PrefetchList::MAX_BYTES {
-            return Err(Error::Remote(
-                "the layer's prefetch list is too large".into(),
-            ));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+    let bytes = derived(
+        source,
+        digest,
+        "prefetch",
+        PrefetchList::MAGIC,
+        PrefetchList::MAX_BYTES as usize,
+    )
+    .await?;
     PrefetchList::from_bytes(&bytes, layer_bytes)
         .map_err(|e| Error::Remote(format!("the layer's prefetch list: {e}")))
 }
@@ -349,29 +337,49 @@ pub(super) async fn indexed<'a>(source: &Source, layers: &[&'a str]) -> Vec<&'a 
 
 /// The layer's index, from the swarm through the node's mirror.
 async fn index(source: &Source, digest: Digest) -> Result<LayerIndex> {
+    let bytes = derived(source, digest, "index", LAYER_INDEX_MAGIC, MAX_INDEX).await?;
+    LayerIndex::from_bytes(&bytes).map_err(|e| Error::Remote(format!("the layer's index: {e}")))
+}
+
+/// What the node's mirror answers for the layer with `x-shoal-lazy: <ask>` (content derived
+/// from the layer, from the swarm only): at most `max` bytes starting with `magic`.
+async fn derived(
+    source: &Source,
+    digest: Digest,
+    ask: &'static str,
+    magic: &[u8],
+    max: usize,
+) -> Result<Vec<u8>> {
+    let what = if ask == "index" {
+        "index"
+    } else {
+        "prefetch list"
+    };
     let mut extra = HeaderMap::new();
-    extra.insert(LAZY_HEADER, HeaderValue::from_static("index"));
+    extra.insert(LAZY_HEADER, HeaderValue::from_static(ask));
     let mut resp = source
         .registry
         .blob_with(&source.repository, digest, &extra)
         .await
-        .map_err(|e| Error::Remote(format!("the layer's index: {e}")))?;
+        .map_err(|e| Error::Remote(format!("the layer's {what}: {e}")))?;
     let mut bytes: Vec<u8> = Vec::new();
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| Error::Remote(format!("reading the layer's index: {e}")))?
+        .map_err(|e| Error::Remote(format!("reading the layer's {what}: {e}")))?
     {
-        if bytes.len() + chunk.len() > MAX_INDEX {
-            return Err(Error::Remote("the layer's index is too large".into()));
+        if bytes.len() + chunk.len() > max {
+            return Err(Error::Remote(format!("the layer's {what} is too large")));
         }
         bytes.extend_from_slice(&chunk);
-        // Not an index (a mirror that does not know the header answered the layer): stop.
-        if bytes.len() >= LAYER_INDEX_MAGIC.len() && !bytes.starts_with(LAYER_INDEX_MAGIC) {
-            return Err(Error::Remote("the node's mirror answered no index".into()));
+        // Not what was asked (a mirror that does not know the header answered the layer): stop.
+        if bytes.len() >= magic.len() && !bytes.starts_with(magic) {
+            return Err(Error::Remote(format!(
+                "the node's mirror answered no {what}"
+            )));
         }
     }
-    LayerIndex::from_bytes(&bytes).map_err(|e| Error::Remote(format!("the layer's index: {e}")))
+    Ok(bytes)
 }
 
 /// Asks the node to make `range` (not empty) of the layer present; the task file it is in,

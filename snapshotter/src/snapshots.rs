@@ -108,6 +108,22 @@ impl Snapshotter {
         self.dir(id).join("fs")
     }
 
+    /// Where a lazy layer's files are unpacked once the layer is whole (it appears whole, by a
+    /// rename): from then on, the directory the snapshot's children stack on instead of
+    /// [`fs_dir`](Self::fs_dir) (where the lazy mount stays for the containers using it).
+    pub fn unpacked_dir(&self, id: u64) -> PathBuf {
+        self.dir(id).join("unpacked")
+    }
+
+    /// The directory a child stacks on: the unpacked files when there are, else `fs`.
+    fn lower_dir(&self, id: u64) -> PathBuf {
+        let unpacked = self.unpacked_dir(id);
+        match unpacked.is_dir() {
+            true => unpacked,
+            false => self.fs_dir(id),
+        }
+    }
+
     /// A writable snapshot `key` over the committed `parent` (empty: none).
     pub fn prepare(
         &self,
@@ -195,19 +211,20 @@ impl Snapshotter {
     /// mount of it, of several a read-only overlay.
     fn mounts_of(&self, snapshot: &Snapshot, parents: &[u64]) -> Vec<Mount> {
         let path = |id: u64| self.fs_dir(id).display().to_string();
-        let bind = |id: u64, mode: &str| Mount {
+        let below = |id: u64| self.lower_dir(id).display().to_string();
+        let bind = |source: String, mode: &str| Mount {
             kind: "bind".into(),
-            source: path(id),
+            source,
             options: vec![mode.into(), "rbind".into()],
         };
         let lower = || {
-            let dirs: Vec<String> = parents.iter().map(|&id| path(id)).collect();
+            let dirs: Vec<String> = parents.iter().map(|&id| below(id)).collect();
             format!("lowerdir={}", dirs.join(":"))
         };
         match (snapshot.kind, parents) {
-            (Kind::Active, []) => vec![bind(snapshot.id, "rw")],
-            (_, []) => vec![bind(snapshot.id, "ro")],
-            (Kind::View, [only]) => vec![bind(*only, "ro")],
+            (Kind::Active, []) => vec![bind(path(snapshot.id), "rw")],
+            (_, []) => vec![bind(path(snapshot.id), "ro")],
+            (Kind::View, [only]) => vec![bind(below(*only), "ro")],
             (Kind::View, _) => vec![Mount {
                 kind: "overlay".into(),
                 source: "overlay".into(),

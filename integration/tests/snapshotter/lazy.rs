@@ -110,6 +110,41 @@ async fn a_layer_the_swarm_has_an_index_of_is_mounted_lazily_and_its_container_r
         assert!(start.elapsed() < Duration::from_secs(20), "{tasks:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Whole, each layer is unpacked beside its mount: new containers stack on plain files.
+    let start = std::time::Instant::now();
+    loop {
+        let said = std::fs::read_to_string(&log).unwrap();
+        if said.matches("lazy layer whole and unpacked").count() == 2 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{said}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A new container's root stacks on them (the top layer: the committed one with a parent).
+    let ls = remote
+        .ctd
+        .run(&["snapshots", "--snapshotter", "shoal", "ls"])
+        .await;
+    let top = text(&ls)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() == 3 && f[2] == "Committed" && f[1].starts_with("sha256:"))
+        .map(|f| f[0].to_owned())
+        .unwrap_or_else(|| panic!("{}", text(&ls)));
+    let snap = |args: &[&str]| {
+        let mut all = vec!["snapshots", "--snapshotter", "shoal"];
+        all.extend_from_slice(args);
+        let all: Vec<String> = all.into_iter().map(str::to_owned).collect();
+        let ctd = &remote.ctd;
+        async move {
+            let args: Vec<&str> = all.iter().map(String::as_str).collect();
+            ctd.run(&args).await
+        }
+    };
+    assert!(snap(&["prepare", "probe", &top]).await.status.success());
+    let mounts = text(&snap(&["mounts", "/mnt", "probe"]).await);
+    assert_eq!(mounts.matches("/unpacked").count(), 2, "{mounts}");
+    assert!(snap(&["rm", "probe"]).await.status.success());
     // With the registry gone the image still runs: its bytes are here.
     drop(remote._registry);
     assert_image_runs(&remote.ctd, &remote.reference, "lazy-offline").await;

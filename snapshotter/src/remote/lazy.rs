@@ -154,7 +154,7 @@ pub(super) async fn mount(
 /// its background download, and its prefetch (or, when `record` and the swarm has no list,
 /// the recording of its first reads).
 async fn attach(
-    snapshotter: &Snapshotter,
+    snapshotter: &Arc<Snapshotter>,
     mounted: &Arc<Mounted>,
     source: &Source,
     digest: Digest,
@@ -180,6 +180,7 @@ async fn attach(
         recording: recording.clone(),
     };
     let layer_bytes = index.index.compressed_size;
+    let diff_id = index.diff_id.to_string();
     let fs = LazyLayer::new(index.index, index.files, Box::new(spans));
     let dir = snapshotter.fs_dir(id);
     let session = tokio::task::spawn_blocking(move || crate::lazy::mount(fs, &dir))
@@ -204,13 +205,24 @@ async fn attach(
     // The first byte asked starts the whole layer's download in the node: the background
     // completion. Asked again now and then until the node holds it all (a download that
     // failed starts over), while the layer is mounted.
-    let (source, mounted) = (source.clone(), mounted.clone());
+    // Once whole, the layer is unpacked beside its mount: containers started after that read
+    // plain files (those running on the mount go on with it).
+    let (source, mounted, snapshotter) = (source.clone(), mounted.clone(), snapshotter.clone());
     tokio::spawn(async move {
         let mut warned = false;
         while mounted.holds(id) {
             match present(&source, digest, 0..1).await {
-                Ok((_, true)) => {
+                Ok((file, true)) => {
                     metrics.complete.observe(since.elapsed().as_secs_f64());
+                    match unpack_whole(&snapshotter, id, file.into(), diff_id).await {
+                        Ok(()) => {
+                            metrics.unpacked.inc();
+                            tracing::info!(layer = %digest, snapshot = id, "lazy layer whole and unpacked: new containers read its files directly")
+                        }
+                        Err(e) => {
+                            tracing::warn!(layer = %digest, error = %e, "a whole lazy layer was not unpacked: its containers read it through the mount")
+                        }
+                    }
                     break;
                 }
                 Ok(_) => {}
@@ -224,6 +236,45 @@ async fn attach(
         }
     });
     Ok(())
+}
+
+/// Unpacks the whole layer (its task file, complete and checked against the layer's digest)
+/// into snapshot `id`'s unpacked directory, which appears when it is whole and its diff id is
+/// `diff_id` (the one the snapshot's chain id was checked against).
+async fn unpack_whole(
+    snapshotter: &Arc<Snapshotter>,
+    id: u64,
+    task_file: std::path::PathBuf,
+    diff_id: String,
+) -> Result<()> {
+    let done = snapshotter.unpacked_dir(id);
+    blocking(move || {
+        if done.is_dir() {
+            return Ok(());
+        }
+        let staging = done.with_file_name("unpacking");
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging)
+            .map_err(|e| Error::io("create unpack dir", &staging, e))?;
+        let input =
+            File::open(&task_file).map_err(|e| Error::io("open task file", &task_file, e))?;
+        let unpacked = crate::extract::unpack(input, &staging);
+        let made = match unpacked {
+            Ok(u) if u.diff_id == diff_id => {
+                std::fs::rename(&staging, &done).map_err(|e| Error::io("rename", &staging, e))
+            }
+            Ok(u) => Err(Error::Remote(format!(
+                "the layer unpacked to {}, its index says {diff_id}",
+                u.diff_id
+            ))),
+            Err(e) => Err(e),
+        };
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        made
+    })
+    .await
 }
 
 /// What a layer's first reads needed, while they are recorded for its prefetch list.
@@ -501,7 +552,7 @@ pub(super) const RESTORE_FOR: Duration = Duration::from_secs(30);
 /// Mounts the lazy layer of the committed snapshot `s` again, after a restart, trying until
 /// `until` for its index.
 pub(super) async fn remount(
-    snapshotter: &Snapshotter,
+    snapshotter: &Arc<Snapshotter>,
     mounted: &Arc<Mounted>,
     source: &Source,
     s: &crate::snapshots::Snapshot,

@@ -19,6 +19,8 @@ pub struct LazyMetrics {
     pub first_read: Histogram,
     /// From a layer's mount to the node holding all of it.
     pub complete: Histogram,
+    /// Whole lazy layers unpacked beside their mounts (new containers read plain files).
+    pub unpacked: Counter,
 }
 
 impl Default for LazyMetrics {
@@ -32,6 +34,7 @@ impl Default for LazyMetrics {
             prefetched: Counter::default(),
             first_read: seconds(),
             complete: seconds(),
+            unpacked: Counter::default(),
         }
     }
 }
@@ -67,6 +70,11 @@ impl LazyMetrics {
             "shoal_lazy_complete_seconds",
             "From a lazy layer's mount to the node holding all of it",
             self.complete.clone(),
+        );
+        registry.register(
+            "shoal_lazy_layers_unpacked",
+            "Lazy layers unpacked once whole: containers started since read plain files",
+            self.unpacked.clone(),
         );
     }
 }

@@ -281,7 +281,11 @@ impl LazyLayer {
             None => self.inflate(cp),
         };
         drop(held);
-        self.inflating.lock().expect("inflating lock").remove(&cp);
+        // This gate only: a later one (the span evicted and wanted again) stays.
+        let mut inflating = self.inflating.lock().expect("inflating lock");
+        if inflating.get(&cp).is_some_and(|g| Arc::ptr_eq(g, &gate)) {
+            inflating.remove(&cp);
+        }
         inflated
     }
 

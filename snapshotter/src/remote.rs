@@ -165,6 +165,8 @@ impl Remote {
     /// cannot be had, the layer is unpacked into its directory: never left empty.
     pub async fn restore(&self, snapshotter: &Arc<Snapshotter>) {
         lazy::unmount_stale(snapshotter.root());
+        // Unpacks a stop cut short.
+        let _ = std::fs::remove_dir_all(snapshotter.root().join("unpacking"));
         let s = snapshotter.clone();
         let Ok(list) = blocking(move || s.list()).await else {
             return;
@@ -192,6 +194,11 @@ impl Remote {
             let remounted =
                 lazy::remount(snapshotter, &self.mounted, &source, &snap, digest, until).await;
             let Err(e) = remounted else { continue };
+            if snapshotter.unpacked_dir(snap.id).is_dir() {
+                // Its files are unpacked already: its children stack on them.
+                tracing::info!(layer = %digest, error = %e, "a lazy layer not mounted again: it is unpacked");
+                continue;
+            }
             tracing::warn!(layer = %digest, error = %e, "a lazy layer could not be mounted again; unpacking it");
             let dir = snapshotter.fs_dir(snap.id);
             let unpacked = match source.registry.blob(&source.repository, digest).await {

@@ -396,10 +396,19 @@ impl Snapshotter {
     /// Disk use of snapshot `key`'s own files (an active one's as they are now).
     pub fn usage(&self, key: &str) -> Result<Usage> {
         let snapshot = self.stat(key)?;
+        let unpacked = self.unpacked_dir(snapshot.id);
         match snapshot.usage {
+            // A lazy layer's files, once unpacked beside its mount.
+            _ if unpacked.is_dir() => usage_of(&unpacked),
             Some(usage) => Ok(usage),
             None => usage_of(&self.fs_dir(snapshot.id)),
         }
+    }
+
+    /// Where a lazy layer is unpacked before it appears as [`unpacked_dir`](Self::unpacked_dir)
+    /// (outside the snapshot's directory: a snapshot removed meanwhile leaves nothing there).
+    pub fn unpacking_dir(&self, id: u64) -> PathBuf {
+        self.root.join("unpacking").join(id.to_string())
     }
 
     /// Every snapshot.

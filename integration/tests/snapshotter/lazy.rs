@@ -145,6 +145,14 @@ async fn a_layer_the_swarm_has_an_index_of_is_mounted_lazily_and_its_container_r
     let mounts = text(&snap(&["mounts", "/mnt", "probe"]).await);
     assert_eq!(mounts.matches("/unpacked").count(), 2, "{mounts}");
     assert!(snap(&["rm", "probe"]).await.status.success());
+    // Their disk use is the unpacked files'.
+    let usage = text(&snap(&["usage", &top]).await);
+    let inodes: u64 = usage
+        .lines()
+        .find(|l| l.starts_with(&top))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("{usage}"));
+    assert!(inodes >= 2, "{usage}");
     // With the registry gone the image still runs: its bytes are here.
     drop(remote._registry);
     assert_image_runs(&remote.ctd, &remote.reference, "lazy-offline").await;

@@ -126,7 +126,7 @@ pub(super) async fn mount(
         )));
     }
     // Mounted over the snapshot before it is committed: containerd never sees it empty.
-    let (s, k) = (snapshotter.clone(), key.clone());
+    let (s, k, prepared) = (snapshotter.clone(), key.clone(), key.clone());
     let id = blocking(move || {
         s.prepare(&k, "", BTreeMap::new())?;
         Ok(s.stat(&k)?.id)
@@ -142,8 +142,9 @@ pub(super) async fn mount(
     };
     if let Err(e) = committed {
         mounted.unmount(id, &snapshotter.fs_dir(id));
-        let (s, k) = (snapshotter.clone(), layer.target.clone());
-        let _ = blocking(move || s.remove(&k)).await;
+        // Not committed: the active snapshot goes.
+        let s = snapshotter.clone();
+        let _ = blocking(move || s.remove(&prepared)).await;
         return Err(e);
     }
     tracing::info!(layer = layer.digest, took = ?started.elapsed(), "layer mounted lazily");
@@ -214,7 +215,7 @@ async fn attach(
             match present(&source, digest, 0..1).await {
                 Ok((file, true)) => {
                     metrics.complete.observe(since.elapsed().as_secs_f64());
-                    match unpack_whole(&snapshotter, id, file.into(), diff_id).await {
+                    match unpack_whole(&snapshotter, &mounted, id, file.into(), diff_id).await {
                         Ok(()) => {
                             metrics.unpacked.inc();
                             tracing::info!(layer = %digest, snapshot = id, "lazy layer whole and unpacked: new containers read its files directly")
@@ -243,16 +244,18 @@ async fn attach(
 /// `diff_id` (the one the snapshot's chain id was checked against).
 async fn unpack_whole(
     snapshotter: &Arc<Snapshotter>,
+    mounted: &Arc<Mounted>,
     id: u64,
     task_file: std::path::PathBuf,
     diff_id: String,
 ) -> Result<()> {
     let done = snapshotter.unpacked_dir(id);
+    let staging = snapshotter.unpacking_dir(id);
+    let mounted = mounted.clone();
     blocking(move || {
         if done.is_dir() {
             return Ok(());
         }
-        let staging = done.with_file_name("unpacking");
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging)
             .map_err(|e| Error::io("create unpack dir", &staging, e))?;
@@ -261,7 +264,14 @@ async fn unpack_whole(
         let unpacked = crate::extract::unpack(input, &staging);
         let made = match unpacked {
             Ok(u) if u.diff_id == diff_id => {
-                std::fs::rename(&staging, &done).map_err(|e| Error::io("rename", &staging, e))
+                // Under the mounts' lock: a snapshot removed meanwhile (unmounted first) gets
+                // no files back.
+                let sessions = mounted.sessions.lock().expect("mounts lock");
+                match sessions.contains_key(&id) {
+                    true => std::fs::rename(&staging, &done)
+                        .map_err(|e| Error::io("rename", &staging, e)),
+                    false => Err(Error::Remote("the layer was unmounted meanwhile".into())),
+                }
             }
             Ok(u) => Err(Error::Remote(format!(
                 "the layer unpacked to {}, its index says {diff_id}",

@@ -47,7 +47,7 @@ fn lazy_mounts(dir: &Path) -> usize {
 async fn a_layer_the_swarm_has_an_index_of_is_mounted_lazily_and_its_container_runs() {
     let dir = tempfile::tempdir().unwrap();
     let image = Image::of_gzip_layers(cat_tars(dir.path()));
-    let remote = Remote::start_in(dir, image, true, |b| b).await;
+    let mut remote = Remote::start_in(dir, image, true, |b| b).await;
     let digests: Vec<String> = remote
         .image
         .layers
@@ -153,8 +153,9 @@ async fn a_layer_the_swarm_has_an_index_of_is_mounted_lazily_and_its_container_r
         .and_then(|l| l.split_whitespace().last()?.parse().ok())
         .unwrap_or_else(|| panic!("{usage}"));
     assert!(inodes >= 2, "{usage}");
-    // With the registry gone the image still runs: its bytes are here.
+    // With the registry and every peer gone the image still runs: its bytes are here.
     drop(remote._registry);
+    drop(remote.cluster.seed.take());
     assert_image_runs(&remote.ctd, &remote.reference, "lazy-offline").await;
 
     // containerd's GC (here: the image removed, its snapshots with it) unmounts them.

@@ -193,10 +193,7 @@ impl Registry {
     ) -> Result<reqwest::Response> {
         check_reference(repository, &digest.to_string())?;
         let url = self.url(repository, "blobs", &digest.to_string());
-        let held = match &self.credentials {
-            Credentials::Header(h) => Some(h.clone()),
-            _ => self.tokens.get(&format!("repository:{repository}:pull")),
-        };
+        let held = self.held(&format!("repository:{repository}:pull"));
         let mut rb = self.http.put(url.clone()).headers(extra.clone()).body(body);
         if let Some(a) = held {
             rb = rb.header(AUTHORIZATION, a);
@@ -272,6 +269,14 @@ impl Registry {
             .await
     }
 
+    /// The authorization held for `scope`: the credentials' header, else a token earned.
+    fn held(&self, scope: &str) -> Option<http::HeaderValue> {
+        match &self.credentials {
+            Credentials::Header(h) => Some(h.clone()),
+            _ => self.tokens.get(scope),
+        }
+    }
+
     /// [`Registry::get`] with `extra` headers on every request.
     async fn get_with(
         &self,
@@ -280,10 +285,7 @@ impl Registry {
         extra: &http::HeaderMap,
     ) -> Result<reqwest::Response> {
         let scope = format!("repository:{repository}:pull");
-        let held = match &self.credentials {
-            Credentials::Header(h) => Some(h.clone()),
-            _ => self.tokens.get(&scope),
-        };
+        let held = self.held(&scope);
         let resp = self.send(url, held.clone(), extra).await?;
         if resp.status() != http::StatusCode::UNAUTHORIZED
             || matches!(self.credentials, Credentials::Header(_))

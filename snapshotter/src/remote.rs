@@ -11,6 +11,7 @@
 
 mod lazy;
 mod metrics;
+mod prefetch;
 mod stage;
 
 use std::collections::{BTreeMap, HashMap};
@@ -165,8 +166,6 @@ impl Remote {
     /// cannot be had, the layer is unpacked into its directory: never left empty.
     pub async fn restore(&self, snapshotter: &Arc<Snapshotter>) {
         lazy::unmount_stale(snapshotter.root());
-        // Unpacks a stop cut short.
-        let _ = std::fs::remove_dir_all(snapshotter.root().join("unpacking"));
         let s = snapshotter.clone();
         let Ok(list) = blocking(move || s.list()).await else {
             return;

@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const NEXT_ID: &str = "next_id";
+/// Where lazy layers are unpacked before they appear in their snapshot ([`Snapshotter::unpacking_dir`]).
+const UNPACKING: &str = "unpacking";
 
 /// The largest label (key and value together), as containerd bounds it.
 pub const MAX_LABEL_BYTES: usize = 4096;
@@ -89,6 +91,8 @@ impl Snapshotter {
         txn.open_table(SNAPSHOTS)?;
         txn.open_table(COUNTERS)?;
         txn.commit()?;
+        // Unpacks a stop cut short (the database lock says no other snapshotter is here).
+        let _ = std::fs::remove_dir_all(root.join(UNPACKING));
         Ok(Snapshotter {
             root: root.to_owned(),
             db,
@@ -408,7 +412,7 @@ impl Snapshotter {
     /// Where a lazy layer is unpacked before it appears as [`unpacked_dir`](Self::unpacked_dir)
     /// (outside the snapshot's directory: a snapshot removed meanwhile leaves nothing there).
     pub fn unpacking_dir(&self, id: u64) -> PathBuf {
-        self.root.join("unpacking").join(id.to_string())
+        self.root.join(UNPACKING).join(id.to_string())
     }
 
     /// Every snapshot.

@@ -7,10 +7,9 @@
 //! the node fetches those pieces first, from peers, else the origin) and reads the node's task
 //! file; the rest of the layer comes in the background from the first byte asked, and once
 //! the node holds it all, reads go to the file alone.
-//! Prefetch: the first host to run a layer records the spans its reads needed for
-//! [`Mounted::record_for`] after the first read and publishes them as the layer's prefetch list
-//! (through the mirror, into the swarm); the next hosts' mounts make those spans present first,
-//! in the order they were read.
+//! Once the node holds the whole layer, it is unpacked beside the mount, and later containers
+//! stack on those files. Prefetch (the first host's reads, first on the next hosts): see
+//! `super::prefetch`.
 //! No index within [`INDEX_WAIT`] (the first pull of a layer anywhere: the seed builds it
 //! meanwhile), a layer that is not gzip, `shoal pull --eager`: the layer is unpacked, as before.
 
@@ -25,6 +24,8 @@ use http::HeaderValue;
 use http::header::HeaderMap;
 use shoal_p2p::Digest;
 use shoal_p2p::api::{COMPLETE_HEADER, LAZY_HEADER, PrefetchList, TASK_FILE_HEADER};
+
+use super::prefetch::{Recording, prefetch_or_record};
 use shoal_seed::gzindex::{LAYER_INDEX_MAGIC, LayerIndex};
 
 use super::metrics::LazyMetrics;
@@ -43,7 +44,7 @@ pub const INDEX_WAIT: Duration = Duration::from_secs(3);
 /// The largest index taken.
 const MAX_INDEX: usize = shoal_p2p::api::MAX_GZIP_INDEX as usize;
 /// How often a mounted layer's background download is checked on (and started again).
-const COMPLETE_CHECK: Duration = Duration::from_secs(5);
+pub(super) const COMPLETE_CHECK: Duration = Duration::from_secs(5);
 /// How long a read waits for a node too busy to start the layer's download.
 const BUSY_FOR: Duration = Duration::from_secs(30);
 
@@ -83,7 +84,7 @@ impl Mounted {
         }
     }
 
-    fn holds(&self, id: u64) -> bool {
+    pub(super) fn holds(&self, id: u64) -> bool {
         self.sessions.lock().expect("mounts lock").contains_key(&id)
     }
 }
@@ -287,100 +288,6 @@ async fn unpack_whole(
     .await
 }
 
-/// What a layer's first reads needed, while they are recorded for its prefetch list.
-struct Recording {
-    /// `Some` while reads are recorded.
-    list: Mutex<Option<PrefetchList>>,
-    first_read: tokio::sync::Notify,
-}
-
-/// With the layer's prefetch list from the swarm, makes its spans present, in order; without
-/// one (the first host to run the layer), records what the reads need for
-/// [`Mounted::record_for`] after the first and publishes it.
-async fn prefetch_or_record(
-    source: Source,
-    mounted: Arc<Mounted>,
-    id: u64,
-    digest: Digest,
-    layer_bytes: u64,
-    recording: Arc<Recording>,
-) {
-    let found = tokio::time::timeout(INDEX_WAIT, prefetch_list(&source, digest, layer_bytes)).await;
-    if let Ok(Ok(list)) = found {
-        *recording.list.lock().expect("recording lock") = None;
-        let started = std::time::Instant::now();
-        for range in &list.ranges {
-            if !mounted.holds(id) {
-                return;
-            }
-            if let Err(e) = present(&source, digest, range.clone()).await {
-                tracing::warn!(layer = %digest, error = %e, "prefetch stopped");
-                return;
-            }
-            mounted.metrics.prefetched.inc_by(range.end - range.start);
-        }
-        tracing::info!(layer = %digest, spans = list.ranges.len(), bytes = list.bytes(), took = ?started.elapsed(), "prefetched the layer's first reads");
-        return;
-    }
-    if recording.list.lock().expect("recording lock").is_none() {
-        return;
-    }
-    // A layer nobody reads records nothing: given up when it is unmounted.
-    while tokio::time::timeout(COMPLETE_CHECK, recording.first_read.notified())
-        .await
-        .is_err()
-    {
-        if !mounted.holds(id) {
-            return;
-        }
-    }
-    tokio::time::sleep(mounted.record_for).await;
-    let list = recording.list.lock().expect("recording lock").take();
-    let Some(list) = list.filter(|l| !l.ranges.is_empty()) else {
-        return;
-    };
-    match publish_prefetch(&source, digest, &list).await {
-        Ok(()) => {
-            tracing::info!(layer = %digest, spans = list.ranges.len(), bytes = list.bytes(), "the layer's first reads published for the next hosts' prefetch")
-        }
-        Err(e) if e.status() == Some(409) => {
-            tracing::info!(layer = %digest, "another host's prefetch list came first: it stands")
-        }
-        Err(e) => {
-            tracing::warn!(layer = %digest, error = %e, "the layer's prefetch list was not published")
-        }
-    }
-}
-
-/// The layer's prefetch list, from the swarm through the node's mirror.
-async fn prefetch_list(source: &Source, digest: Digest, layer_bytes: u64) -> Result<PrefetchList> {
-    let bytes = derived(
-        source,
-        digest,
-        "prefetch",
-        PrefetchList::MAGIC,
-        PrefetchList::MAX_BYTES as usize,
-    )
-    .await?;
-    PrefetchList::from_bytes(&bytes, layer_bytes)
-        .map_err(|e| Error::Remote(format!("the layer's prefetch list: {e}")))
-}
-
-/// Publishes `list` as the layer's prefetch list, through the node's mirror.
-async fn publish_prefetch(
-    source: &Source,
-    digest: Digest,
-    list: &PrefetchList,
-) -> shoal_seed::Result<()> {
-    let mut extra = HeaderMap::new();
-    extra.insert(LAZY_HEADER, HeaderValue::from_static("prefetch"));
-    source
-        .registry
-        .put_blob_with(&source.repository, digest, &extra, list.to_bytes())
-        .await?;
-    Ok(())
-}
-
 /// Of `layers`, those whose index the swarm holds (each asked at once; the node keeps what
 /// it fetched for the prepares to come).
 pub(super) async fn indexed<'a>(source: &Source, layers: &[&'a str]) -> Vec<&'a str> {
@@ -398,24 +305,27 @@ pub(super) async fn indexed<'a>(source: &Source, layers: &[&'a str]) -> Vec<&'a 
 
 /// The layer's index, from the swarm through the node's mirror.
 async fn index(source: &Source, digest: Digest) -> Result<LayerIndex> {
-    let bytes = derived(source, digest, "index", LAYER_INDEX_MAGIC, MAX_INDEX).await?;
+    let bytes = derived(
+        source,
+        digest,
+        ("index", "index"),
+        LAYER_INDEX_MAGIC,
+        MAX_INDEX,
+    )
+    .await?;
     LayerIndex::from_bytes(&bytes).map_err(|e| Error::Remote(format!("the layer's index: {e}")))
 }
 
 /// What the node's mirror answers for the layer with `x-shoal-lazy: <ask>` (content derived
-/// from the layer, from the swarm only): at most `max` bytes starting with `magic`.
-async fn derived(
+/// from the layer, from the swarm only, called `what` in errors): at most `max` bytes starting
+/// with `magic`.
+pub(super) async fn derived(
     source: &Source,
     digest: Digest,
-    ask: &'static str,
+    (ask, what): (&'static str, &str),
     magic: &[u8],
     max: usize,
 ) -> Result<Vec<u8>> {
-    let what = if ask == "index" {
-        "index"
-    } else {
-        "prefetch list"
-    };
     let mut extra = HeaderMap::new();
     extra.insert(LAZY_HEADER, HeaderValue::from_static(ask));
     let mut resp = source
@@ -445,7 +355,7 @@ async fn derived(
 
 /// Asks the node to make `range` (not empty) of the layer present; the task file it is in,
 /// and whether the node holds the whole layer.
-async fn present(
+pub(super) async fn present(
     source: &Source,
     digest: Digest,
     range: Range<u64>,

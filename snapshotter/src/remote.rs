@@ -12,6 +12,7 @@
 mod lazy;
 mod metrics;
 mod prefetch;
+mod restart;
 mod stage;
 
 use std::collections::{BTreeMap, HashMap};
@@ -165,12 +166,12 @@ impl Remote {
     /// leaves them dead). Each committed lazy snapshot is mounted again, or, when its index
     /// cannot be had, the layer is unpacked into its directory: never left empty.
     pub async fn restore(&self, snapshotter: &Arc<Snapshotter>) {
-        lazy::unmount_stale(snapshotter.root());
+        restart::unmount_stale(snapshotter.root());
         let s = snapshotter.clone();
         let Ok(list) = blocking(move || s.list()).await else {
             return;
         };
-        let until = std::time::Instant::now() + lazy::RESTORE_FOR;
+        let until = std::time::Instant::now() + restart::RESTORE_FOR;
         for snap in list {
             if snap.kind != crate::Kind::Committed || !snap.labels.contains_key(LAZY) {
                 continue;
@@ -191,7 +192,7 @@ impl Remote {
                 repository: layer.repository.clone(),
             };
             let remounted =
-                lazy::remount(snapshotter, &self.mounted, &source, &snap, digest, until).await;
+                restart::remount(snapshotter, &self.mounted, &source, &snap, digest, until).await;
             let Err(e) = remounted else { continue };
             if snapshotter.unpacked_dir(snap.id).is_dir() {
                 // Its files are unpacked already: its children stack on them.

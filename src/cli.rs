@@ -45,6 +45,11 @@ pub enum Command {
     /// Pulls an image into containerd through the shoal snapshotter: its layers come from the
     /// swarm, unpacked while they stream (as `ctr-remote rpull`).
     Pull(crate::containerd::PullArgs),
+    /// Makes an image present in the swarm ahead of its pulls, through the scheduler's HTTP
+    /// API (as Harbor's preheat does); `--list` shows the jobs.
+    Preheat(crate::preheat::PreheatArgs),
+    /// The scheduler's HTTP API tokens: `create NAME` (printed once), `list`, `revoke NAME`.
+    Token(crate::preheat::TokenArgs),
     /// Download a URL through the local daemon (or standalone when none runs).
     Get(GetArgs),
     /// The local daemon: its schedulers, its tasks, the bytes it got from origin / peers / cache.
@@ -290,6 +295,9 @@ pub struct SchedulerArgs {
     /// Overrides `listen` (gRPC).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Overrides `[api] listen` (the HTTP API: preheat jobs, Harbor's providers and webhooks).
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
     /// `/healthz` and `/metrics`.
     #[arg(long, default_value = "0.0.0.0:4002")]
     pub metrics_addr: SocketAddr,
@@ -302,6 +310,7 @@ impl SchedulerArgs {
             None => SchedulerConfig::default(),
         };
         c.listen = self.listen.unwrap_or(c.listen);
+        c.api.listen = self.http_listen.unwrap_or(c.api.listen);
         Ok(c)
     }
 }
@@ -313,6 +322,10 @@ pub struct UpArgs {
     /// The embedded scheduler's gRPC address.
     #[arg(long, default_value = "0.0.0.0:8002")]
     pub scheduler_listen: SocketAddr,
+    /// The embedded scheduler's HTTP API (preheat jobs, Harbor's providers and webhooks); its
+    /// tokens and jobs are kept in `<data_dir>/api/`.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub http_listen: SocketAddr,
 }
 
 impl UpArgs {
@@ -327,6 +340,11 @@ impl UpArgs {
         let scheduler = SchedulerConfig {
             listen: self.scheduler_listen,
             cluster: up_cluster(&node.daemon)?,
+            api: shoal_scheduler::api::ApiConfig {
+                listen: self.http_listen,
+                dir: Some(node.daemon.data_dir.join("api")),
+                ..Default::default()
+            },
             ..Default::default()
         };
         Ok((scheduler, node))

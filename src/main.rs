@@ -3,6 +3,7 @@
 
 mod cli;
 mod containerd;
+mod preheat;
 mod process;
 
 use std::process::ExitCode;
@@ -22,6 +23,8 @@ fn main() -> ExitCode {
             | Command::Ca(_)
             | Command::Install(_)
             | Command::Pull(_)
+            | Command::Token(_)
+            | Command::Preheat(_)
     );
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
@@ -59,6 +62,8 @@ fn main() -> ExitCode {
             Command::Ca(args) => return args.run().map(|()| ExitCode::SUCCESS),
             Command::Install(args) => return args.run().map(|()| ExitCode::SUCCESS),
             Command::Pull(args) => return args.run().await.map(|()| ExitCode::SUCCESS),
+            Command::Token(args) => return args.run().map(|()| ExitCode::SUCCESS),
+            Command::Preheat(args) => return args.run().await.map(|()| ExitCode::SUCCESS),
             Command::Get(args) => return Ok(shoal_node::get::run(args.options()?).await.into()),
             Command::Status(args) => return args.run().await.map(|()| ExitCode::SUCCESS),
         }

@@ -58,14 +58,23 @@ pub fn node_config(
     )
 }
 
-/// `shoal scheduler` on `127.0.0.1:port` (metrics on an ephemeral port), with the data
-/// directory `data_dir`: its cluster credentials are in `<data_dir>/cluster/`, the default.
+/// `shoal scheduler` on `127.0.0.1:port` (metrics and the HTTP API on ephemeral ports), with
+/// the data directory `data_dir`:
+/// its cluster credentials are in `<data_dir>/cluster/`, the default, its API's tokens and
+/// jobs in `<data_dir>/api/`.
 pub fn scheduler_command(port: u16, data_dir: &Path) -> Command {
+    scheduler_command_with_api(port, 0, data_dir)
+}
+
+/// [`scheduler_command`] with the HTTP API on `127.0.0.1:api_port` (0: ephemeral).
+pub fn scheduler_command_with_api(port: u16, api_port: u16, data_dir: &Path) -> Command {
     let mut cmd = shoal();
     cmd.env("SHOAL_DATA_DIR", data_dir)
         .arg("scheduler")
         .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
+        .arg("--http-listen")
+        .arg(format!("127.0.0.1:{api_port}"))
         .arg("--metrics-addr")
         .arg("127.0.0.1:0");
     cmd
@@ -113,9 +122,16 @@ pub struct ClusterBuilder {
     origin_ca: Option<PathBuf>,
     log: &'static str,
     insecure: bool,
+    scheduler_settings: Vec<String>,
 }
 
 impl ClusterBuilder {
+    /// A line for the first scheduler's config (after its `[cluster]` table: say the table).
+    pub fn scheduler_setting(mut self, line: &str) -> Self {
+        self.scheduler_settings.push(line.to_owned());
+        self
+    }
+
     /// The nodes' proxies terminate TLS of CONNECT targets matching `regex`.
     pub fn hijack(mut self, regex: &str) -> Self {
         self.hijack.push(regex.into());
@@ -206,6 +222,8 @@ impl ClusterBuilder {
             _mounts: crate::runtimes::UnmountOnDrop(dir.path().to_owned()),
             dir,
             scheduler_port,
+            api_port: free_port(),
+            scheduler_settings: self.scheduler_settings,
             scheduler: None,
             more_schedulers: (1..self.schedulers.max(1))
                 .map(|_| (free_port(), None))
@@ -265,6 +283,9 @@ pub struct Cluster {
     _mounts: crate::runtimes::UnmountOnDrop,
     dir: tempfile::TempDir,
     pub scheduler_port: u16,
+    /// The first scheduler's HTTP API (preheat jobs).
+    pub api_port: u16,
+    scheduler_settings: Vec<String>,
     pub scheduler: Option<ChildGuard>,
     /// The other schedulers (`.schedulers(n)`): port and process.
     pub more_schedulers: Vec<(u16, Option<ChildGuard>)>,
@@ -295,6 +316,7 @@ impl Cluster {
             origin_ca: None,
             log: "info",
             insecure: false,
+            scheduler_settings: Vec::new(),
         }
     }
 
@@ -322,16 +344,26 @@ impl Cluster {
         self.dir.path().join("scheduler")
     }
 
-    /// (Re)starts the scheduler on its port.
+    /// (Re)starts the scheduler on its port; its log goes to `log` in its directory.
     pub async fn start_scheduler(&mut self) {
         let data_dir = self.scheduler_dir();
-        let mut cmd = scheduler_command(self.scheduler_port, &data_dir);
-        if self.insecure {
-            let config = data_dir.join("scheduler.toml");
-            std::fs::create_dir_all(&data_dir).expect("scheduler dir");
-            std::fs::write(&config, "[cluster]\ninsecure = true\n").expect("scheduler config");
-            cmd.arg("--config").arg(config);
+        let mut cmd = scheduler_command_with_api(self.scheduler_port, self.api_port, &data_dir);
+        let config = data_dir.join("scheduler.toml");
+        std::fs::create_dir_all(&data_dir).expect("scheduler dir");
+        let mut text = format!("[cluster]\ninsecure = {}\n", self.insecure);
+        for line in &self.scheduler_settings {
+            text += &format!("{line}\n");
         }
+        std::fs::write(&config, text).expect("scheduler config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("log"))
+            .expect("scheduler log");
+        cmd.env("SHOAL_LOG", self.log)
+            .arg("--config")
+            .arg(config)
+            .stderr(log);
         self.scheduler = Some(ChildGuard::spawn(cmd));
         let port = self.scheduler_port;
         wait_until(Duration::from_secs(20), "scheduler to listen", || {

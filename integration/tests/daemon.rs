@@ -127,6 +127,8 @@ async fn shoal_up_counts_each_byte_once_by_source() {
         .arg("--upload-addr")
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--scheduler-listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--http-listen")
         .arg(format!("127.0.0.1:{}", free_port()));
     let _up = ChildGuard::spawn(cmd);
     let socket = data_dir.join("shoal.sock");

@@ -10,7 +10,8 @@ use shoal_p2p::api::LocalClient;
 use shoal_p2p::proto::{PieceDigest, PieceSet};
 use shoal_p2p::rate::RateLimit;
 use shoal_p2p::{
-    AsyncStore, Bitmap, Downloader, Error, Holdings, JobHandler, Metrics, Origin, Result, Swarm,
+    AsyncStore, Bitmap, Downloader, Error, Holdings, JobHandler, Metrics, Origin, Preheat, Result,
+    Swarm,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -204,7 +205,7 @@ struct Node {
 impl Node {
     /// Runs the upload server and stays attached to every scheduler: after each (re-)attach,
     /// and when a scheduler is lost, the complete tasks this host holds are announced to their
-    /// owners now, and seed jobs go to the seed.
+    /// owners now, and jobs go to the seed (or, on other hosts, run as preheats).
     fn start(self, listener: tokio::net::TcpListener, upload: crate::upload::Upload) {
         let Some(swarm) = self.downloader.swarm().cloned() else {
             return;
@@ -229,11 +230,14 @@ impl Node {
                         reannounce(&swarm, &downloader, moved).await;
                     });
                 };
-                let job = |job| match &node.seed {
-                    Some(seed) => {
-                        node.tracker.spawn(seed.run(node.downloader.clone(), job));
-                    }
-                    None => tracing::warn!("a seed job came to a host that is not a seed"),
+                // A seed fetches for the swarm; any other host takes a job as a preheat
+                // onto its own disk, through the swarm.
+                let job = |job| {
+                    let run = match &node.seed {
+                        Some(seed) => seed.run(node.downloader.clone(), job),
+                        None => Preheat.run(node.downloader.clone(), job),
+                    };
+                    node.tracker.spawn(run);
                 };
                 swarm
                     .attach_loop(index, changed, job, node.cancel.clone())

@@ -88,7 +88,7 @@ pub use id::{IdOptions, TaskId};
 pub use metrics::{Metrics, Source};
 pub use origin::{Origin, OriginConfig, OriginRequest, Stat};
 pub use piece::Layout;
-pub use seeding::JobHandler;
+pub use seeding::{JobHandler, Preheat};
 pub use store::{AsyncStore, Holdings, Store, TaskMeta, TaskState};
 pub use swarm::{Swarm, SwarmConfig};
 

@@ -79,6 +79,7 @@ pub mod fuzz {
     }
 }
 
+pub mod api;
 mod error;
 mod members;
 mod metrics;
@@ -111,6 +112,8 @@ pub struct SchedulerConfig {
     /// Cluster identity: only members of the cluster may attach (`cluster/` in the default
     /// data directory unless the table says otherwise).
     pub cluster: ClusterConfig,
+    /// The HTTP API: preheat jobs (Harbor's P2P providers, `shoal preheat`), Harbor webhooks.
+    pub api: api::ApiConfig,
 }
 
 impl Default for SchedulerConfig {
@@ -119,6 +122,7 @@ impl Default for SchedulerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8002)),
             task_idle_ttl: Duration::from_secs(600),
             cluster: ClusterConfig::default(),
+            api: api::ApiConfig::default(),
         }
     }
 }
@@ -150,6 +154,7 @@ pub struct Scheduler {
     cluster: Option<Arc<Cluster>>,
     state: Arc<Mutex<state::State>>,
     metrics: Metrics,
+    api: Option<Arc<api::Api>>,
 }
 
 impl Scheduler {
@@ -169,21 +174,45 @@ impl Scheduler {
                  `--role scheduler`"
             )));
         }
+        let state = Arc::default();
+        let metrics = Metrics::register(registry);
+        let api = match config.api.enabled {
+            true => Some(Arc::new(api::Api::open(
+                &config.api,
+                Arc::clone(&state),
+                metrics.clone(),
+            )?)),
+            false => None,
+        };
         Ok(Scheduler {
             config,
             cluster,
-            state: Arc::default(),
-            metrics: Metrics::register(registry),
+            state,
+            metrics,
+            api,
         })
     }
 
-    /// Serves gRPC on `listener` until `shutdown` resolves.
+    /// Serves gRPC on `listener`, and the HTTP API where its config says, until `shutdown`
+    /// resolves.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
-        shutdown: impl Future<Output = ()> + Send,
+        shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        use futures_util::FutureExt as _;
+        let shutdown = shutdown.boxed().shared();
         let addr = listener.local_addr()?;
+        let api = match self.api {
+            Some(api) => {
+                let at = self.config.api.listen;
+                let listener = tokio::net::TcpListener::bind(at).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("bind HTTP API address {at}: {e}"))
+                })?;
+                Some(tokio::spawn(api.serve(listener, shutdown.clone())))
+            }
+            None => None,
+        };
         let gc_state = self.state.clone();
         let gc_metrics = self.metrics.clone();
         let ttl = self.config.task_idle_ttl;
@@ -232,6 +261,9 @@ impl Scheduler {
             }
         };
         gc.abort();
+        if let Some(api) = api {
+            api.abort();
+        }
         result.map_err(std::io::Error::other)
     }
 }

@@ -67,7 +67,7 @@ impl Service {
 }
 
 /// Sends seed jobs; a seed whose queue is full or closed is left to its attach stream's end.
-fn dispatch(
+pub(crate) fn dispatch(
     state: &Mutex<State>,
     metrics: &Metrics,
     jobs: impl IntoIterator<Item = (String, Job)>,

@@ -455,5 +455,6 @@ fn whole(pieces: &PieceSet) -> bool {
     pieces.length_known && Bitmap::from_bytes(&pieces.bitmap, n).is_full() && digests.is_full()
 }
 
+mod preheat;
 #[cfg(test)]
 mod tests;

@@ -269,6 +269,13 @@ impl Registry {
             .await
     }
 
+    /// The `Authorization` a blob request in `repository` carries now (after [`Registry::resolve`]
+    /// earned a token for it): what a preheat hands the seeds that fetch the blobs.
+    pub fn authorization(&self, repository: &str) -> Option<http::HeaderValue> {
+        self.held(&format!("repository:{repository}:pull"))
+            .or_else(|| self.credentials.authorization())
+    }
+
     /// The authorization held for `scope`: the credentials' header, else a token earned.
     fn held(&self, scope: &str) -> Option<http::HeaderValue> {
         match &self.credentials {

@@ -447,7 +447,7 @@ fn chain_ids(diff_ids: &[String]) -> Vec<String> {
 }
 
 /// `host/repository[:tag|@digest]` → (host, repository, tag or digest).
-fn parse(reference: &str) -> Result<(String, String, String), Failure> {
+pub fn parse(reference: &str) -> Result<(String, String, String), String> {
     let (registry, repository) = crate::remote::split_reference(reference)
         .ok_or_else(|| format!("{reference:?} is not an image reference"))?;
     let rest = reference.rsplit('/').next().unwrap_or(reference);

@@ -87,6 +87,8 @@ async fn shoal_pull(dir: &Path, registry: &TestRegistry, reference: &str) -> any
         .arg("--upload-addr")
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--scheduler-listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--http-listen")
         .arg(format!("127.0.0.1:{}", free_port()));
     let _up = ChildGuard::spawn(cmd);
     let socket = data_dir.join("snapshotter.sock");

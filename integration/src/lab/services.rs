@@ -16,6 +16,8 @@ pub const REPO: &str = "lab/blob";
 pub const REGISTRY_PORT: u16 = 5000;
 pub const NGINX_PORT: u16 = 80;
 pub const SCHEDULER_PORT: u16 = 8002;
+/// The scheduler's HTTP API (preheat jobs).
+pub const API_PORT: u16 = 8080;
 pub const UPLOAD_PORT: u16 = 4000;
 pub const PROXY_PORT: u16 = 4001;
 /// The registry name images in the lab use; daemons' mirrors map it to the origin registry.
@@ -122,15 +124,21 @@ fn log_level() -> String {
 /// `shoal scheduler` on `host`, a member of the cluster of `ca` (plaintext without).
 pub fn scheduler(host: &Host, ca: Option<&ClusterCa>) -> anyhow::Result<Service> {
     let config = host.dir.join("scheduler.toml");
+    // The HTTP API (preheat jobs) on the host's address, its tokens and jobs in its directory.
+    let api = format!(
+        "[api]\nlisten = \"{}:{API_PORT}\"\ndir = {:?}\n",
+        host.ip,
+        host.dir.join("api")
+    );
     match ca {
         Some(ca) => {
             ca.issue(&host.name, &["scheduler"], &host.dir.join("cluster"));
             std::fs::write(
                 &config,
-                format!("[cluster]\ndir = {:?}\n", host.dir.join("cluster")),
+                format!("[cluster]\ndir = {:?}\n{api}", host.dir.join("cluster")),
             )?;
         }
-        None => std::fs::write(&config, "[cluster]\ninsecure = true\n")?,
+        None => std::fs::write(&config, format!("[cluster]\ninsecure = true\n{api}"))?,
     }
     let mut cmd = host.command(shoal_bin());
     cmd.env("SHOAL_LOG", log_level())

@@ -7,9 +7,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use shoal_p2p::id::GZIP_INDEX;
 use shoal_p2p::proto::{Failure, Job, Task};
-use shoal_p2p::{
-    DownloadRequest, Downloader, Error, JobHandler, OriginRequest, Progress, Result, TaskId,
-};
+use shoal_p2p::{DownloadRequest, Downloader, Error, JobHandler, Progress, Result, TaskId};
 
 /// The seed role: runs every seed job as a download from the origin.
 #[derive(Clone, Copy, Debug, Default)]
@@ -58,31 +56,9 @@ async fn refuse(downloader: &Downloader, task: &Task, e: &Error) {
     swarm.announce(&id, None, Some(failure)).await;
 }
 
-/// The download a seed job asks for: the task's URL with the requester's headers (marked
-/// sensitive: they may hold credentials), its id, and its digest when it has one. The URL must
-/// be the task's: it hashes to the task id with the job's id options (a blob URL names the
-/// blob's digest; see `Task::checked_url`). Anything else is refused before any request is
-/// made, so a job cannot make a task of other content. (Which hosts a seed may reach at all is not limited here: a blob URL
-/// may name any registry; its content is checked against the digest.)
+/// The download a seed job asks for (see [`Task::download_request`]).
 fn request(task: &Task) -> Result<DownloadRequest> {
-    let (task_id, url, id_options) = task
-        .checked_url()
-        .map_err(|why| Error::InvalidRequest(format!("seed job URL: {why}")))?;
-    let mut headers = http::HeaderMap::new();
-    for h in &task.headers {
-        let name = http::HeaderName::from_bytes(h.name.as_bytes());
-        let value = http::HeaderValue::from_bytes(&h.value);
-        if let (Ok(k), Ok(v)) = (name, value) {
-            headers.append(k, v);
-        }
-    }
-    shoal_p2p::origin::mark_sensitive(&mut headers);
-    Ok(DownloadRequest {
-        origin: OriginRequest { url, headers },
-        id_options,
-        digest: task.digest.parse().ok(),
-        task_id: Some(task_id),
-    })
+    task.download_request()
 }
 
 #[cfg(test)]
@@ -134,7 +110,7 @@ mod tests {
             format!("file:///v2/a/blobs/{digest}"),
         ] {
             let err = request(&blob(url.clone())).unwrap_err().to_string();
-            assert!(err.contains("seed job URL"), "{url}: {err}");
+            assert!(err.contains("job URL"), "{url}: {err}");
         }
         // A URL task: the id is the URL's hash with the job's options, tag included.
         let url: url::Url = "http://files/big.iso?Signature=x".parse().unwrap();

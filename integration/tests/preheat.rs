@@ -364,6 +364,49 @@ async fn harbors_legacy_and_kraken_drivers_and_a_failed_preheat() {
     let id = answer["jobs"][0].as_u64().unwrap();
     assert_eq!(s.wait_v2(id).await["state"], "SUCCESS");
 
+    // `shoal preheat` starts the same job, waits with its bar, and ends with one line.
+    let host = s.registry.url().trim_start_matches("http://").to_owned();
+    let mut cli = shoal();
+    cli.args([
+        "preheat",
+        &format!("{host}/team/app:v1"),
+        "--plain-http",
+        "--wait",
+    ])
+    .args([
+        "--scope",
+        "all_seed_peers",
+        "--user",
+        &format!("robot:{}", s.password),
+    ])
+    .args(["--api", &s.api("")])
+    .env("SHOAL_TOKEN", &s.pat);
+    let out = run(cli).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("SUCCESS: 5 blobs"), "{stdout}");
+    let mut list = shoal();
+    list.args(["preheat", "--list", "--api", &s.api("")])
+        .env("SHOAL_TOKEN", &s.pat);
+    let out = run(list).await;
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    assert!(
+        listed.lines().next().unwrap().contains("all_seed_peers"),
+        "{listed}"
+    );
+    let mut refused = shoal();
+    refused
+        .args(["preheat", "--list", "--api", &s.api("")])
+        .env("SHOAL_TOKEN", "shoal_pat_wrong");
+    let out = run(refused).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shoal token create"));
+
     // A token for another repository: the registry refuses, the job fails and says why.
     let wrong = format!("Bearer {}", s.tokens.token_for("repository:other/app:pull"));
     let body = json!({"type": "preheat", "args": {"type": "image", "url": s.manifest_url(),

@@ -191,7 +191,7 @@ impl PreheatArgs {
             if job["state"] != "PENDING" {
                 break job;
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         };
         bar.finish_and_clear();
         let blobs = last["blobs"].as_array().cloned().unwrap_or_default();

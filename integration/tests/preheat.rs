@@ -34,8 +34,9 @@ struct Setup {
 impl Setup {
     /// A token-auth registry holding `team/app:v1` (two gzip layers and a plain one), a
     /// scheduler whose webhooks preheat as the registry's user, a seed and two daemons whose
-    /// mirrors serve that registry, and a token made with `shoal token create`.
-    async fn start() -> Setup {
+    /// mirrors serve that registry, and a token made with `shoal token create`; with
+    /// `schedulers` schedulers sharing the tasks (the first serves the API).
+    async fn start(schedulers: usize) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let password = format!("pw-{}", hex::encode(shoal_integration::random_bytes(8)));
         let tokens = TokenServer::start(dir.path(), "robot", &password)
@@ -64,6 +65,7 @@ impl Setup {
         std::fs::write(&secret, format!("{password}\n")).unwrap();
         let cluster = Cluster::builder()
             .daemons(2)
+            .schedulers(schedulers)
             .registry(REGISTRY, &registry.url())
             .scheduler_setting("[api]")
             .scheduler_setting("robot_user = \"robot\"")
@@ -195,7 +197,7 @@ fn as_harbor_reads(job: &Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn harbors_dragonfly_driver_preheats_and_a_pull_then_takes_nothing_from_the_origin() {
-    let s = Setup::start().await;
+    let s = Setup::start(1).await;
     // Health is open; everything else needs the token.
     let health = s.http.get(s.api("/healthy")).send().await.unwrap();
     assert!(health.status().is_success());
@@ -312,7 +314,7 @@ async fn harbors_dragonfly_driver_preheats_and_a_pull_then_takes_nothing_from_th
 
 #[tokio::test(flavor = "multi_thread")]
 async fn harbors_legacy_and_kraken_drivers_and_a_failed_preheat() {
-    let s = Setup::start().await;
+    let s = Setup::start(1).await;
     for health in ["/_ping", "/health"] {
         assert!(
             s.http
@@ -430,7 +432,7 @@ async fn harbors_legacy_and_kraken_drivers_and_a_failed_preheat() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn harbor_push_webhooks_in_both_formats_start_preheats() {
-    let s = Setup::start().await;
+    let s = Setup::start(1).await;
     let host = s.registry.url().trim_start_matches("http://").to_owned();
     let data = json!({
         "resources": [{"digest": s.image.manifest_digest(), "tag": "v1",
@@ -484,4 +486,55 @@ async fn harbor_push_webhooks_in_both_formats_start_preheats() {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     // The robot's secret is in no log and no file of the cluster's.
     assert_eq!(s.files_holding(&s.password), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preheat_ends_when_other_schedulers_own_some_of_its_blobs() {
+    // Two schedulers share the tasks; the one Harbor calls owns only some of the image's. The
+    // hosts it sends jobs to tell it what they hold when they are done, whoever owns the task.
+    let s = Setup::start(2).await;
+    let urls = s.cluster.scheduler_urls();
+    let owner = |task: &str| {
+        (0..urls.len())
+            .max_by_key(|&i| shoal_p2p::swarm::rendezvous(task, &urls[i]))
+            .unwrap()
+    };
+    // An image with a blob the second scheduler owns (pushed until there is one).
+    let push = format!(
+        "Bearer {}",
+        s.tokens.token_for("repository:team/app:pull,push")
+    );
+    let image = loop {
+        let image = Image::of_gzip_layers(vec![tar_one_file(
+            "f.bin",
+            &shoal_integration::random_bytes(100_000),
+        )]);
+        let tasks = [&image.config, &image.layers[0]].map(|b| shoal_integration::sha256(b));
+        let index = shoal_p2p::TaskId::gzip_index(&tasks[1].parse().unwrap());
+        if tasks
+            .iter()
+            .map(String::as_str)
+            .chain([index.as_str()])
+            .any(|t| owner(t) == 1)
+        {
+            break image;
+        }
+    };
+    image
+        .push(&s.registry.url(), "team/app", "v2", Some(&push))
+        .await
+        .unwrap();
+    let url = format!("{}/v2/team/app/manifests/v2", s.registry.url());
+    let body = json!({"type": "preheat", "args": {"type": "image", "url": url,
+        "headers": {"Authorization": s.pull_token()}, "scope": "all_peers"}});
+    let (status, job) = s.harbor("POST", "/oapi/v1/jobs", Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    let done = s.wait_v2(as_harbor_reads(&job)).await;
+    assert_eq!(done["state"], "SUCCESS", "{done}");
+    let success = done["result"]["job_states"][0]["results"][0]["success_tasks"]
+        .as_array()
+        .unwrap()
+        .len();
+    // Config, layer and index, each on the seed and both daemons.
+    assert_eq!(success, 3 * 3, "{done}");
 }

@@ -227,17 +227,26 @@ impl Node {
                             true => swarm.owner(id) == Some(i),
                             false => swarm.owned_before_losing(id, i) && swarm.owner(id) != Some(i),
                         };
-                        reannounce(&swarm, &downloader, moved).await;
+                        reannounce(&swarm, &downloader, moved, None).await;
                     });
                 };
                 // A seed fetches for the swarm; any other host takes a job as a preheat
                 // onto its own disk, through the swarm.
-                let job = |job| {
+                let job = |job: shoal_p2p::proto::Job| {
+                    let task = job.task.as_ref().map(|t| t.id.clone()).unwrap_or_default();
                     let run = match &node.seed {
                         Some(seed) => seed.run(node.downloader.clone(), job),
                         None => Preheat.run(node.downloader.clone(), job),
                     };
-                    node.tracker.spawn(run);
+                    let (swarm, downloader) = (swarm.clone(), node.downloader.clone());
+                    node.tracker.spawn(async move {
+                        run.await;
+                        // The scheduler that sent the job follows it (a preheat): when
+                        // another one owns the task, it hears what this host holds too.
+                        if swarm.owner(&task) != Some(index) {
+                            reannounce(&swarm, &downloader, |id| id == task, Some(index)).await;
+                        }
+                    });
                 };
                 swarm
                     .attach_loop(index, changed, job, node.cancel.clone())
@@ -247,8 +256,14 @@ impl Node {
     }
 }
 
-/// Tells the owners of the complete tasks this host holds, of those `which` names, about them.
-async fn reannounce(swarm: &Swarm, downloader: &Downloader, which: impl Fn(&str) -> bool) {
+/// Tells the owners of the complete tasks this host holds, of those `which` names, about them
+/// (or scheduler `at`).
+async fn reannounce(
+    swarm: &Swarm,
+    downloader: &Downloader,
+    which: impl Fn(&str) -> bool,
+    at: Option<usize>,
+) {
     let complete = downloader
         .store()
         .call(|s| {
@@ -273,6 +288,7 @@ async fn reannounce(swarm: &Swarm, downloader: &Downloader, which: impl Fn(&str)
                 .collect(),
             sources: meta.sources,
         };
-        swarm.announce(&id, Some(set), None).await;
+        let to = at.or_else(|| swarm.owner(id.as_str()));
+        swarm.announce_at(to, &id, Some(set), None).await;
     }
 }

@@ -240,8 +240,9 @@ impl Swarm {
             .await;
     }
 
-    /// [`Swarm::announce`] to scheduler `index` (the one a download watches the task at).
-    pub(crate) async fn announce_at(
+    /// [`Swarm::announce`] to scheduler `index` (the one a download watches the task at, or
+    /// the one that sent a job for it).
+    pub async fn announce_at(
         &self,
         index: Option<usize>,
         task: &TaskId,

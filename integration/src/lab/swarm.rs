@@ -157,7 +157,7 @@ fn run_one(
             cache = Some(services::nginx_cache(&hosts.cache, &origin_url)?);
             format!("http://{}:{NGINX_PORT}{path}", hosts.cache.ip)
         }
-        Scenario::Shoal | Scenario::ShoalPlaintext | Scenario::ShoalCtr => {
+        s if s.is_shoal() => {
             let ca = scenario.tls().then_some(&hosts.ca);
             for h in &hosts.schedulers {
                 schedulers.push(services::scheduler(h, ca)?);
@@ -170,10 +170,8 @@ fn run_one(
                 ca,
             )?);
             // `shoal pull` makes the layers in the node's snapshotter.
-            let extra = match (target, scenario) {
-                (Target::Image, Scenario::Shoal | Scenario::ShoalPlaintext) => {
-                    "[snapshotter]\nenabled = true\n"
-                }
+            let extra = match (target, scenario.snapshotter()) {
+                (Target::Image, true) => "[snapshotter]\nenabled = true\n",
                 _ => "",
             };
             for h in &hosts.clients {
@@ -182,6 +180,7 @@ fn run_one(
             }
             format!("{origin_url}{path}")
         }
+        _ => unreachable!("every scenario but Shoal's is matched above"),
     };
     // For image pulls: a containerd per client, and its hosts.toml naming this scenario's
     // registry endpoint.
@@ -192,9 +191,7 @@ fn run_one(
                 Scenario::Direct => origin_url.clone(),
                 Scenario::Pullthrough => format!("http://{}:{REGISTRY_PORT}", hosts.cache.ip),
                 Scenario::Nginx => format!("http://{}:{NGINX_PORT}", hosts.cache.ip),
-                Scenario::Shoal | Scenario::ShoalPlaintext | Scenario::ShoalCtr => {
-                    format!("http://{}:{}", h.ip, services::PROXY_PORT)
-                }
+                _ => format!("http://{}:{}", h.ip, services::PROXY_PORT),
             };
             crate::runtimes::hosts_toml(
                 &h.dir.join("hosts"),
@@ -202,12 +199,12 @@ fn run_one(
                 None,
                 &endpoint,
             );
-            let plugin = match scenario {
-                Scenario::Shoal | Scenario::ShoalPlaintext => format!(
+            let plugin = match scenario.snapshotter() {
+                true => format!(
                     "[proxy_plugins.shoal]\n  type = \"snapshot\"\n  address = {:?}\n",
                     h.dir.join("store/snapshotter.sock")
                 ),
-                _ => String::new(),
+                false => String::new(),
             };
             containerds.push(crate::runtimes::Containerd::spawn_with(
                 &h.dir.join("containerd"),
@@ -216,40 +213,51 @@ fn run_one(
         }
     }
     let reference = format!("{}/{REPO}:v1", services::LAB_REGISTRY);
-    let commands: Vec<Command> = hosts
-        .clients
-        .iter()
-        .zip(&outputs)
-        .enumerate()
-        .map(|(i, (h, out))| match (target, scenario) {
-            (Target::Image, Scenario::Shoal | Scenario::ShoalPlaintext) => {
-                let mut c = h.command(crate::process::shoal_bin());
-                c.args(["pull", &reference, "--address"])
-                    .arg(&containerds[i].socket)
-                    .arg("--data-dir")
-                    .arg(&daemons[i].store)
-                    .arg("--mirror")
-                    .arg(format!("http://{}:{}", h.ip, services::PROXY_PORT));
-                c
-            }
-            (Target::Image, _) => {
-                // ctr itself fetches (containerd only stores): it runs inside the host.
-                let mut c = h.command("ctr");
-                c.arg("--address")
-                    .arg(&containerds[i].socket)
-                    .args(["images", "pull", "--hosts-dir"])
-                    .arg(h.dir.join("hosts"))
-                    .arg(&reference);
-                c
-            }
-            (Target::Blob(_), s) if s.is_shoal() => daemons[i].get(&url, out),
-            (Target::Blob(_), _) => {
-                let mut c = h.command("curl");
-                c.args(["-sSf", "-o"]).arg(out).arg(&url);
-                c
-            }
-        })
-        .collect();
+    let shoal_pull = |i: usize, store: &std::path::Path| {
+        let h = &hosts.clients[i];
+        let mut c = h.command(crate::process::shoal_bin());
+        c.args(["pull", &reference, "--address"])
+            .arg(&containerds[i].socket)
+            .arg("--data-dir")
+            .arg(store)
+            .arg("--mirror")
+            .arg(format!("http://{}:{}", h.ip, services::PROXY_PORT));
+        c
+    };
+    let commands: Vec<Command> = match scenario {
+        Scenario::ShoalPreheat => {
+            ensure!(
+                matches!(target, Target::Image),
+                "shoal-preheat preheats an image: give --pull-layers"
+            );
+            vec![preheat_command(hosts)?]
+        }
+        _ => hosts
+            .clients
+            .iter()
+            .zip(&outputs)
+            .enumerate()
+            .map(|(i, (h, out))| match (target, scenario) {
+                (Target::Image, s) if s.snapshotter() => shoal_pull(i, &daemons[i].store),
+                (Target::Image, _) => {
+                    // ctr itself fetches (containerd only stores): it runs inside the host.
+                    let mut c = h.command("ctr");
+                    c.arg("--address")
+                        .arg(&containerds[i].socket)
+                        .args(["images", "pull", "--hosts-dir"])
+                        .arg(h.dir.join("hosts"))
+                        .arg(&reference);
+                    c
+                }
+                (Target::Blob(_), s) if s.is_shoal() => daemons[i].get(&url, out),
+                (Target::Blob(_), _) => {
+                    let mut c = h.command("curl");
+                    c.args(["-sSf", "-o"]).arg(out).arg(&url);
+                    c
+                }
+            })
+            .collect(),
+    };
     let before = hosts.origin.counters()?;
     let ideal = params.size as f64 * 8.0 / params.rate_bits_per_s as f64;
     let deadline = Duration::from_secs_f64(ideal * 20.0 + 60.0);
@@ -335,6 +343,27 @@ fn run_one(
         lab.unreachable(&hosts.seed, hosts.origin.ip, false)?;
     }
     let after = hosts.origin.counters()?;
+    let pull_after_preheat = match scenario {
+        Scenario::ShoalPreheat => {
+            let start = std::time::Instant::now();
+            let out = shoal_pull(0, &daemons[0].store)
+                .output()
+                .context("shoal pull after the preheat")?;
+            ensure!(
+                out.status.success(),
+                "shoal pull after the preheat: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let secs = start.elapsed().as_secs_f64();
+            let sent = hosts.origin.counters()?.tx_bytes - after.tx_bytes;
+            eprintln!(
+                "lab: shoal pull on {} after the preheat: {secs:.2} s, {sent} bytes from the origin",
+                hosts.clients[0].name
+            );
+            Some((secs, sent))
+        }
+        _ => None,
+    };
     let corrupt_peer_requests = liar.map(Liar::stop).transpose()?;
     let mut host_seconds = Vec::new();
     for (i, (r, out)) in results.into_iter().zip(&outputs).enumerate() {
@@ -404,7 +433,38 @@ fn run_one(
         corrupt_peer_requests,
         peak_rss_kib: peak_rss,
         seed_peak_rss_kib: seed_peak_rss,
+        pull_after_preheat,
     })
+}
+
+/// `shoal preheat` of the lab's image to every host, run on the first client host against the
+/// first scheduler's API, with a token made for it there.
+fn preheat_command(hosts: &Hosts) -> anyhow::Result<Command> {
+    let scheduler = &hosts.schedulers[0];
+    // The scheduler's directory outlives a scenario: the last one's token goes first.
+    Command::new(crate::process::shoal_bin())
+        .args(["token", "revoke", "lab", "--data-dir"])
+        .arg(&scheduler.dir)
+        .output()
+        .context("shoal token revoke")?;
+    let out = Command::new(crate::process::shoal_bin())
+        .args(["token", "create", "lab", "--data-dir"])
+        .arg(&scheduler.dir)
+        .output()
+        .context("shoal token create")?;
+    ensure!(
+        out.status.success(),
+        "shoal token create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout)?.trim().to_owned();
+    let mut c = hosts.clients[0].command(crate::process::shoal_bin());
+    c.args(["preheat", "--plain-http", "--scope", "all_peers", "--wait"])
+        .arg(format!("{}:{REGISTRY_PORT}/{REPO}:v1", hosts.origin.ip))
+        .arg("--api")
+        .arg(format!("http://{}:{}", scheduler.ip, services::API_PORT))
+        .env("SHOAL_TOKEN", token);
+    Ok(c)
 }
 
 /// A [`CorruptPeer`](crate::fakepeer::CorruptPeer) on the (otherwise idle) cache host.

@@ -21,7 +21,7 @@ use crate::state::{self, State};
 use crate::task::rendezvous;
 
 /// How often a running job looks at the swarm.
-const POLL: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(100);
 /// How often a host that does not hold a blob yet is sent its job again (its download may
 /// have stopped: a stall, a restart).
 const RESEND: Duration = Duration::from_secs(20);

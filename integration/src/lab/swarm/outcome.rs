@@ -32,6 +32,10 @@ pub struct Outcome {
     /// For `shoal`: the seed's peak RSS (unless a fault killed it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed_peak_rss_kib: Option<u64>,
+    /// For `shoal-preheat`: the pull on the first host after the preheat, its seconds and the
+    /// bytes the origin sent meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pull_after_preheat: Option<(f64, u64)>,
 }
 
 impl Outcome {

@@ -15,6 +15,10 @@ pub enum Scenario {
     /// Image pulls only: `ctr images pull` through the Shoal node's mirror (the `shoal`
     /// scenario pulls with `shoal pull` through the node's snapshotter).
     ShoalCtr,
+    /// Images only: `shoal preheat --scope all_peers --wait` through the scheduler's API (its
+    /// time is the one host time), then one `shoal pull` on the first host, whose origin bytes
+    /// are counted.
+    ShoalPreheat,
 }
 
 impl Scenario {
@@ -33,6 +37,7 @@ impl Scenario {
             Scenario::Shoal => "shoal",
             Scenario::ShoalPlaintext => "shoal-plaintext",
             Scenario::ShoalCtr => "shoal-ctr",
+            Scenario::ShoalPreheat => "shoal-preheat",
         }
     }
 
@@ -40,13 +45,27 @@ impl Scenario {
     pub fn is_shoal(self) -> bool {
         matches!(
             self,
-            Scenario::Shoal | Scenario::ShoalPlaintext | Scenario::ShoalCtr
+            Scenario::Shoal
+                | Scenario::ShoalPlaintext
+                | Scenario::ShoalCtr
+                | Scenario::ShoalPreheat
         )
     }
 
     /// Whether the Shoal cluster talks TLS.
     pub fn tls(self) -> bool {
-        matches!(self, Scenario::Shoal | Scenario::ShoalCtr)
+        matches!(
+            self,
+            Scenario::Shoal | Scenario::ShoalCtr | Scenario::ShoalPreheat
+        )
+    }
+
+    /// Whether image pulls go through the node's snapshotter (`shoal pull`).
+    pub fn snapshotter(self) -> bool {
+        matches!(
+            self,
+            Scenario::Shoal | Scenario::ShoalPlaintext | Scenario::ShoalPreheat
+        )
     }
 }
 
@@ -55,12 +74,16 @@ impl std::str::FromStr for Scenario {
     fn from_str(s: &str) -> Result<Self, String> {
         Scenario::ALL
             .into_iter()
-            .chain([Scenario::ShoalPlaintext, Scenario::ShoalCtr])
+            .chain([
+                Scenario::ShoalPlaintext,
+                Scenario::ShoalCtr,
+                Scenario::ShoalPreheat,
+            ])
             .find(|c| c.name() == s)
             .ok_or_else(|| {
                 format!(
                     "unknown scenario {s:?} (direct, pullthrough, nginx, shoal, shoal-plaintext, \
-                     shoal-ctr)"
+                     shoal-ctr, shoal-preheat)"
                 )
             })
     }

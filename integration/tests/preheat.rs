@@ -71,6 +71,10 @@ impl Setup {
             .scheduler_setting("robot_user = \"robot\"")
             .scheduler_setting(&format!("robot_secret_file = {secret:?}"))
             .scheduler_setting("webhook_scheme = \"http\"")
+            .scheduler_setting(&format!(
+                "webhook_registries = [{:?}]",
+                registry.url().trim_start_matches("http://")
+            ))
             .start()
             .await;
         let mut create = shoal();
@@ -468,6 +472,16 @@ async fn harbor_push_webhooks_in_both_formats_start_preheats() {
         assert_eq!(done["state"], "SUCCESS", "{done}");
         assert_eq!(done["via"], "webhook");
     }
+    // A hook naming another registry gets no job: the robot's secret goes to the configured
+    // registries only.
+    let mut elsewhere = data.clone();
+    elsewhere["resources"][0]["resource_url"] = json!("attacker.example:5000/team/app:v1");
+    let hook = json!({"type": "PUSH_ARTIFACT", "event_data": elsewhere});
+    let (status, answer) = s.harbor("POST", "/webhooks/harbor", Some(hook)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    let (_, list) = s.harbor("GET", "/oapi/v1/jobs", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+
     // Other events are answered and ignored; a hook without the token is refused.
     let pulled = json!({"type": "PULL_ARTIFACT", "event_data": {"resources": [],
         "repository": {"repo_full_name": "team/app"}}});

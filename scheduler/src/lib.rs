@@ -207,7 +207,11 @@ impl Scheduler {
             Some(api) => {
                 let at = self.config.api.listen;
                 let listener = tokio::net::TcpListener::bind(at).await.map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("bind HTTP API address {at}: {e}"))
+                    let hint = "--http-listen ADDR, or [api] enabled = false";
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("bind HTTP API address {at}: {e} ({hint})"),
+                    )
                 })?;
                 Some(tokio::spawn(api.serve(listener, shutdown.clone())))
             }

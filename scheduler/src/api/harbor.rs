@@ -123,6 +123,23 @@ impl Api {
         urls: Vec<Url>,
         via: &'static str,
     ) -> Result<Vec<u64>, ApiError> {
+        let allowed = |url: &Url| {
+            let host = match (url.host_str(), url.port()) {
+                (Some(h), Some(p)) => format!("{h}:{p}"),
+                (Some(h), None) => h.to_owned(),
+                (None, _) => return false,
+            };
+            self.webhook_registries.is_empty() || self.webhook_registries.contains(&host)
+        };
+        if let Some(url) = urls.iter().find(|u| !allowed(u)) {
+            return Err(error(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} is not one of [api] webhook_registries",
+                    url.host_str().unwrap_or_default()
+                ),
+            ));
+        }
         let mut started = Vec::new();
         for url in urls {
             let job = self.begin(PreheatRequest {
@@ -263,6 +280,8 @@ struct PreheatImage {
     #[serde(default)]
     headers: Option<HashMap<String, String>>,
     #[serde(default)]
+    digest: String,
+    #[serde(default)]
     extra_attrs: Option<HashMap<String, Value>>,
 }
 
@@ -277,22 +296,6 @@ async fn create_legacy(Ctx(api): Ctx<Arc<Api>>, body: Bytes) -> Result<Response,
         }
         let url = parse_url(&req.url)?;
         let shown = shoal_p2p::origin::display_url(&url);
-        // The same image asked again: its job running now, or its preheat still held (208:
-        // "already preheated", which the legacy driver takes as success).
-        if let Ok(jobs) = api.jobs.list(MAX_LISTED)
-            && let Some(old) = jobs
-                .iter()
-                .find(|j| j.url == shown && j.state != JobState::Failure)
-        {
-            let answer = axum::Json(json!({"ID": old.id.to_string()}));
-            match old.state {
-                JobState::Success if still_held(&api, old) => {
-                    return Ok((StatusCode::ALREADY_REPORTED, answer).into_response());
-                }
-                JobState::Success => {}
-                _ => return Ok(answer.into_response()),
-            }
-        }
         let scope = req
             .extra_attrs
             .as_ref()
@@ -301,6 +304,24 @@ async fn create_legacy(Ctx(api): Ctx<Arc<Api>>, body: Bytes) -> Result<Response,
             .unwrap_or("");
         let scope =
             Scope::parse(scope, None, None).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+        // The same image asked again: its job running now, or, for the same digest (a tag
+        // may have moved), its preheat still held: 208, "already preheated", which the legacy
+        // driver takes as success.
+        let jobs = api
+            .jobs
+            .list(MAX_LISTED)
+            .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let same = |j: &&PreheatJob| j.url == shown && j.scope == scope;
+        if let Some(old) = jobs.iter().filter(same).find(|j| !j.state.done()) {
+            return Ok(axum::Json(json!({"ID": old.id.to_string()})).into_response());
+        }
+        if let Some(old) = jobs.iter().filter(same).find(|j| {
+            j.state == JobState::Success && !req.digest.is_empty() && j.image_digest == req.digest
+        }) && still_held(&api, old)
+        {
+            let answer = axum::Json(json!({"ID": old.id.to_string()}));
+            return Ok((StatusCode::ALREADY_REPORTED, answer).into_response());
+        }
         let credentials = credentials(req.headers.as_ref(), "", "")
             .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
         let job = api.begin(PreheatRequest {
@@ -318,6 +339,7 @@ async fn create_legacy(Ctx(api): Ctx<Arc<Api>>, body: Bytes) -> Result<Response,
 /// Whether every blob a finished preheat made present is still held by a host it was for.
 fn still_held(api: &Api, job: &PreheatJob) -> bool {
     let state = crate::state::lock(&api.state);
+    let now = std::time::Instant::now();
     job.blobs.iter().filter(|b| !b.index).all(|b| {
         let hosts: Vec<String> = b
             .hosts
@@ -325,13 +347,8 @@ fn still_held(api: &Api, job: &PreheatJob) -> bool {
             .filter(|h| h.held)
             .map(|h| h.host.clone())
             .collect();
-        let id = if b.digest.is_empty() {
-            return false;
-        } else {
-            &b.digest
-        };
         state
-            .presence(id, &hosts)
+            .presence(&b.digest, &hosts, now)
             .is_some_and(|p| !p.whole.is_empty())
     })
 }

@@ -112,6 +112,9 @@ pub struct PreheatJob {
     pub state: JobState,
     /// The manifest URL asked for (`https://registry/v2/<repo>/manifests/<ref>`).
     pub url: String,
+    /// The digest the reference resolved to (empty until it is resolved).
+    #[serde(default)]
+    pub image_digest: String,
     pub scope: Scope,
     /// What asked: `dragonfly`, `dragonfly-legacy`, `kraken`, `webhook`, `cli`.
     pub via: String,
@@ -129,6 +132,7 @@ impl PreheatJob {
             updated_at: now,
             state: JobState::Pending,
             url,
+            image_digest: String::new(),
             scope,
             via: via.to_owned(),
             blobs: Vec::new(),

@@ -56,6 +56,10 @@ pub struct ApiConfig {
     /// token): a user, such as a Harbor robot account, and a file holding its secret.
     pub robot_user: Option<String>,
     pub robot_secret_file: Option<PathBuf>,
+    /// The registries (`host[:port]`) webhooks and Kraken notifications may name: the robot
+    /// account's secret goes to these only. Required with a robot account; without one, empty
+    /// means any (anonymous preheats of public images).
+    pub webhook_registries: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -71,6 +75,7 @@ impl Default for ApiConfig {
             webhook_scope: "single_seed_peer".into(),
             robot_user: None,
             robot_secret_file: None,
+            webhook_registries: Vec::new(),
         }
     }
 }
@@ -95,6 +100,7 @@ pub struct Api {
     timeout: Duration,
     webhook_scheme: String,
     webhook_scope: Scope,
+    webhook_registries: Vec<String>,
     robot: Credentials,
 }
 
@@ -146,6 +152,12 @@ impl Api {
                 ));
             }
         };
+        if matches!(robot, Credentials::Basic { .. }) && config.webhook_registries.is_empty() {
+            return Err(bad(
+                "webhook_registries",
+                &"name the registries the robot account is for (its secret goes to these only)",
+            ));
+        }
         let webhook_scope = Scope::parse(&config.webhook_scope, None, None)
             .map_err(|e| bad("webhook_scope", &e))?;
         if !matches!(config.webhook_scheme.as_str(), "http" | "https") {
@@ -161,6 +173,7 @@ impl Api {
             timeout: config.job_timeout,
             webhook_scheme: config.webhook_scheme.clone(),
             webhook_scope,
+            webhook_registries: config.webhook_registries.clone(),
             robot,
         })
     }

@@ -21,7 +21,7 @@ use crate::state::{self, State};
 use crate::task::rendezvous;
 
 /// How often a running job looks at the swarm.
-const POLL: Duration = Duration::from_millis(100);
+const POLL: Duration = Duration::from_millis(250);
 /// How often a host that does not hold a blob yet is sent its job again (its download may
 /// have stopped: a stall, a restart).
 const RESEND: Duration = Duration::from_secs(20);
@@ -99,6 +99,9 @@ async fn run(api: Arc<Api>, mut job: PreheatJob, req: PreheatRequest) {
 struct Blob {
     task: Task,
     targets: Vec<String>,
+    /// The hosts it is meant for are sent jobs: at once for a blob, but for a layer's index
+    /// only once a seed built it (before, a host would look for it in the swarm in vain).
+    ready: bool,
 }
 
 async fn execute(api: &Arc<Api>, job: &mut PreheatJob, req: &PreheatRequest) -> Result<(), String> {
@@ -150,14 +153,21 @@ async fn execute(api: &Arc<Api>, job: &mut PreheatJob, req: &PreheatRequest) -> 
             blobs.push(index);
         }
     }
+    job.image_digest = image.digest.to_string();
     let image_key = image.digest.to_string();
+    let started = Instant::now();
     let mut blobs: Vec<Blob> = {
         let state = state::lock(&api.state);
         blobs
             .into_iter()
             .map(|task| {
-                let targets = targets(&state, req.scope, &task.id, &image_key);
-                Blob { task, targets }
+                let targets = targets(&state, req.scope, &task.id, &image_key, started);
+                let ready = task.id_options.is_none();
+                Blob {
+                    task,
+                    targets,
+                    ready,
+                }
             })
             .collect()
     };
@@ -170,20 +180,36 @@ async fn execute(api: &Arc<Api>, job: &mut PreheatJob, req: &PreheatRequest) -> 
     api.save(job);
     let mut sent: Option<Instant> = None;
     loop {
-        let resend = sent.is_none_or(|at| at.elapsed() >= RESEND);
+        let mut resend = sent.is_none_or(|at| at.elapsed() >= RESEND);
         let mut jobs = Vec::new();
         let mut failed = None;
+        let before = job.clone();
         {
             let mut state = state::lock(&api.state);
             for (blob, progress) in blobs.iter_mut().zip(job.blobs.iter_mut()) {
                 if progress.done {
                     continue;
                 }
-                blob.targets.retain(|h| state.hosts.contains_key(h));
-                if resend {
-                    jobs.extend(state.preheat(blob.task.clone(), &blob.targets));
+                if req.scope == Scope::SingleSeedPeer {
+                    // The seed chosen for it failed: the next one takes it over.
+                    let next = targets(&state, req.scope, &blob.task.id, &image_key, started);
+                    if next.is_empty() {
+                        failed = Some(format!("{}: every seed failed to fetch it", progress.url));
+                        continue;
+                    }
+                    resend |= next != blob.targets;
+                    blob.targets = next;
                 }
-                if let Err(why) = look(&state, blob, progress)
+                let mut now = resend;
+                if !blob.ready && state.held_whole(&blob.task.id) {
+                    blob.ready = true;
+                    now = true;
+                }
+                if now {
+                    let targets = if blob.ready { &blob.targets[..] } else { &[] };
+                    jobs.extend(state.preheat(blob.task.clone(), targets));
+                }
+                if let Err(why) = look(&state, blob, progress, started)
                     && !progress.index
                 {
                     failed = Some(format!("{}: {why}", progress.url));
@@ -192,9 +218,13 @@ async fn execute(api: &Arc<Api>, job: &mut PreheatJob, req: &PreheatRequest) -> 
         }
         if resend {
             sent = Some(Instant::now());
+        }
+        if !jobs.is_empty() {
             crate::service::dispatch(&api.state, &api.metrics, jobs);
         }
-        api.save(job);
+        if *job != before {
+            api.save(job);
+        }
         if let Some(why) = failed {
             return Err(why);
         }
@@ -217,42 +247,38 @@ fn progress(task: &Task, size: u64, index: bool) -> BlobProgress {
 }
 
 /// Brings `progress` up to date with the swarm; an error when the blob cannot be made present
-/// (the origin refused it, or every host it was meant for failed or left).
-fn look(state: &State, blob: &Blob, progress: &mut BlobProgress) -> Result<(), String> {
+/// (the origin refused it since the job began, or every host it is meant for failed or is
+/// gone). A host not attached now is not waited for; it is again when it comes back.
+fn look(
+    state: &State,
+    blob: &Blob,
+    progress: &mut BlobProgress,
+    started: Instant,
+) -> Result<(), String> {
     let presence = state
-        .presence(&blob.task.id, &blob.targets)
+        .presence(&blob.task.id, &blob.targets, started)
         .unwrap_or_default();
-    let gone: Vec<HostResult> = progress
-        .hosts
-        .iter()
-        .filter(|h| !blob.targets.contains(&h.host) && !h.held)
-        .map(|h| HostResult {
-            error: "the host left the cluster".into(),
-            ..h.clone()
-        })
-        .collect();
     progress.hosts = blob
         .targets
         .iter()
         .map(|host| {
+            let attached = state.hosts.get(host);
             let held = presence.whole.contains(host);
             let error = match () {
                 () if held => String::new(),
+                () if attached.is_none() => "the host is not attached".into(),
                 () if presence.failed.contains(host) => "its origin fetch failed".into(),
                 () => presence.refused.clone().unwrap_or_default(),
             };
             HostResult {
                 host: host.clone(),
-                addr: state
-                    .hosts
-                    .get(host)
+                addr: attached
                     .map(|a| a.host.upload_addr.clone())
                     .unwrap_or_default(),
                 held,
                 error,
             }
         })
-        .chain(gone)
         .collect();
     let held = progress.hosts.iter().filter(|h| h.held).count();
     let waiting = progress
@@ -278,9 +304,10 @@ fn look(state: &State, blob: &Blob, progress: &mut BlobProgress) -> Result<(), S
     Ok(())
 }
 
-/// The hosts a blob is meant for: the seed chosen for it, every seed, every host, or a number
-/// of the other hosts (the same ones for every blob of the image: chosen by the image).
-fn targets(state: &State, scope: Scope, task_id: &str, image: &str) -> Vec<String> {
+/// The hosts a blob is meant for: the seed chosen for it (of those that did not fail to
+/// fetch it since `since`), every seed, every host, or a number of the other hosts (the same
+/// ones for every blob of the image: chosen by the image).
+fn targets(state: &State, scope: Scope, task_id: &str, image: &str, since: Instant) -> Vec<String> {
     let seeds = || {
         state
             .hosts
@@ -301,11 +328,7 @@ fn targets(state: &State, scope: Scope, task_id: &str, image: &str) -> Vec<Strin
         chosen.into_iter().cloned().collect()
     };
     match scope {
-        Scope::SingleSeedPeer => seeds()
-            .max_by_key(|id| rendezvous(task_id, id))
-            .cloned()
-            .into_iter()
-            .collect(),
+        Scope::SingleSeedPeer => state.preheat_seed(task_id, since).into_iter().collect(),
         Scope::AllSeedPeers => seeds().cloned().collect(),
         Scope::AllPeers => state.hosts.keys().cloned().collect(),
         Scope::Count(n) => some(n as usize),

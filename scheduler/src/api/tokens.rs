@@ -91,7 +91,13 @@ impl Tokens {
             return None;
         }
         let h = hash(token);
-        let file = self.read().ok()?;
+        let file = match self.read() {
+            Ok(file) => file,
+            Err(e) => {
+                tracing::warn!(error = %e, "the API's tokens cannot be read: every request is refused");
+                return None;
+            }
+        };
         // Hashes compared, not tokens: the time a comparison takes says nothing about a token.
         file.tokens
             .into_iter()

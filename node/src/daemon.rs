@@ -242,9 +242,10 @@ impl Node {
                     node.tracker.spawn(async move {
                         run.await;
                         // The scheduler that sent the job follows it (a preheat): when
-                        // another one owns the task, it hears what this host holds too.
+                        // another one owns the task, it hears what this host holds too, or
+                        // that the job ended without it.
                         if swarm.owner(&task) != Some(index) {
-                            reannounce(&swarm, &downloader, |id| id == task, Some(index)).await;
+                            job_done(&swarm, &downloader, &task, index).await;
                         }
                     });
                 };
@@ -256,6 +257,30 @@ impl Node {
     }
 }
 
+/// Tells scheduler `index`, which sent a job for `task`, what became of it: the whole task,
+/// or a failure (it then plans the job elsewhere).
+async fn job_done(swarm: &Swarm, downloader: &Downloader, task: &str, index: usize) {
+    let Ok(id) = task.parse::<shoal_p2p::TaskId>() else {
+        return;
+    };
+    let complete = downloader
+        .store()
+        .meta(&id)
+        .await
+        .is_ok_and(|m| m.is_some_and(|m| m.complete));
+    if complete {
+        reannounce(swarm, downloader, |t| t == task, Some(index)).await;
+    } else {
+        let failure = shoal_p2p::proto::Failure {
+            http_status: 0,
+            message: "the job ended without the task".into(),
+        };
+        swarm
+            .announce_at(Some(index), &id, None, Some(failure))
+            .await;
+    }
+}
+
 /// Tells the owners of the complete tasks this host holds, of those `which` names, about them
 /// (or scheduler `at`).
 async fn reannounce(
@@ -264,19 +289,24 @@ async fn reannounce(
     which: impl Fn(&str) -> bool,
     at: Option<usize>,
 ) {
-    let complete = downloader
-        .store()
+    let store = downloader.store();
+    let Ok(listed) = store.call(|s| s.list()).await else {
+        return;
+    };
+    let chosen: Vec<_> = listed
+        .into_iter()
+        .filter(|(id, m)| m.complete && which(id.as_str()))
+        .collect();
+    let complete = store
         .call(|s| {
-            let tasks = s.list()?;
-            tasks
+            chosen
                 .into_iter()
-                .filter(|(_, m)| m.complete)
                 .map(|(id, m)| Ok((s.piece_digests(&id)?, id, m)))
                 .collect::<Result<Vec<_>>>()
         })
         .await;
     let Ok(tasks) = complete else { return };
-    for (digests, id, meta) in tasks.into_iter().filter(|(_, id, _)| which(id.as_str())) {
+    for (digests, id, meta) in tasks {
         let bitmap: Bitmap = digests.iter().map(Option::is_some).collect();
         let set = PieceSet {
             length_known: true,

@@ -24,6 +24,11 @@ pub const PROXY_PORT: u16 = 4001;
 pub const LAB_REGISTRY: &str = "lab.invalid:5000";
 pub const METRICS_PORT: u16 = 4002;
 
+/// Every lab host's store is on this machine's one filesystem: with the default (the
+/// filesystem's use is the store's), every host's garbage collection would answer to all of
+/// them at once, and evict what a scenario measures. Each gets a capacity of its own instead.
+const LAB_GC: &str = "[gc]\ncapacity = 68719476736\n";
+
 /// A process on a host, its log in the host's directory; killed by pid when dropped.
 pub struct Service {
     pub host: Host,
@@ -211,7 +216,8 @@ impl Node {
                 "10s",
                 &format!("{}:{PROXY_PORT}", host.ip),
             ) + &format!(
-                "[proxy.registries]\n{LAB_REGISTRY:?} = \"http://{}:{REGISTRY_PORT}\"\n{cluster}{extra}",
+                "[proxy.registries]\n{LAB_REGISTRY:?} = \"http://{}:{REGISTRY_PORT}\"\n\
+                 {LAB_GC}{cluster}{extra}",
                 origin.ip
             ),
         )?;

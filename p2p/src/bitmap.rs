@@ -73,6 +73,28 @@ impl Bitmap {
         }
     }
 
+    /// How many pieces this has that `other` lacks (those past `other`'s end included).
+    pub fn count_not_in(&self, other: &Bitmap) -> u32 {
+        self.bits
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a & !other.bits.get(i).copied().unwrap_or(0)).count_ones())
+            .sum()
+    }
+
+    /// How many pieces this has that `other` lacks, of those `mask` has.
+    pub fn count_in_not_in(&self, mask: &Bitmap, other: &Bitmap) -> u32 {
+        self.bits
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let m = mask.bits.get(i).copied().unwrap_or(0);
+                let o = other.bits.get(i).copied().unwrap_or(0);
+                (a & m & !o).count_ones()
+            })
+            .sum()
+    }
+
     pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.len).filter(|&n| self.get(n))
     }
@@ -104,6 +126,20 @@ mod tests {
             for (n, f) in flags.iter().enumerate() {
                 prop_assert_eq!(back.get(n as u32), *f);
             }
+        }
+
+        #[test]
+        fn counts_agree_with_the_pieces(
+            a in proptest::collection::vec(any::<bool>(), 0..200),
+            b in proptest::collection::vec(any::<bool>(), 0..200),
+            m in proptest::collection::vec(any::<bool>(), 0..200),
+        ) {
+            let (a, b, m): (Bitmap, Bitmap, Bitmap) =
+                (a.into_iter().collect(), b.into_iter().collect(), m.into_iter().collect());
+            let not_in = a.ones().filter(|p| !b.get(*p)).count() as u32;
+            prop_assert_eq!(a.count_not_in(&b), not_in);
+            let masked = a.ones().filter(|p| m.get(*p) && !b.get(*p)).count() as u32;
+            prop_assert_eq!(a.count_in_not_in(&m, &b), masked);
         }
 
         #[test]

@@ -4,7 +4,7 @@
 //! each peer's [`TaskView`]. Nothing is persisted: after a restart, hosts re-attach and
 //! re-announce what they hold.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -37,6 +37,10 @@ pub enum Merge {
 pub struct State {
     pub tasks: HashMap<String, TaskEntry>,
     pub hosts: BTreeMap<String, Attached>,
+    /// The tasks each host held, watched or fetched (a superset: entries are added as it
+    /// happens, and dropped when the host leaves or the task is forgotten), so that a host
+    /// leaving costs what it touched, not every task.
+    host_tasks: HashMap<String, HashSet<String>>,
     next_generation: u64,
 }
 
@@ -76,10 +80,12 @@ impl State {
             return Vec::new();
         }
         self.hosts.remove(host_id);
-        let ids: Vec<String> = self.tasks.keys().cloned().collect();
+        let ids = self.host_tasks.remove(host_id).unwrap_or_default();
         let mut jobs = Vec::new();
         for id in ids {
-            let entry = self.tasks.get_mut(&id).expect("listed key");
+            let Some(entry) = self.tasks.get_mut(&id) else {
+                continue;
+            };
             if entry.holders.contains_key(host_id) || entry.fetcher.as_deref() == Some(host_id) {
                 if entry.fetcher.as_deref() == Some(host_id) {
                     entry.fetcher = None;
@@ -111,6 +117,10 @@ impl State {
             entry.task = task;
         }
         entry.holders.entry(host.id.clone()).or_default().watching += 1;
+        self.host_tasks
+            .entry(host.id.clone())
+            .or_default()
+            .insert(entry.task.id.clone());
         let rx = entry.changed.subscribe();
         let id = entry.task.id.clone();
         let assigned = self.plan(&id, Some(&host.id));
@@ -182,6 +192,10 @@ impl State {
         let Some(entry) = self.tasks.get_mut(task_id) else {
             return Merge::UnknownTask;
         };
+        self.host_tasks
+            .entry(host_id.to_owned())
+            .or_default()
+            .insert(task_id.to_owned());
         if let Some(sources) = &author {
             entry.fetcher = Some(host_id.to_owned());
             entry.set_sources(sources);
@@ -338,6 +352,10 @@ impl State {
             .max_by_key(|a| rendezvous(task_id, &a.host.id));
         if let Some(seed) = seed {
             entry.fetcher = Some(seed.host.id.clone());
+            self.host_tasks
+                .entry(seed.host.id.clone())
+                .or_default()
+                .insert(task_id.to_owned());
             entry.notify();
             let job = Job {
                 task: Some(entry.task.clone()),
@@ -353,6 +371,10 @@ impl State {
             && !entry.failed_recently(peer)
         {
             entry.fetcher = Some(peer.to_owned());
+            self.host_tasks
+                .entry(peer.to_owned())
+                .or_default()
+                .insert(task_id.to_owned());
             entry.notify();
             return Assigned {
                 seed_job: None,
@@ -378,20 +400,26 @@ impl State {
                 && self.hosts.contains_key(id)
         };
         let offer = entry.seed_offer(&host.id, &self.hosts, |id, h| usable(id, h));
-        let mut parents: Vec<(i64, Parent)> = entry
+        let mut parents: Vec<_> = entry
             .holders
             .iter()
             .filter(|(id, h)| usable(id, h))
             .filter_map(|(id, h)| {
                 let attached = self.hosts.get(id)?;
-                let bitmap = if entry.is_source(id, &self.hosts) {
-                    let mut b = Bitmap::from_bytes(h.bitmap.as_bytes(), n);
-                    b.intersect(&offer.pieces);
-                    b
+                let source = entry.is_source(id, &self.hosts);
+                // Counted word by word, without a copy (most holders are not chosen) when the
+                // holder's bitmap has the task's length, as it has once the length is known.
+                let fitted;
+                let bits = if h.bitmap.len() == n {
+                    &h.bitmap
                 } else {
-                    Bitmap::from_bytes(h.bitmap.as_bytes(), n)
+                    fitted = Bitmap::from_bytes(h.bitmap.as_bytes(), n);
+                    &fitted
                 };
-                let useful = bitmap.ones().filter(|p| !mine.get(*p)).count() as i64;
+                let useful = match source {
+                    true => bits.count_in_not_in(&offer.pieces, &mine),
+                    false => bits.count_not_in(&mine),
+                };
                 if useful == 0 {
                     return None;
                 }
@@ -403,18 +431,34 @@ impl State {
                     .count() as i64;
                 // Locality first, then the peers with more to give; seeds last among equals so
                 // their upload is kept for pieces only they hold.
-                let score = shared * 1_000_000 + useful * 2 - i64::from(attached.host.seed);
-                let parent = Parent {
+                let score =
+                    shared * 1_000_000 + i64::from(useful) * 2 - i64::from(attached.host.seed);
+                Some((score, id, h, attached, source))
+            })
+            .collect();
+        let order = |a: &(i64, &String, _, _, _), b: &(i64, &String, _, _, _)| {
+            b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1))
+        };
+        if parents.len() > MAX_PARENTS {
+            parents.select_nth_unstable_by(MAX_PARENTS - 1, order);
+            parents.truncate(MAX_PARENTS);
+        }
+        parents.sort_by(order);
+        let parents: Vec<Parent> = parents
+            .into_iter()
+            .map(|(_, id, h, attached, source)| {
+                let mut bitmap = Bitmap::from_bytes(h.bitmap.as_bytes(), n);
+                if source {
+                    bitmap.intersect(&offer.pieces);
+                }
+                Parent {
                     host_id: id.clone(),
                     upload_addr: attached.host.upload_addr.clone(),
                     bitmap: bitmap.as_bytes().to_vec(),
                     seed: attached.host.seed,
-                };
-                Some((score, parent))
+                }
             })
             .collect();
-        parents.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.host_id.cmp(&b.1.host_id)));
-        parents.truncate(MAX_PARENTS);
         let view = TaskView {
             length_known: entry.length.is_some(),
             content_length: entry.length.unwrap_or(0),
@@ -423,7 +467,7 @@ impl State {
                 .iter()
                 .map(|d| d.clone().unwrap_or_default())
                 .collect(),
-            parents: parents.into_iter().map(|(_, p)| p).collect(),
+            parents,
             back_to_source: entry.fetcher.as_deref() == Some(host.id.as_str()) && !entry.authored(),
             failure: entry.recent_failure().cloned(),
             sources: entry.sources.clone(),
@@ -438,6 +482,11 @@ impl State {
             e.holders
                 .retain(|id, h| h.watching > 0 || hosts.contains_key(id));
             !e.holders.is_empty() || e.last_active.elapsed() < idle
+        });
+        let tasks = &self.tasks;
+        self.host_tasks.retain(|_, ids| {
+            ids.retain(|id| tasks.contains_key(id));
+            !ids.is_empty()
         });
     }
 }

@@ -64,6 +64,9 @@ pub struct Holder {
     pub strikes: u32,
     /// The length it announced before the task's length was known.
     pub claimed_length: Option<u64>,
+    /// Its place in the task's order of downloaders (the rendezvous hash of task and host),
+    /// computed once.
+    pub(crate) rank: std::cell::Cell<Option<u64>>,
 }
 
 impl TaskEntry {
@@ -212,7 +215,7 @@ impl TaskEntry {
         let mut others = Bitmap::new(n);
         let mut seeds = Bitmap::new(n);
         let mut seed_complete = false;
-        let mut downloaders: Vec<&str> = Vec::new();
+        let mut downloaders: Vec<(u64, &str)> = Vec::new();
         for (id, h) in &self.holders {
             if is_source(id) {
                 if h.strikes < MAX_STRIKES && hosts.contains_key(id) {
@@ -229,11 +232,16 @@ impl TaskEntry {
                 && hosts.contains_key(id)
                 && !h.bitmap.is_full()
             {
-                downloaders.push(id);
+                let rank = h.rank.get().unwrap_or_else(|| {
+                    let r = rendezvous(&self.task.id, id);
+                    h.rank.set(Some(r));
+                    r
+                });
+                downloaders.push((rank, id));
             }
         }
         // The downloaders in an order of their own for this task; new pieces go round it.
-        downloaders.sort_by_key(|d| rendezvous(&self.task.id, d));
+        downloaders.sort_unstable();
         let mut pieces = Bitmap::new(n);
         let mut expiring = false;
         for p in seeds.ones() {
@@ -241,7 +249,7 @@ impl TaskEntry {
                 seed_complete
             } else {
                 let chosen =
-                    downloaders.is_empty() || downloaders[p as usize % downloaders.len()] == host;
+                    downloaders.is_empty() || downloaders[p as usize % downloaders.len()].1 == host;
                 let open =
                     self.first_held[p as usize].is_none_or(|t| t.elapsed() >= SEED_EXCLUSIVE);
                 expiring |= !chosen && !open;
@@ -258,6 +266,9 @@ impl TaskEntry {
 /// Rendezvous (highest random weight) hashing: the same task picks the same seed while the set
 /// of seeds is unchanged, and losing a seed moves only its tasks.
 pub fn rendezvous(key: &str, node: &str) -> u64 {
-    let h = blake3::hash(format!("{key}\0{node}").as_bytes());
-    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+    let mut h = blake3::Hasher::new();
+    h.update(key.as_bytes());
+    h.update(&[0]);
+    h.update(node.as_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
 }

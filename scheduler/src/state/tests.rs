@@ -536,3 +536,51 @@ fn the_first_whole_prefetch_list_is_the_one_believed() {
     assert_eq!(state.tasks["p"].digests[1], Some(vec![1; 32]));
     assert!(state.plan("p", Some("late")).seed_job.is_none());
 }
+
+#[test]
+fn a_seed_leaving_hands_only_its_own_tasks_to_another() {
+    let mut state = State::default();
+    let mut generation = HashMap::new();
+    for id in ["s1", "s2"] {
+        generation.insert(id, state.attach(host(id, true), mpsc::channel(1).0));
+    }
+    state.attach(host("h", false), mpsc::channel(1).0);
+    let task = |id: &str| Task {
+        id: id.into(),
+        url: format!("http://origin/{id}"),
+        ..Default::default()
+    };
+    // Tasks until each seed fetches one.
+    let mut fetched_by: HashMap<String, String> = HashMap::new();
+    for i in 0..64 {
+        let id = format!("t{i}");
+        let (_, assigned) = state.watch(&host("h", false), task(&id), &PieceSet::default());
+        let (seed, _) = assigned.seed_job.expect("a seed fetches it");
+        fetched_by.insert(id, seed);
+    }
+    let mine: Vec<&String> = fetched_by
+        .iter()
+        .filter(|(_, s)| *s == "s1")
+        .map(|(t, _)| t)
+        .collect();
+    assert!(!mine.is_empty() && mine.len() < 64);
+    let jobs = state.detach("s1", generation["s1"]);
+    // Every task s1 fetched goes to s2; no other task is planned again.
+    let mut moved: Vec<String> = jobs
+        .iter()
+        .map(|(seed, job)| {
+            assert_eq!(seed, "s2");
+            job.task.as_ref().unwrap().id.clone()
+        })
+        .collect();
+    moved.sort();
+    let mut expected: Vec<String> = mine.into_iter().cloned().collect();
+    expected.sort();
+    assert_eq!(moved, expected);
+    assert!(
+        state.host_tasks.get("s1").is_none(),
+        "its index goes with it"
+    );
+    // A stale generation (it re-attached since) changes nothing.
+    assert!(state.detach("s2", generation["s2"] + 100).is_empty());
+}

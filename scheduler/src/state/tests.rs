@@ -578,7 +578,7 @@ fn a_seed_leaving_hands_only_its_own_tasks_to_another() {
     expected.sort();
     assert_eq!(moved, expected);
     assert!(
-        state.host_tasks.get("s1").is_none(),
+        !state.host_tasks.contains_key("s1"),
         "its index goes with it"
     );
     // A stale generation (it re-attached since) changes nothing.

@@ -4,7 +4,7 @@
 //! each peer's [`TaskView`]. Nothing is persisted: after a restart, hosts re-attach and
 //! re-announce what they hold.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -36,7 +36,7 @@ pub enum Merge {
 #[derive(Default)]
 pub struct State {
     pub tasks: HashMap<String, TaskEntry>,
-    pub hosts: BTreeMap<String, Attached>,
+    pub hosts: HashMap<String, Attached>,
     /// The tasks each host held, watched or fetched (a superset: entries are added as it
     /// happens, and dropped when the host leaves or the task is forgotten), so that a host
     /// leaving costs what it touched, not every task.
@@ -326,16 +326,17 @@ impl State {
         // Without a URL (only hosts that claim to hold the task watched it so far) nobody can
         // be sent to the origin yet; the first request with one plans again.
         // While a fetcher's failure is recent, the watchers fetch from the origin themselves.
+        // (A live fetcher is checked before `covered`, which costs a pass over the holders.)
+        if let Some(f) = &entry.fetcher
+            && self.hosts.contains_key(f)
+            && entry.holders.get(f).is_none_or(|h| h.strikes < MAX_STRIKES)
+        {
+            return Assigned::default();
+        }
         if entry.recent_failure().is_some()
             || entry.task.url.is_empty()
             || entry.authored()
             || entry.covered(&self.hosts)
-        {
-            return Assigned::default();
-        }
-        if let Some(f) = &entry.fetcher
-            && self.hosts.contains_key(f)
-            && entry.holders.get(f).is_none_or(|h| h.strikes < MAX_STRIKES)
         {
             return Assigned::default();
         }

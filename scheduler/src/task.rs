@@ -1,7 +1,7 @@
 //! One task as the scheduler knows it: its holders and their pieces, the piece digests, who fetches it from the origin and whether that failed, and what the seeds
 //! offer each downloader.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use shoal_p2p::Bitmap;
@@ -165,7 +165,7 @@ impl TaskEntry {
 
     /// Whether the hosts alive among `hosts` hold every piece between them, with every piece's
     /// digest known (a piece nobody can check is as good as missing).
-    pub(crate) fn covered(&self, hosts: &BTreeMap<String, Attached>) -> bool {
+    pub(crate) fn covered(&self, hosts: &HashMap<String, Attached>) -> bool {
         let Some(layout) = self.layout() else {
             return false;
         };
@@ -191,7 +191,7 @@ pub(crate) struct SeedOffer {
 impl TaskEntry {
     /// Whether `id` fetches the task from the origin for the swarm: a seed, or the peer the
     /// scheduler sent to the origin (after a seed died, or with no seed at all).
-    pub(crate) fn is_source(&self, id: &String, hosts: &BTreeMap<String, Attached>) -> bool {
+    pub(crate) fn is_source(&self, id: &String, hosts: &HashMap<String, Attached>) -> bool {
         hosts.get(id).is_some_and(|a| a.host.seed) || self.fetcher.as_ref() == Some(id)
     }
 
@@ -207,7 +207,7 @@ impl TaskEntry {
     pub(crate) fn seed_offer(
         &self,
         host: &str,
-        hosts: &BTreeMap<String, Attached>,
+        hosts: &HashMap<String, Attached>,
         usable: impl Fn(&String, &Holder) -> bool,
     ) -> SeedOffer {
         let n = self.piece_count();

@@ -82,11 +82,15 @@ impl State {
         self.hosts.remove(host_id);
         let ids = self.host_tasks.remove(host_id).unwrap_or_default();
         let mut jobs = Vec::new();
+        // The tasks that still list it as a holder (until `gc` drops it) stay in its index: if
+        // it comes back and leaves again, they are visited again.
+        let mut kept = HashSet::new();
         for id in ids {
             let Some(entry) = self.tasks.get_mut(&id) else {
                 continue;
             };
-            if entry.holders.contains_key(host_id) || entry.fetcher.as_deref() == Some(host_id) {
+            let holder = entry.holders.contains_key(host_id);
+            if holder || entry.fetcher.as_deref() == Some(host_id) {
                 if entry.fetcher.as_deref() == Some(host_id) {
                     entry.fetcher = None;
                 }
@@ -95,6 +99,12 @@ impl State {
                     jobs.push(job);
                 }
             }
+            if holder {
+                kept.insert(id);
+            }
+        }
+        if !kept.is_empty() {
+            self.host_tasks.insert(host_id.to_owned(), kept);
         }
         jobs
     }
@@ -485,8 +495,12 @@ impl State {
             !e.holders.is_empty() || e.last_active.elapsed() < idle
         });
         let tasks = &self.tasks;
-        self.host_tasks.retain(|_, ids| {
-            ids.retain(|id| tasks.contains_key(id));
+        self.host_tasks.retain(|host, ids| {
+            ids.retain(|id| {
+                tasks.get(id).is_some_and(|e| {
+                    e.holders.contains_key(host) || e.fetcher.as_deref() == Some(host.as_str())
+                })
+            });
             !ids.is_empty()
         });
     }

@@ -327,13 +327,16 @@ fn targets(state: &State, scope: Scope, task_id: &str, image: &str, since: Insta
         chosen.truncate(n);
         chosen.into_iter().cloned().collect()
     };
-    match scope {
+    let mut chosen: Vec<String> = match scope {
         Scope::SingleSeedPeer => state.preheat_seed(task_id, since).into_iter().collect(),
         Scope::AllSeedPeers => seeds().cloned().collect(),
         Scope::AllPeers => state.hosts.keys().cloned().collect(),
         Scope::Count(n) => some(n as usize),
         Scope::Percentage(p) => some((peers.len() * usize::from(p)).div_ceil(100)),
-    }
+    };
+    // In a stable order, for the job's report.
+    chosen.sort_unstable();
+    chosen
 }
 
 #[cfg(test)]

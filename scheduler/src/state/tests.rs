@@ -584,3 +584,25 @@ fn a_seed_leaving_hands_only_its_own_tasks_to_another() {
     // A stale generation (it re-attached since) changes nothing.
     assert!(state.detach("s2", generation["s2"] + 100).is_empty());
 }
+
+#[test]
+fn a_host_that_came_back_and_left_again_is_taken_off_its_tasks_again() {
+    let mut state = State::default();
+    let first = state.attach(host("h", false), mpsc::channel(1).0);
+    state.attach(host("o", false), mpsc::channel(1).0);
+    let task = Task {
+        id: "t".into(),
+        url: "http://origin/blob".into(),
+        ..Default::default()
+    };
+    let _ = state.watch(&host("o", false), task, &PieceSet::default());
+    // h holds pieces of t, leaves, and comes back without announcing them again.
+    assert_eq!(state.merge("t", "h", &have(4, &[0, 1])), Merge::Merged);
+    state.detach("h", first);
+    let second = state.attach(host("h", false), mpsc::channel(1).0);
+    let mut changed = state.tasks["t"].changed.subscribe();
+    changed.borrow_and_update();
+    // It leaves again: t's watchers hear of it.
+    state.detach("h", second);
+    assert!(changed.has_changed().unwrap(), "t was not visited");
+}

@@ -404,11 +404,10 @@ impl State {
         let mine = me
             .map(|h| Bitmap::from_bytes(h.bitmap.as_bytes(), n))
             .unwrap_or_else(|| Bitmap::new(n));
+        // Which attached holders may be offered to `host` (attachment is checked by the one
+        // lookup each pass makes per holder).
         let usable = |id: &String, h: &Holder| {
-            *id != host.id
-                && h.strikes < MAX_STRIKES
-                && me.is_none_or(|m| !m.avoid.contains(id))
-                && self.hosts.contains_key(id)
+            *id != host.id && h.strikes < MAX_STRIKES && me.is_none_or(|m| !m.avoid.contains(id))
         };
         let offer = entry.seed_offer(&host.id, &self.hosts, |id, h| usable(id, h));
         let mut parents: Vec<_> = entry
@@ -417,7 +416,7 @@ impl State {
             .filter(|(id, h)| usable(id, h))
             .filter_map(|(id, h)| {
                 let attached = self.hosts.get(id)?;
-                let source = entry.is_source(id, &self.hosts);
+                let source = entry.is_source(id, attached);
                 // Counted word by word, without a copy (most holders are not chosen) when the
                 // holder's bitmap has the task's length, as it has once the length is known.
                 let fitted;

@@ -189,10 +189,10 @@ pub(crate) struct SeedOffer {
 }
 
 impl TaskEntry {
-    /// Whether `id` fetches the task from the origin for the swarm: a seed, or the peer the
-    /// scheduler sent to the origin (after a seed died, or with no seed at all).
-    pub(crate) fn is_source(&self, id: &String, hosts: &HashMap<String, Attached>) -> bool {
-        hosts.get(id).is_some_and(|a| a.host.seed) || self.fetcher.as_ref() == Some(id)
+    /// Whether `id` (attached as `attached`) fetches the task from the origin for the swarm: a
+    /// seed, or the peer the scheduler sent to the origin (after a seed died, or with no seed).
+    pub(crate) fn is_source(&self, id: &String, attached: &Attached) -> bool {
+        attached.host.seed || self.fetcher.as_ref() == Some(id)
     }
 
     /// Which of the sources' pieces `host` is offered (sources: seeds, and the peer fetching from
@@ -204,6 +204,8 @@ impl TaskEntry {
     ///   [`SEED_EXCLUSIVE`] with nobody else holding it (the chosen host may be slow);
     /// * a piece other hosts hold is theirs to give while the seed is still fetching (its
     ///   upload is for new pieces); once the seed has everything, it helps with those too.
+    ///
+    /// `usable` says which attached holders `host` may be offered.
     pub(crate) fn seed_offer(
         &self,
         host: &str,
@@ -211,14 +213,17 @@ impl TaskEntry {
         usable: impl Fn(&String, &Holder) -> bool,
     ) -> SeedOffer {
         let n = self.piece_count();
-        let is_source = |id: &String| self.is_source(id, hosts);
         let mut others = Bitmap::new(n);
         let mut seeds = Bitmap::new(n);
         let mut seed_complete = false;
         let mut downloaders: Vec<(u64, &str)> = Vec::new();
         for (id, h) in &self.holders {
-            if is_source(id) {
-                if h.strikes < MAX_STRIKES && hosts.contains_key(id) {
+            // A host not attached offers nothing and is no downloader (one lookup per holder).
+            let Some(attached) = hosts.get(id) else {
+                continue;
+            };
+            if self.is_source(id, attached) {
+                if h.strikes < MAX_STRIKES {
                     seeds.union(&h.bitmap);
                     seed_complete |= h.bitmap.is_full();
                 }
@@ -227,11 +232,7 @@ impl TaskEntry {
             if usable(id, h) {
                 others.union(&h.bitmap);
             }
-            if h.watching > 0
-                && h.strikes < MAX_STRIKES
-                && hosts.contains_key(id)
-                && !h.bitmap.is_full()
-            {
+            if h.watching > 0 && h.strikes < MAX_STRIKES && !h.bitmap.is_full() {
                 let rank = h.rank.get().unwrap_or_else(|| {
                     let r = rendezvous(&self.task.id, id);
                     h.rank.set(Some(r));

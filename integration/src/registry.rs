@@ -228,7 +228,9 @@ impl Image {
         )
     }
 
-    fn made_of(layers: Vec<Bytes>, diff_ids: Vec<String>, media_type: &str) -> Image {
+    /// An image of these layers as they are, with these diff ids, each layer said to be of
+    /// `media_type` (a test may lie).
+    pub fn made_of(layers: Vec<Bytes>, diff_ids: Vec<String>, media_type: &str) -> Image {
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",

@@ -422,6 +422,44 @@ async fn harbors_legacy_and_kraken_drivers_and_a_failed_preheat() {
     assert_eq!(failed["state"], "FAILURE");
     let why = failed["result"]["job_states"][0]["error"].as_str().unwrap();
     assert!(why.contains("401"), "{why}");
+    // A layer said to be gzip that is not: its index cannot be built, which fails no preheat.
+    let tar = tar_one_file("f.bin", &shoal_integration::random_bytes(5000));
+    let liar = Image::made_of(
+        vec![tar.clone()],
+        vec![shoal_integration::sha256(&tar)],
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+    );
+    let push = format!(
+        "Bearer {}",
+        s.tokens.token_for("repository:team/liar:pull,push")
+    );
+    liar.push(&s.registry.url(), "team/liar", "v1", Some(&push))
+        .await
+        .unwrap();
+    let pull = format!("Bearer {}", s.tokens.token_for("repository:team/liar:pull"));
+    let body = json!({"type": "preheat", "args": {"type": "image",
+        "url": format!("{}/v2/team/liar/manifests/v1", s.registry.url()),
+        "headers": {"Authorization": pull}, "scope": "single_seed_peer"}});
+    let (_, job) = s.harbor("POST", "/oapi/v1/jobs", Some(body)).await;
+    let done = s.wait_v2(job["id"].as_u64().unwrap()).await;
+    assert_eq!(done["state"], "SUCCESS", "{done}");
+    let index = done["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["index"] == true)
+        .expect("the layer's index was asked for")
+        .clone();
+    assert_eq!(index["done"], true, "{index}");
+    assert!(
+        index["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["held"] == false),
+        "{index}"
+    );
+
     // Bad requests get a clear 400.
     for bad in [
         json!({"type": "sync_peers", "args": {}}),

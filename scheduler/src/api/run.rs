@@ -194,7 +194,12 @@ async fn execute(api: &Arc<Api>, job: &mut PreheatJob, req: &PreheatRequest) -> 
                     // The seed chosen for it failed: the next one takes it over.
                     let next = targets(&state, req.scope, &blob.task.id, &image_key, started);
                     if next.is_empty() {
-                        failed = Some(format!("{}: every seed failed to fetch it", progress.url));
+                        // (A layer's index that could not be built fails no job.)
+                        progress.done = progress.index;
+                        if !progress.index {
+                            failed =
+                                Some(format!("{}: every seed failed to fetch it", progress.url));
+                        }
                         continue;
                     }
                     resend |= next != blob.targets;

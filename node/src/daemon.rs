@@ -11,7 +11,7 @@ use shoal_p2p::proto::{PieceDigest, PieceSet};
 use shoal_p2p::rate::RateLimit;
 use shoal_p2p::{
     AsyncStore, Bitmap, Downloader, Error, Holdings, JobHandler, Metrics, Origin, Preheat, Result,
-    Swarm,
+    Swarm, TaskMeta,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -227,7 +227,7 @@ impl Node {
                             true => swarm.owner(id) == Some(i),
                             false => swarm.owned_before_losing(id, i) && swarm.owner(id) != Some(i),
                         };
-                        reannounce(&swarm, &downloader, moved, None).await;
+                        reannounce(&swarm, &downloader, moved).await;
                     });
                 };
                 // A seed fetches for the swarm; any other host takes a job as a preheat
@@ -263,32 +263,32 @@ async fn job_done(swarm: &Swarm, downloader: &Downloader, task: &str, index: usi
     let Ok(id) = task.parse::<shoal_p2p::TaskId>() else {
         return;
     };
-    let complete = downloader
-        .store()
-        .meta(&id)
-        .await
-        .is_ok_and(|m| m.is_some_and(|m| m.complete));
-    if complete {
-        reannounce(swarm, downloader, |t| t == task, Some(index)).await;
-    } else {
-        let failure = shoal_p2p::proto::Failure {
-            http_status: 0,
-            message: "the job ended without the task".into(),
-        };
-        swarm
-            .announce_at(Some(index), &id, None, Some(failure))
-            .await;
+    let held = {
+        let id = id.clone();
+        downloader
+            .store()
+            .call(move |s| match s.meta(&id)? {
+                Some(meta) if meta.complete => whole(s, &id, meta).map(Some),
+                _ => Ok(None),
+            })
+            .await
+    };
+    match held {
+        Ok(Some(set)) => swarm.announce_at(Some(index), &id, Some(set), None).await,
+        _ => {
+            let failure = shoal_p2p::proto::Failure {
+                http_status: 0,
+                message: "the job ended without the task".into(),
+            };
+            swarm
+                .announce_at(Some(index), &id, None, Some(failure))
+                .await;
+        }
     }
 }
 
-/// Tells the owners of the complete tasks this host holds, of those `which` names, about them
-/// (or scheduler `at`).
-async fn reannounce(
-    swarm: &Swarm,
-    downloader: &Downloader,
-    which: impl Fn(&str) -> bool,
-    at: Option<usize>,
-) {
+/// Tells the owners of the complete tasks this host holds, of those `which` names, about them.
+async fn reannounce(swarm: &Swarm, downloader: &Downloader, which: impl Fn(&str) -> bool) {
     let store = downloader.store();
     let Ok(listed) = store.call(|s| s.list()).await else {
         return;
@@ -301,24 +301,28 @@ async fn reannounce(
         .call(|s| {
             chosen
                 .into_iter()
-                .map(|(id, m)| Ok((s.piece_digests(&id)?, id, m)))
+                .map(|(id, m)| Ok((whole(s, &id, m)?, id)))
                 .collect::<Result<Vec<_>>>()
         })
         .await;
     let Ok(tasks) = complete else { return };
-    for (digests, id, meta) in tasks {
-        let bitmap: Bitmap = digests.iter().map(Option::is_some).collect();
-        let set = PieceSet {
-            length_known: true,
-            content_length: meta.layout.content_length,
-            bitmap: bitmap.as_bytes().to_vec(),
-            digests: (0u32..)
-                .zip(&digests)
-                .filter_map(|(n, d)| d.map(|d| PieceDigest::of(n, &d)))
-                .collect(),
-            sources: meta.sources,
-        };
-        let to = at.or_else(|| swarm.owner(id.as_str()));
-        swarm.announce_at(to, &id, Some(set), None).await;
+    for (set, id) in tasks {
+        swarm.announce(&id, Some(set), None).await;
     }
+}
+
+/// A complete task this host holds, as an announcement carries it.
+fn whole(s: &shoal_p2p::Store, id: &shoal_p2p::TaskId, meta: TaskMeta) -> Result<PieceSet> {
+    let digests = s.piece_digests(id)?;
+    let bitmap: Bitmap = digests.iter().map(Option::is_some).collect();
+    Ok(PieceSet {
+        length_known: true,
+        content_length: meta.layout.content_length,
+        bitmap: bitmap.as_bytes().to_vec(),
+        digests: (0u32..)
+            .zip(&digests)
+            .filter_map(|(n, d)| d.map(|d| PieceDigest::of(n, &d)))
+            .collect(),
+        sources: meta.sources,
+    })
 }

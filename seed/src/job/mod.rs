@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use shoal_p2p::id::GZIP_INDEX;
 use shoal_p2p::proto::{Failure, Job, Task};
-use shoal_p2p::{DownloadRequest, Downloader, Error, JobHandler, Progress, Result, TaskId};
+use shoal_p2p::{Downloader, Error, JobHandler, Progress, TaskId};
 
 /// The seed role: runs every seed job as a download from the origin.
 #[derive(Clone, Copy, Debug, Default)]
@@ -17,7 +17,7 @@ impl JobHandler for Seed {
     fn run(&self, downloader: Arc<Downloader>, job: Job) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             let Some(task) = job.task else { return };
-            match request(&task) {
+            match task.download_request() {
                 Ok(req) if req.id_options.application.as_deref() == Some(GZIP_INDEX) => {
                     if let Err(e) = index::build(&downloader, &req).await {
                         tracing::warn!(task = task.id, error = %e, "gzip index not built");
@@ -56,11 +56,6 @@ async fn refuse(downloader: &Downloader, task: &Task, e: &Error) {
     swarm.announce(&id, None, Some(failure)).await;
 }
 
-/// The download a seed job asks for (see [`Task::download_request`]).
-fn request(task: &Task) -> Result<DownloadRequest> {
-    task.download_request()
-}
-
 #[cfg(test)]
 mod tests {
     use shoal_p2p::IdOptions;
@@ -81,7 +76,7 @@ mod tests {
             digest: digest.clone(),
             id_options: None,
         };
-        let req = request(&task).unwrap();
+        let req = task.download_request().unwrap();
         assert_eq!(req.task_id().as_str(), digest);
         assert_eq!(req.digest.unwrap().to_string(), digest);
         let auth = req.origin.headers.get("authorization").unwrap();
@@ -91,7 +86,7 @@ mod tests {
             url: "not a url".into(),
             ..task.clone()
         };
-        assert!(request(&bad).is_err());
+        assert!(bad.download_request().is_err());
     }
 
     #[test]
@@ -109,7 +104,10 @@ mod tests {
             "http://169.254.169.254/latest/meta-data/".into(),
             format!("file:///v2/a/blobs/{digest}"),
         ] {
-            let err = request(&blob(url.clone())).unwrap_err().to_string();
+            let err = blob(url.clone())
+                .download_request()
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("job URL"), "{url}: {err}");
         }
         // A URL task: the id is the URL's hash with the job's options, tag included.
@@ -128,11 +126,15 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert!(request(&job(url.as_str(), Some("v2"))).is_ok());
+        assert!(job(url.as_str(), Some("v2")).download_request().is_ok());
         assert!(
-            request(&job(url.as_str(), None)).is_err(),
+            job(url.as_str(), None).download_request().is_err(),
             "the tag is part of the id"
         );
-        assert!(request(&job("http://internal/admin", Some("v2"))).is_err());
+        assert!(
+            job("http://internal/admin", Some("v2"))
+                .download_request()
+                .is_err()
+        );
     }
 }

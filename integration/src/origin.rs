@@ -28,6 +28,7 @@ pub struct OriginBuilder {
     redirects: HashMap<String, String>,
     ranges: bool,
     rate: Option<u64>,
+    slow_after: Option<(u64, u64)>,
     ip: IpAddr,
     signature: Option<String>,
     claims_all: bool,
@@ -55,6 +56,13 @@ impl OriginBuilder {
     /// Send at most `bytes_per_sec` in total over all connections.
     pub fn rate(mut self, bytes_per_sec: u64) -> Self {
         self.rate = Some(bytes_per_sec);
+        self
+    }
+
+    /// Send the first `bytes` of every response at full speed, the rest at `bytes_per_sec` (a
+    /// connection that slows down, as one to an overloaded object store does).
+    pub fn slow_after(mut self, bytes: u64, bytes_per_sec: u64) -> Self {
+        self.slow_after = Some((bytes, bytes_per_sec));
         self
     }
 
@@ -135,6 +143,7 @@ impl TestOrigin {
             redirects: HashMap::new(),
             ranges: true,
             rate: None,
+            slow_after: None,
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             claims_all: false,
             signature: None,
@@ -243,7 +252,15 @@ fn full(b: Bytes) -> Body {
 fn paced(state: Arc<State>, data: Bytes) -> Body {
     let (tx, mut rx) = mpsc::channel::<Bytes>(2);
     tokio::spawn(async move {
+        let mut here = 0;
         for chunk in data.chunks(64 << 10) {
+            here += chunk.len() as u64;
+            if let Some((fast, rate)) = state.config.slow_after
+                && here > fast
+            {
+                tokio::time::sleep(Duration::from_secs_f64(chunk.len() as f64 / rate as f64))
+                    .await;
+            }
             if let Some(rate) = state.config.rate {
                 let wait = {
                     let mut next = state.next_send.lock().await;

@@ -66,6 +66,72 @@ async fn origin_without_range_support_is_one_stream() {
     );
 }
 
+/// The content ranges the origin was asked for, besides the stat's first byte.
+fn ranges_asked(origin: &TestOrigin) -> Vec<String> {
+    origin
+        .seen()
+        .iter()
+        .filter(|s| s.method == http::Method::GET)
+        .filter_map(|s| s.headers.get(http::header::RANGE))
+        .map(|r| r.to_str().unwrap().to_owned())
+        .filter(|r| r != "bytes=0-0")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_origin_is_read_in_one_request_in_order_not_a_request_per_piece() {
+    let data = random_bytes(40 * MIB + 12345);
+    let origin = TestOrigin::builder().file("/f", data.clone()).start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let res = run(get(&dir.path().join("data"), &origin.url("/f"), &out)).await;
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    assert_eq!(
+        ranges_asked(&origin),
+        [format!("bytes=0-{}", data.len() - 1)],
+        "41 pieces in one range request"
+    );
+    assert_eq!(origin.bytes_sent(), data.len() as u64 + 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_origin_connection_that_slows_down_gets_a_second_one_beside_it() {
+    let data = random_bytes(24 * MIB);
+    // Every response: 3 MiB at once, then 256 KiB/s (the rest of one stream alone: 84 s).
+    let origin = TestOrigin::builder()
+        .file("/f", data.clone())
+        .slow_after(3 * MIB as u64, 256 << 10)
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let res = run(get(&dir.path().join("data"), &origin.url("/f"), &out)).await;
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let ranges = ranges_asked(&origin);
+    assert!(
+        ranges.len() >= 3,
+        "the slow stream split, and split again: {ranges:?}"
+    );
+    assert_eq!(ranges[0], format!("bytes=0-{}", data.len() - 1));
+    // A cut stream stops at a piece's end; what was in flight past it is all it wastes.
+    assert!(
+        origin.bytes_sent() < data.len() as u64 + (2 * MIB * ranges.len()) as u64,
+        "{} bytes sent for {}",
+        origin.bytes_sent(),
+        data.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stdout_and_right_digest() {
     let data = random_bytes(3 * MIB);

@@ -6,12 +6,14 @@
 //!   seed (the seed's upload is for pieces only it holds), then the one asked least.
 //! * Endgame: when every missing piece is in flight and few are left, a piece in flight from
 //!   one parent is asked of another holder too.
-//! * From the origin: a missing piece not in flight that no parent could give.
+//! * From the origin: the first missing piece not in flight that no parent could give, and the
+//!   run of such pieces after it (one origin stream's pieces).
 //! * Pieces a reader waits for (a lazy layer's file read) go before all others, to peers and
 //!   to the origin, with twice the per-parent limit; meanwhile no other piece starts (the
 //!   background completion of a lazy layer pauses while a read waits).
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use rand::Rng;
 use tokio::task::AbortHandle;
@@ -33,8 +35,8 @@ pub(super) fn per_parent_limit(piece_concurrency: usize, parents: usize) -> usiz
         .max(MIN_PER_PARENT)
 }
 
-/// Requests in flight per piece: the parent asked (`None`: the origin), and how to abort it.
-pub(super) type Inflight = HashMap<u32, Vec<(Option<String>, AbortHandle)>>;
+/// Peer requests in flight per piece: the parent asked, and how to abort it.
+pub(super) type Inflight = HashMap<u32, Vec<(String, AbortHandle)>>;
 
 /// A parent as the chooser sees it.
 pub(super) struct Candidate {
@@ -55,6 +57,8 @@ pub(super) struct Snapshot<'a> {
     /// Whether each piece's digest is published (only such pieces are asked of peers).
     pub known: Vec<bool>,
     pub inflight: &'a Inflight,
+    /// Pieces an origin stream will deliver.
+    pub streamed: Bitmap,
     /// Requests in flight per parent.
     pub load: &'a HashMap<String, usize>,
     /// Pieces in flight from peers at most, for the whole download.
@@ -77,8 +81,8 @@ impl Snapshot<'_> {
     /// The next piece to ask a parent for, and the parent.
     pub fn peer(&self) -> Option<(u32, &Candidate)> {
         let limit = per_parent_limit(self.piece_concurrency, self.parents.len());
-        let endgame = self.missing.len() <= ENDGAME_PIECES
-            && self.missing.iter().all(|n| self.inflight.contains_key(n));
+        let endgame =
+            self.missing.len() <= ENDGAME_PIECES && self.missing.iter().all(|&n| self.busy(n));
         let n = self.rarest(&self.missing, limit).or_else(|| {
             if !endgame {
                 return None;
@@ -91,11 +95,16 @@ impl Snapshot<'_> {
                         && self
                             .parents
                             .iter()
-                            .any(|p| p.holds.get(**n) && reqs[0].0.as_deref() != Some(&p.id))
+                            .any(|p| p.holds.get(**n) && reqs[0].0 != p.id)
                 })
                 .map(|(n, _)| *n)
         })?;
         Some((n, self.parent_for(n, limit)?))
+    }
+
+    /// Whether piece `n` is asked of a parent or an origin stream's.
+    fn busy(&self, n: u32) -> bool {
+        self.inflight.contains_key(&n) || self.streamed.get(n)
     }
 
     fn known(&self, n: u32) -> bool {
@@ -110,7 +119,7 @@ impl Snapshot<'_> {
         for n in pieces
             .iter()
             .copied()
-            .filter(|n| !self.inflight.contains_key(n) && self.known(*n))
+            .filter(|&n| !self.busy(n) && self.known(n))
         {
             let holders = self
                 .parents
@@ -136,7 +145,7 @@ impl Snapshot<'_> {
             .get(&n)
             .into_iter()
             .flatten()
-            .filter_map(|(p, _)| p.as_deref())
+            .map(|(p, _)| p.as_str())
             .collect();
         self.parents
             .iter()
@@ -146,19 +155,28 @@ impl Snapshot<'_> {
             .min_by_key(|p| (p.seed, self.load(&p.id)))
     }
 
-    /// The next piece to fetch from the origin: missing, not in flight, and not one a parent
-    /// could give (held by one, digest known).
-    /// While a reader waits, only the pieces it waits for.
-    pub fn origin(&self) -> Option<u32> {
+    /// The next pieces to stream from the origin: the first missing piece not in flight that
+    /// no parent could give (held by one, digest known), and the run of such pieces after it;
+    /// with whether they are pieces a reader waits for. While a reader waits, only those.
+    pub fn origin_run(&self) -> Option<(Range<u32>, bool)> {
         let from_peers = |n: u32| self.known(n) && self.parents.iter().any(|p| p.holds.get(n));
-        let pieces = match self.urgent.is_empty() {
-            true => &self.missing,
-            false => &self.urgent,
+        let free = |n: u32| !self.busy(n) && !from_peers(n);
+        let urgent = !self.urgent.is_empty();
+        let pieces = match urgent {
+            true => &self.urgent,
+            false => &self.missing,
         };
-        pieces
-            .iter()
-            .copied()
-            .find(|n| !self.inflight.contains_key(n) && !from_peers(*n))
+        let at = pieces.iter().position(|&n| free(n))?;
+        let first = pieces[at];
+        let mut end = first + 1;
+        // `pieces` is in order: the run goes on while the next one is the next piece.
+        for &n in &pieces[at + 1..] {
+            if n != end || !free(n) {
+                break;
+            }
+            end += 1;
+        }
+        Some((first..end, urgent))
     }
 }
 
@@ -202,6 +220,7 @@ mod tests {
             urgent: Vec::new(),
             known: vec![true, true, true, false],
             inflight: &inflight,
+            streamed: Bitmap::new(4),
             load: &load,
             piece_concurrency: 8,
         };
@@ -209,14 +228,14 @@ mod tests {
         let (n, p) = snap.peer().unwrap();
         assert_eq!((n, p.id.as_str()), (2, "seed"));
         // Piece 3's digest is unknown and no parent holds it: the origin's.
-        assert_eq!(snap.origin(), Some(3));
+        assert_eq!(snap.origin_run(), Some((3..4, false)));
         let snap = Snapshot {
             missing: vec![1],
             ..snap
         };
         let (n, p) = snap.peer().unwrap();
         assert_eq!((n, p.id.as_str()), (1, "a"), "a peer before the seed");
-        assert_eq!(snap.origin(), None, "a parent can give piece 1");
+        assert_eq!(snap.origin_run(), None, "a parent can give piece 1");
     }
 
     #[test]
@@ -230,6 +249,7 @@ mod tests {
             urgent: vec![3],
             known: vec![true; 4],
             inflight: &inflight,
+            streamed: Bitmap::new(4),
             load: &load,
             piece_concurrency: 8,
         };
@@ -240,12 +260,76 @@ mod tests {
             parents: Vec::new(),
             ..snap
         };
-        assert_eq!(alone.origin(), Some(3), "and first from the origin");
+        assert_eq!(
+            alone.origin_run(),
+            Some((3..4, true)),
+            "and first from the origin"
+        );
         let in_flight = Inflight::from([(3, Vec::new())]);
         let waiting = Snapshot {
             inflight: &in_flight,
             ..alone
         };
-        assert_eq!(waiting.origin(), None, "and nothing else while it comes");
+        assert_eq!(
+            waiting.origin_run(),
+            None,
+            "and nothing else while it comes"
+        );
+    }
+
+    #[test]
+    fn an_origin_stream_runs_over_the_next_missing_pieces_nobody_else_gives() {
+        let inflight = Inflight::new();
+        let load = HashMap::new();
+        let streamed = |pieces: &[u32]| {
+            let mut b = Bitmap::new(10);
+            pieces.iter().for_each(|&n| b.set(n));
+            b
+        };
+        let mut holder = parent("a", &[], false);
+        holder.holds = streamed(&[7]);
+        let snap = Snapshot {
+            parents: vec![holder],
+            missing: vec![0, 1, 2, 3, 5, 6, 7, 8, 9],
+            urgent: Vec::new(),
+            known: vec![true; 10],
+            inflight: &inflight,
+            streamed: streamed(&[]),
+            load: &load,
+            piece_concurrency: 8,
+        };
+        assert_eq!(
+            snap.origin_run(),
+            Some((0..4, false)),
+            "up to the stored piece 4"
+        );
+        let snap = Snapshot {
+            streamed: streamed(&[0, 1, 2, 3]),
+            ..snap
+        };
+        assert_eq!(
+            snap.origin_run(),
+            Some((5..7, false)),
+            "up to the peer's piece 7"
+        );
+        let snap = Snapshot {
+            streamed: streamed(&[0, 1, 2, 3, 5, 6, 9]),
+            ..snap
+        };
+        assert_eq!(
+            snap.origin_run(),
+            Some((8..9, false)),
+            "up to another stream's"
+        );
+        let snap = Snapshot {
+            streamed: streamed(&[]),
+            urgent: vec![2, 3, 6],
+            ..snap
+        };
+        assert_eq!(
+            snap.origin_run(),
+            Some((2..4, true)),
+            "a reader's pieces only"
+        );
     }
 }

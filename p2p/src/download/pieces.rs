@@ -3,7 +3,12 @@
 //!
 //! * Pieces are fetched `piece_concurrency` at a time from peers (rarest first among the pieces
 //!   whose digest is known and some parent holds; the parent with the fewest of our requests, a
-//!   non-seed before a seed), and `origin.concurrency` at a time from the origin.
+//!   non-seed before a seed).
+//! * From the origin in streams (see `job`): one range request over the next run of pieces no
+//!   parent can give, the pieces stored in order as they arrive. A second connection (up to
+//!   `origin.concurrency`) takes the second half of a stream's rest only when that stream slows
+//!   to under half its best rate (or stops), or when a reader waits for a piece far ahead of it;
+//!   while a reader waits, the streams it does not wait for stop after their current piece.
 //! * A peer's piece is checked against the digest the scheduler published before it is written;
 //!   a mismatch is reported and that parent is not used again for this task.
 //! * The origin is used when the scheduler says so (this host fetches for the swarm), when the
@@ -17,14 +22,15 @@
 //!   by the upload server at once.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::choose::{Candidate, Inflight, Snapshot};
-use super::job::{Failure, Job};
+use super::job::{Failure, Job, StreamReports, StreamSpan};
 use super::link::{SwarmLink, next_view, task_message};
 use super::request::Progress;
 use super::urgent::Urgent;
@@ -47,7 +53,32 @@ enum PieceSource {
     },
 }
 
-type Outcome = (u32, PieceSource, Result<Digest, Failure>);
+/// How a spawned request ended: a peer's piece, or an origin stream (its pieces were reported
+/// as they came).
+enum Outcome {
+    Piece(u32, PieceSource, Result<Digest, Failure>),
+    Stream(u64, Result<()>),
+}
+
+/// How often the origin streams' rates are looked at.
+const STREAM_WINDOW: Duration = Duration::from_secs(1);
+/// A stream is split only when this many pieces are left to it.
+const SPLIT_MIN_PIECES: u32 = 4;
+/// A reader's piece this far past the piece a stream reads now is given its own stream.
+const URGENT_AHEAD: u32 = 2;
+
+/// One origin stream as the piece loop sees it.
+struct OriginStream {
+    id: u64,
+    span: Arc<StreamSpan>,
+    /// The next piece this loop expects from it (it reports them in order).
+    next: u32,
+    /// Started for pieces a reader waited for.
+    urgent: bool,
+    /// Bytes in its best [`STREAM_WINDOW`] so far, and windows seen.
+    best: u64,
+    windows: u32,
+}
 
 pub(crate) struct Run<'a> {
     job: Job,
@@ -65,10 +96,15 @@ pub(crate) struct Run<'a> {
     /// one copy arrives.
     inflight: Inflight,
     per_parent: HashMap<String, usize>,
-    origin_inflight: usize,
-    /// Who every running request asks (None: the origin), by task id, to free its slot even when
-    /// it was aborted.
-    spawned: HashMap<tokio::task::Id, Option<String>>,
+    /// Origin streams running, and where they report their pieces.
+    streams: Vec<OriginStream>,
+    stream_ids: u64,
+    /// When the streams' current rate window ends.
+    window_at: Instant,
+    streamed: (StreamReports, mpsc::UnboundedReceiver<(u64, u32, Digest)>),
+    /// The parent every running peer request asks, by task id, to free its slot even when it
+    /// was aborted.
+    spawned: HashMap<tokio::task::Id, String>,
     last_news: Instant,
     dirty: bool,
     /// Where to report the stored prefix for the whole content's hash, and how many pieces it
@@ -100,7 +136,10 @@ impl<'a> Run<'a> {
             avoid: HashSet::new(),
             inflight: HashMap::new(),
             per_parent: HashMap::new(),
-            origin_inflight: 0,
+            streams: Vec::new(),
+            stream_ids: 0,
+            window_at: Instant::now(),
+            streamed: mpsc::unbounded_channel(),
             spawned: HashMap::new(),
             last_news: Instant::now(),
             dirty: false,
@@ -172,10 +211,12 @@ impl<'a> Run<'a> {
             let announce_due = self.dirty && self.link.is_some();
             tokio::select! {
                 Some(done) = set.join_next_with_id(), if !set.is_empty() => match done {
-                    Ok((task, (n, source, result))) => {
-                        self.spawned.remove(&task);
-                        self.finished(n, source, result, progress).await?;
+                    Ok((task, Outcome::Piece(n, source, result))) => {
+                        let asked = self.spawned.remove(&task);
+                        self.release(asked);
+                        self.finished(n, source, result, progress)?;
                     }
+                    Ok((_, Outcome::Stream(id, result))) => self.stream_ended(id, result, progress)?,
                     // An endgame duplicate aborted because the other copy arrived first.
                     Err(e) if e.is_cancelled() => {
                         let asked = self.spawned.remove(&e.id());
@@ -183,6 +224,11 @@ impl<'a> Run<'a> {
                     }
                     Err(e) => std::panic::resume_unwind(e.into_panic()),
                 },
+                Some((id, n, digest)) = self.streamed.1.recv() => self.stream_piece(id, n, digest, progress)?,
+                () = tokio::time::sleep_until(self.window_at.into()), if !self.streams.is_empty() => {
+                    self.split_slow_streams();
+                    self.window_at = Instant::now() + STREAM_WINDOW;
+                }
                 msg = next_view(&mut self.link), if self.link.as_ref().is_some_and(|l| l.stream.is_some()) => {
                     match msg {
                         Some(view) => self.update(view),
@@ -224,10 +270,11 @@ impl<'a> Run<'a> {
             .link
             .as_ref()
             .map_or(0, |l| l.swarm.config().piece_concurrency);
+        self.make_way_for_readers();
         loop {
             let peer_inflight: usize = self.per_parent.values().sum();
             let origin_free =
-                self.to_origin && self.origin_inflight < self.job.origin.config().concurrency;
+                self.to_origin && self.streams.len() < self.job.origin.config().concurrency;
             let (to_peer, to_origin) = {
                 let snap = self.snapshot(piece_concurrency);
                 // While a reader waits, the background pauses: no other piece starts.
@@ -242,20 +289,20 @@ impl<'a> Run<'a> {
                     })
                     .map(|(n, p)| (n, p.id.clone(), p.addr.clone(), p.seed));
                 let to_origin = (to_peer.is_none() && origin_free)
-                    .then(|| snap.origin())
+                    .then(|| snap.origin_run())
                     .flatten();
                 (to_peer, to_origin)
             };
             match (to_peer, to_origin) {
                 (Some((n, id, addr, seed)), _) => self.spawn_peer(set, n, id, addr, seed),
-                (None, Some(n)) => {
+                (None, Some((pieces, urgent))) => {
                     if self.stat.is_none() {
                         self.stat = Some(self.job.origin.stat(&self.job.req.origin).await?);
                         if self.stat.as_ref().is_some_and(|s| !s.ranges) {
                             return Ok(());
                         }
                     }
-                    self.spawn_origin(set, n);
+                    self.spawn_stream(set, pieces, urgent);
                 }
                 (None, None) => return Ok(()),
             }
@@ -283,6 +330,10 @@ impl<'a> Run<'a> {
             wanted.retain(|&n| self.stored.get(n as usize).is_some_and(Option::is_none));
             wanted
         });
+        let mut streamed = Bitmap::new(count);
+        for s in &self.streams {
+            (s.next..s.span.range().end).for_each(|n| streamed.set(n));
+        }
         Snapshot {
             parents,
             missing: (0..count)
@@ -291,6 +342,7 @@ impl<'a> Run<'a> {
             urgent,
             known: (0..count).map(|n| self.expected(n).is_some()).collect(),
             inflight: &self.inflight,
+            streamed,
             load: &self.per_parent,
             piece_concurrency,
         }
@@ -320,60 +372,122 @@ impl<'a> Run<'a> {
         let asked = parent.clone();
         let handle = set.spawn(async move {
             let result = job.peer_piece(&client, &addr, n, expected).await;
-            (
-                n,
-                PieceSource::Peer {
-                    id: parent,
-                    addr,
-                    seed,
-                },
-                result,
-            )
+            let source = PieceSource::Peer {
+                id: parent,
+                addr,
+                seed,
+            };
+            Outcome::Piece(n, source, result)
         });
-        self.spawned.insert(handle.id(), Some(asked.clone()));
-        self.inflight
-            .entry(n)
-            .or_default()
-            .push((Some(asked), handle));
+        self.spawned.insert(handle.id(), asked.clone());
+        self.inflight.entry(n).or_default().push((asked, handle));
     }
 
-    fn spawn_origin(&mut self, set: &mut JoinSet<Outcome>, n: u32) {
-        let job = self.job.clone();
+    /// Starts an origin stream over `pieces` (see `job`).
+    fn spawn_stream(&mut self, set: &mut JoinSet<Outcome>, pieces: Range<u32>, urgent: bool) {
+        if self.streams.is_empty() {
+            self.window_at = Instant::now() + STREAM_WINDOW;
+        }
+        self.stream_ids += 1;
+        let id = self.stream_ids;
+        tracing::debug!(task = %self.job.id, ?pieces, urgent, "origin stream");
+        let span = StreamSpan::new(pieces.clone());
         // The origin's bytes must be what the swarm's fetcher published, when it did.
-        let expected = self.expected(n);
-        self.origin_inflight += 1;
-        let handle = set.spawn(async move {
-            let result = job.origin_piece(n, expected).await.map_err(Failure::Fatal);
-            (n, PieceSource::Origin, result)
+        let known: Vec<Option<Digest>> = (0..self.job.layout.piece_count())
+            .map(|n| self.expected(n))
+            .collect();
+        let (job, done, shared) = (self.job.clone(), self.streamed.0.clone(), span.clone());
+        set.spawn(async move {
+            let result = job.origin_span(id, &shared, &known, &done).await;
+            Outcome::Stream(id, result)
         });
-        self.spawned.insert(handle.id(), None);
-        self.inflight.entry(n).or_default().push((None, handle));
+        self.streams.push(OriginStream {
+            id,
+            span,
+            next: pieces.start,
+            urgent,
+            best: 0,
+            windows: 0,
+        });
     }
 
-    /// Frees the request slot of a finished or aborted request (`None`: the origin).
-    fn release(&mut self, parent: Option<Option<String>>) {
-        match parent {
-            Some(None) => self.origin_inflight -= 1,
-            Some(Some(id)) => {
-                if let Some(c) = self.per_parent.get_mut(&id) {
-                    *c = c.saturating_sub(1);
-                }
+    /// Piece `n` came from origin stream `id`.
+    fn stream_piece(&mut self, id: u64, n: u32, digest: Digest, progress: &Progress) -> Result<()> {
+        if let Some(s) = self.streams.iter_mut().find(|s| s.id == id) {
+            s.next = n + 1;
+        }
+        self.finished(n, PieceSource::Origin, Ok(digest), progress)
+    }
+
+    /// Origin stream `id` ended: every piece it stored was reported before it ended.
+    fn stream_ended(&mut self, id: u64, result: Result<()>, progress: &Progress) -> Result<()> {
+        while let Ok((from, n, digest)) = self.streamed.1.try_recv() {
+            self.stream_piece(from, n, digest, progress)?;
+        }
+        self.streams.retain(|s| s.id != id);
+        result
+    }
+
+    /// While a reader waits, the streams started for the background stop after the piece they
+    /// read now; a stream that will reach a piece the reader waits for only later gives it up.
+    fn make_way_for_readers(&mut self) {
+        let Some((u, _)) = &self.urgent else { return };
+        let wanted = u.pieces(&self.job.id);
+        if wanted.is_empty() {
+            return;
+        }
+        for s in &self.streams {
+            let span = s.span.range();
+            if !s.urgent {
+                s.span.cut(span.start + 1);
             }
-            None => {}
+            if let Some(&n) = wanted
+                .iter()
+                .find(|&&n| n >= span.start + URGENT_AHEAD && n < span.end)
+            {
+                s.span.cut(n);
+            }
         }
     }
 
-    async fn finished(
+    /// Called every [`STREAM_WINDOW`]: a stream that slowed to under half its best rate, or
+    /// read nothing at all, gives the second half of its rest to a new connection (when
+    /// `origin.concurrency` allows one).
+    fn split_slow_streams(&mut self) {
+        let mut free = self
+            .job
+            .origin
+            .config()
+            .concurrency
+            .saturating_sub(self.streams.len());
+        for s in &mut self.streams {
+            let bytes = s.span.take_bytes();
+            s.windows += 1;
+            let slow = s.windows > 1 && bytes * 2 < s.best;
+            s.best = s.best.max(bytes);
+            let span = s.span.range();
+            let left = span.end.saturating_sub(span.start);
+            if free > 0 && slow && left >= SPLIT_MIN_PIECES && s.span.cut(span.start + left / 2) {
+                tracing::debug!(task = %self.job.id, stream = s.id, bytes, best = s.best, "origin stream slowed; splitting it");
+                free -= 1;
+            }
+        }
+    }
+
+    /// Frees the request slot of a finished or aborted peer request.
+    fn release(&mut self, parent: Option<String>) {
+        if let Some(c) = parent.and_then(|id| self.per_parent.get_mut(&id)) {
+            *c = c.saturating_sub(1);
+        }
+    }
+
+    fn finished(
         &mut self,
         n: u32,
         source: PieceSource,
         result: Result<Digest, Failure>,
         progress: &Progress,
     ) -> Result<()> {
-        self.release(Some(match &source {
-            PieceSource::Origin => None,
-            PieceSource::Peer { id, .. } => Some(id.clone()),
-        }));
         let handles = self.inflight.get_mut(&n);
         match result {
             Ok(digest) => {

@@ -258,8 +258,7 @@ fn paced(state: Arc<State>, data: Bytes) -> Body {
             if let Some((fast, rate)) = state.config.slow_after
                 && here > fast
             {
-                tokio::time::sleep(Duration::from_secs_f64(chunk.len() as f64 / rate as f64))
-                    .await;
+                tokio::time::sleep(Duration::from_secs_f64(chunk.len() as f64 / rate as f64)).await;
             }
             if let Some(rate) = state.config.rate {
                 let wait = {

@@ -55,6 +55,7 @@ impl Daemon {
             let bound = listener
                 .local_addr()
                 .map_err(|e| Error::io("read upload address", addr.to_string(), e))?;
+
             let cluster = config
                 .cluster
                 .load(&config.cluster_dir(), "node")
@@ -149,6 +150,7 @@ impl Daemon {
                 metrics: self.metrics.clone(),
                 tls,
                 limits: self.config.limits,
+                low_priority: swarm.config().upload_low_priority,
             };
             node.start(upload, upload_server);
             tracing::info!(

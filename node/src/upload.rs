@@ -47,6 +47,8 @@ pub struct Upload {
     /// of the cluster ends in the handshake.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub limits: net::Limits,
+    /// Send at low priority (`[swarm] upload_low_priority`).
+    pub low_priority: bool,
 }
 
 /// Serves pieces on `listener` until `shutdown` resolves.
@@ -64,11 +66,14 @@ pub async fn serve(
         rate: shoal_p2p::rate::RateLimit::new(upload.limits.upload_rate),
     });
     let acceptor = upload.tls.map(tokio_rustls::TlsAcceptor::from);
-    let limits = upload.limits;
+    let (limits, low_priority) = (upload.limits, upload.low_priority);
     net::accept_loop(listener, &limits, "upload", shutdown, |conn| {
         let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
         async move {
             let net::Conn { stream, slot } = conn;
+            if low_priority && let Err(e) = net::low_priority(stream.get_ref()) {
+                tracing::debug!(error = %e, "upload connection not marked low priority");
+            }
             let Some(acceptor) = acceptor else {
                 return connection(ctx, stream, &slot).await;
             };

@@ -233,6 +233,22 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
+/// DSCP Lower Effort (RFC 8622) in the IPv4 TOS byte.
+const TOS_LOWER_EFFORT: u32 = 1 << 2;
+/// Linux's `TC_PRIO_BULK`: the last band of `pfifo_fast`.
+const PRIORITY_BULK: u32 = 2;
+
+/// Marks `stream`'s traffic as low priority (see `SwarmConfig::upload_low_priority`). IPv6
+/// sockets get the priority only (no traffic class is set).
+pub fn low_priority(stream: &TcpStream) -> io::Result<()> {
+    let socket = socket2::SockRef::from(stream);
+    if stream.local_addr()?.is_ipv4() {
+        // Setting the TOS resets the priority: the TOS first.
+        socket.set_tos_v4(TOS_LOWER_EFFORT)?;
+    }
+    socket.set_priority(PRIORITY_BULK)
+}
+
 /// A stream whose writes fail with `TimedOut` when one makes no progress for `timeout`.
 pub struct Deadline<T> {
     inner: T,
@@ -336,6 +352,21 @@ mod tests {
             max,
             state: Mutex::default(),
         })
+    }
+
+    #[tokio::test]
+    async fn a_connection_marked_low_priority_sends_as_lower_effort_bulk() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (accepted, client) = (accepted.unwrap().0, client.unwrap());
+        low_priority(&accepted).unwrap();
+        let marks = |s: &TcpStream| {
+            let s = socket2::SockRef::from(s);
+            (s.tos_v4().unwrap(), s.priority().unwrap())
+        };
+        assert_eq!(marks(&accepted), (TOS_LOWER_EFFORT, PRIORITY_BULK));
+        assert_eq!(marks(&client), (0, 0), "the other end is not marked");
     }
 
     #[tokio::test]

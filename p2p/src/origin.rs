@@ -38,7 +38,8 @@ pub struct OriginConfig {
     /// Delay before the first retry; it doubles each time.
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
-    /// Pieces fetched from the origin at once for one task.
+    /// Connections to the origin at once for one task: the pieces are read in one stream,
+    /// in order; another connection only takes part of the rest when a stream slows down.
     pub concurrency: usize,
     /// CA certificates (PEM files) trusted besides the system's, for origins and registries
     /// with a private CA.

@@ -38,6 +38,11 @@ pub struct SwarmConfig {
     pub labels: BTreeMap<String, String>,
     /// Uploads served at once.
     pub upload_slots: usize,
+    /// Send uploads at low priority: DSCP Lower Effort (RFC 8622) on the wire and the bulk
+    /// socket priority on the host, which Linux's default qdisc (`pfifo_fast`) queues behind
+    /// everything else. A host whose uplink is full of pieces for its peers then still sends
+    /// the ACKs of its own downloads (the seed's origin fetch) and its other traffic at once.
+    pub upload_low_priority: bool,
     /// Pieces fetched from peers at once, per download.
     pub piece_concurrency: usize,
     /// Longest time for one piece from a peer.
@@ -64,6 +69,7 @@ impl Default for SwarmConfig {
             host_id: None,
             labels: BTreeMap::new(),
             upload_slots: 64,
+            upload_low_priority: true,
             piece_concurrency: 8,
             peer_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(10),

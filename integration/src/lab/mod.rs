@@ -4,7 +4,9 @@
 //! host joined to it by a veth pair. Each host has one interface, `eth0`, with an address in
 //! `10.77.0.0/16`, which exists only inside the namespaces the lab made. A host's link can be
 //! shaped with `tc tbf` on both ends (the host's egress is its upload, the bridge side's egress
-//! its download). Processes run inside a host with `ip netns exec`.
+//! its download), queueing in Linux's default qdisc, `pfifo_fast` (three bands by the sockets'
+//! priority, so a queue full of bulk uploads does not hold back a download's ACKs, as on a real
+//! host), of [`Shape::queue_ms`] at the rate. Processes run inside a host with `ip netns exec`.
 //!
 //! Names carry the lab process's pid (`shoal-lab-<pid>-<host>`), so runs never collide and
 //! [`clean_stale`] can remove what a killed run left behind. Dropping the lab (also while
@@ -27,7 +29,7 @@ const PREFIX: &str = "shoal-lab-";
 #[derive(Clone, Copy, Debug)]
 pub struct Shape {
     pub rate_bits_per_s: u64,
-    /// How long a packet may wait in the shaper's queue before it is dropped.
+    /// How long the shaper's queue is, at the rate (full-sized packets).
     pub queue_ms: u32,
 }
 
@@ -269,7 +271,7 @@ impl Lab {
     }
 
     /// Shapes `host`'s link: `tbf` on the host's `eth0` (its upload) and on the bridge's side
-    /// (its download).
+    /// (its download), each queueing in `pfifo_fast` (see the [module docs](self)).
     pub fn shape(&self, host: &Host, shape: Shape) -> anyhow::Result<()> {
         let rate = format!("{}bit", shape.rate_bits_per_s);
         let burst = shape.burst_bytes().to_string();
@@ -277,12 +279,16 @@ impl Lab {
         let args = [
             "root", "handle", "1:", "tbf", "rate", &rate, "burst", &burst, "latency", &latency,
         ];
-        tc(&host.ns, "eth0", &args)?;
-        tc(&self.bridge_ns, &host.port, &args)
+        let packets = (shape.rate_bits_per_s / 8 * u64::from(shape.queue_ms) / 1000 / 1514).max(16);
+        let qlen = packets.to_string();
+        for (ns, dev) in [(&host.ns, "eth0"), (&self.bridge_ns, host.port.as_str())] {
+            tc(ns, dev, &args)?;
+            tc(ns, dev, &["parent", "1:1", "handle", "10:", "pfifo_fast"])?;
+            ip(&["-n", ns, "link", "set", dev, "txqueuelen", &qlen])?;
+        }
+        Ok(())
     }
 
-    /// Drops `percent` of the packets sent to `host`, at random: `netem loss` under the shaper on
-    /// the bridge side of its link (which must be shaped). Needs the kernel's `sch_netem`.
     /// Makes `to` unreachable from `host` (a blackhole route: its connects fail at once, as
     /// with a route or a certificate the host lacks), or reachable again.
     pub fn unreachable(&self, host: &Host, to: Ipv4Addr, on: bool) -> anyhow::Result<()> {
@@ -298,6 +304,8 @@ impl Lab {
         ip(&["-n", &self.bridge_ns, "link", "set", &host.port, state]).map(|_| ())
     }
 
+    /// Drops `percent` of the packets sent to `host`, at random: `netem loss` under the shaper on
+    /// the bridge side of its link (which must be shaped). Needs the kernel's `sch_netem`.
     pub fn lose(&self, host: &Host, percent: f64) -> anyhow::Result<()> {
         ensure!(
             (0.0..100.0).contains(&percent),

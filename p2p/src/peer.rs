@@ -50,11 +50,17 @@ pub struct PeerClient {
     rate: Option<Arc<RateLimit>>,
 }
 
+/// Time to connect to a parent, TLS handshake included: long enough for two lost SYNs (1 s and
+/// 2 s to their retransmits) on an uplink whose queue is full of uploads. With 2 s, in the lab
+/// (32 hosts at 50 Mbit/s), hundreds of piece requests failed to connect and their parents
+/// were dropped for the task as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl PeerClient {
     /// `timeout` bounds one whole piece.
     pub fn new(timeout: Duration, cluster: Option<&Cluster>) -> PeerClient {
         let builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(CONNECT_TIMEOUT)
             .timeout(timeout)
             .pool_max_idle_per_host(32)
             // Closed before the upload servers close it (their `header_timeout`), so a piece

@@ -36,7 +36,11 @@ pub struct SwarmConfig {
     pub host_id: Option<String>,
     /// Locality labels (`idc`, `zone`, ...): parents sharing them are preferred.
     pub labels: BTreeMap<String, String>,
-    /// Uploads served at once.
+    /// Uploads served at once; a peer asking beyond them is answered "busy" and asks another
+    /// parent. Few, so each upload goes at a good part of the uplink and a piece passes on
+    /// soon: in the lab (32 hosts at 50 Mbit/s) 64 left 31 hosts sharing the uplink of the one
+    /// host holding a new piece (a piece took 11 s per hop at the median; 2.8-3.0x the ideal
+    /// time), 8 took it to 2.2x, 4 to 2.1x with hosts stalling to the origin.
     pub upload_slots: usize,
     /// Send uploads at low priority: DSCP Lower Effort (RFC 8622) on the wire and the bulk
     /// socket priority on the host, which Linux's default qdisc (`pfifo_fast`) queues behind
@@ -68,7 +72,7 @@ impl Default for SwarmConfig {
             advertise_ip: None,
             host_id: None,
             labels: BTreeMap::new(),
-            upload_slots: 64,
+            upload_slots: 8,
             upload_low_priority: true,
             piece_concurrency: 8,
             peer_timeout: Duration::from_secs(30),

@@ -60,6 +60,8 @@ enum Outcome {
     Stream(u64, Result<()>),
 }
 
+/// How long a parent that answered "not here" or "busy" is not asked again.
+const PARENT_REST: Duration = Duration::from_millis(200);
 /// How often the origin streams' rates are looked at.
 const STREAM_WINDOW: Duration = Duration::from_secs(1);
 /// A stream is split only when this many pieces are left to it.
@@ -92,6 +94,9 @@ pub(crate) struct Run<'a> {
     to_origin: bool,
     stat: Option<Stat>,
     avoid: HashSet<String>,
+    /// Parents that answered a piece request with "not here" or "busy" (all upload slots
+    /// taken), not asked again until then.
+    resting: HashMap<String, Instant>,
     /// Requests in flight per piece: the parent asked (None: the origin), to abort the rest when
     /// one copy arrives.
     inflight: Inflight,
@@ -134,6 +139,7 @@ impl<'a> Run<'a> {
             to_origin,
             stat,
             avoid: HashSet::new(),
+            resting: HashMap::new(),
             inflight: HashMap::new(),
             per_parent: HashMap::new(),
             streams: Vec::new(),
@@ -205,6 +211,9 @@ impl<'a> Run<'a> {
                 }
                 continue;
             }
+            let now = Instant::now();
+            self.resting.retain(|_, until| *until > now);
+            let rested = self.resting.values().min().copied();
             self.fill(&mut set).await?;
 
             let stall = self.last_news + self.stall_timeout();
@@ -225,6 +234,7 @@ impl<'a> Run<'a> {
                     Err(e) => std::panic::resume_unwind(e.into_panic()),
                 },
                 Some((id, n, digest)) = self.streamed.1.recv() => self.stream_piece(id, n, digest, progress)?,
+                () = tokio::time::sleep_until(rested.unwrap_or(now).into()), if rested.is_some() => {}
                 () = tokio::time::sleep_until(self.window_at.into()), if !self.streams.is_empty() => {
                     self.split_slow_streams();
                     self.window_at = Instant::now() + STREAM_WINDOW;
@@ -317,6 +327,7 @@ impl<'a> Run<'a> {
                 .parents
                 .iter()
                 .filter(|p| !self.avoid.contains(&p.host_id))
+                .filter(|p| !self.resting.contains_key(&p.host_id))
                 .map(|p| Candidate {
                     id: p.host_id.clone(),
                     addr: p.upload_addr.clone(),
@@ -532,7 +543,12 @@ impl<'a> Run<'a> {
                     }
                 };
                 let fault = match e {
-                    PieceError::NotThere => return Ok(()),
+                    PieceError::NotThere => {
+                        // Asked again at once, a busy parent would answer busy again, and
+                        // again: it rests a while.
+                        self.resting.insert(id, Instant::now() + PARENT_REST);
+                        return Ok(());
+                    }
                     PieceError::Unreachable => Fault::Unreachable,
                     PieceError::Corrupt => Fault::Corrupt,
                 };

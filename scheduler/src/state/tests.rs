@@ -127,13 +127,19 @@ fn once_a_host_holds_a_piece_the_others_get_it_from_that_host() {
 }
 
 #[test]
-fn a_piece_nobody_else_got_is_offered_to_everyone_after_a_while() {
-    let (mut state, hosts) = swarm(3, 4);
+fn a_piece_nobody_else_got_is_offered_to_twice_as_many_hosts_each_while_then_to_everyone() {
+    let (mut state, hosts) = swarm(6, 4);
     state.merge("t", "seed", &have(4, &[0]));
-    let entry = state.tasks.get_mut("t").unwrap();
-    entry.first_held[0] = Some(Instant::now() - SEED_EXCLUSIVE);
-    for h in &hosts[1..] {
-        assert_eq!(offered_by(&state, h, "seed"), vec![0]);
+    let offered = |state: &State| {
+        hosts[1..]
+            .iter()
+            .filter(|h| offered_by(state, h, "seed") == vec![0])
+            .count()
+    };
+    for (held, hosts) in [(0, 1), (1, 2), (2, 4), (3, 6)] {
+        let entry = state.tasks.get_mut("t").unwrap();
+        entry.first_held[0] = Some(Instant::now() - SEED_EXCLUSIVE * held);
+        assert_eq!(offered(&state), hosts, "after {held} x SEED_EXCLUSIVE");
     }
 }
 

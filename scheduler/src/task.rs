@@ -16,11 +16,12 @@ const MAX_UPSTREAM_LEN: usize = 300;
 /// Corrupt-piece reports after which a host is offered to nobody for that task.
 pub const MAX_STRIKES: u32 = 2;
 /// How long a piece only seeds hold is offered to its one chosen host before a second host is
-/// offered it too, and then twice as many hosts each time again, until every host is: well under
-/// the hosts' stall timeout (10 s by default), so one slow chosen host cannot leave the others
-/// with nothing new and send them to the origin. Widening by doubling, not to everyone at once:
-/// in the lab, 32 hosts at 50 Mbit/s, every host asking the seed for the same late piece
-/// shared its uplink so thinly that pieces took more than the 30 s peer timeout.
+/// offered it too, and then twice as many hosts each time again, until every host is (8 hosts:
+/// after 15 s; 32: 25 s). A slow chosen host delays only that piece: the others keep getting
+/// the pieces the other hosts pass on, well within their stall timeout (10 s by default).
+/// Widening by doubling, not to everyone at once: in the lab (32 hosts at 50 Mbit/s) every host
+/// asking the seed for the same late piece shared its uplink so thinly that pieces took more
+/// than the 30 s peer timeout.
 pub const SEED_EXCLUSIVE: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a fetcher's origin failure sends the task's watchers to the origin themselves; after
 /// it, the task is planned again (another seed, or a watcher, fetches for the swarm).

@@ -282,9 +282,10 @@ impl Lab {
         let packets = (shape.rate_bits_per_s / 8 * u64::from(shape.queue_ms) / 1000 / 1514).max(16);
         let qlen = packets.to_string();
         for (ns, dev) in [(&host.ns, "eth0"), (&self.bridge_ns, host.port.as_str())] {
+            // pfifo_fast takes its length from the device when it is made.
+            ip(&["-n", ns, "link", "set", dev, "txqueuelen", &qlen])?;
             tc(ns, dev, &args)?;
             tc(ns, dev, &["parent", "1:1", "handle", "10:", "pfifo_fast"])?;
-            ip(&["-n", ns, "link", "set", dev, "txqueuelen", &qlen])?;
         }
         Ok(())
     }

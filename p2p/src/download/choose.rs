@@ -44,6 +44,9 @@ pub(super) struct Candidate {
     pub addr: String,
     pub holds: Bitmap,
     pub seed: bool,
+    /// Answered "busy" or "not here" a moment ago: not asked now, but still counted as a
+    /// holder (its pieces are not the origin's).
+    pub resting: bool,
 }
 
 /// What the chooser knows of one download.
@@ -124,7 +127,7 @@ impl Snapshot<'_> {
             let holders = self
                 .parents
                 .iter()
-                .filter(|p| p.holds.get(n) && self.load(&p.id) < limit)
+                .filter(|p| p.holds.get(n) && !p.resting && self.load(&p.id) < limit)
                 .count();
             if holders == 0 {
                 continue;
@@ -150,7 +153,10 @@ impl Snapshot<'_> {
         self.parents
             .iter()
             .filter(|p| {
-                p.holds.get(n) && !asked.contains(&p.id.as_str()) && self.load(&p.id) < limit
+                p.holds.get(n)
+                    && !p.resting
+                    && !asked.contains(&p.id.as_str())
+                    && self.load(&p.id) < limit
             })
             .min_by_key(|p| (p.seed, self.load(&p.id)))
     }
@@ -203,6 +209,7 @@ mod tests {
             addr: format!("{id}:4000"),
             holds: b,
             seed,
+            resting: false,
         }
     }
 
@@ -331,5 +338,25 @@ mod tests {
             Some((2..4, true)),
             "a reader's pieces only"
         );
+    }
+
+    #[test]
+    fn a_resting_parent_is_not_asked_and_its_pieces_are_not_the_origins() {
+        let inflight = Inflight::new();
+        let load = HashMap::new();
+        let mut busy = parent("a", &[0, 1], false);
+        busy.resting = true;
+        let snap = Snapshot {
+            parents: vec![busy],
+            missing: vec![0, 1, 2, 3],
+            urgent: Vec::new(),
+            known: vec![true; 4],
+            inflight: &inflight,
+            streamed: Bitmap::new(4),
+            load: &load,
+            piece_concurrency: 8,
+        };
+        assert!(snap.peer().is_none());
+        assert_eq!(snap.origin_run(), Some((2..4, false)));
     }
 }

@@ -7,8 +7,9 @@
 //! * From the origin in streams (see `job`): one range request over the next run of pieces no
 //!   parent can give, the pieces stored in order as they arrive. A second connection (up to
 //!   `origin.concurrency`) takes the second half of a stream's rest only when that stream slows
-//!   to under half its best rate (or stops), or when a reader waits for a piece far ahead of it;
-//!   while a reader waits, the streams it does not wait for stop after their current piece.
+//!   to under half its best rate (or stops); after a split every stream learns its rate anew, so
+//!   streams sharing one bottleneck do not split again and again. While a reader waits, the
+//!   background streams stop after their current piece and its pieces get streams of their own.
 //! * A peer's piece is checked against the digest the scheduler published before it is written;
 //!   a mismatch is reported and that parent is not used again for this task.
 //! * The origin is used when the scheduler says so (this host fetches for the swarm), when the
@@ -66,8 +67,6 @@ const PARENT_REST: Duration = Duration::from_millis(200);
 const STREAM_WINDOW: Duration = Duration::from_secs(1);
 /// A stream is split only when this many pieces are left to it.
 const SPLIT_MIN_PIECES: u32 = 4;
-/// A reader's piece this far past the piece a stream reads now is given its own stream.
-const URGENT_AHEAD: u32 = 2;
 
 /// One origin stream as the piece loop sees it.
 struct OriginStream {
@@ -327,12 +326,12 @@ impl<'a> Run<'a> {
                 .parents
                 .iter()
                 .filter(|p| !self.avoid.contains(&p.host_id))
-                .filter(|p| !self.resting.contains_key(&p.host_id))
                 .map(|p| Candidate {
                     id: p.host_id.clone(),
                     addr: p.upload_addr.clone(),
                     holds: Bitmap::from_bytes(&p.bitmap, count),
                     seed: p.seed,
+                    resting: self.resting.contains_key(&p.host_id),
                 })
                 .collect()
         });
@@ -440,30 +439,21 @@ impl<'a> Run<'a> {
     }
 
     /// While a reader waits, the streams started for the background stop after the piece they
-    /// read now; a stream that will reach a piece the reader waits for only later gives it up.
+    /// read now (the pieces the reader waits for then get streams of their own).
     fn make_way_for_readers(&mut self) {
         let Some((u, _)) = &self.urgent else { return };
-        let wanted = u.pieces(&self.job.id);
-        if wanted.is_empty() {
+        if u.pieces(&self.job.id).is_empty() {
             return;
         }
-        for s in &self.streams {
-            let span = s.span.range();
-            if !s.urgent {
-                s.span.cut(span.start + 1);
-            }
-            if let Some(&n) = wanted
-                .iter()
-                .find(|&&n| n >= span.start + URGENT_AHEAD && n < span.end)
-            {
-                s.span.cut(n);
-            }
+        for s in self.streams.iter().filter(|s| !s.urgent) {
+            s.span.cut(s.span.range().start + 1);
         }
     }
 
     /// Called every [`STREAM_WINDOW`]: a stream that slowed to under half its best rate, or
     /// read nothing at all, gives the second half of its rest to a new connection (when
-    /// `origin.concurrency` allows one).
+    /// `origin.concurrency` allows one). After a split the rates are learnt anew: streams that
+    /// share one bottleneck each read half as much, which is no slowdown of theirs.
     fn split_slow_streams(&mut self) {
         let mut free = self
             .job
@@ -471,6 +461,7 @@ impl<'a> Run<'a> {
             .config()
             .concurrency
             .saturating_sub(self.streams.len());
+        let mut split = false;
         for s in &mut self.streams {
             let bytes = s.span.take_bytes();
             s.windows += 1;
@@ -481,6 +472,13 @@ impl<'a> Run<'a> {
             if free > 0 && slow && left >= SPLIT_MIN_PIECES && s.span.cut(span.start + left / 2) {
                 tracing::debug!(task = %self.job.id, stream = s.id, bytes, best = s.best, "origin stream slowed; splitting it");
                 free -= 1;
+                split = true;
+            }
+        }
+        if split {
+            for s in &mut self.streams {
+                s.best = 0;
+                s.windows = 0;
             }
         }
     }

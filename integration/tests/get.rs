@@ -46,15 +46,7 @@ async fn origin_without_range_support_is_one_stream() {
         .no_ranges()
         .start()
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let res = run(get(&dir.path().join("data"), &origin.url("/f"), &out)).await;
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    assert_eq!(std::fs::read(&out).unwrap(), data);
+    get_checked(&origin, "/f", &data).await;
     let gets = origin
         .seen()
         .iter()
@@ -64,6 +56,19 @@ async fn origin_without_range_support_is_one_stream() {
         gets, 2,
         "the stat's GET answered 200 (its body abandoned), then one stream"
     );
+}
+
+/// `shoal get` of `path` from `origin` into a fresh directory: it succeeds with `data`.
+async fn get_checked(origin: &TestOrigin, path: &str, data: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let res = run(get(&dir.path().join("data"), &origin.url(path), &out)).await;
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), data);
 }
 
 /// The content ranges the origin was asked for, besides the stat's first byte.
@@ -82,15 +87,7 @@ fn ranges_asked(origin: &TestOrigin) -> Vec<String> {
 async fn the_origin_is_read_in_one_request_in_order_not_a_request_per_piece() {
     let data = random_bytes(40 * MIB + 12345);
     let origin = TestOrigin::builder().file("/f", data.clone()).start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let res = run(get(&dir.path().join("data"), &origin.url("/f"), &out)).await;
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    assert_eq!(std::fs::read(&out).unwrap(), data);
+    get_checked(&origin, "/f", &data).await;
     assert_eq!(
         ranges_asked(&origin),
         [format!("bytes=0-{}", data.len() - 1)],
@@ -108,15 +105,7 @@ async fn an_origin_connection_that_slows_down_gets_a_second_one_beside_it() {
         .slow_after(3 * MIB as u64, 256 << 10)
         .start()
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let res = run(get(&dir.path().join("data"), &origin.url("/f"), &out)).await;
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
-    assert_eq!(std::fs::read(&out).unwrap(), data);
+    get_checked(&origin, "/f", &data).await;
     let ranges = ranges_asked(&origin);
     assert!(
         ranges.len() >= 3,

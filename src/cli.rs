@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use shoal_mirror::{Ca, ProxyConfig};
 use shoal_node::DaemonConfig;
-use shoal_node::get::{GetOptions, Output};
+use shoal_node::get::{GetOptions, Output, Report};
 use shoal_p2p::Digest;
 use shoal_p2p::api::{GetRequest, LocalClient, default_data_dir, socket_in};
 use shoal_p2p::cluster::{ClusterConfig, Member, Role, pki};
@@ -403,9 +403,13 @@ pub struct GetArgs {
     /// The daemon's socket (default: `<data dir>/shoal.sock`).
     #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// No progress bar.
+    /// No progress bar, and no summary line at the end.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Ends with a JSON object on standard output instead of the summary line (size,
+    /// seconds, bytes per second, bytes by source, task id).
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl GetArgs {
@@ -421,6 +425,11 @@ impl GetArgs {
             .collect::<Option<Vec<_>>>()
             .context("--header must look like 'Name: value'")?;
         let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
+        if self.json && self.output.as_os_str() == "-" {
+            anyhow::bail!(
+                "--json writes to standard output, which -O - gives the content: use -O FILE"
+            );
+        }
         Ok(GetOptions {
             socket: self.socket.unwrap_or_else(|| socket_in(&data_dir)),
             data_dir,
@@ -430,6 +439,11 @@ impl GetArgs {
                 Output::File(self.output)
             },
             progress: !self.quiet,
+            report: match (self.quiet, self.json) {
+                (_, true) => Report::Json,
+                (true, false) => Report::Nothing,
+                (false, false) => Report::Line,
+            },
             origin: Default::default(),
             request: GetRequest {
                 url: self.url,

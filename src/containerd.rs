@@ -40,6 +40,10 @@ pub struct PullArgs {
     /// made there before containerd is asked for them.
     #[arg(long)]
     pub snapshotter_socket: Option<PathBuf>,
+    /// Ends with a JSON object (image, digest, layers, bytes, seconds, bytes by source)
+    /// instead of the summary line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl PullArgs {
@@ -104,33 +108,50 @@ impl PullArgs {
         .await;
         bars.stop();
         let pulled = pulled.map_err(|e| anyhow::anyhow!(e))?;
-        println!(
-            "{} ({}): {} layers in {:.2} s",
-            pulled.name,
-            pulled.digest,
-            pulled.layers.len(),
-            started.elapsed().as_secs_f64()
-        );
-        if let (Some(before), Ok(after)) = (before, node.status().await) {
-            let by_source: Vec<String> = after
-                .downloaded
-                .iter()
-                .map(|(s, n)| {
-                    (
-                        s,
-                        n - before.downloaded.get(s).copied().unwrap_or(0).min(*n),
-                    )
+        // The node's counters moved by this pull (and by whatever else it did meanwhile).
+        let by_source = match (before, node.status().await) {
+            (Some(before), Ok(after)) => {
+                let moved = |k: &str| {
+                    let was = before.downloaded.get(k).copied().unwrap_or(0);
+                    after
+                        .downloaded
+                        .get(k)
+                        .copied()
+                        .unwrap_or(0)
+                        .saturating_sub(was)
+                };
+                Some(shoal_p2p::BySource {
+                    origin: moved("origin"),
+                    peer: moved("peer"),
+                    seed: moved("seed"),
+                    cache: moved("cache"),
                 })
-                .filter(|(_, n)| *n > 0)
-                .map(|(s, n)| format!("{s} {n}"))
-                .collect();
+            }
+            _ => None,
+        };
+        let summary = shoal_node::summary::Summary {
+            bytes: pulled.layers.iter().map(|l| l.size).sum(),
+            elapsed: started.elapsed(),
+            by_source,
+        };
+        if self.json {
+            let mut v = summary.json();
+            v["image"] = pulled.name.into();
+            v["digest"] = pulled.digest.into();
+            v["layers"] = pulled.layers.len().into();
+            v["lazy_layers"] = pulled
+                .layers
+                .iter()
+                .filter(|l| l.by_snapshotter)
+                .count()
+                .into();
+            println!("{v}");
+        } else {
             println!(
-                "bytes by source: {}",
-                if by_source.is_empty() {
-                    "none".into()
-                } else {
-                    by_source.join(", ")
-                }
+                "{} ({}): {} layers, {summary}",
+                pulled.name,
+                pulled.digest,
+                pulled.layers.len()
             );
         }
         Ok(())

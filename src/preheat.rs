@@ -92,6 +92,10 @@ pub struct PreheatArgs {
     /// Waits until the job ends, with a progress bar; fails if the job does.
     #[arg(long)]
     pub wait: bool,
+    /// With `--wait`: ends with a JSON object (job, state, blobs, bytes, seconds) instead of
+    /// the summary line.
+    #[arg(long, requires = "wait")]
+    pub json: bool,
     /// Lists the jobs instead.
     #[arg(long)]
     pub list: bool,
@@ -201,13 +205,25 @@ impl PreheatArgs {
             .filter_map(|b| b["size"].as_u64())
             .sum();
         let state = last["state"].as_str().unwrap_or("");
-        println!(
-            "preheat job {id} {state}: {} blobs, {:.1} MB in {:.1} s ({})",
-            blobs.len(),
-            bytes as f64 / 1e6,
-            started.elapsed().as_secs_f64(),
-            last["args"]["scope"].as_str().unwrap_or("")
-        );
+        let summary = shoal_node::summary::Summary {
+            bytes,
+            elapsed: started.elapsed(),
+            by_source: None,
+        };
+        let scope = last["args"]["scope"].as_str().unwrap_or("");
+        if self.json {
+            let mut v = summary.json();
+            v["job"] = id.into();
+            v["state"] = state.into();
+            v["blobs"] = blobs.len().into();
+            v["scope"] = scope.into();
+            println!("{v}");
+        } else {
+            println!(
+                "preheat job {id} {state} ({scope}): {} blobs, {summary}",
+                blobs.len()
+            );
+        }
         if state != "SUCCESS" {
             let why = last["result"]["job_states"][0]["error"]
                 .as_str()

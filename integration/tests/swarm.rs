@@ -1,5 +1,6 @@
 //! The swarm: scheduler, seed and daemons as real processes on 127.0.0.1.
 
+use std::path::Path;
 use std::time::Duration;
 
 use shoal_integration::cluster::{Cluster, scheduler_command};
@@ -323,6 +324,84 @@ async fn status_shows_the_scheduler_the_tasks_and_bytes_by_source() {
     let out = shoal_integration::process::run(cmd).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_get_ends_with_its_own_size_time_and_bytes_by_source() {
+    let size = 6 * MIB + 4321;
+    let data = random_bytes(size);
+    let origin = TestOrigin::builder()
+        .file("/blob", data.clone())
+        .start()
+        .await;
+    let cluster = Cluster::builder().daemons(2).start().await;
+    let url = origin.url("/blob");
+    let json_get = |i: usize| {
+        let mut cmd = cluster.get(i, &url, &cluster.dir().join(format!("out-{i}")));
+        cmd.arg("--json");
+        async move {
+            let out = shoal_integration::process::run(cmd).await;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        }
+    };
+    let first = json_get(0).await;
+    assert_eq!(first["bytes"], size as u64, "{first}");
+    let by = |v: &serde_json::Value, k: &str| v["by_source"][k].as_u64().unwrap();
+    let sum = |v: &serde_json::Value| {
+        ["origin", "peer", "seed", "cache"]
+            .iter()
+            .map(|k| by(v, k))
+            .sum::<u64>()
+    };
+    assert_eq!(sum(&first), size as u64, "{first}");
+    assert!(first["seconds"].as_f64().unwrap() > 0.0, "{first}");
+    // The second host finds the content in the swarm: none of its bytes are the origin's.
+    let second = json_get(1).await;
+    assert_eq!(sum(&second), size as u64, "{second}");
+    assert_eq!(by(&second, "origin"), 0, "{second}");
+    assert_eq!(
+        by(&second, "peer") + by(&second, "seed"),
+        size as u64,
+        "{second}"
+    );
+
+    // Without --json or -q: one line on standard error, wget's way, naming the cache.
+    let out = cluster.dir().join("again");
+    let mut cmd = shoal_integration::process::shoal();
+    cmd.arg("get")
+        .arg(&url)
+        .arg("-O")
+        .arg(&out)
+        .arg("--data-dir")
+        .arg(cluster.daemons[0].data_dir.join("store"));
+    let again = shoal_integration::process::run(cmd).await;
+    let said = String::from_utf8_lossy(&again.stderr).into_owned();
+    assert!(again.status.success(), "{said}");
+    assert!(again.stdout.is_empty());
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.starts_with(&format!("shoal get: '{}': 6.00 MiB in ", out.display())),
+        "{said}"
+    );
+    assert!(
+        said.trim_end()
+            .ends_with("; origin 0 B, peers 0 B, seeds 0 B, cache 6.00 MiB"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+
+    // --json and the content on standard output cannot share it.
+    let mut cmd = cluster.get(0, &url, Path::new("-"));
+    cmd.arg("--json");
+    let both = shoal_integration::process::run(cmd).await;
+    assert!(!both.status.success());
+    assert!(both.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&both.stderr).contains("use -O FILE"));
 }
 
 /// A cluster member that speaks to the scheduler by hand (as an attacker who joined would):

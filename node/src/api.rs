@@ -106,6 +106,7 @@ async fn run_get(state: &ApiState, req: &GetRequest, tx: &mpsc::Sender<Event>) -
         path: done.path,
         content_length: done.meta.layout.content_length,
         from_cache: done.from_cache,
+        by_source: progress.by_source(),
     }
 }
 

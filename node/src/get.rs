@@ -12,7 +12,9 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use shoal_p2p::api::{Event, Failure, FailureKind, GetRequest, LocalClient};
-use shoal_p2p::{AsyncStore, Downloader, Error, Metrics, Origin, OriginConfig, Progress};
+use shoal_p2p::{AsyncStore, BySource, Downloader, Error, Metrics, Origin, OriginConfig, Progress};
+
+use crate::summary::Summary;
 
 /// Where the content goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,7 +32,19 @@ pub struct GetOptions {
     pub socket: PathBuf,
     /// Show a progress bar (when standard error is a terminal).
     pub progress: bool,
+    /// What `shoal get` says when it is done.
+    pub report: Report,
     pub origin: OriginConfig,
+}
+
+/// What `shoal get` says when the download is done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Report {
+    Nothing,
+    /// One line on standard error, as wget's: size, time, rate, bytes by source.
+    Line,
+    /// The same as a JSON object on standard output.
+    Json,
 }
 
 /// What a successful get did.
@@ -40,6 +54,8 @@ pub struct Got {
     pub content_length: u64,
     pub from_cache: bool,
     pub via_daemon: bool,
+    /// The content's bytes by where they came from.
+    pub by_source: BySource,
 }
 
 /// Runs a get; a failure comes back as the [`Failure`] to report.
@@ -85,12 +101,14 @@ async fn via_daemon(opts: &GetOptions, bar: &ProgressBar) -> Result<(Got, PathBu
             path,
             content_length,
             from_cache,
+            by_source,
         } => Ok((
             Got {
                 task,
                 content_length,
                 from_cache,
                 via_daemon: true,
+                by_source,
             },
             path,
         )),
@@ -129,6 +147,7 @@ async fn standalone(opts: &GetOptions, bar: &ProgressBar) -> Result<(Got, PathBu
         content_length: done.meta.layout.content_length,
         from_cache: done.from_cache,
         via_daemon: false,
+        by_source: progress.by_source(),
     };
     Ok((got, done.path))
 }
@@ -152,8 +171,32 @@ fn progress_bar(wanted: bool) -> ProgressBar {
 /// Runs a get as the `shoal get` command: a failure is told on standard error, and the process
 /// exit code comes back.
 pub async fn run(opts: GetOptions) -> u8 {
+    let started = std::time::Instant::now();
+    let (report, output) = (opts.report, opts.output.clone());
     match get(opts).await {
-        Ok(_) => 0,
+        Ok(got) => {
+            let summary = Summary {
+                bytes: got.content_length,
+                elapsed: started.elapsed(),
+                by_source: Some(got.by_source),
+            };
+            match report {
+                Report::Nothing => {}
+                Report::Line => {
+                    let to = match &output {
+                        Output::Stdout => "standard output".into(),
+                        Output::File(p) => format!("'{}'", p.display()),
+                    };
+                    eprintln!("shoal get: {to}: {summary}");
+                }
+                Report::Json => {
+                    let mut v = summary.json();
+                    v["task"] = got.task.into();
+                    println!("{v}");
+                }
+            }
+            0
+        }
         Err(failure) => {
             eprintln!("shoal get: {}", failure.message);
             exit_code(failure.kind)

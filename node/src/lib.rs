@@ -6,6 +6,7 @@
 //!   attached to every scheduler, handing seed jobs to the seed role when it is one.
 //! * [`admin`] serves `/healthz` and `/metrics` (port 4002) for every Shoal process.
 //! * [`get`] is `shoal get`: through the local daemon when one runs, standalone otherwise.
+//! * [`summary`] is the line `get`, `pull` and `preheat` end with.
 //! * [`DaemonConfig`] is the daemon's configuration (`packaging/daemon.toml`).
 //!
 //! The binary composes the node with the registry mirror (`shoal-mirror`) and the seed
@@ -27,6 +28,7 @@ mod daemon;
 pub mod gc;
 pub mod get;
 mod output;
+pub mod summary;
 pub mod upload;
 
 pub use config::DaemonConfig;

@@ -19,6 +19,7 @@ use crate::digest::Digest;
 use crate::download::DownloadRequest;
 use crate::error::{Error, Fault};
 use crate::id::IdOptions;
+use crate::metrics::BySource;
 use crate::origin::OriginRequest;
 
 mod prefetch;
@@ -158,6 +159,9 @@ pub enum Event {
         path: PathBuf,
         content_length: u64,
         from_cache: bool,
+        /// The content's bytes by where this download got them.
+        #[serde(default)]
+        by_source: BySource,
     },
     Failed(Failure),
 }
@@ -445,6 +449,10 @@ mod tests {
                 path: "/p".into(),
                 content_length: 3,
                 from_cache: true,
+                by_source: BySource {
+                    cache: 3,
+                    ..BySource::default()
+                },
             },
             Event::Failed(Failure {
                 message: "m".into(),

@@ -85,7 +85,7 @@ pub use digest::{Algorithm, Digest};
 pub use download::{ChunkReader, DownloadRequest, Downloaded, Downloader, Progress, Reading};
 pub use error::{Error, Fault, Result};
 pub use id::{IdOptions, TaskId};
-pub use metrics::{Metrics, Source};
+pub use metrics::{BySource, Metrics, Source};
 pub use origin::{Origin, OriginConfig, OriginRequest, Stat};
 pub use piece::Layout;
 pub use seeding::{JobHandler, Preheat};

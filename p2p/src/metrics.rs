@@ -11,12 +11,27 @@ use prometheus_client::registry::Registry;
 /// Where downloaded bytes came from.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Source {
-    Origin,
+    Origin = 0,
     /// Another daemon.
-    Peer,
+    Peer = 1,
     /// A seed peer.
-    Seed,
-    Cache,
+    Seed = 2,
+    Cache = 3,
+}
+
+/// Bytes by where they came from: one download's, or a pull's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BySource {
+    pub origin: u64,
+    pub peer: u64,
+    pub seed: u64,
+    pub cache: u64,
+}
+
+impl BySource {
+    pub fn total(&self) -> u64 {
+        self.origin + self.peer + self.seed + self.cache
+    }
 }
 
 impl EncodeLabelValue for Source {

@@ -529,7 +529,12 @@ async fn shoal_pull_makes_a_runnable_image_from_the_swarm() {
     assert!(out.status.success(), "shoal pull: {}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(said.matches("from the swarm").count(), 2, "{said}");
-    assert!(said.contains("bytes by source"), "{said}");
+    // One summary line: layers, size, time, rate, and the node's bytes by source.
+    let summary = said.lines().last().unwrap_or_default();
+    assert!(
+        summary.contains(" layers, ") && summary.contains("/s); origin "),
+        "{said}"
+    );
     let images = remote.ctd.run(&["images", "ls", "-q"]).await;
     assert!(
         text(&images).contains(&remote.reference),

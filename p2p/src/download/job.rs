@@ -244,7 +244,7 @@ impl Job {
             .await?;
         for (n, d) in &digests {
             let r = self.layout.range(*n);
-            progress.add(r.end - r.start);
+            progress.add(Source::Origin, r.end - r.start);
             pieces[*n as usize] = Some(*d);
         }
         Ok(digests)

@@ -404,15 +404,19 @@ impl<'a> Run<'a> {
                 self.stored[n as usize] = Some(digest);
                 self.advance_prefix();
                 let r = self.job.layout.range(n);
-                progress.add(r.end - r.start);
                 tracing::debug!(task = %self.job.id, piece = n, from = ?source, "piece stored");
-                match source {
-                    PieceSource::Origin => self.fetched(n, &digest),
+                let from = match source {
+                    PieceSource::Origin => {
+                        self.fetched(n, &digest);
+                        Source::Origin
+                    }
                     PieceSource::Peer { seed, .. } => {
                         let from = if seed { Source::Seed } else { Source::Peer };
                         self.job.metrics.bytes(from, r.end - r.start);
+                        from
                     }
-                }
+                };
+                progress.add(from, r.end - r.start);
                 if let Some(l) = &self.link {
                     l.holdings.add(&self.job.id, n);
                 }

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::digest::Digest;
 use crate::id::{GZIP_INDEX, IdOptions, PREFETCH, TaskId};
+use crate::metrics::{BySource, Source};
 use crate::origin::OriginRequest;
 use crate::store::TaskMeta;
 
@@ -53,6 +54,8 @@ pub struct Downloaded {
 pub struct Progress {
     total: AtomicU64,
     done: AtomicU64,
+    /// The bytes stored, by where they came from (origin, peer, seed, cache).
+    from: [AtomicU64; 4],
 }
 
 impl Progress {
@@ -64,12 +67,33 @@ impl Progress {
         )
     }
 
+    /// The bytes stored so far by where they came from; they add up to the first of
+    /// [`Progress::get`]. Bytes this host held already (a cache hit, a resumed download) are
+    /// the cache's.
+    pub fn by_source(&self) -> BySource {
+        let n = |s: Source| self.from[s as usize].load(Ordering::Relaxed);
+        BySource {
+            origin: n(Source::Origin),
+            peer: n(Source::Peer),
+            seed: n(Source::Seed),
+            cache: n(Source::Cache),
+        }
+    }
+
+    /// The download starts with `done` of `total` bytes already here.
     pub(crate) fn start(&self, total: u64, done: u64) {
         self.total.store(total, Ordering::Relaxed);
         self.done.store(done, Ordering::Relaxed);
+        for (i, f) in self.from.iter().enumerate() {
+            f.store(
+                if i == Source::Cache as usize { done } else { 0 },
+                Ordering::Relaxed,
+            );
+        }
     }
 
-    pub(crate) fn add(&self, n: u64) {
+    pub(crate) fn add(&self, from: Source, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
+        self.from[from as usize].fetch_add(n, Ordering::Relaxed);
     }
 }

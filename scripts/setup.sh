@@ -16,6 +16,7 @@ declare -A NEED=(
   [skopeo]=skopeo      # mirror tests: skopeo copy through registries.conf
   [dockerd]=docker.io  # mirror tests: dockerd with registry-mirrors / HTTPS_PROXY
   [htpasswd]=apache2-utils  # mirror tests: the htpasswd-protected registry
+  [systemd-analyze]=systemd  # packaging tests: `systemd-analyze verify` of the units
 )
 
 missing=()

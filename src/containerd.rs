@@ -256,7 +256,9 @@ impl Bars {
 
 #[derive(Args)]
 pub struct InstallArgs {
-    /// `containerd`, `docker` or `podman` (CRI-O reads the same `registries.conf`).
+    /// `containerd`, `docker` or `podman` (CRI-O reads the same `registries.conf`); or
+    /// `systemd`: the units of `shoal daemon`, `seed`, `scheduler` and `snapshotter`, and the
+    /// configs they read where there are none.
     pub runtime: InstallRuntime,
     /// The runtime's config file (default `/etc/containerd/config.toml`,
     /// `/etc/docker/daemon.json`, `/etc/containers/registries.conf`).
@@ -274,6 +276,15 @@ pub struct InstallArgs {
     /// Show the change; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// systemd: the binary the units run (default: this one).
+    #[arg(long)]
+    pub bin: Option<PathBuf>,
+    /// systemd: where the units go.
+    #[arg(long, default_value = "/etc/systemd/system")]
+    pub unit_dir: PathBuf,
+    /// systemd: where the units' configs are (`daemon.toml`, `scheduler.toml`).
+    #[arg(long, default_value = "/etc/shoal")]
+    pub etc_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -281,6 +292,7 @@ pub enum InstallRuntime {
     Containerd,
     Docker,
     Podman,
+    Systemd,
 }
 
 impl InstallArgs {
@@ -290,12 +302,13 @@ impl InstallArgs {
             InstallRuntime::Containerd => (Runtime::Containerd, "/etc/containerd/config.toml"),
             InstallRuntime::Docker => (Runtime::Docker, "/etc/docker/daemon.json"),
             InstallRuntime::Podman => (Runtime::Podman, "/etc/containers/registries.conf"),
+            InstallRuntime::Systemd => return self.systemd(),
         };
-        let data_dir = self.data_dir.unwrap_or_else(default_data_dir);
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
         let wire = Install {
             runtime,
-            config: self.config.unwrap_or_else(|| default_config.into()),
-            mirror: self.mirror,
+            config: self.config.clone().unwrap_or_else(|| default_config.into()),
+            mirror: self.mirror.clone(),
             socket: data_dir.join("snapshotter.sock"),
         };
         let changes = install::plan(&wire, self.uninstall)?;
@@ -303,15 +316,44 @@ impl InstallArgs {
             println!("{}: nothing to change", wire.config.display());
             return Ok(());
         }
-        for c in &changes {
+        self.show_and_apply(&changes, "restart the runtime to use them")
+    }
+
+    /// `shoal install systemd`.
+    fn systemd(self) -> anyhow::Result<()> {
+        let bin = match &self.bin {
+            Some(b) => b.clone(),
+            None => crate::systemd::this_binary()?,
+        };
+        let files = crate::systemd::files(&bin, &self.unit_dir, &self.etc_dir)?;
+        let changes = shoal_snapshotter::install::plan_owned(&files, self.uninstall)?;
+        if changes.is_empty() {
+            println!("{}: nothing to change", self.unit_dir.display());
+            return Ok(());
+        }
+        self.show_and_apply(
+            &changes,
+            "then `systemctl daemon-reload` and `systemctl enable --now shoal-daemon` (or \
+             shoal-seed, shoal-scheduler, shoal-snapshotter)",
+        )
+    }
+
+    /// Prints the changes as a diff, and makes them unless `--dry-run`.
+    fn show_and_apply(
+        &self,
+        changes: &[shoal_snapshotter::install::Change],
+        then: &str,
+    ) -> anyhow::Result<()> {
+        use shoal_snapshotter::install;
+        for c in changes {
             print!("{}", c.diff());
         }
         if self.dry_run {
             return Ok(());
         }
-        install::apply(&changes, self.uninstall)?;
+        install::apply(changes, self.uninstall)?;
         println!(
-            "{} {} file(s); restart the runtime to use them{}",
+            "{} {} file(s); {then}{}",
             if self.uninstall {
                 "Restored"
             } else {

@@ -5,6 +5,7 @@ mod cli;
 mod containerd;
 mod preheat;
 mod process;
+mod systemd;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -6,6 +6,7 @@ mod get;
 mod lab;
 mod limits;
 mod mirror;
+mod packaging;
 mod preheat;
 mod seed;
 mod snapshotter;

@@ -143,6 +143,43 @@ pub fn plan(install: &Install, uninstall: bool) -> Result<Vec<Change>> {
     Ok(changes)
 }
 
+/// A file Shoal writes whole (a systemd unit, an example config), with what it holds.
+#[derive(Clone, Debug)]
+pub struct Owned {
+    pub path: PathBuf,
+    pub text: String,
+    /// A file already there is the operator's (a config): installing leaves it as it is.
+    pub keep_existing: bool,
+}
+
+/// The changes writing `files` (or, with `uninstall`, taking them back) makes. Installing
+/// replaces a different file (backed up by [`apply`]); uninstalling restores the backup, or
+/// removes a file only while it holds what Shoal wrote: an edited one is the operator's.
+pub fn plan_owned(files: &[Owned], uninstall: bool) -> Result<Vec<Change>> {
+    let mut changes = Vec::new();
+    for f in files {
+        let now = read(&f.path)?;
+        let after = match (uninstall, read(&backup_of(&f.path))?) {
+            (false, _) if f.keep_existing && now.is_some() => continue,
+            (false, _) => Some(f.text.clone()),
+            (true, Some(original)) => {
+                if now.as_deref().is_some_and(|t| t != f.text) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{} changed since `shoal install`; the file before install is {}",
+                        f.path.display(),
+                        backup_of(&f.path).display()
+                    )));
+                }
+                Some(original)
+            }
+            (true, None) if now.as_deref() == Some(f.text.as_str()) => None,
+            (true, None) => continue,
+        };
+        changes.extend(Change::of(&f.path, after)?);
+    }
+    Ok(changes)
+}
+
 /// Makes the changes; a file changed for the first time is backed up first (installing).
 pub fn apply(changes: &[Change], uninstall: bool) -> Result<()> {
     for c in changes {

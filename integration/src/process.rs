@@ -49,6 +49,27 @@ pub fn get(data_dir: &Path, url: &str, out: &Path) -> Command {
     cmd
 }
 
+/// `shoal up` with its data in `data_dir`, `/metrics` on `metrics_port` and every other port
+/// free (the mirror's chosen by the system).
+pub fn up(data_dir: &Path, metrics_port: u16) -> Command {
+    let port = || crate::cluster::free_port();
+    let mut cmd = shoal();
+    cmd.arg("up")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--metrics-addr")
+        .arg(format!("127.0.0.1:{metrics_port}"))
+        .arg("--proxy-listen")
+        .arg("127.0.0.1:0")
+        .arg("--upload-addr")
+        .arg(format!("127.0.0.1:{}", port()))
+        .arg("--scheduler-listen")
+        .arg(format!("127.0.0.1:{}", port()))
+        .arg("--http-listen")
+        .arg(format!("127.0.0.1:{}", port()));
+    cmd
+}
+
 /// Runs a command to completion off the async threads.
 pub async fn run(mut cmd: Command) -> Output {
     tokio::task::spawn_blocking(move || cmd.output().expect("shoal runs"))

@@ -116,20 +116,7 @@ async fn shoal_up_counts_each_byte_once_by_source() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let port = free_port();
-    let mut cmd = shoal();
-    cmd.arg("up")
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .arg("--metrics-addr")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--proxy-listen")
-        .arg("127.0.0.1:0")
-        .arg("--upload-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--scheduler-listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--http-listen")
-        .arg(format!("127.0.0.1:{}", free_port()));
+    let cmd = process::up(&data_dir, port);
     let _up = ChildGuard::spawn(cmd);
     let socket = data_dir.join("shoal.sock");
     wait_until(Duration::from_secs(20), "daemon socket", || {

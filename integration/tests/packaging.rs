@@ -181,3 +181,127 @@ async fn the_shipped_units_are_what_install_writes() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--bin must be an absolute path"));
 }
+
+/// The metric names in a text: `shoal_…` words.
+fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("shoal_") {
+        let word: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + word.len()..];
+        names.insert(word);
+    }
+    names
+}
+
+/// Every query string of a Grafana dashboard (panels' targets, template variables).
+fn queries(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr" | "query" | "definition", serde_json::Value::String(q)) => {
+                        out.push(q.clone())
+                    }
+                    _ => queries(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| queries(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_and_the_metrics_reference_name_only_what_shoal_exports() {
+    use shoal_integration::cluster::{free_port, http_get};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    // `shoal up` runs every part (scheduler, daemon, mirror, snapshotter) on one /metrics.
+    let _up = shoal_integration::process::ChildGuard::spawn(shoal_integration::process::up(
+        &dir.path().join("data"),
+        port,
+    ));
+    let mut scraped = None;
+    for _ in 0..200 {
+        match http_get(port, "/metrics").await {
+            Some(m) if m.contains("shoal_lazy_") && m.contains("shoal_scheduler_") => {
+                scraped = Some(m);
+                break;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let scraped = scraped.expect("shoal up serves /metrics with every part's metrics");
+    // The families (as documented: counters with `_total`) and every sample name.
+    let mut families = std::collections::BTreeSet::new();
+    let mut samples = std::collections::BTreeSet::new();
+    for line in scraped.lines() {
+        if let Some(t) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = t.split_once(' ').unwrap();
+            match kind {
+                "counter" => families.insert(format!("{name}_total")),
+                _ => families.insert(name.to_owned()),
+            };
+            if kind == "histogram" {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    samples.insert(format!("{name}{suffix}"));
+                }
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            samples.insert(line.split(['{', ' ']).next().unwrap().to_owned());
+        }
+    }
+    assert!(families.len() >= 20, "{scraped}");
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+    let reference = std::fs::read_to_string(root.join("METRICS.md")).unwrap();
+    let documented: std::collections::BTreeSet<String> = reference
+        .lines()
+        .filter(|l| l.starts_with("| `shoal_"))
+        .flat_map(names_in)
+        .filter(|n| !n.ends_with('_'))
+        .collect();
+    assert_eq!(
+        documented, families,
+        "packaging/METRICS.md's table and the exported families differ"
+    );
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("grafana/shoal.json")).unwrap())
+            .expect("the dashboard is JSON");
+    let mut qs = Vec::new();
+    queries(&dashboard, &mut qs);
+    assert!(qs.len() >= 20, "{qs:?}");
+    let mut used = std::collections::BTreeSet::new();
+    for q in &qs {
+        let names = names_in(q);
+        assert!(!names.is_empty(), "a query of no Shoal metric: {q}");
+        for n in names {
+            assert!(
+                samples.contains(&n),
+                "the dashboard queries {n}, which nothing exports: {q}"
+            );
+            used.insert(n);
+        }
+    }
+    // Every panel reads the data source chosen at import.
+    for p in dashboard["panels"].as_array().unwrap() {
+        if p["type"] != "row" {
+            assert_eq!(p["datasource"]["uid"], "${DS_PROMETHEUS}", "{}", p["title"]);
+        }
+    }
+    // What the issue asks the dashboard to show is there.
+    for needed in [
+        "shoal_download_bytes_total",
+        "shoal_upload_bytes_total",
+        "shoal_scheduler_back_to_source_total",
+        "shoal_scheduler_views_total",
+        "shoal_lazy_fetch_seconds_bucket",
+    ] {
+        assert!(used.contains(needed), "the dashboard shows no {needed}");
+    }
+}

@@ -52,6 +52,11 @@ pub struct ProxyMetrics {
 impl ProxyMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = ProxyMetrics::default();
+        // Every series exists from the start (at 0), for dashboards.
+        use Kind::*;
+        for kind in [Blob, Rule, Manifest, Pass, Tunnel, Hijack] {
+            let _ = m.requests.get_or_create(&KindLabel { kind });
+        }
         registry.register(
             "shoal_proxy_requests",
             "Mirror and proxy requests, by what became of them",

@@ -87,6 +87,14 @@ impl Metrics {
     /// Metrics registered under `shoal_` in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
         let m = Metrics::default();
+        // Every series exists from the start (at 0): a dashboard's rates and ratios see a new
+        // node before its first download.
+        for source in [Source::Origin, Source::Peer, Source::Seed, Source::Cache] {
+            let _ = m.download_bytes.get_or_create(&SourceLabel { source });
+        }
+        for outcome in [Outcome::Ok, Outcome::Error] {
+            let _ = m.downloads.get_or_create(&OutcomeLabel { outcome });
+        }
         registry.register(
             "shoal_download_bytes",
             "Bytes received for tasks, by source",

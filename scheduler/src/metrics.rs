@@ -19,6 +19,8 @@ pub struct Metrics {
     pub seed_triggers: Counter,
     /// Announcements refused for contradicting a task's length or piece digests.
     pub disputed: Counter,
+    /// Views sent to watching hosts: each one the scheduler's choice of a host's parents.
+    pub views: Counter,
 }
 
 impl Metrics {
@@ -30,6 +32,7 @@ impl Metrics {
             back_to_source: Counter::default(),
             seed_triggers: Counter::default(),
             disputed: Counter::default(),
+            views: Counter::default(),
         };
         registry.register("shoal_scheduler_hosts", "Hosts attached", m.hosts.clone());
         registry.register("shoal_scheduler_tasks", "Tasks in memory", m.tasks.clone());
@@ -52,6 +55,11 @@ impl Metrics {
             "shoal_scheduler_disputed_claims",
             "Announcements refused for contradicting a task's length or piece digests",
             m.disputed.clone(),
+        );
+        registry.register(
+            "shoal_scheduler_views",
+            "Views sent to watching hosts (each a choice of a host's parents)",
+            m.views.clone(),
         );
         m
     }

@@ -172,6 +172,7 @@ impl SchedulerRpc for Service {
                 dispatch(&state, &metrics, assigned.seed_job);
                 let Some((view, expiring)) = view else { break };
                 changed.borrow_and_update();
+                metrics.views.inc();
                 if tx.send(Ok(view)).await.is_err() {
                     break;
                 }

@@ -449,7 +449,10 @@ impl Spans for NodeSpans {
             Some((file, true)) => file,
             _ => {
                 self.metrics.read_bytes.inc_by(range.end - range.start);
-                self.present(range.clone())?
+                let asked = std::time::Instant::now();
+                let file = self.present(range.clone())?;
+                self.metrics.fetch.observe(asked.elapsed().as_secs_f64());
+                file
             }
         };
         let len = usize::try_from(range.end - range.start).map_err(std::io::Error::other)?;

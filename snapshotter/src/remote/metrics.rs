@@ -17,6 +17,9 @@ pub struct LazyMetrics {
     pub prefetched: Counter,
     /// From a layer's mount to its first read.
     pub first_read: Histogram,
+    /// How long a read waited for the node to make its span present (reads of a whole
+    /// layer wait for nothing and are not counted).
+    pub fetch: Histogram,
     /// From a layer's mount to the node holding all of it.
     pub complete: Histogram,
     /// Whole lazy layers unpacked beside their mounts (new containers read plain files).
@@ -33,6 +36,8 @@ impl Default for LazyMetrics {
             read_bytes: Counter::default(),
             prefetched: Counter::default(),
             first_read: seconds(),
+            // 1 ms to about 30 s.
+            fetch: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             complete: seconds(),
             unpacked: Counter::default(),
         }
@@ -65,6 +70,11 @@ impl LazyMetrics {
             "shoal_lazy_first_read_seconds",
             "From a lazy layer's mount to its first read",
             self.first_read.clone(),
+        );
+        registry.register(
+            "shoal_lazy_fetch_seconds",
+            "How long a lazy read waited for the node to make its span present",
+            self.fetch.clone(),
         );
         registry.register(
             "shoal_lazy_complete_seconds",

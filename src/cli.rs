@@ -54,6 +54,9 @@ pub enum Command {
     Get(GetArgs),
     /// The local daemon: its schedulers, its tasks, the bytes it got from origin / peers / cache.
     Status(StatusArgs),
+    /// Checks this node's wiring end to end (daemon, schedulers and credentials, clocks, the
+    /// mirror, containerd's and Docker's configs, disk) and says what to fix, a line each.
+    Doctor(crate::doctor::DoctorArgs),
     /// Creates Shoal's CA for HTTPS hijack (if missing) and prints how to trust it; `init`
     /// and `issue` make a cluster's CA and its members' certificates.
     Ca(CaArgs),

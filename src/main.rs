@@ -3,6 +3,7 @@
 
 mod cli;
 mod containerd;
+mod doctor;
 mod preheat;
 mod process;
 mod systemd;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
             | Command::Pull(_)
             | Command::Token(_)
             | Command::Preheat(_)
+            | Command::Doctor(_)
     );
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if quiet { "warn" } else { "info" })
@@ -67,6 +69,15 @@ fn main() -> ExitCode {
             Command::Preheat(args) => return args.run().await.map(|()| ExitCode::SUCCESS),
             Command::Get(args) => return Ok(shoal_node::get::run(args.options()?).await.into()),
             Command::Status(args) => return args.run().await.map(|()| ExitCode::SUCCESS),
+            Command::Doctor(args) => {
+                return args.run().await.map(|fine| {
+                    if fine {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                });
+            }
         }
         process.run(shutdown).await.map(|()| ExitCode::SUCCESS)
     });

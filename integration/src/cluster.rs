@@ -372,12 +372,29 @@ impl Cluster {
         .await;
     }
 
+    /// A daemon whose credentials come from another CA than the cluster's (as a host given
+    /// the wrong ones): it runs, and no scheduler of the cluster takes it.
+    pub async fn start_stranger(&self, name: &str) -> Node {
+        let other = ClusterCa::init(&self.dir.path().join(format!("{name}-ca")));
+        self.start_node_of(&other, name, false, 64).await
+    }
+
     async fn start_node(&self, name: &str, seed: bool, upload_slots: usize) -> Node {
+        self.start_node_of(&self.ca(), name, seed, upload_slots)
+            .await
+    }
+
+    async fn start_node_of(
+        &self,
+        ca: &ClusterCa,
+        name: &str,
+        seed: bool,
+        upload_slots: usize,
+    ) -> Node {
         let data_dir = self.dir.path().join(name);
         std::fs::create_dir_all(&data_dir).expect("node dir");
         let role = if seed { "seed" } else { "node" };
-        self.ca()
-            .issue(name, &[role], &data_dir.join("store").join("cluster"));
+        ca.issue(name, &[role], &data_dir.join("store").join("cluster"));
         let config = data_dir.join("config.toml");
         let log = data_dir.join("log");
         let socket = data_dir.join("store").join("shoal.sock");

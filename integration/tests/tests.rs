@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 mod daemon;
+mod doctor;
 mod get;
 mod lab;
 mod limits;

@@ -173,7 +173,12 @@ async fn status_handler(State(state): State<Arc<ApiState>>) -> Response {
             .map(Swarm::schedulers)
             .unwrap_or_default()
             .into_iter()
-            .map(|(url, attached)| SchedulerStatus { url, attached })
+            .map(|(url, attached, link)| SchedulerStatus {
+                url,
+                attached,
+                error: link.error.filter(|_| !attached),
+                clock_skew_ms: link.clock_skew_ms,
+            })
             .collect(),
         downloaded,
         uploaded: state.metrics.upload_bytes.get(),

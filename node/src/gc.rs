@@ -115,7 +115,7 @@ impl Collector {
 }
 
 /// Bytes used and the size of the filesystem holding `dir`.
-fn disk_use(dir: &Path) -> Result<(u64, u64)> {
+pub fn disk_use(dir: &Path) -> Result<(u64, u64)> {
     let st = nix::sys::statvfs::statvfs(dir)
         .map_err(|e| shoal_p2p::Error::io("stat the store's filesystem", dir, e.into()))?;
     let unit = st.fragment_size() as u64;

@@ -249,7 +249,10 @@ impl std::fmt::Display for Status {
             } else {
                 "not attached"
             };
-            writeln!(f, "scheduler  {} ({state})", s.url)?;
+            match (&s.error, s.attached) {
+                (Some(why), false) => writeln!(f, "scheduler  {} ({state}: {why})", s.url)?,
+                _ => writeln!(f, "scheduler  {} ({state})", s.url)?,
+            }
         }
         let got = |k: &str| self.downloaded.get(k).copied().unwrap_or(0);
         writeln!(
@@ -312,6 +315,12 @@ pub struct HostStatus {
 pub struct SchedulerStatus {
     pub url: String,
     pub attached: bool,
+    /// Why the last attach failed, while not attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The scheduler's clock minus this host's (ms), measured when it attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// Talks to a daemon's local API.

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -113,7 +113,28 @@ pub struct Swarm {
     schedulers: Vec<(String, SchedulerClient<Channel>)>,
     /// Whether this host's attach stream to each scheduler is open.
     attached: Vec<AtomicBool>,
+    /// Each scheduler's link as `shoal status` and `shoal doctor` tell it.
+    links: Vec<Mutex<Link>>,
     config: SwarmConfig,
+}
+
+/// What this host knows of its link to one scheduler besides whether it is attached.
+#[derive(Clone, Debug, Default)]
+pub struct Link {
+    /// Why the last attach failed (its whole chain of causes); none once attached.
+    pub error: Option<String>,
+    /// The scheduler's clock minus this host's, in ms, measured at the last attach.
+    pub clock_skew_ms: Option<i64>,
+}
+
+/// The response header of an attach that carries the scheduler's clock (Unix ms).
+pub const TIME_HEADER: &str = "shoal-time";
+
+/// Unix time in ms.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Swarm {
@@ -155,6 +176,7 @@ impl Swarm {
             host,
             cluster,
             attached: schedulers.iter().map(|_| AtomicBool::new(false)).collect(),
+            links: schedulers.iter().map(|_| Mutex::default()).collect(),
             schedulers,
             config,
         })
@@ -177,12 +199,17 @@ impl Swarm {
         self.schedulers.len()
     }
 
-    /// Each scheduler's URL and whether this host is attached to it now.
-    pub fn schedulers(&self) -> Vec<(String, bool)> {
+    /// Each scheduler's URL, whether this host is attached to it now, and what else it knows
+    /// of the link.
+    pub fn schedulers(&self) -> Vec<(String, bool, Link)> {
         self.schedulers
             .iter()
             .zip(&self.attached)
-            .map(|((url, _), a)| (url.clone(), a.load(Ordering::Relaxed)))
+            .zip(&self.links)
+            .map(|(((url, _), a), l)| {
+                let link = l.lock().expect("link lock").clone();
+                (url.clone(), a.load(Ordering::Relaxed), link)
+            })
             .collect()
     }
 
@@ -327,13 +354,24 @@ impl Swarm {
             let call = client.attach(AttachRequest {
                 host: Some(self.host.clone()),
             });
+            let asked = unix_ms();
             let result = tokio::select! {
                 r = call => r,
                 () = cancel.cancelled() => return,
             };
+            let answered = unix_ms();
             match result {
                 Ok(resp) => {
                     tracing::info!(scheduler = url, host = self.host.id, "attached");
+                    let theirs = resp
+                        .metadata()
+                        .get(TIME_HEADER)
+                        .and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
+                    *self.links[index].lock().expect("link lock") = Link {
+                        error: None,
+                        // Against the middle of the round trip.
+                        clock_skew_ms: theirs.map(|t| t - asked / 2 - answered / 2),
+                    };
                     backoff = Duration::from_millis(100);
                     self.attached[index].store(true, Ordering::Relaxed);
                     changed(index, true);
@@ -351,7 +389,11 @@ impl Swarm {
                     self.attached[index].store(false, Ordering::Relaxed);
                     changed(index, false);
                 }
-                Err(e) => tracing::debug!(scheduler = url, error = %e, "attach failed"),
+                Err(e) => {
+                    let why = causes(&e);
+                    tracing::debug!(scheduler = url, error = why, "attach failed");
+                    self.links[index].lock().expect("link lock").error = Some(why);
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
@@ -360,6 +402,21 @@ impl Swarm {
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
+}
+
+/// A failed call's message with its chain of causes (a TLS failure is three levels under
+/// tonic's status), each said once.
+fn causes(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut next = std::error::Error::source(status);
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = if text.is_empty() { c } else { format!("{text}: {c}") };
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// A member's host id is its certificate's: a configured `host_id` must agree, and a seed's

@@ -300,6 +300,12 @@ impl SchedulerRpc for Service {
             dispatch(&state, &metrics, jobs);
         });
         let stream = futures_util::stream::poll_fn(move |cx| out_rx.poll_recv(cx));
-        Ok(Response::new(Box::pin(stream)))
+        let mut response = Response::new(Box::pin(stream) as Self::AttachStream);
+        // The host measures its clock against this one (`shoal doctor` tells a skew).
+        response.metadata_mut().insert(
+            shoal_p2p::swarm::TIME_HEADER,
+            tonic::metadata::MetadataValue::from(shoal_p2p::swarm::unix_ms()),
+        );
+        Ok(response)
     }
 }

@@ -3,7 +3,7 @@
 #![no_main]
 
 use prost::Message;
-use shoal_p2p::proto::{AnnounceRequest, AttachRequest, ReportRequest, WatchRequest};
+use shoal_p2p::proto::{AnnounceRequest, AttachRequest, ReportRequest, StatsRequest, WatchRequest};
 use shoal_scheduler::fuzz::Call;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -13,10 +13,11 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         let n = usize::from(*len).min(tail.len());
         let (body, next) = tail.split_at(n);
         rest = next;
-        let call = match kind % 4 {
+        let call = match kind % 5 {
             0 => AttachRequest::decode(body).map(Call::Attach),
             1 => WatchRequest::decode(body).map(Call::Watch),
             2 => AnnounceRequest::decode(body).map(Call::Announce),
+            3 => StatsRequest::decode(body).map(Call::Stats),
             _ => ReportRequest::decode(body).map(Call::Report),
         };
         if let Ok(call) = call {

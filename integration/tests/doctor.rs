@@ -97,8 +97,14 @@ async fn doctor_finds_containerd_not_wired_a_scheduler_unreachable_and_wrong_cre
     let (fine, findings) = doctor(node, &containerd).await;
     assert!(!fine);
     let ctd = finding(&findings, "containerd");
-    assert!(ctd["message"].as_str().unwrap().contains("does not answer"), "{ctd}");
-    assert!(ctd["fix"].as_str().unwrap().contains("shoal-snapshotter"), "{ctd}");
+    assert!(
+        ctd["message"].as_str().unwrap().contains("does not answer"),
+        "{ctd}"
+    );
+    assert!(
+        ctd["fix"].as_str().unwrap().contains("shoal-snapshotter"),
+        "{ctd}"
+    );
     let mut snapshotter = shoal();
     snapshotter
         .arg("snapshotter")

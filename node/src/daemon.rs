@@ -217,6 +217,11 @@ impl Node {
             .spawn(crate::upload::serve(listener, upload, async move {
                 stop.cancelled().await
             }));
+        self.tracker.spawn(send_stats(
+            swarm.clone(),
+            self.downloader.clone(),
+            self.cancel.clone(),
+        ));
         for index in 0..swarm.scheduler_count() {
             let (node, swarm) = (self.clone(), swarm.clone());
             self.tracker.spawn(async move {
@@ -327,4 +332,53 @@ fn whole(s: &shoal_p2p::Store, id: &shoal_p2p::TaskId, meta: TaskMeta) -> Result
             .collect(),
         sources: meta.sources,
     })
+}
+
+/// How often this host's traffic is looked at, and sent to the schedulers when it changed.
+const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sends each attached scheduler this host's traffic (for its console) whenever it changed.
+async fn send_stats(swarm: Arc<Swarm>, downloader: Arc<Downloader>, cancel: CancellationToken) {
+    let mut sent = vec![None; swarm.scheduler_count()];
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(STATS_EVERY) => {}
+            () = cancel.cancelled() => return,
+        }
+        let metrics = downloader.metrics();
+        let now = (
+            metrics.received(),
+            metrics.upload_bytes.get(),
+            downloader.traffic().version(),
+        );
+        for (i, (_, attached, _)) in swarm.schedulers().into_iter().enumerate() {
+            if !attached {
+                sent[i] = None;
+                continue;
+            }
+            if sent[i] == Some(now) {
+                continue;
+            }
+            let req = shoal_p2p::proto::StatsRequest {
+                host_id: swarm.host().id.clone(),
+                received: Some(now.0.into()),
+                sent: now.1,
+                tasks: downloader
+                    .traffic()
+                    .recent()
+                    .into_iter()
+                    .map(
+                        |(task_id, content_length, by)| shoal_p2p::proto::TaskTraffic {
+                            task_id,
+                            content_length,
+                            received: Some(by.into()),
+                        },
+                    )
+                    .collect(),
+            };
+            if swarm.send_stats(i, req).await {
+                sent[i] = Some(now);
+            }
+        }
+    }
 }

@@ -289,7 +289,7 @@ impl std::fmt::Display for Status {
 }
 
 /// Bytes in binary units with one decimal.
-fn human(n: u64) -> String {
+pub fn human(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;

@@ -15,6 +15,7 @@ mod link;
 mod pieces;
 mod reader;
 mod request;
+mod traffic;
 mod urgent;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use link::{Courier, SwarmLink, task_message};
 use pieces::Run;
 pub use reader::{ChunkReader, Reading};
 pub use request::{DownloadRequest, Downloaded, Progress};
+pub use traffic::Traffic;
 
 use crate::bitmap::Bitmap;
 use crate::digest::Digest;
@@ -55,6 +57,8 @@ pub struct Downloader {
     origin_rate: Option<Arc<RateLimit>>,
     /// Pieces readers wait for (see [`Reading::present`]).
     urgent: Arc<urgent::Urgent>,
+    /// Where the recent tasks' bytes came from.
+    traffic: Traffic,
 }
 
 /// Background downloads at once unless [`Downloader::with_background_limit`] says otherwise.
@@ -90,6 +94,7 @@ impl Downloader {
             max_background: MAX_BACKGROUND,
             origin_rate: None,
             urgent: Arc::default(),
+            traffic: Traffic::default(),
         }
     }
 
@@ -119,6 +124,11 @@ impl Downloader {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Where the recent tasks' bytes came from (each download's share, as the metrics count it).
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
     }
 
     /// The origin client's settings (timeouts, trusted CAs).
@@ -170,8 +180,17 @@ impl Downloader {
                 Ok(guard) => (guard, false),
                 Err(_) => (lock.lock().await, true),
             };
-            self.download_locked(&id, req, expected, progress, joined)
-                .await
+            let result = self
+                .download_locked(&id, req, expected, progress, joined)
+                .await;
+            if let Ok(done) = &result
+                && !(joined && done.from_cache)
+            {
+                let length = done.meta.layout.content_length;
+                self.traffic
+                    .record(id.as_str(), length, progress.by_source());
+            }
+            result
         };
         {
             let mut running = self.running.lock().expect("running map lock");

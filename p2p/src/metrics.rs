@@ -34,6 +34,17 @@ impl BySource {
     }
 }
 
+impl From<BySource> for crate::proto::Traffic {
+    fn from(b: BySource) -> Self {
+        crate::proto::Traffic {
+            origin: b.origin,
+            peer: b.peer,
+            seed: b.seed,
+            cache: b.cache,
+        }
+    }
+}
+
 impl EncodeLabelValue for Source {
     fn encode(&self, enc: &mut LabelValueEncoder) -> std::fmt::Result {
         enc.write_str(match self {
@@ -122,6 +133,16 @@ impl Metrics {
         self.download_bytes
             .get_or_create(&SourceLabel { source })
             .inc_by(n);
+    }
+
+    /// Everything received so far, by source.
+    pub fn received(&self) -> BySource {
+        BySource {
+            origin: self.bytes_from(Source::Origin),
+            peer: self.bytes_from(Source::Peer),
+            seed: self.bytes_from(Source::Seed),
+            cache: self.bytes_from(Source::Cache),
+        }
     }
 
     pub fn bytes_from(&self, source: Source) -> u64 {

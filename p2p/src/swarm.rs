@@ -336,6 +336,17 @@ impl Swarm {
         let _ = tokio::time::timeout(RPC_TIMEOUT, client.report(req)).await;
     }
 
+    /// Tells scheduler `index` this host's traffic (for its console); whether it took it.
+    pub async fn send_stats(&self, index: usize, req: crate::proto::StatsRequest) -> bool {
+        let Some(mut client) = self.schedulers.get(index).map(|s| s.1.clone()) else {
+            return false;
+        };
+        matches!(
+            tokio::time::timeout(RPC_TIMEOUT, client.stats(req)).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// Stays attached to scheduler `index` until `cancel`: re-attaches with backoff, calls
     /// `changed(index, true)` after each (re-)attach and `changed(index, false)` when the attach
     /// stream is lost (to announce what this host holds to the tasks' owners now), and `job` for
@@ -412,7 +423,11 @@ fn causes(status: &tonic::Status) -> String {
     while let Some(cause) = next {
         let c = cause.to_string();
         if !text.contains(&c) {
-            text = if text.is_empty() { c } else { format!("{text}: {c}") };
+            text = if text.is_empty() {
+                c
+            } else {
+                format!("{text}: {c}")
+            };
         }
         next = cause.source();
     }

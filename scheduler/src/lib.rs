@@ -29,7 +29,9 @@
 #[doc(hidden)]
 pub mod fuzz {
     use shoal_p2p::proto::scheduler_server::Scheduler as _;
-    use shoal_p2p::proto::{AnnounceRequest, AttachRequest, ReportRequest, WatchRequest};
+    use shoal_p2p::proto::{
+        AnnounceRequest, AttachRequest, ReportRequest, StatsRequest, WatchRequest,
+    };
     use tonic::Request;
 
     /// A message a member may send.
@@ -38,6 +40,7 @@ pub mod fuzz {
         Watch(WatchRequest),
         Announce(AnnounceRequest),
         Report(ReportRequest),
+        Stats(StatsRequest),
     }
 
     /// Serves `calls` in order on one scheduler, as the gRPC server would hand them over
@@ -54,6 +57,7 @@ pub mod fuzz {
                 metrics: crate::Metrics::register(
                     &mut prometheus_client::registry::Registry::default(),
                 ),
+                traffic: std::sync::Arc::default(),
                 members_only: false,
             };
             let mut open = Vec::new();
@@ -71,6 +75,7 @@ pub mod fuzz {
                     }
                     Call::Announce(m) => drop(service.announce(Request::new(m)).await),
                     Call::Report(m) => drop(service.report(Request::new(m)).await),
+                    Call::Stats(m) => drop(service.stats(Request::new(m)).await),
                 }
                 tokio::task::yield_now().await;
             }
@@ -86,6 +91,7 @@ mod metrics;
 mod service;
 mod state;
 mod task;
+pub mod traffic;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -154,6 +160,7 @@ pub struct Scheduler {
     cluster: Option<Arc<Cluster>>,
     state: Arc<Mutex<state::State>>,
     metrics: Metrics,
+    traffic: Arc<traffic::Traffic>,
     api: Option<Arc<api::Api>>,
 }
 
@@ -176,11 +183,13 @@ impl Scheduler {
         }
         let state = Arc::default();
         let metrics = Metrics::register(registry);
+        let traffic = Arc::default();
         let api = match config.api.enabled {
             true => Some(Arc::new(api::Api::open(
                 &config.api,
                 Arc::clone(&state),
                 metrics.clone(),
+                Arc::clone(&traffic),
             )?)),
             false => None,
         };
@@ -189,6 +198,7 @@ impl Scheduler {
             cluster,
             state,
             metrics,
+            traffic,
             api,
         })
     }
@@ -232,6 +242,7 @@ impl Scheduler {
         let service = service::Service {
             state: self.state,
             metrics: self.metrics,
+            traffic: self.traffic,
             members_only: self.cluster.is_some(),
         };
         tracing::info!(%addr, tls = self.cluster.is_some(), "scheduler ready");

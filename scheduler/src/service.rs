@@ -10,7 +10,7 @@ use shoal_p2p::piece::{Layout, MAX_CONTENT_LENGTH, MAX_PIECE_LENGTH};
 use shoal_p2p::proto::scheduler_server::Scheduler as SchedulerRpc;
 use shoal_p2p::proto::{
     AnnounceRequest, AnnounceResponse, AttachRequest, Fault, Host, Job, PieceSet, ReportRequest,
-    ReportResponse, Task, TaskView, WatchRequest,
+    ReportResponse, StatsRequest, StatsResponse, Task, TaskView, WatchRequest,
 };
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
@@ -29,6 +29,7 @@ const RECHECK: Duration = Duration::from_millis(250);
 pub struct Service {
     pub(crate) state: Arc<Mutex<State>>,
     pub(crate) metrics: Metrics,
+    pub(crate) traffic: Arc<crate::traffic::Traffic>,
     /// Cluster TLS is on: every request must come from a member.
     pub(crate) members_only: bool,
 }
@@ -261,6 +262,27 @@ impl SchedulerRpc for Service {
         self.lock()
             .report(&req.task_id, &req.host_id, &req.parent_id, corrupt);
         Ok(Response::new(ReportResponse {}))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<StatsRequest>,
+    ) -> Result<Response<StatsResponse>, Status> {
+        let (_, extensions, req) = request.into_parts();
+        self.caller(&extensions, &req.host_id, false)?;
+        let known: std::collections::HashSet<String> = {
+            let s = self.lock();
+            if !s.hosts.contains_key(&req.host_id) {
+                return Err(Status::failed_precondition("attach before sending stats"));
+            }
+            req.tasks
+                .iter()
+                .filter(|t| s.tasks.contains_key(&t.task_id))
+                .map(|t| t.task_id.clone())
+                .collect()
+        };
+        self.traffic.put(req, |id| known.contains(id));
+        Ok(Response::new(StatsResponse {}))
     }
 
     async fn attach(

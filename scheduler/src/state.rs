@@ -54,6 +54,11 @@ pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl State {
+    /// How many tasks host `id` watches, holds or fetches.
+    pub fn task_count(&self, id: &str) -> usize {
+        self.host_tasks.get(id).map_or(0, HashSet::len)
+    }
+
     /// Records an attached host; returns its generation.
     pub fn attach(&mut self, host: Host, jobs: mpsc::Sender<Job>) -> u64 {
         self.next_generation += 1;

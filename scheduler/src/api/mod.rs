@@ -5,6 +5,7 @@
 //! (Harbor's OAUTH mode, a webhook's `auth_header`), `?access_token=<token>`, or `Basic` with the
 //! token as the password.
 
+mod console;
 mod harbor;
 pub mod jobs;
 pub mod run;
@@ -93,6 +94,8 @@ impl ApiConfig {
 pub struct Api {
     pub(crate) state: Arc<Mutex<State>>,
     pub(crate) metrics: Metrics,
+    /// What hosts told of their traffic (the console shows it).
+    pub(crate) traffic: Arc<crate::traffic::Traffic>,
     pub(crate) jobs: Jobs,
     tokens: Tokens,
     pub(crate) http: reqwest::Client,
@@ -111,6 +114,7 @@ impl Api {
         config: &ApiConfig,
         state: Arc<Mutex<State>>,
         metrics: Metrics,
+        traffic: Arc<crate::traffic::Traffic>,
     ) -> Result<Api, crate::Error> {
         let bad = |what: &str, e: &dyn std::fmt::Display| {
             crate::Error::Config(format!("[api] {what}: {e}"))
@@ -166,6 +170,7 @@ impl Api {
         Ok(Api {
             state,
             metrics,
+            traffic,
             jobs,
             tokens: Tokens::in_dir(&dir),
             http,
@@ -176,6 +181,15 @@ impl Api {
             webhook_registries: config.webhook_registries.clone(),
             robot,
         })
+    }
+
+    /// The name of the token `token` is, if it is a valid one.
+    pub(crate) async fn check_token(&self, token: String) -> Option<String> {
+        let tokens = self.tokens.clone();
+        tokio::task::spawn_blocking(move || tokens.check(&token))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Keeps `job` as it is now.
@@ -209,6 +223,7 @@ impl Api {
             authenticate,
         ));
         open.merge(guarded)
+            .merge(console::routes(self.clone()))
             .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
             .with_state(self)
     }
@@ -225,13 +240,7 @@ async fn ok() -> &'static str {
 async fn authenticate(Ctx(api): Ctx<Arc<Api>>, req: Request, next: Next) -> Response {
     let token = token_of(req.headers(), req.uri().query());
     let name = match token {
-        Some(t) => {
-            let tokens = api.tokens.clone();
-            tokio::task::spawn_blocking(move || tokens.check(&t))
-                .await
-                .ok()
-                .flatten()
-        }
+        Some(t) => api.check_token(t).await,
         None => None,
     };
     match name {

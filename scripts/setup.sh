@@ -17,6 +17,8 @@ declare -A NEED=(
   [dockerd]=docker.io  # mirror tests: dockerd with registry-mirrors / HTTPS_PROXY
   [htpasswd]=apache2-utils  # mirror tests: the htpasswd-protected registry
   [systemd-analyze]=systemd  # packaging tests: `systemd-analyze verify` of the units
+  [chromium]=chromium  # console tests: the web console in headless Chromium
+  [chromedriver]=chromium-driver  # ...driven through WebDriver
 )
 
 missing=()

@@ -9,6 +9,7 @@
 //! * [`lab::Lab`]: many hosts on one machine (network namespaces, shaped links), and the swarm
 //!   benchmark run by the `lab` command.
 
+pub mod browser;
 pub mod cluster;
 pub mod fakepeer;
 pub mod lab;

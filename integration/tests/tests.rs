@@ -1,6 +1,7 @@
 //! Shoal's integration and end-to-end tests: one binary, a module per area.
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+mod console;
 mod daemon;
 mod doctor;
 mod get;

@@ -231,13 +231,23 @@ impl Image {
     /// An image of these layers as they are, with these diff ids, each layer said to be of
     /// `media_type` (a test may lie).
     pub fn made_of(layers: Vec<Bytes>, diff_ids: Vec<String>, media_type: &str) -> Image {
+        Image::made_with(layers, diff_ids, media_type, serde_json::json!({}))
+    }
+
+    /// [`Image::made_of`] with the image config's `config` (entrypoint, user, env...).
+    pub fn made_with(
+        layers: Vec<Bytes>,
+        diff_ids: Vec<String>,
+        media_type: &str,
+        runtime: serde_json::Value,
+    ) -> Image {
         let arch = match std::env::consts::ARCH {
             "x86_64" => "amd64",
             "aarch64" => "arm64",
             other => other,
         };
         let config = serde_json::json!({
-            "architecture": arch, "os": "linux", "config": {},
+            "architecture": arch, "os": "linux", "config": runtime,
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         });
         let config = Bytes::from(config.to_string());

@@ -305,3 +305,172 @@ async fn the_dashboard_and_the_metrics_reference_name_only_what_shoal_exports() 
         assert!(used.contains(needed), "the dashboard shows no {needed}");
     }
 }
+
+/// The image config the Dockerfile's last stage gives (`config` of an OCI image config), and
+/// checks that its one file step copies the build stage's root filesystem: what CI rebuilds.
+fn last_stage(dockerfile: &str) -> serde_json::Value {
+    let stage = dockerfile.rsplit("\nFROM ").next().expect("a FROM");
+    assert!(
+        stage.starts_with("scratch"),
+        "the last stage is FROM scratch"
+    );
+    let mut config = serde_json::json!({});
+    let mut copied = false;
+    for line in stage.lines().skip(1) {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (op, arg) = line.split_once(' ').unwrap_or((line, ""));
+        let json = || serde_json::from_str::<serde_json::Value>(arg).unwrap();
+        match op {
+            "COPY" => {
+                assert_eq!(arg, "--from=build /rootfs/ /", "CI rebuilds only this copy");
+                copied = true;
+            }
+            "ENV" => {
+                let env = config["Env"].as_array().cloned().unwrap_or_default();
+                let mut env = env;
+                env.push(arg.into());
+                config["Env"] = env.into();
+            }
+            "USER" => config["User"] = arg.into(),
+            "WORKDIR" => config["WorkingDir"] = arg.into(),
+            "ENTRYPOINT" => config["Entrypoint"] = json(),
+            "CMD" => config["Cmd"] = json(),
+            "VOLUME" => {
+                let volumes: serde_json::Map<_, _> = json()
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| (v.as_str().unwrap().to_owned(), serde_json::json!({})))
+                    .collect();
+                config["Volumes"] = volumes.into();
+            }
+            "EXPOSE" => {
+                let ports: serde_json::Map<_, _> = arg
+                    .split_whitespace()
+                    .map(|p| (format!("{p}/tcp"), serde_json::json!({})))
+                    .collect();
+                config["ExposedPorts"] = ports.into();
+            }
+            other => panic!("the Dockerfile's last stage uses {other}, which CI does not rebuild"),
+        }
+    }
+    assert!(copied, "the last stage copies the build stage's /rootfs");
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_container_image_runs_shoal_as_a_non_root_user() {
+    use shoal_integration::registry::{Access, Image, TestRegistry};
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The Dockerfile's build stage, on this host.
+    let rootfs = dir.path().join("rootfs");
+    let mut build = std::process::Command::new(root.join("packaging/container/rootfs.sh"));
+    build.arg(&rootfs).env("SHOAL_BIN", shoal_bin());
+    let built = run(build).await;
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    // Its last stage: that tree as the one layer (owners kept), and its settings.
+    let dockerfile = std::fs::read_to_string(root.join("packaging/container/Dockerfile")).unwrap();
+    let config = last_stage(&dockerfile);
+    assert_eq!(config["User"], "65532:65532");
+    let mut tar = std::process::Command::new("tar");
+    tar.args(["--sort=name", "--numeric-owner", "-C"])
+        .arg(&rootfs)
+        .args(["-cf", "-", "."]);
+    let layer = run(tar).await;
+    assert!(layer.status.success());
+    let layer = bytes::Bytes::from(layer.stdout);
+    let diff = shoal_integration::sha256(&layer);
+    let image = Image::made_with(
+        vec![layer],
+        vec![diff],
+        "application/vnd.oci.image.layer.v1.tar",
+        config,
+    );
+    let registry = TestRegistry::start(&dir.path().join("registry"), &Access::Anonymous)
+        .await
+        .unwrap();
+    image
+        .push(&registry.url(), "shoal", "test", None)
+        .await
+        .unwrap();
+
+    // containerd pulls it and runs `shoal get` in it: as user 65532, with its own data
+    // directory, through its own TLS and HTTP stack, from an origin on the host.
+    let data = shoal_integration::random_bytes(3 << 20);
+    let origin = shoal_integration::origin::TestOrigin::builder()
+        .file("/f", data)
+        .start()
+        .await;
+    let ctd = shoal_integration::runtimes::Containerd::start(&dir.path().join("containerd")).await;
+    let reference = format!(
+        "{}/shoal:test",
+        registry.url().trim_start_matches("http://")
+    );
+    let pulled = ctd
+        .run(&["images", "pull", "--plain-http", &reference])
+        .await;
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    let id = format!(
+        "shoal-image-{}",
+        hex::encode(shoal_integration::random_bytes(4))
+    );
+    let url = origin.url("/f");
+    let ran = ctd
+        .run(&[
+            "run",
+            "--rm",
+            "--net-host",
+            &reference,
+            &id,
+            "/usr/local/bin/shoal",
+            "get",
+            &url,
+            "-O",
+            "/var/lib/shoal/f",
+        ])
+        .await;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(ran.status.success(), "{said}");
+    assert!(
+        said.contains("3.00 MiB in ") && said.contains("origin 3.00 MiB"),
+        "{said}"
+    );
+    // The image's user is not root: /etc is not its to write.
+    let id = format!(
+        "shoal-image-{}",
+        hex::encode(shoal_integration::random_bytes(4))
+    );
+    let denied = ctd
+        .run(&[
+            "run",
+            "--rm",
+            "--net-host",
+            &reference,
+            &id,
+            "/usr/local/bin/shoal",
+            "get",
+            &url,
+            "-O",
+            "/etc/f",
+        ])
+        .await;
+    let said = String::from_utf8_lossy(&denied.stderr);
+    assert_eq!(denied.status.code(), Some(1), "{said}");
+    assert!(said.contains("Permission denied"), "{said}");
+}

@@ -21,6 +21,13 @@ declare -A NEED=(
   [chromedriver]=chromium-driver  # ...driven through WebDriver
 )
 
+# From PyPI: the packaging tests validate the Helm chart's objects against Kubernetes' schemas
+# (PyYAML comes with it; render.py uses it too).
+if ! python3 -c "import kubernetes_validate" >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate (pip)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+fi
+
 missing=()
 for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${NEED[$cmd]}")

@@ -223,6 +223,10 @@ pub struct DaemonArgs {
     /// TOML config file (see packaging/daemon.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Reads and checks the config (with the command line's overrides), says `config ok` or
+    /// what is wrong, and exits.
+    #[arg(long)]
+    pub check: bool,
     /// Overrides `data_dir`.
     #[arg(long, env = "SHOAL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -295,6 +299,10 @@ pub struct SchedulerArgs {
     /// TOML config file (see packaging/scheduler.toml).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Reads and checks the config (with the command line's overrides), says `config ok` or
+    /// what is wrong, and exits.
+    #[arg(long)]
+    pub check: bool,
     /// Overrides `listen` (gRPC).
     #[arg(long)]
     pub listen: Option<SocketAddr>,

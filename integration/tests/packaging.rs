@@ -474,3 +474,135 @@ async fn the_container_image_runs_shoal_as_a_non_root_user() {
     assert_eq!(denied.status.code(), Some(1), "{said}");
     assert!(said.contains("Permission denied"), "{said}");
 }
+
+/// `packaging/helm/render.py` of the chart with extra values files; the rendered YAML.
+async fn render_chart(values: &[&Path]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/helm");
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg(root.join("render.py")).arg(root.join("shoal"));
+    for v in values {
+        cmd.arg("-f").arg(v);
+    }
+    let out = run(cmd).await;
+    assert!(
+        out.status.success(),
+        "render.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The objects of a multi-document YAML file, as JSON (PyYAML reads it).
+async fn objects(yaml: &Path) -> Vec<serde_json::Value> {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args([
+        "-c",
+        "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+    ])
+    .arg(yaml);
+    let out = run(cmd).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `kubernetes-validate --strict` of every object in `file` against Kubernetes 1.29.
+async fn validate(file: &Path, count: usize) {
+    let mut cmd = std::process::Command::new("python3");
+    cmd.args(["-m", "kubernetes_validate", "--strict", "-k", "1.29.0"])
+        .arg(file);
+    let out = run(cmd).await;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    assert_eq!(
+        said.matches(" passed for resource ").count(),
+        count,
+        "{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_helm_chart_renders_as_shipped_validates_and_configures_shoal_as_it_reads_configs() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/helm/rendered.yaml");
+    let rendered = render_chart(&[]).await;
+    assert_eq!(
+        rendered,
+        std::fs::read_to_string(&shipped).unwrap(),
+        "packaging/helm/rendered.yaml is not what the chart renders: \
+         python3 packaging/helm/render.py packaging/helm/shoal > packaging/helm/rendered.yaml"
+    );
+    let docs = objects(&shipped).await;
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for kind in ["DaemonSet", "StatefulSet", "Service", "Secret", "ConfigMap"] {
+        assert!(kinds.contains(&kind), "no {kind}: {kinds:?}");
+    }
+    validate(&shipped, docs.len()).await;
+
+    // Other values: three schedulers, containerd wired by an init container.
+    let values = dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "scheduler:\n  replicas: 3\ndaemon:\n  containerd:\n    install: true\n",
+    )
+    .unwrap();
+    let other = dir.path().join("other.yaml");
+    std::fs::write(&other, render_chart(&[&values]).await).unwrap();
+    let docs = objects(&other).await;
+    validate(&other, docs.len()).await;
+    let daemonset = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let pod = &daemonset["spec"]["template"]["spec"];
+    assert_eq!(pod["initContainers"][1]["name"], "wire-containerd");
+    let config = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+
+    // Each workload's command line, with its ConfigMap's config, is one Shoal takes.
+    for d in docs
+        .iter()
+        .filter(|d| d["kind"] == "DaemonSet" || d["kind"] == "StatefulSet")
+    {
+        let container = &d["spec"]["template"]["spec"]["containers"][0];
+        let mut args: Vec<String> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        let schedulers = args
+            .iter()
+            .filter(|a| a.starts_with("--scheduler=https://"))
+            .count();
+        if d["metadata"]["name"] != "shoal-scheduler" {
+            assert_eq!(schedulers, 3, "{args:?}");
+        }
+        for a in &mut args {
+            let Some(name) = a
+                .strip_prefix("--config=/etc/shoal/")
+                .or_else(|| a.strip_prefix("/etc/shoal/"))
+            else {
+                continue;
+            };
+            let file = dir.path().join(name);
+            std::fs::write(&file, config["data"][name].as_str().unwrap()).unwrap();
+            *a = if a.starts_with("--config=") {
+                format!("--config={}", file.display())
+            } else {
+                file.display().to_string()
+            };
+        }
+        let mut cmd = shoal();
+        cmd.args(&args).arg("--check");
+        let out = run(cmd).await;
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("config ok"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

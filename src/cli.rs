@@ -224,7 +224,8 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Reads and checks the config (with the command line's overrides), says `config ok` or
-    /// what is wrong, and exits.
+    /// what is wrong, and exits: the settings, not the files they name (cluster credentials,
+    /// CAs) nor the addresses.
     #[arg(long)]
     pub check: bool,
     /// Overrides `data_dir`.
@@ -300,7 +301,8 @@ pub struct SchedulerArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Reads and checks the config (with the command line's overrides), says `config ok` or
-    /// what is wrong, and exits.
+    /// what is wrong, and exits: the settings, not the files they name (cluster credentials,
+    /// CAs) nor the addresses.
     #[arg(long)]
     pub check: bool,
     /// Overrides `listen` (gRPC).

@@ -44,11 +44,12 @@ fn main() -> ExitCode {
         let mut process = Process::default();
         match cli.command {
             Command::Up(args) => {
-                let check = args.daemon.check;
-                let (scheduler, node) = args.configs()?;
-                if check {
+                if args.daemon.check {
+                    // Without making the cluster of its own that a start would.
+                    args.daemon.config(false, true)?;
                     return config_ok();
                 }
+                let (scheduler, node) = args.configs()?;
                 process.scheduler = Some(scheduler);
                 process.node_from(node);
                 process.seed = Some(Arc::new(shoal_seed::Seed));

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use shoal_snapshotter::install::Owned;
+use shoal_snapshotter::install::{OWNED_MARK, Owned};
 
 /// The units as shipped: they name `/usr/local/bin/shoal` and `/etc/shoal/`.
 const UNITS: [(&str, &str); 4] = [
@@ -52,6 +52,7 @@ pub fn files(bin: &Path, unit_dir: &Path, etc: &Path) -> anyhow::Result<Vec<Owne
             .replace("/etc/shoal/", &format!("{etc_dir}/")),
         keep_existing: false,
     });
+    debug_assert!(UNITS.iter().all(|(_, t)| t.starts_with(OWNED_MARK)));
     let configs = CONFIGS.iter().map(|(name, text)| Owned {
         path: etc.join(name),
         text: (*text).to_owned(),

@@ -37,20 +37,29 @@ fn finding<'a>(findings: &'a [Value], check: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {check} finding: {findings:?}"))
 }
 
-/// Runs the doctor until its `check` finding is `ok` (or not); the findings then.
-async fn doctor_until(node: &Node, containerd: &Path, check: &str, ok: bool) -> (bool, Vec<Value>) {
+/// Runs the doctor until its `check` finding is `ok` (or not) and its message says `saying`;
+/// the findings then.
+async fn doctor_until(
+    node: &Node,
+    containerd: &Path,
+    check: &str,
+    ok: bool,
+    saying: &str,
+) -> (bool, Vec<Value>) {
     for _ in 0..100 {
         let (fine, findings) = doctor(node, containerd).await;
-        if findings
-            .iter()
-            .any(|f| f["check"] == check && f["ok"] == ok)
-        {
+        let found = findings.iter().any(|f| {
+            f["check"] == check
+                && f["ok"] == ok
+                && f["message"].as_str().unwrap_or_default().contains(saying)
+        });
+        if found {
             return (fine, findings);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!(
-        "{check} never became ok = {ok}: {:?}",
+        "{check} never became ok = {ok} saying {saying:?}: {:?}",
         doctor(node, containerd).await.1
     )
 }
@@ -64,7 +73,7 @@ async fn doctor_finds_containerd_not_wired_a_scheduler_unreachable_and_wrong_cre
     std::fs::write(&containerd, "version = 2\n").unwrap();
 
     // containerd not wired: the one failure, with its fix.
-    let (fine, findings) = doctor_until(node, &containerd, "scheduler", true).await;
+    let (fine, findings) = doctor_until(node, &containerd, "scheduler", true, "attached").await;
     assert!(!fine, "{findings:?}");
     let ctd = finding(&findings, "containerd");
     assert_eq!(ctd["ok"], false);
@@ -117,12 +126,13 @@ async fn doctor_finds_containerd_not_wired_a_scheduler_unreachable_and_wrong_cre
         .arg("--containerd")
         .arg("none");
     let _snapshotter = ChildGuard::spawn(snapshotter);
-    let (fine, findings) = doctor_until(node, &containerd, "containerd", true).await;
+    let (fine, findings) = doctor_until(node, &containerd, "containerd", true, "wired").await;
     assert!(fine, "{findings:?}");
 
     // A host given another CA's credentials: the scheduler is reachable, and refuses it.
     let stranger = cluster.start_stranger("eve").await;
-    let (fine, findings) = doctor_until(&stranger, &containerd, "scheduler", false).await;
+    let (fine, findings) =
+        doctor_until(&stranger, &containerd, "scheduler", false, "refuses").await;
     assert!(!fine);
     let s = finding(&findings, "scheduler");
     let said = s["message"].as_str().unwrap();
@@ -132,7 +142,7 @@ async fn doctor_finds_containerd_not_wired_a_scheduler_unreachable_and_wrong_cre
     // The scheduler gone: unreachable, said as such.
     cluster.scheduler = None;
     let node = &cluster.daemons[0];
-    let (fine, findings) = doctor_until(node, &containerd, "scheduler", false).await;
+    let (fine, findings) = doctor_until(node, &containerd, "scheduler", false, "unreachable").await;
     assert!(!fine);
     let s = finding(&findings, "scheduler");
     assert!(

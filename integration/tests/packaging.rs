@@ -115,8 +115,30 @@ async fn install_systemd_writes_units_that_verify_and_takes_them_back() {
         String::from_utf8_lossy(&again.stdout)
     );
 
-    // An edited config is the operator's: uninstalling keeps it, removes the units, and gives
-    // the operator's own unit back.
+    // An upgrade that moved the binary: the units are replaced, and Shoal's own earlier units
+    // are not kept aside as if they were the operator's.
+    let mut upgrade = shoal();
+    upgrade
+        .args([
+            "install",
+            "systemd",
+            "--bin",
+            "/opt/shoal/bin/shoal",
+            "--unit-dir",
+        ])
+        .arg(&units)
+        .arg("--etc-dir")
+        .arg(&etc);
+    assert!(run(upgrade).await.status.success());
+    let daemon = std::fs::read_to_string(units.join("shoal-daemon.service")).unwrap();
+    assert!(
+        daemon.contains("ExecStart=/opt/shoal/bin/shoal daemon"),
+        "{daemon}"
+    );
+    assert!(!units.join("shoal-daemon.service.shoal-backup").exists());
+
+    // An edited config is the operator's: uninstalling (from another path than the units
+    // name) keeps it, removes the units, and gives the operator's own unit back.
     let edited = format!(
         "{}\n# mine\n",
         std::fs::read_to_string(etc.join("daemon.toml")).unwrap()

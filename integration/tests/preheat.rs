@@ -394,7 +394,10 @@ async fn harbors_legacy_and_kraken_drivers_and_a_failed_preheat() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("SUCCESS: 5 blobs"), "{stdout}");
+    assert!(
+        stdout.contains("SUCCESS (all_seed_peers): 5 blobs, "),
+        "{stdout}"
+    );
     let mut list = shoal();
     list.args(["preheat", "--list", "--api", &s.api("")])
         .env("SHOAL_TOKEN", &s.pat);

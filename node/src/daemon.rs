@@ -351,12 +351,10 @@ async fn send_stats(swarm: Arc<Swarm>, downloader: Arc<Downloader>, cancel: Canc
             metrics.upload_bytes.get(),
             downloader.traffic().version(),
         );
-        for (i, (_, attached, _)) in swarm.schedulers().into_iter().enumerate() {
-            if !attached {
-                sent[i] = None;
-                continue;
-            }
-            if sent[i] == Some(now) {
+        for (i, (_, attached, link)) in swarm.schedulers().into_iter().enumerate() {
+            // Sent again to a scheduler attached again since (it may have restarted).
+            let told = Some((link.attaches, now));
+            if !attached || sent[i] == told {
                 continue;
             }
             let req = shoal_p2p::proto::StatsRequest {
@@ -377,7 +375,7 @@ async fn send_stats(swarm: Arc<Swarm>, downloader: Arc<Downloader>, cancel: Canc
                     .collect(),
             };
             if swarm.send_stats(i, req).await {
-                sent[i] = Some(now);
+                sent[i] = told;
             }
         }
     }

@@ -125,6 +125,8 @@ pub struct Link {
     pub error: Option<String>,
     /// The scheduler's clock minus this host's, in ms, measured at the last attach.
     pub clock_skew_ms: Option<i64>,
+    /// Attaches so far: a scheduler attached again has forgotten what it was told.
+    pub attaches: u64,
 }
 
 /// The response header of an attach that carries the scheduler's clock (Unix ms).
@@ -378,11 +380,14 @@ impl Swarm {
                         .metadata()
                         .get(TIME_HEADER)
                         .and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
-                    *self.links[index].lock().expect("link lock") = Link {
-                        error: None,
+                    {
+                        let mut link = self.links[index].lock().expect("link lock");
+                        link.error = None;
                         // Against the middle of the round trip.
-                        clock_skew_ms: theirs.map(|t| t - asked / 2 - answered / 2),
-                    };
+                        link.clock_skew_ms = theirs
+                            .map(|t| t.saturating_sub(asked / 2).saturating_sub(answered / 2));
+                        link.attaches += 1;
+                    }
                     backoff = Duration::from_millis(100);
                     self.attached[index].store(true, Ordering::Relaxed);
                     changed(index, true);
@@ -415,10 +420,10 @@ impl Swarm {
     }
 }
 
-/// A failed call's message with its chain of causes (a TLS failure is three levels under
-/// tonic's status), each said once.
+/// A failed call's code and message with its chain of causes (a TLS failure is three levels
+/// under tonic's status), each said once.
 fn causes(status: &tonic::Status) -> String {
-    let mut text = status.message().to_owned();
+    let mut text = format!("{:?}: {}", status.code(), status.message());
     let mut next = std::error::Error::source(status);
     while let Some(cause) = next {
         let c = cause.to_string();

@@ -143,6 +143,9 @@ def term(t, ctx):
     if t.startswith("$."):
         return lookup(ctx["$"], t[2:], t)
     if t.startswith("."):
+        if ctx.get("in_range"):
+            # Helm's `.` inside range is the element, which this renderer does not model.
+            raise TemplateError(f"{t} inside range: write $.{t[1:]}")
         return lookup(ctx["$"], t[1:], t)
     if t.startswith("$"):
         name = t[1:]
@@ -182,7 +185,7 @@ def render(nodes, ctx):
             out.append(render(node[2] if truthy(evaluate(node[1], ctx)) else node[3], ctx))
         elif kind == "range":
             for item in evaluate(node[2], ctx) or []:
-                inner = dict(ctx, vars=dict(ctx["vars"], **{node[1]: item}))
+                inner = dict(ctx, vars=dict(ctx["vars"], **{node[1]: item}), in_range=True)
                 out.append(render(node[3], inner))
     return "".join(out)
 

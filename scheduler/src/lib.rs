@@ -229,14 +229,19 @@ impl Scheduler {
         };
         let gc_state = self.state.clone();
         let gc_metrics = self.metrics.clone();
+        let gc_traffic = self.traffic.clone();
         let ttl = self.config.task_idle_ttl;
         let gc = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tick.tick().await;
-                let mut s = state::lock(&gc_state);
-                s.gc(ttl);
-                gc_metrics.tasks.set(s.tasks.len() as i64);
+                let attached: std::collections::HashSet<String> = {
+                    let mut s = state::lock(&gc_state);
+                    s.gc(ttl);
+                    gc_metrics.tasks.set(s.tasks.len() as i64);
+                    s.hosts.keys().cloned().collect()
+                };
+                gc_traffic.forget(&attached, traffic::FORGET);
             }
         });
         let service = service::Service {

@@ -1,6 +1,7 @@
 //! What hosts tell of their traffic (bytes received by source, bytes sent, where their recent
 //! tasks' bytes came from), kept for the console. Only tasks this scheduler knows are kept, at
-//! most [`TASKS_PER_HOST`] per host: the memory follows the swarm state, not what hosts send.
+//! most [`TASKS_PER_HOST`] per host, and a host gone for [`FORGET`] is forgotten: the memory
+//! follows the swarm state, not what hosts send.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -8,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use shoal_p2p::BySource;
 use shoal_p2p::proto::StatsRequest;
+
+/// How long a detached host's traffic is still shown.
+pub const FORGET: Duration = Duration::from_secs(600);
 
 /// A host's recent tasks kept at most.
 pub const TASKS_PER_HOST: usize = 64;
@@ -60,16 +64,15 @@ impl Traffic {
             .insert(req.host_id, told);
     }
 
-    /// What each host last told; hosts not `attached` that told nothing for `forget` are
-    /// forgotten.
-    pub fn hosts(
-        &self,
-        attached: &HashSet<String>,
-        forget: Duration,
-    ) -> HashMap<String, HostTraffic> {
+    /// What each host last told.
+    pub fn hosts(&self) -> HashMap<String, HostTraffic> {
+        self.hosts.lock().expect("traffic lock").clone()
+    }
+
+    /// Forgets the hosts not `attached` that told nothing for `age`.
+    pub fn forget(&self, attached: &HashSet<String>, age: Duration) {
         let mut hosts = self.hosts.lock().expect("traffic lock");
-        hosts.retain(|id, t| attached.contains(id) || t.at.elapsed() < forget);
-        hosts.clone()
+        hosts.retain(|id, t| attached.contains(id) || t.at.elapsed() < age);
     }
 }
 
@@ -98,14 +101,17 @@ mod tests {
         req.tasks
             .extend((0..2 * TASKS_PER_HOST).map(|i| task(&format!("k{i}"))));
         t.put(req, |id| id != "unknown");
-        let attached = HashSet::from(["h".to_owned()]);
-        let hosts = t.hosts(&attached, Duration::ZERO);
+        t.forget(&HashSet::from(["h".to_owned()]), Duration::ZERO);
+        let hosts = t.hosts();
         let h = &hosts["h"];
         assert_eq!(h.sent, 7);
         assert_eq!(h.tasks.len(), TASKS_PER_HOST);
         assert_eq!(h.tasks[0].0, "known");
         assert_eq!(h.tasks[0].2.peer, 5);
         assert!(h.tasks.iter().all(|(id, ..)| id != "unknown"));
-        assert!(t.hosts(&HashSet::new(), Duration::ZERO).is_empty());
+        t.forget(&HashSet::new(), Duration::from_secs(60));
+        assert_eq!(t.hosts().len(), 1, "told just now");
+        t.forget(&HashSet::new(), Duration::ZERO);
+        assert!(t.hosts().is_empty());
     }
 }

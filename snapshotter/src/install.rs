@@ -40,6 +40,8 @@ pub struct Change {
     pub path: PathBuf,
     pub before: Option<String>,
     pub after: Option<String>,
+    /// What was there is the operator's: it is kept aside (once) before it is changed.
+    pub backup: bool,
 }
 
 impl Change {
@@ -49,6 +51,7 @@ impl Change {
             path: path.to_owned(),
             before,
             after,
+            backup: true,
         }))
     }
 
@@ -147,23 +150,34 @@ pub fn plan(install: &Install, uninstall: bool) -> Result<Vec<Change>> {
 #[derive(Clone, Debug)]
 pub struct Owned {
     pub path: PathBuf,
+    /// Starts with [`MARK`] when the file is Shoal's own (a unit): such a file found there
+    /// is an earlier install's, replaced without a backup and removed by `uninstall` even if
+    /// it changed since (a unit's changes belong in drop-ins).
     pub text: String,
-    /// A file already there is the operator's (a config): installing leaves it as it is.
+    /// A file already there is the operator's (a config): installing leaves it as it is, and
+    /// `uninstall` removes it only while it holds what Shoal wrote.
     pub keep_existing: bool,
 }
 
+/// The mark a file Shoal writes whole starts with.
+pub const OWNED_MARK: &str = MARK;
+
 /// The changes writing `files` (or, with `uninstall`, taking them back) makes. Installing
-/// replaces a different file (backed up by [`apply`]); uninstalling restores the backup, or
-/// removes a file only while it holds what Shoal wrote: an edited one is the operator's.
+/// replaces an operator's file of that name (backed up by [`apply`]); uninstalling restores
+/// the backup, or removes what Shoal wrote.
 pub fn plan_owned(files: &[Owned], uninstall: bool) -> Result<Vec<Change>> {
     let mut changes = Vec::new();
     for f in files {
         let now = read(&f.path)?;
+        let marked = f.text.starts_with(MARK);
+        let ours = now
+            .as_deref()
+            .is_some_and(|t| t == f.text || (marked && t.starts_with(MARK)));
         let after = match (uninstall, read(&backup_of(&f.path))?) {
             (false, _) if f.keep_existing && now.is_some() => continue,
             (false, _) => Some(f.text.clone()),
             (true, Some(original)) => {
-                if now.as_deref().is_some_and(|t| t != f.text) {
+                if !ours && now.is_some() {
                     return Err(Error::FailedPrecondition(format!(
                         "{} changed since `shoal install`; the file before install is {}",
                         f.path.display(),
@@ -172,10 +186,13 @@ pub fn plan_owned(files: &[Owned], uninstall: bool) -> Result<Vec<Change>> {
                 }
                 Some(original)
             }
-            (true, None) if now.as_deref() == Some(f.text.as_str()) => None,
+            (true, None) if ours => None,
             (true, None) => continue,
         };
-        changes.extend(Change::of(&f.path, after)?);
+        if let Some(mut c) = Change::of(&f.path, after)? {
+            c.backup = !ours;
+            changes.push(c);
+        }
     }
     Ok(changes)
 }
@@ -185,6 +202,7 @@ pub fn apply(changes: &[Change], uninstall: bool) -> Result<()> {
     for c in changes {
         let backup = backup_of(&c.path);
         if !uninstall
+            && c.backup
             && let Some(before) = &c.before
             && !backup.exists()
         {

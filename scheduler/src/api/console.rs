@@ -4,7 +4,7 @@
 //! JavaScript; every value from the network is escaped. A browser signs in with a personal
 //! access token once (`/console/login`), kept in an HttpOnly, SameSite=Strict cookie.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 mod html;
@@ -26,8 +26,6 @@ use html::{
 
 /// The cookie a signed-in browser sends.
 const COOKIE: &str = "shoal_console";
-/// A host that detached is shown for this long after its last report.
-const FORGET: Duration = Duration::from_secs(600);
 /// Tasks listed at most (the most recently active first).
 const MAX_TASKS: usize = 200;
 
@@ -149,8 +147,7 @@ async fn hosts(Ctx(api): Ctx<Arc<Api>>) -> Html<String> {
             })
             .collect()
     };
-    let attached: HashSet<String> = rows.keys().cloned().collect();
-    for (id, t) in api.traffic.hosts(&attached, FORGET) {
+    for (id, t) in api.traffic.hosts() {
         let row = rows.entry(id.clone()).or_insert_with(|| HostRow {
             id,
             addr: String::new(),
@@ -180,7 +177,7 @@ async fn hosts(Ctx(api): Ctx<Arc<Api>>) -> Html<String> {
             false => format!("detached, {health}"),
         };
         add(&mut total, &by);
-        sent += up;
+        sent = up.saturating_add(sent);
         let _ = write!(
             body,
             "<tr data-host=\"{id}\" class=\"{class}\"><td><b>{id}</b></td><td>{role}</td><td>{addr}</td>\
@@ -280,8 +277,7 @@ async fn task(Ctx(api): Ctx<Arc<Api>>, Path(id): Path<String>) -> Response {
             .collect();
         (t.length, t.piece_count(), redacted(&t.task.url), holders)
     };
-    let attached: HashSet<String> = holders.keys().cloned().collect();
-    let told = api.traffic.hosts(&attached, FORGET);
+    let told = api.traffic.hosts();
     let mut body = format!(
         "<h1>Task {}</h1><p class=\"url\">{}</p><p>{} in {pieces} pieces</p>\
          <h2>Where each host's bytes came from</h2><table id=\"provenance\"><thead><tr><th>host</th>\

@@ -74,10 +74,11 @@ pub(super) fn bytes_cell(class: &str, n: u64) -> String {
 }
 
 pub(super) fn add(total: &mut BySource, by: &BySource) {
-    total.origin += by.origin;
-    total.peer += by.peer;
-    total.seed += by.seed;
-    total.cache += by.cache;
+    // Hosts' figures: a wrong one must not overflow the sum.
+    total.origin = total.origin.saturating_add(by.origin);
+    total.peer = total.peer.saturating_add(by.peer);
+    total.seed = total.seed.saturating_add(by.seed);
+    total.cache = total.cache.saturating_add(by.cache);
 }
 
 pub(super) fn p2p_ratio(by: &BySource) -> String {

@@ -444,25 +444,31 @@ async fn the_container_image_runs_shoal_as_a_non_root_user() {
         "{}",
         String::from_utf8_lossy(&pulled.stderr)
     );
-    let id = format!(
-        "shoal-image-{}",
-        hex::encode(shoal_integration::random_bytes(4))
-    );
     let url = origin.url("/f");
-    let ran = ctd
-        .run(&[
-            "run",
-            "--rm",
-            "--net-host",
-            &reference,
-            &id,
-            "/usr/local/bin/shoal",
-            "get",
-            &url,
-            "-O",
-            "/var/lib/shoal/f",
-        ])
-        .await;
+    // `shoal get URL -O out` in a container of the image, on the host's network.
+    let get_to = |out: &'static str| {
+        let id = format!(
+            "shoal-image-{}",
+            hex::encode(shoal_integration::random_bytes(4))
+        );
+        let (ctd, reference, url) = (&ctd, reference.clone(), url.clone());
+        async move {
+            let args = [
+                "run",
+                "--rm",
+                "--net-host",
+                &reference,
+                &id,
+                "/usr/local/bin/shoal",
+                "get",
+                &url,
+                "-O",
+                out,
+            ];
+            ctd.run(&args).await
+        }
+    };
+    let ran = get_to("/var/lib/shoal/f").await;
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&ran.stdout),
@@ -474,24 +480,7 @@ async fn the_container_image_runs_shoal_as_a_non_root_user() {
         "{said}"
     );
     // The image's user is not root: /etc is not its to write.
-    let id = format!(
-        "shoal-image-{}",
-        hex::encode(shoal_integration::random_bytes(4))
-    );
-    let denied = ctd
-        .run(&[
-            "run",
-            "--rm",
-            "--net-host",
-            &reference,
-            &id,
-            "/usr/local/bin/shoal",
-            "get",
-            &url,
-            "-O",
-            "/etc/f",
-        ])
-        .await;
+    let denied = get_to("/etc/f").await;
     let said = String::from_utf8_lossy(&denied.stderr);
     assert_eq!(denied.status.code(), Some(1), "{said}");
     assert!(said.contains("Permission denied"), "{said}");

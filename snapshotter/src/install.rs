@@ -150,7 +150,7 @@ pub fn plan(install: &Install, uninstall: bool) -> Result<Vec<Change>> {
 #[derive(Clone, Debug)]
 pub struct Owned {
     pub path: PathBuf,
-    /// Starts with [`MARK`] when the file is Shoal's own (a unit): such a file found there
+    /// Starts with [`OWNED_MARK`] when the file is Shoal's own (a unit): such a file found there
     /// is an earlier install's, replaced without a backup and removed by `uninstall` even if
     /// it changed since (a unit's changes belong in drop-ins).
     pub text: String,

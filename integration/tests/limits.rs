@@ -138,8 +138,11 @@ async fn connections_held_open_or_unread_keep_no_real_request_out() {
     for c in &mut slow {
         c.write_all(b"GET /v2/ HTTP/1.1\r\n").await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // (A new client: one with a pooled connection would be answered on it.)
+    // Once the server has read their first bytes (on a loaded machine, a while: until then
+    // they count as idle, and a new client would take the longest-idle one's place, leaving a
+    // free slot), a new client (not a pooled connection, which would be answered on it) is
+    // answered 503. Well within the 3 s header timeout.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let resp = v2(&reqwest::Client::new()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.headers()["retry-after"], "1");

@@ -58,7 +58,7 @@ pub struct Downloader {
     /// Pieces readers wait for (see [`Reading::present`]).
     urgent: Arc<urgent::Urgent>,
     /// Where the recent tasks' bytes came from.
-    traffic: Traffic,
+    traffic: Arc<Traffic>,
 }
 
 /// Background downloads at once unless [`Downloader::with_background_limit`] says otherwise.
@@ -94,7 +94,7 @@ impl Downloader {
             max_background: MAX_BACKGROUND,
             origin_rate: None,
             urgent: Arc::default(),
-            traffic: Traffic::default(),
+            traffic: Arc::default(),
         }
     }
 
@@ -180,17 +180,8 @@ impl Downloader {
                 Ok(guard) => (guard, false),
                 Err(_) => (lock.lock().await, true),
             };
-            let result = self
-                .download_locked(&id, req, expected, progress, joined)
-                .await;
-            if let Ok(done) = &result
-                && !(joined && done.from_cache)
-            {
-                let length = done.meta.layout.content_length;
-                self.traffic
-                    .record(id.as_str(), length, progress.by_source());
-            }
-            result
+            self.download_locked(&id, req, expected, progress, joined)
+                .await
         };
         {
             let mut running = self.running.lock().expect("running map lock");
@@ -225,6 +216,7 @@ impl Downloader {
             progress.start(len, len);
             if !joined {
                 self.metrics.bytes(Source::Cache, len);
+                self.traffic.add(id.as_str(), len, Source::Cache, len);
             }
             return Ok(Downloaded {
                 task: id.clone(),
@@ -259,6 +251,7 @@ impl Downloader {
             .open_task(id, req.origin.display_url(), layout, sources)
             .await?;
         progress.start(layout.content_length, state.stored_bytes());
+        progress.tell(self.traffic.clone(), id.as_str());
         tracing::debug!(
             length = layout.content_length,
             pieces = layout.piece_count(),

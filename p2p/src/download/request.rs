@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::digest::Digest;
 use crate::id::{GZIP_INDEX, IdOptions, PREFETCH, TaskId};
@@ -56,6 +57,8 @@ pub struct Progress {
     done: AtomicU64,
     /// The bytes stored, by where they came from (origin, peer, seed, cache).
     from: [AtomicU64; 4],
+    /// Where each piece is also told as it is stored: the host's record of its tasks' traffic.
+    to: OnceLock<(Arc<super::Traffic>, String)>,
 }
 
 impl Progress {
@@ -95,5 +98,13 @@ impl Progress {
     pub(crate) fn add(&self, from: Source, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
         self.from[from as usize].fetch_add(n, Ordering::Relaxed);
+        if let Some((traffic, task)) = self.to.get() {
+            traffic.add(task, self.total.load(Ordering::Relaxed), from, n);
+        }
+    }
+
+    /// From now on, the bytes stored are told to `traffic` as task `task`'s too.
+    pub(crate) fn tell(&self, traffic: Arc<super::Traffic>, task: &str) {
+        let _ = self.to.set((traffic, task.to_owned()));
     }
 }

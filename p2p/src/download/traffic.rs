@@ -1,11 +1,11 @@
-//! Where this host's recent tasks got their bytes (origin, peers, seeds, cache): the
-//! provenance the scheduler's console shows for a pull.
+//! Where this host's recent tasks got their bytes (origin, peers, seeds, cache), piece by
+//! piece as they are stored: the provenance the scheduler's console shows, during a pull too.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::metrics::BySource;
+use crate::metrics::{BySource, Source};
 
 /// The tasks kept; the oldest goes first.
 const KEPT: usize = 256;
@@ -27,8 +27,8 @@ struct Entry {
 }
 
 impl Traffic {
-    /// Adds a download's bytes to its task's record.
-    pub(crate) fn record(&self, task: &str, length: u64, by: BySource) {
+    /// Adds `n` bytes of task `task` (of `length` bytes) that came from `from`.
+    pub(crate) fn add(&self, task: &str, length: u64, from: Source, n: u64) {
         let mut tasks = self.tasks.lock().expect("traffic lock");
         let at = self.version.fetch_add(1, Ordering::Relaxed) + 1;
         let e = tasks.entry(task.to_owned()).or_insert(Entry {
@@ -38,10 +38,13 @@ impl Traffic {
         });
         e.length = length;
         e.at = at;
-        e.by.origin += by.origin;
-        e.by.peer += by.peer;
-        e.by.seed += by.seed;
-        e.by.cache += by.cache;
+        let counter = match from {
+            Source::Origin => &mut e.by.origin,
+            Source::Peer => &mut e.by.peer,
+            Source::Seed => &mut e.by.seed,
+            Source::Cache => &mut e.by.cache,
+        };
+        *counter += n;
         if tasks.len() > KEPT
             && let Some(oldest) = tasks
                 .iter()
@@ -80,11 +83,11 @@ mod tests {
             cache,
             ..BySource::default()
         };
-        t.record("a", 10, by(10, 0));
-        t.record("a", 10, by(0, 10));
+        t.add("a", 10, Source::Origin, 10);
+        t.add("a", 10, Source::Cache, 10);
         assert_eq!(t.recent(), vec![("a".to_owned(), 10, by(10, 10))]);
         for i in 0..KEPT {
-            t.record(&format!("t{i}"), 1, by(1, 0));
+            t.add(&format!("t{i}"), 1, Source::Origin, 1);
         }
         let recent = t.recent();
         assert_eq!(recent.len(), KEPT);

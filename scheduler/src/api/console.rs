@@ -237,7 +237,7 @@ async fn tasks(Ctx(api): Ctx<Arc<Api>>) -> Html<String> {
             };
             let _ = write!(
                 body,
-                "<tr data-task=\"{eid}\"><td><a href=\"/console/tasks/{href}\">{short}</a></td><td>{url}</td>\
+                "<tr data-task=\"{eid}\"><td><a href=\"/console/tasks/{href}\">{short}</a></td><td class=\"url\">{url}</td>\
                  <td>{size}</td><td>{pieces}</td><td>{holders}</td><td>{complete}</td><td>{progress}</td>\
                  <td>{fetcher}</td></tr>",
                 eid = esc(id),

@@ -51,7 +51,7 @@ main{padding:16px 20px}table{border-collapse:collapse;background:#fff;width:100%
 th,td{padding:6px 10px;border-bottom:1px solid #e3e6eb;text-align:left;white-space:nowrap}\
 th{background:#eef1f5}tfoot td{font-weight:600}tr.down{color:#8a8f99}\
 td[data-bytes]{text-align:right;font-variant-numeric:tabular-nums}.problem{color:#b00020}\
-.note,.url{color:#5b6270}";
+.note,.url{color:#5b6270}td.url{white-space:normal;word-break:break-all;min-width:16em}";
 
 /// The four source cells, each with its exact bytes.
 pub(super) fn source_cells(by: &BySource) -> String {

@@ -334,12 +334,17 @@ fn whole(s: &shoal_p2p::Store, id: &shoal_p2p::TaskId, meta: TaskMeta) -> Result
     })
 }
 
-/// How often this host's traffic is looked at, and sent to the schedulers when it changed.
-const STATS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often this host's traffic is looked at (and sent to the schedulers that take it this
+/// often, when it changed).
+const STATS_EVERY: std::time::Duration =
+    std::time::Duration::from_millis(shoal_p2p::swarm::STATS_EVERY_MS);
 
-/// Sends each attached scheduler this host's traffic (for its console) whenever it changed.
+/// Sends each attached scheduler this host's traffic (for its console) whenever it changed,
+/// at most as often as that scheduler said at attach (less often in a larger cluster).
 async fn send_stats(swarm: Arc<Swarm>, downloader: Arc<Downloader>, cancel: CancellationToken) {
-    let mut sent = vec![None; swarm.scheduler_count()];
+    let n = swarm.scheduler_count();
+    let mut sent = vec![None; n];
+    let mut sent_at: Vec<Option<std::time::Instant>> = vec![None; n];
     loop {
         tokio::select! {
             () = tokio::time::sleep(STATS_EVERY) => {}
@@ -354,7 +359,10 @@ async fn send_stats(swarm: Arc<Swarm>, downloader: Arc<Downloader>, cancel: Canc
         for (i, (_, attached, link)) in swarm.schedulers().into_iter().enumerate() {
             // Sent again to a scheduler attached again since (it may have restarted).
             let told = Some((link.attaches, now));
-            if !attached || sent[i] == told {
+            let every = std::time::Duration::from_millis(link.stats_every_ms);
+            let soon = sent_at[i].is_some_and(|at| at.elapsed() < every)
+                && sent[i].is_some_and(|(a, _)| a == link.attaches);
+            if !attached || sent[i] == told || soon {
                 continue;
             }
             let req = shoal_p2p::proto::StatsRequest {
@@ -376,6 +384,7 @@ async fn send_stats(swarm: Arc<Swarm>, downloader: Arc<Downloader>, cancel: Canc
             };
             if swarm.send_stats(i, req).await {
                 sent[i] = told;
+                sent_at[i] = Some(std::time::Instant::now());
             }
         }
     }

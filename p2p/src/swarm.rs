@@ -127,10 +127,16 @@ pub struct Link {
     pub clock_skew_ms: Option<i64>,
     /// Attaches so far: a scheduler attached again has forgotten what it was told.
     pub attaches: u64,
+    /// How often (ms) the scheduler takes this host's `Stats`, as it said at the last attach.
+    pub stats_every_ms: u64,
 }
 
 /// The response header of an attach that carries the scheduler's clock (Unix ms).
 pub const TIME_HEADER: &str = "shoal-time";
+/// The response header of an attach that says how often (ms) the host may send `Stats`.
+pub const STATS_HEADER: &str = "shoal-stats-every-ms";
+/// `Stats` at most this often (ms), whatever a scheduler says.
+pub const STATS_EVERY_MS: u64 = 2000;
 
 /// Unix time in ms.
 pub fn unix_ms() -> i64 {
@@ -376,10 +382,15 @@ impl Swarm {
             match result {
                 Ok(resp) => {
                     tracing::info!(scheduler = url, host = self.host.id, "attached");
-                    let theirs = resp
-                        .metadata()
-                        .get(TIME_HEADER)
-                        .and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
+                    let header = |name: &str| {
+                        let v = resp.metadata().get(name)?;
+                        v.to_str().ok()?.parse::<i64>().ok()
+                    };
+                    let theirs = header(TIME_HEADER);
+                    let every = header(STATS_HEADER)
+                        .and_then(|ms| u64::try_from(ms).ok())
+                        .unwrap_or(0)
+                        .max(STATS_EVERY_MS);
                     {
                         let mut link = self.links[index].lock().expect("link lock");
                         link.error = None;
@@ -387,6 +398,7 @@ impl Swarm {
                         link.clock_skew_ms = theirs
                             .map(|t| t.saturating_sub(asked / 2).saturating_sub(answered / 2));
                         link.attaches += 1;
+                        link.stats_every_ms = every;
                     }
                     backoff = Duration::from_millis(100);
                     self.attached[index].store(true, Ordering::Relaxed);

@@ -34,6 +34,16 @@ pub struct Service {
     pub(crate) members_only: bool,
 }
 
+/// How often (ms) a host may tell its traffic when `hosts` are attached: the more hosts, the
+/// less often, so that `Stats` stays a small share of a core (about 30 µs a call, measured with
+/// bench-scheduler: at most ~3,300 calls a second): 2 s up to 6,666 hosts, 30 s at 100,000.
+pub fn stats_every_ms(hosts: usize) -> u64 {
+    (hosts as u64)
+        .saturating_mul(3)
+        .div_ceil(10)
+        .max(shoal_p2p::swarm::STATS_EVERY_MS)
+}
+
 impl Service {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         state::lock(&self.state)
@@ -297,7 +307,10 @@ impl SchedulerRpc for Service {
         }
         let (tx, rx) = mpsc::channel::<Job>(64);
         let id = host.id.clone();
-        let generation = self.lock().attach(host, tx.clone());
+        let (generation, hosts) = {
+            let mut s = self.lock();
+            (s.attach(host, tx.clone()), s.hosts.len())
+        };
         self.metrics.hosts.inc();
         tracing::info!(host = id, "host attached");
         // The stream ends when the host goes away: then its pieces are no longer offered.
@@ -327,6 +340,10 @@ impl SchedulerRpc for Service {
         response.metadata_mut().insert(
             shoal_p2p::swarm::TIME_HEADER,
             tonic::metadata::MetadataValue::from(shoal_p2p::swarm::unix_ms()),
+        );
+        response.metadata_mut().insert(
+            shoal_p2p::swarm::STATS_HEADER,
+            tonic::metadata::MetadataValue::from(stats_every_ms(hosts)),
         );
         Ok(response)
     }

@@ -82,6 +82,15 @@ mod tests {
     use shoal_p2p::proto::TaskTraffic;
 
     #[test]
+    fn hosts_tell_their_traffic_less_often_as_the_cluster_grows() {
+        use crate::service::stats_every_ms;
+        assert_eq!(stats_every_ms(1), 2_000);
+        assert_eq!(stats_every_ms(6_666), 2_000);
+        assert_eq!(stats_every_ms(10_000), 3_000);
+        assert_eq!(stats_every_ms(100_000), 30_000);
+    }
+
+    #[test]
     fn only_known_tasks_are_kept_and_gone_hosts_are_forgotten() {
         let t = Traffic::default();
         let task = |id: &str| TaskTraffic {

@@ -29,8 +29,8 @@ use shoal_integration::process::{ChildGuard, shoal_bin};
 use shoal_p2p::Bitmap;
 use shoal_p2p::proto::scheduler_client::SchedulerClient;
 use shoal_p2p::proto::{
-    AnnounceRequest, AttachRequest, Host, PieceDigest, PieceSet, Source, Task, TaskView,
-    WatchRequest,
+    AnnounceRequest, AttachRequest, Host, PieceDigest, PieceSet, Source, StatsRequest, Task,
+    TaskTraffic, TaskView, Traffic, WatchRequest,
 };
 use tonic::transport::Channel;
 
@@ -57,6 +57,10 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Each host also tells its traffic (a `Stats` call, as a daemon does for the console)
+    /// after a piece, at most this often (ms); 0: never.
+    #[arg(long, default_value_t = 0)]
+    stats_ms: u64,
 }
 
 /// One MiB pieces: a task of `pieces` pieces has this length.
@@ -65,6 +69,9 @@ const PIECE: u64 = 1 << 20;
 #[derive(Default)]
 struct Stats {
     views: AtomicU64,
+    /// `Stats` calls the hosts made (and how many the scheduler refused).
+    told: AtomicU64,
+    told_refused: AtomicU64,
     /// Every announcement's time, by task.
     announced: std::sync::Mutex<HashMap<usize, Vec<Instant>>>,
     /// Announcement → the next view each watcher of the task gets, in seconds.
@@ -282,7 +289,10 @@ async fn main() -> anyhow::Result<()> {
         for k in 0..args.per_host {
             let t = (i * args.per_host + k) % args.tasks;
             let (client, me, stats) = (client.clone(), me.clone(), stats.clone());
-            downloads.push(tokio::spawn(download(client, me, t, pieces, pace, stats)));
+            let tell = Duration::from_millis(args.stats_ms);
+            downloads.push(tokio::spawn(download(
+                client, me, t, pieces, pace, tell, stats,
+            )));
         }
     }
 
@@ -322,6 +332,14 @@ async fn main() -> anyhow::Result<()> {
         views as f64 / elapsed,
         views as f64 / cpu.max(0.001)
     );
+    if args.stats_ms > 0 {
+        println!(
+            "Stats calls: {} ({:.0}/s), {} refused",
+            stats.told.load(Ordering::Relaxed),
+            stats.told.load(Ordering::Relaxed) as f64 / elapsed,
+            stats.told_refused.load(Ordering::Relaxed)
+        );
+    }
     println!(
         "the simulated hosts' CPU {generator:.2} s ({:.0} % of their core: above ~90 %, they are \
          what is measured)",
@@ -369,9 +387,11 @@ async fn download(
     t: usize,
     pieces: u32,
     pace: Duration,
+    tell: Duration,
     stats: Arc<Stats>,
 ) {
     let started = Instant::now();
+    let mut told: Option<Instant> = None;
     let Ok(resp) = client
         .watch(WatchRequest {
             host: Some(me.clone()),
@@ -431,6 +451,26 @@ async fn download(
                     })
                     .await;
                 stats.log(t);
+                let due = told.is_none_or(|at| at.elapsed() >= tell);
+                if !tell.is_zero() && (due || held.is_full()) {
+                    told = Some(Instant::now());
+                    let got = u64::from(held.count()) * PIECE;
+                    let traffic = Traffic { peer: got, ..Default::default() };
+                    let req = StatsRequest {
+                        host_id: me.id.clone(),
+                        received: Some(traffic),
+                        sent: 0,
+                        tasks: vec![TaskTraffic {
+                            task_id: task_id(t),
+                            content_length: u64::from(pieces) * PIECE,
+                            received: Some(traffic),
+                        }],
+                    };
+                    stats.told.fetch_add(1, Ordering::Relaxed);
+                    if client.stats(req).await.is_err() {
+                        stats.told_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 if held.is_full() {
                     stats.done.lock().expect("lock").push(started.elapsed().as_secs_f64());
                     // Done: it keeps holding (attached) but stops watching.

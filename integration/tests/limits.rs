@@ -133,19 +133,34 @@ async fn connections_held_open_or_unread_keep_no_real_request_out() {
     assert!(body == blob);
 
     // Every connection busy (heads arriving slowly): the next is answered 503 with
-    // Retry-After, at once; after the header timeout the slow ones are gone.
-    let mut slow = open(&mirror, 1024).await;
-    for c in &mut slow {
+    // Retry-After, at once; after the header timeout the slow ones are gone. Each slow
+    // connection sends its first bytes as soon as it is open (one that has sent nothing yet
+    // counts as idle, and the next would take its place).
+    let began = std::time::Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..1024 {
+        let mut c = TcpStream::connect(&mirror).await.unwrap();
         c.write_all(b"GET /v2/ HTTP/1.1\r\n").await.unwrap();
+        slow.push(c);
     }
-    // Once the server has read their first bytes (on a loaded machine, a while: until then
-    // they count as idle, and a new client would take the longest-idle one's place, leaving a
-    // free slot), a new client (not a pooled connection, which would be answered on it) is
-    // answered 503. Well within the 3 s header timeout.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Once the server has read their first bytes, a new client (not a pooled connection,
+    // which would be answered on it) is answered 503.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let resp = v2(&reqwest::Client::new()).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(resp.headers()["retry-after"], "1");
+    // (On a machine so loaded that opening them took most of the 3 s header timeout, the
+    // first ones are gone already and their slots free: the unit test of the gate,
+    // `at_the_limit_the_longest_idle_connection_makes_room`, holds the rule then.)
+    let in_time = began.elapsed() < Duration::from_millis(2500);
+    if !in_time {
+        eprintln!(
+            "slow connections took {:?} to open: 503 not checked",
+            began.elapsed()
+        );
+    }
+    if in_time {
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()["retry-after"], "1");
+    }
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(v2(&http).await.unwrap().status(), StatusCode::OK);
     drop(slow);

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use shoal_p2p::api::{
     Event, Failure, FailureKind, GetRequest, HostStatus, SchedulerStatus, Status, TaskInfo,
 };
-use shoal_p2p::{Downloader, Error, Metrics, Progress, Result, Source, Swarm};
+use shoal_p2p::{Downloader, Error, Metrics, Progress, Result, Swarm};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -152,14 +152,15 @@ async fn status_handler(State(state): State<Arc<ApiState>>) -> Response {
         Ok(t) => t,
         Err(e) => return internal_error(&e),
     };
+    let got = state.metrics.received();
     let downloaded = [
-        ("origin", Source::Origin),
-        ("peer", Source::Peer),
-        ("seed", Source::Seed),
-        ("cache", Source::Cache),
+        ("origin", got.origin),
+        ("peer", got.peer),
+        ("seed", got.seed),
+        ("cache", got.cache),
     ]
     .into_iter()
-    .map(|(name, s)| (name.to_owned(), state.metrics.bytes_from(s)))
+    .map(|(name, n)| (name.to_owned(), n))
     .collect();
     let swarm = state.downloader.swarm().map(Arc::as_ref);
     Json(Status {

@@ -235,13 +235,11 @@ impl Scheduler {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
                 tick.tick().await;
-                let attached: std::collections::HashSet<String> = {
-                    let mut s = state::lock(&gc_state);
-                    s.gc(ttl);
-                    gc_metrics.tasks.set(s.tasks.len() as i64);
-                    s.hosts.keys().cloned().collect()
-                };
-                gc_traffic.forget(&attached, traffic::FORGET);
+                let mut s = state::lock(&gc_state);
+                s.gc(ttl);
+                gc_metrics.tasks.set(s.tasks.len() as i64);
+                // (The state's lock, then the traffic's: `Stats` takes them one after the other.)
+                gc_traffic.forget(|id| s.hosts.contains_key(id), traffic::FORGET);
             }
         });
         let service = service::Service {

@@ -3,7 +3,7 @@
 //! most [`TASKS_PER_HOST`] per host, and a host gone for [`FORGET`] is forgotten: the memory
 //! follows the swarm state, not what hosts send.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -70,9 +70,9 @@ impl Traffic {
     }
 
     /// Forgets the hosts not `attached` that told nothing for `age`.
-    pub fn forget(&self, attached: &HashSet<String>, age: Duration) {
+    pub fn forget(&self, attached: impl Fn(&str) -> bool, age: Duration) {
         let mut hosts = self.hosts.lock().expect("traffic lock");
-        hosts.retain(|id, t| attached.contains(id) || t.at.elapsed() < age);
+        hosts.retain(|id, t| attached(id) || t.at.elapsed() < age);
     }
 }
 
@@ -110,7 +110,7 @@ mod tests {
         req.tasks
             .extend((0..2 * TASKS_PER_HOST).map(|i| task(&format!("k{i}"))));
         t.put(req, |id| id != "unknown");
-        t.forget(&HashSet::from(["h".to_owned()]), Duration::ZERO);
+        t.forget(|id| id == "h", Duration::ZERO);
         let hosts = t.hosts();
         let h = &hosts["h"];
         assert_eq!(h.sent, 7);
@@ -118,9 +118,9 @@ mod tests {
         assert_eq!(h.tasks[0].0, "known");
         assert_eq!(h.tasks[0].2.peer, 5);
         assert!(h.tasks.iter().all(|(id, ..)| id != "unknown"));
-        t.forget(&HashSet::new(), Duration::from_secs(60));
+        t.forget(|_| false, Duration::from_secs(60));
         assert_eq!(t.hosts().len(), 1, "told just now");
-        t.forget(&HashSet::new(), Duration::ZERO);
+        t.forget(|_| false, Duration::ZERO);
         assert!(t.hosts().is_empty());
     }
 }

@@ -83,6 +83,34 @@ async fn eight_daemons_one_origin_fetch_and_pieces_shared_between_daemons() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn pieces_are_passed_on_while_they_arrive() {
+    let size = 32 * MIB;
+    let data = random_bytes(size);
+    let origin = TestOrigin::builder()
+        .file("/blob", data.clone())
+        .start()
+        .await;
+    // Every daemon takes pieces from peers at 8 MiB/s: a piece arrives over a while (8 at
+    // once: about a second each), and the others ask the host it goes to for it meanwhile.
+    let cluster = Cluster::builder()
+        .daemons(3)
+        .setting("limits", &format!("download_rate = {}", 8 * MIB))
+        .start()
+        .await;
+    let results = cluster.get_all(&origin.url("/blob")).await;
+    assert_all_exact(&results, &data, &cluster);
+    assert_origin_sent_once(&origin, size);
+    let mut relayed = 0;
+    for d in &cluster.daemons {
+        relayed += d.metric("shoal_relayed_pieces_total").await;
+    }
+    assert!(
+        relayed >= 4,
+        "{relayed} pieces of 32 passed on while they arrived"
+    );
+}
+
 /// A blob of `size` random bytes on an origin sending 16 MiB/s, so faults land mid-download.
 async fn slow_origin(size: usize) -> (bytes::Bytes, TestOrigin) {
     let data = random_bytes(size);

@@ -331,6 +331,7 @@ fn whole(s: &shoal_p2p::Store, id: &shoal_p2p::TaskId, meta: TaskMeta) -> Result
             .filter_map(|(n, d)| d.map(|d| PieceDigest::of(n, &d)))
             .collect(),
         sources: meta.sources,
+        arriving: Vec::new(),
     })
 }
 

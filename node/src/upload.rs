@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, mpsc};
 
 use shoal_p2p::http1::{self, FileBody};
+use shoal_p2p::relay::RelayReader;
 use shoal_p2p::store::{AsyncStore, Holdings, read_blocks};
 use shoal_p2p::{Metrics, cluster, net, peer};
 
@@ -120,6 +121,37 @@ where
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
+/// A piece still arriving here, passed on as it comes (see [`shoal_p2p::relay`]): if it is
+/// withdrawn, the response breaks off before its end.
+async fn relayed<P: Send + Sync + 'static>(
+    ctx: &Ctx,
+    length: u64,
+    reader: RelayReader,
+    permit: P,
+) -> Response<Body> {
+    shoal_p2p::rate::take(ctx.rate.as_deref(), length as usize).await;
+    ctx.metrics.relayed_pieces.inc();
+    let sent = ctx.metrics.upload_bytes.clone();
+    let chunks = futures_util::stream::unfold(
+        (reader, permit, sent),
+        |(mut reader, permit, sent)| async move {
+            match reader.next().await {
+                Ok(Some(chunk)) => {
+                    sent.inc_by(chunk.len() as u64);
+                    Some((Ok(Frame::data(chunk)), (reader, permit, sent)))
+                }
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e)), (reader, permit, sent))),
+            }
+        },
+    );
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_LENGTH, length)
+        .body(BodyExt::boxed(StreamBody::new(chunks)))
+        .expect("valid response")
+}
+
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -146,6 +178,10 @@ async fn handle<B>(ctx: Arc<Ctx>, req: Request<B>) -> Response<Body> {
     };
     // Held, with the slot, until the piece is sent: the task is not removed meanwhile.
     let permit = (permit, ctx.holdings.reading(&id));
+    // Asked before the stored pieces: a piece leaves the relays only once it is held.
+    if let Some((length, reader)) = ctx.holdings.relays().reader(&id, n) {
+        return relayed(&ctx, length, reader, permit).await;
+    }
     let layout = match ctx.store.meta(&id).await {
         Ok(Some(meta))
             if (meta.complete || ctx.holdings.has(&id, n)) && n < meta.layout.piece_count() =>
@@ -199,4 +235,132 @@ async fn handle<B>(ctx: Arc<Ctx>, req: Request<B>) -> Response<Body> {
         .extension(from_file)
         .body(BodyExt::boxed(StreamBody::new(frames)))
         .expect("valid response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_p2p::TaskId;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// An upload server on loopback with nothing stored; its holdings and address.
+    async fn server(dir: &std::path::Path) -> (Arc<Holdings>, std::net::SocketAddr) {
+        let holdings = Arc::new(Holdings::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upload = Upload {
+            store: AsyncStore::open(dir).unwrap(),
+            holdings: holdings.clone(),
+            slots: 4,
+            metrics: Metrics::default(),
+            tls: None,
+            limits: net::Limits::default(),
+            low_priority: false,
+        };
+        tokio::spawn(serve(listener, upload, std::future::pending()));
+        (holdings, addr)
+    }
+
+    /// Reads from `conn` until the response head and `body` bytes of body are in, or the
+    /// connection ends (or a second passes); returns the head and the body so far, and whether
+    /// the connection ended.
+    async fn read_response(conn: &mut TcpStream, body: usize) -> (String, Vec<u8>, bool) {
+        let mut got = Vec::new();
+        let mut closed = false;
+        let split = |got: &[u8]| got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while split(&got).is_none_or(|at| got.len() - at < body) {
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => {
+                    closed = true;
+                    break;
+                }
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => break,
+            }
+        }
+        let at = split(&got).expect("a response head");
+        let head = String::from_utf8_lossy(&got[..at]).into_owned();
+        (head, got[at..].to_vec(), closed)
+    }
+
+    async fn ask(addr: std::net::SocketAddr, task: &TaskId, n: u32) -> TcpStream {
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET {} HTTP/1.1\r\nhost: peer\r\n\r\n",
+            peer::piece_path(task, n)
+        );
+        conn.write_all(req.as_bytes()).await.unwrap();
+        conn
+    }
+
+    #[tokio::test]
+    async fn a_piece_still_arriving_goes_out_as_it_comes_its_end_only_once_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let (holdings, addr) = server(dir.path()).await;
+        let task: TaskId = format!("sha256:{}", "c".repeat(64)).parse().unwrap();
+        let (head, _, _) = read_response(&mut ask(addr, &task, 0).await, 0).await;
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+        let mut writer = holdings.relays().start(&task, 0, 6);
+        writer.push(&Bytes::from_static(b"abcd"), false);
+        let mut conn = ask(addr, &task, 0).await;
+        let (head, body, _) = read_response(&mut conn, 4).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("content-length: 6"), "{head}");
+        assert_eq!(body, b"abcd");
+        // The chunk that completes the piece waits for its digest...
+        writer.push(&Bytes::from_static(b"ef"), true);
+        let (more, closed) = read_rest(&mut conn, Duration::from_millis(200)).await;
+        assert!(more.is_empty() && !closed, "sent before verified: {more:?}");
+        // ...and goes once the piece matched it.
+        writer.verified(Bytes::from_static(b"ef"));
+        let (more, _) = read_rest(&mut conn, Duration::from_millis(300)).await;
+        assert_eq!(more, b"ef");
+    }
+
+    #[tokio::test]
+    async fn a_relayed_piece_that_fails_here_breaks_off_every_response_before_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (holdings, addr) = server(dir.path()).await;
+        let task: TaskId = format!("sha256:{}", "d".repeat(64)).parse().unwrap();
+        let mut writer = holdings.relays().start(&task, 2, 6);
+        writer.push(&Bytes::from_static(b"abcd"), false);
+        writer.push(&Bytes::from_static(b"XX"), true);
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            let mut conn = ask(addr, &task, 2).await;
+            let (head, body, _) = read_response(&mut conn, 4).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+            assert_eq!(body, b"abcd");
+            readers.push(conn);
+        }
+        // The piece did not match its digest: dropped unverified, it is withdrawn.
+        drop(writer);
+        for mut conn in readers {
+            let (more, closed) = read_rest(&mut conn, Duration::from_secs(1)).await;
+            assert!(more.is_empty(), "the piece's end went out: {more:?}");
+            assert!(closed, "the response did not break off");
+        }
+        // And nobody is offered it any more.
+        let (head, _, _) = read_response(&mut ask(addr, &task, 2).await, 0).await;
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    }
+
+    /// What else arrives on `conn` within `wait`, and whether it closed.
+    async fn read_rest(conn: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return (got, true),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => return (got, false),
+            }
+        }
+    }
 }

@@ -66,6 +66,13 @@ impl Bitmap {
         }
     }
 
+    /// Clears every piece `other` has.
+    pub fn subtract(&mut self, other: &Bitmap) {
+        for (a, b) in self.bits.iter_mut().zip(&other.bits) {
+            *a &= !b;
+        }
+    }
+
     /// Clears every piece `other` lacks.
     pub fn intersect(&mut self, other: &Bitmap) {
         for (i, a) in self.bits.iter_mut().enumerate() {

@@ -406,6 +406,7 @@ impl Downloader {
             bitmap: bitmap.as_bytes().to_vec(),
             digests: Vec::new(),
             sources: state.meta.sources,
+            arriving: Vec::new(),
         }
     }
 
@@ -431,6 +432,7 @@ impl Downloader {
                     .map(|(n, d)| crate::proto::PieceDigest::of(n, d))
                     .collect(),
                 sources: meta.sources.clone(),
+                arriving: Vec::new(),
             };
             swarm.announce(id, Some(set), None).await;
         }

@@ -50,6 +50,7 @@ pub mod peer;
 pub mod piece;
 pub mod proto;
 pub mod rate;
+pub mod relay;
 pub mod seeding;
 pub mod store;
 pub mod swarm;

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub active_downloads: Gauge,
     /// Piece bytes sent to other peers.
     pub upload_bytes: Counter,
+    /// Pieces the upload server began sending while they were still arriving here.
+    pub relayed_pieces: Counter,
 }
 
 impl Metrics {
@@ -120,6 +122,11 @@ impl Metrics {
             "shoal_upload_bytes",
             "Piece bytes sent to other peers",
             m.upload_bytes.clone(),
+        );
+        registry.register(
+            "shoal_relayed_pieces",
+            "Pieces sent to other peers while still arriving here (cut-through)",
+            m.relayed_pieces.clone(),
         );
         registry.register(
             "shoal_active_downloads",

@@ -15,6 +15,7 @@ use crate::cluster::{Cluster, Role};
 use crate::digest::Digest;
 use crate::id::TaskId;
 use crate::rate::RateLimit;
+use crate::relay::RelayWriter;
 
 /// The path of piece `n` of `task` on a peer's upload server.
 pub fn piece_path(task: &TaskId, n: u32) -> String {
@@ -101,6 +102,26 @@ impl PeerClient {
         range: Range<u64>,
         expected: Digest,
     ) -> Result<Bytes, PieceError> {
+        let (data, _) = self
+            .fetch_relayed(addr, task, n, range, expected, || None)
+            .await?;
+        Ok(data)
+    }
+
+    /// [`fetch_piece`](Self::fetch_piece), relaying the piece while it arrives: once the parent
+    /// answers, `relay` may register it (see [`crate::relay`]); its writer gets every chunk
+    /// and, when the piece matched `expected`, the held-back last one. It is handed back with
+    /// the bytes, to be dropped once the piece is stored; on any failure it is dropped here,
+    /// which withdraws the piece from everyone it went to.
+    pub async fn fetch_relayed(
+        &self,
+        addr: &str,
+        task: &TaskId,
+        n: u32,
+        range: Range<u64>,
+        expected: Digest,
+        relay: impl FnOnce() -> Option<RelayWriter>,
+    ) -> Result<(Bytes, Option<RelayWriter>), PieceError> {
         let url = format!("{}://{addr}{}", self.scheme, piece_path(task, n));
         let resp = self
             .http
@@ -108,17 +129,18 @@ impl PeerClient {
             .send()
             .await
             .map_err(|_| PieceError::Unreachable)?;
-        read_piece(resp, range, expected, self.rate.as_deref()).await
+        read_piece(resp, range, expected, self.rate.as_deref(), relay).await
     }
 }
 
-/// A peer's answer to a piece request, read into one buffer and checked.
+/// A peer's answer to a piece request, read into one buffer (and relayed) and checked.
 async fn read_piece(
     mut resp: reqwest::Response,
     range: Range<u64>,
     expected: Digest,
     rate: Option<&RateLimit>,
-) -> Result<Bytes, PieceError> {
+    relay: impl FnOnce() -> Option<RelayWriter>,
+) -> Result<(Bytes, Option<RelayWriter>), PieceError> {
     match resp.status() {
         http::StatusCode::OK => {}
         http::StatusCode::NOT_FOUND | http::StatusCode::SERVICE_UNAVAILABLE => {
@@ -130,11 +152,20 @@ async fn read_piece(
     // Read into one buffer of the piece's size (no copy when the body is complete, no growth
     // beyond it): a peer that sends more than the piece is cut off as corrupt.
     let mut buf = take_buffer(len);
+    let mut relay = relay();
+    let mut last = Bytes::new();
     while let Some(chunk) = resp.chunk().await.map_err(|_| PieceError::Unreachable)? {
         if buf.len() + chunk.len() > len {
             return Err(PieceError::Corrupt);
         }
         buf.extend_from_slice(&chunk);
+        if let Some(r) = &mut relay {
+            let is_last = buf.len() == len;
+            r.push(&chunk, is_last);
+            if is_last {
+                last = chunk.clone();
+            }
+        }
         crate::rate::take(rate, chunk.len()).await;
     }
     if buf.len() != len {
@@ -150,7 +181,10 @@ async fn read_piece(
     if actual != expected {
         return Err(PieceError::Corrupt);
     }
-    Ok(data)
+    if let Some(r) = &relay {
+        r.verified(last);
+    }
+    Ok((data, relay))
 }
 
 /// Piece buffers of peer fetches, reused. A fresh piece-sized buffer per piece made glibc raise

@@ -49,6 +49,10 @@ pub struct SwarmConfig {
     pub upload_low_priority: bool,
     /// Pieces fetched from peers at once, per download.
     pub piece_concurrency: usize,
+    /// Pass pieces on while they arrive (cut-through): a piece being fetched from a peer is
+    /// announced as arriving, and the upload server serves it as its bytes come, its end only
+    /// once it matched its digest. Off: a piece is offered once stored (store-and-forward).
+    pub cut_through: bool,
     /// Longest time for one piece from a peer.
     #[serde(with = "humantime_serde")]
     pub peer_timeout: Duration,
@@ -75,6 +79,7 @@ impl Default for SwarmConfig {
             upload_slots: 8,
             upload_low_priority: true,
             piece_concurrency: 8,
+            cut_through: true,
             peer_timeout: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(3),

@@ -110,6 +110,7 @@ fn check_pieces(pieces: &PieceSet) -> Result<(), Error> {
         return Err(Error::ContentLength(pieces.content_length));
     }
     if pieces.bitmap.len() > max_pieces.div_ceil(8)
+        || pieces.arriving.len() > max_pieces.div_ceil(8)
         || pieces.digests.len() > max_pieces
         || pieces.sources.len() > 64
     {

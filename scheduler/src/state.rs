@@ -165,6 +165,7 @@ impl State {
             && let Some(h) = entry.holders.get_mut(host_id)
         {
             h.bitmap = Bitmap::new(h.bitmap.len());
+            h.arriving = Bitmap::default();
             if h.watching == 0 {
                 entry.holders.remove(host_id);
             }
@@ -280,6 +281,17 @@ impl State {
         let width = holder.bitmap.len().max(bits);
         holder.bitmap = Bitmap::from_bytes(holder.bitmap.as_bytes(), width);
         holder.bitmap.union(&announced);
+        // What arrives is told afresh each time (a piece that failed is no longer arriving),
+        // and only once the length is known: only pieces whose digests are known are fetched
+        // from peers.
+        holder.arriving = match entry.length {
+            Some(_) => {
+                let mut arriving = Bitmap::from_bytes(&pieces.arriving, n);
+                arriving.subtract(&holder.bitmap);
+                arriving
+            }
+            None => Bitmap::default(),
+        };
         if entry.length.is_some() {
             let now = Instant::now();
             for p in announced.ones() {

@@ -60,6 +60,9 @@ pub struct TaskEntry {
 #[derive(Default)]
 pub struct Holder {
     pub bitmap: Bitmap,
+    /// Pieces arriving at this host from peers, which it passes on as they come (cut-through);
+    /// none of them in `bitmap`. Replaced by each announcement.
+    pub arriving: Bitmap,
     /// Watch streams this host has open for the task.
     pub watching: u32,
     /// Parents this host reported; never offered to it again.
@@ -235,7 +238,9 @@ impl TaskEntry {
                 continue;
             }
             if usable(id, h) {
+                // A piece arriving at a host is that host's to pass on, as a held one is.
                 others.union(&h.bitmap);
+                others.union(&h.arriving);
             }
             if h.watching > 0 && h.strikes < MAX_STRIKES && !h.bitmap.is_full() {
                 let rank = h.rank.get().unwrap_or_else(|| {

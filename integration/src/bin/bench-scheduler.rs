@@ -254,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
                             upstream: "http://origin.invalid".into(),
                             anonymous: true,
                         }],
+                        arriving: Vec::new(),
                     };
                     let _ = client
                         .announce(AnnounceRequest {

@@ -42,7 +42,10 @@ pub(super) type Inflight = HashMap<u32, Vec<(String, AbortHandle)>>;
 pub(super) struct Candidate {
     pub id: String,
     pub addr: String,
+    /// The pieces it holds or has arriving (which it passes on as they come).
     pub holds: Bitmap,
+    /// Of those, the ones still arriving there.
+    pub arriving: Bitmap,
     pub seed: bool,
     /// Answered "busy" or "not here" a moment ago: not asked now, but still counted as a
     /// holder (its pieces are not the origin's).
@@ -141,7 +144,8 @@ impl Snapshot<'_> {
     }
 
     /// The parent to ask for piece `n`: one that holds it, was not asked for it already and
-    /// has a free slot; a non-seed before a seed, then the least loaded.
+    /// has a free slot; a non-seed before a seed, one holding it before one it is arriving at,
+    /// then the least loaded.
     fn parent_for(&self, n: u32, limit: usize) -> Option<&Candidate> {
         let asked: Vec<&str> = self
             .inflight
@@ -158,7 +162,7 @@ impl Snapshot<'_> {
                     && !asked.contains(&p.id.as_str())
                     && self.load(&p.id) < limit
             })
-            .min_by_key(|p| (p.seed, self.load(&p.id)))
+            .min_by_key(|p| (p.seed, p.arriving.get(n), self.load(&p.id)))
     }
 
     /// The next pieces to stream from the origin: the first missing piece not in flight that
@@ -208,6 +212,7 @@ mod tests {
             id: id.into(),
             addr: format!("{id}:4000"),
             holds: b,
+            arriving: Bitmap::new(4),
             seed,
             resting: false,
         }

@@ -22,6 +22,7 @@ use crate::origin::Origin;
 use crate::peer::{self, PieceError};
 use crate::piece::Layout;
 use crate::rate::RateLimit;
+use crate::relay::{RelayWriter, Relays};
 use crate::store::writer::TaskWriter;
 
 /// How a piece request failed.
@@ -194,16 +195,27 @@ impl Job {
     }
 
     /// Fetches piece `n` from the parent at `addr`, checked against `expected`, and stores it.
+    /// With `relay`, the piece is registered there as arriving once the parent answers (and
+    /// its number sent on the channel), and passed on while it arrives (see [`crate::relay`]);
+    /// the writer comes back with the digest, to be dropped once the piece is offered as held.
     pub(crate) async fn peer_piece(
         &self,
         client: &peer::PeerClient,
         addr: &str,
         n: u32,
         expected: Digest,
-    ) -> Result<Digest, Failure> {
+        relay: Option<(Arc<Relays>, mpsc::UnboundedSender<u32>)>,
+    ) -> Result<(Digest, Option<RelayWriter>), Failure> {
         let range = self.layout.range(n);
-        let data = client
-            .fetch_piece(addr, &self.id, n, range.clone(), expected)
+        let len = range.end - range.start;
+        let start = || {
+            let (relays, started) = relay?;
+            let writer = relays.start(&self.id, n, len);
+            let _ = started.send(n);
+            Some(writer)
+        };
+        let (data, relayed) = client
+            .fetch_relayed(addr, &self.id, n, range.clone(), expected, start)
             .await
             .map_err(Failure::Peer)?;
         let data = self
@@ -212,7 +224,7 @@ impl Job {
             .await
             .map_err(Failure::Fatal)?;
         peer::recycle(data);
-        Ok(expected)
+        Ok((expected, relayed))
     }
 
     /// Origin without ranges: one stream over the whole content; stored pieces are skipped.

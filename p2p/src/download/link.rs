@@ -129,11 +129,12 @@ impl Courier {
 }
 
 /// `later` announced after `set`: its bitmap is all a download holds (a superset), its digests
-/// are new ones.
+/// are new ones, its arriving pieces are those arriving now.
 fn merge(set: &mut PieceSet, later: PieceSet) {
     if !later.bitmap.is_empty() {
         set.bitmap = later.bitmap;
     }
+    set.arriving = later.arriving;
     set.digests.extend(later.digests);
     crate::proto::add_sources(&mut set.sources, &later.sources);
     set.length_known |= later.length_known;
@@ -190,6 +191,7 @@ mod tests {
                 upstream: format!("https://r{}", pieces.len()),
                 anonymous: false,
             }],
+            arriving: vec![pieces.len() as u8],
         };
         let mut first = set(&[0, 1], &[0, 1]);
         merge(&mut first, set(&[0, 1, 9], &[9]));
@@ -198,5 +200,7 @@ mod tests {
         assert!(first.length_known);
         let upstreams: Vec<_> = first.sources.iter().map(|s| s.upstream.as_str()).collect();
         assert_eq!(upstreams, ["https://r2", "https://r3"]);
+        // What arrives is the latest word: a piece that stopped arriving is not announced.
+        assert_eq!(first.arriving, vec![3]);
     }
 }

@@ -41,6 +41,7 @@ use crate::metrics::Source;
 use crate::origin::Stat;
 use crate::peer::PieceError;
 use crate::proto::{Fault, PieceDigest, PieceSet, TaskView, add_sources};
+use crate::relay::{RelayWriter, Relays};
 use crate::store::prefix::PrefixHash;
 
 mod streams;
@@ -53,13 +54,19 @@ enum PieceSource {
         id: String,
         addr: String,
         seed: bool,
+        /// The parent did not hold the piece yet but had it arriving (cut-through).
+        arriving: bool,
     },
 }
 
 /// How a spawned request ended: a peer's piece, or an origin stream (its pieces were reported
 /// as they came).
 enum Outcome {
-    Piece(u32, PieceSource, Result<Digest, Failure>),
+    Piece(
+        u32,
+        PieceSource,
+        Result<(Digest, Option<RelayWriter>), Failure>,
+    ),
     Stream(u64, Result<()>),
 }
 
@@ -101,6 +108,10 @@ pub(crate) struct Run<'a> {
     prefix_pieces: u32,
     /// Pieces readers wait for, and word of new ones.
     urgent: Option<(Arc<Urgent>, watch::Receiver<u64>)>,
+    /// Where pieces arriving from peers are passed on while they come (`[swarm] cut_through`),
+    /// and word of each piece that started arriving (to announce it).
+    relays: Option<Arc<Relays>>,
+    started: (mpsc::UnboundedSender<u32>, mpsc::UnboundedReceiver<u32>),
 }
 
 impl<'a> Run<'a> {
@@ -113,6 +124,10 @@ impl<'a> Run<'a> {
         prefix: Option<watch::Sender<u64>>,
     ) -> Self {
         let to_origin = super::link::to_origin(link.as_ref());
+        let relays = link
+            .as_ref()
+            .filter(|l| l.swarm.config().cut_through)
+            .map(|l| l.holdings.relays().clone());
         Run {
             job,
             link,
@@ -135,6 +150,8 @@ impl<'a> Run<'a> {
             prefix,
             prefix_pieces: 0,
             urgent: None,
+            relays,
+            started: mpsc::unbounded_channel(),
         }
     }
 
@@ -217,6 +234,8 @@ impl<'a> Run<'a> {
                     Err(e) => std::panic::resume_unwind(e.into_panic()),
                 },
                 Some((id, n, digest)) = self.streamed.1.recv() => self.stream_piece(id, n, digest, progress)?,
+                // A piece started arriving: announced, so that others may take it as it comes.
+                Some(_) = self.started.1.recv() => self.dirty = true,
                 () = tokio::time::sleep_until(rested.unwrap_or(now).into()), if rested.is_some() => {}
                 () = tokio::time::sleep_until(self.window_at.into()), if !self.streams.is_empty() => {
                     self.split_slow_streams();
@@ -280,14 +299,19 @@ impl<'a> Run<'a> {
                             .then(|| snap.peer())
                             .flatten()
                     })
-                    .map(|(n, p)| (n, p.id.clone(), p.addr.clone(), p.seed));
+                    .map(|(n, p)| {
+                        let arriving = p.arriving.get(n);
+                        (n, p.id.clone(), p.addr.clone(), p.seed, arriving)
+                    });
                 let to_origin = (to_peer.is_none() && origin_free)
                     .then(|| snap.origin_run())
                     .flatten();
                 (to_peer, to_origin)
             };
             match (to_peer, to_origin) {
-                (Some((n, id, addr, seed)), _) => self.spawn_peer(set, n, id, addr, seed),
+                (Some((n, id, addr, seed, arriving)), _) => {
+                    self.spawn_peer(set, n, id, addr, seed, arriving)
+                }
                 (None, Some((pieces, urgent))) => {
                     if self.stat.is_none() {
                         self.stat = Some(self.job.origin.stat(&self.job.req.origin).await?);
@@ -310,12 +334,18 @@ impl<'a> Run<'a> {
                 .parents
                 .iter()
                 .filter(|p| !self.avoid.contains(&p.host_id))
-                .map(|p| Candidate {
-                    id: p.host_id.clone(),
-                    addr: p.upload_addr.clone(),
-                    holds: Bitmap::from_bytes(&p.bitmap, count),
-                    seed: p.seed,
-                    resting: self.resting.contains_key(&p.host_id),
+                .map(|p| {
+                    let arriving = Bitmap::from_bytes(&p.arriving, count);
+                    let mut holds = Bitmap::from_bytes(&p.bitmap, count);
+                    holds.union(&arriving);
+                    Candidate {
+                        id: p.host_id.clone(),
+                        addr: p.upload_addr.clone(),
+                        holds,
+                        arriving,
+                        seed: p.seed,
+                        resting: self.resting.contains_key(&p.host_id),
+                    }
                 })
                 .collect()
         });
@@ -355,21 +385,24 @@ impl<'a> Run<'a> {
         parent: String,
         addr: String,
         seed: bool,
+        arriving: bool,
     ) {
         let link = self.link.as_ref().expect("peers come from the swarm");
         let expected = self
             .expected(n)
             .expect("only pieces with known digests are asked of peers");
         let (client, job) = (link.peers.clone(), self.job.clone());
-        tracing::debug!(task = %self.job.id, piece = n, parent, "piece requested");
+        let relay = self.relays.clone().map(|r| (r, self.started.0.clone()));
+        tracing::debug!(task = %self.job.id, piece = n, parent, arriving, "piece requested");
         *self.per_parent.entry(parent.clone()).or_default() += 1;
         let asked = parent.clone();
         let handle = set.spawn(async move {
-            let result = job.peer_piece(&client, &addr, n, expected).await;
+            let result = job.peer_piece(&client, &addr, n, expected, relay).await;
             let source = PieceSource::Peer {
                 id: parent,
                 addr,
                 seed,
+                arriving,
             };
             Outcome::Piece(n, source, result)
         });
@@ -388,12 +421,14 @@ impl<'a> Run<'a> {
         &mut self,
         n: u32,
         source: PieceSource,
-        result: Result<Digest, Failure>,
+        result: Result<(Digest, Option<RelayWriter>), Failure>,
         progress: &Progress,
     ) -> Result<()> {
         let handles = self.inflight.get_mut(&n);
         match result {
-            Ok(digest) => {
+            Ok((digest, relayed)) => {
+                // Leaves the relays once the piece is offered as held (below), or now.
+                let _relayed = relayed;
                 if let Some(hs) = self.inflight.remove(&n) {
                     // The first verified copy wins; the endgame's other request is not needed.
                     hs.iter().for_each(|(_, h)| h.abort());
@@ -433,6 +468,14 @@ impl<'a> Run<'a> {
                 }
                 let (id, addr, e) = match (source, e) {
                     (_, Failure::Fatal(e)) => return Err(e),
+                    // A piece the parent had arriving broke off: it failed there (and was
+                    // withdrawn), which says nothing against the parent.
+                    (
+                        PieceSource::Peer {
+                            id, arriving: true, ..
+                        },
+                        Failure::Peer(PieceError::Unreachable),
+                    ) => (id, String::new(), PieceError::NotThere),
                     (PieceSource::Peer { id, addr, .. }, Failure::Peer(e)) => (id, addr, e),
                     (PieceSource::Origin, Failure::Peer(_)) => {
                         return Err(Error::Metadata("an origin piece failed as a peer".into()));
@@ -516,6 +559,11 @@ impl<'a> Run<'a> {
 
     fn piece_set(&self, all_digests: bool) -> PieceSet {
         let bitmap: Bitmap = self.stored.iter().map(Option::is_some).collect();
+        let arriving = self.relays.as_ref().map_or(Vec::new(), |r| {
+            let mut arriving = r.pieces(&self.job.id, self.job.layout.piece_count());
+            arriving.subtract(&bitmap);
+            arriving.as_bytes().to_vec()
+        });
         let digests = if all_digests {
             // After a scheduler restart it knows no digests: share the ones this host checked.
             (0u32..)
@@ -531,6 +579,7 @@ impl<'a> Run<'a> {
             bitmap: bitmap.as_bytes().to_vec(),
             digests,
             sources: self.sources.clone(),
+            arriving,
         }
     }
 

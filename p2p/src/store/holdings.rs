@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::bitmap::Bitmap;
 use crate::id::TaskId;
+use crate::relay::Relays;
 
 /// Pieces of unfinished tasks this host holds (complete tasks are known to the store). Local
 /// readers [`subscribe`](Holdings::subscribe) to learn when a piece arrives.
@@ -15,6 +16,8 @@ pub struct Holdings {
     changed: tokio::sync::watch::Sender<u64>,
     /// Readers (local readers, uploads) per task being read.
     readers: Mutex<HashMap<TaskId, usize>>,
+    /// Pieces arriving from peers, which the upload server passes on as they come.
+    relays: Arc<Relays>,
 }
 
 impl Default for Holdings {
@@ -23,6 +26,7 @@ impl Default for Holdings {
             active: Mutex::default(),
             changed: tokio::sync::watch::Sender::new(0),
             readers: Mutex::default(),
+            relays: Arc::default(),
         }
     }
 }
@@ -48,6 +52,11 @@ impl Holdings {
     /// Whether piece `n` of the unfinished task `id` is stored here.
     pub fn has(&self, id: &TaskId, n: u32) -> bool {
         self.lock().get(id).is_some_and(|b| b.get(n))
+    }
+
+    /// The pieces arriving here from peers (see [`crate::relay`]).
+    pub fn relays(&self) -> &Arc<Relays> {
+        &self.relays
     }
 
     /// Whether `id` is downloading here.

@@ -31,6 +31,7 @@ fn have(count: u32, pieces: &[u32]) -> PieceSet {
             })
             .collect(),
         sources: vec![source("http://origin", true)],
+        arriving: Vec::new(),
     }
 }
 
@@ -124,6 +125,74 @@ fn once_a_host_holds_a_piece_the_others_get_it_from_that_host() {
     state.merge("t", "seed", &have(4, &[0, 1, 2, 3]));
     let other = hosts[1..].iter().find(|h| h.id != chosen.id).unwrap();
     assert!(offered_by(&state, other, "seed").contains(&0));
+}
+
+/// What `to`'s view says arrives at `parent`.
+fn arriving_at(state: &State, to: &Host, parent: &str) -> Vec<u32> {
+    let (view, _) = state.view("t", to).unwrap();
+    let n = view.digests.len() as u32;
+    view.parents
+        .iter()
+        .find(|p| p.host_id == parent)
+        .map(|p| Bitmap::from_bytes(&p.arriving, n).ones().collect())
+        .unwrap_or_default()
+}
+
+/// `set` with `pieces` arriving.
+fn arriving(mut set: PieceSet, count: u32, pieces: &[u32]) -> PieceSet {
+    let bits: Bitmap = (0..count).map(|p| pieces.contains(&p)).collect();
+    set.arriving = bits.as_bytes().to_vec();
+    set
+}
+
+#[test]
+fn a_piece_arriving_at_a_host_is_passed_on_by_it_until_it_stops_arriving() {
+    let (mut state, hosts) = swarm(3, 4);
+    state.merge("t", "seed", &have(4, &[0, 1]));
+    let chosen = hosts[1..]
+        .iter()
+        .find(|h| offered_by(&state, h, "seed").contains(&0))
+        .unwrap()
+        .clone();
+    let others: Vec<&Host> = hosts[1..].iter().filter(|h| h.id != chosen.id).collect();
+    // The seed's piece 0 starts arriving at the host it went to: the others take it from
+    // there as it comes, not from the seed.
+    state.merge("t", &chosen.id, &arriving(have(4, &[]), 4, &[0]));
+    for h in &others {
+        assert_eq!(arriving_at(&state, h, &chosen.id), [0]);
+        assert!(offered_by(&state, h, &chosen.id).is_empty());
+        assert!(!offered_by(&state, h, "seed").contains(&0));
+    }
+    // Stored: held, no longer arriving.
+    state.merge("t", &chosen.id, &have(4, &[0]));
+    for h in &others {
+        assert_eq!(offered_by(&state, h, &chosen.id), [0]);
+        assert!(arriving_at(&state, h, &chosen.id).is_empty());
+    }
+    // Piece 1 starts arriving, then fails there (the next announcement no longer names it):
+    // nobody is sent to that host for it any more.
+    state.merge("t", &chosen.id, &arriving(have(4, &[0]), 4, &[1]));
+    assert!(
+        others
+            .iter()
+            .any(|h| arriving_at(&state, h, &chosen.id) == [1])
+    );
+    state.merge("t", &chosen.id, &have(4, &[0]));
+    for h in &others {
+        assert!(arriving_at(&state, h, &chosen.id).is_empty());
+    }
+    // A host withdrawn has nothing arriving either.
+    state.merge("t", &chosen.id, &arriving(have(4, &[0]), 4, &[1]));
+    state.withdraw("t", &chosen.id);
+    assert!(arriving_at(&state, others[0], &chosen.id).is_empty());
+}
+
+#[test]
+fn nothing_arrives_before_the_length_is_known() {
+    let (mut state, hosts) = unknown_length(2);
+    state.merge("t", "h0", &arriving(PieceSet::default(), 4, &[0, 1]));
+    assert!(state.tasks["t"].holders["h0"].arriving.count() == 0);
+    assert!(arriving_at(&state, &hosts[2], "h0").is_empty());
 }
 
 #[test]
@@ -414,6 +483,7 @@ proptest::proptest! {
             let set = PieceSet {
                 length_known,
                 content_length,
+                arriving: bitmap.iter().rev().copied().collect(),
                 bitmap,
                 digests: digests
                     .into_iter()

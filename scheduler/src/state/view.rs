@@ -40,7 +40,7 @@ impl State {
                 };
                 let useful = match source {
                     true => bits.count_in_not_in(&offer.pieces, &mine),
-                    false => bits.count_not_in(&mine),
+                    false => bits.count_not_in(&mine) + h.arriving.count_not_in(&mine),
                 };
                 if useful == 0 {
                     return None;
@@ -70,14 +70,19 @@ impl State {
             .into_iter()
             .map(|(_, id, h, attached, source)| {
                 let mut bitmap = Bitmap::from_bytes(h.bitmap.as_bytes(), n);
-                if source {
-                    bitmap.intersect(&offer.pieces);
-                }
+                let arriving = match source {
+                    true => {
+                        bitmap.intersect(&offer.pieces);
+                        Vec::new()
+                    }
+                    false => h.arriving.as_bytes().to_vec(),
+                };
                 Parent {
                     host_id: id.clone(),
                     upload_addr: attached.host.upload_addr.clone(),
                     bitmap: bitmap.as_bytes().to_vec(),
                     seed: attached.host.seed,
+                    arriving,
                 }
             })
             .collect();

@@ -83,7 +83,7 @@ impl Run<'_> {
         if let Some(s) = self.streams.iter_mut().find(|s| s.id == id) {
             s.next = n + 1;
         }
-        self.finished(n, PieceSource::Origin, Ok(digest), progress)
+        self.finished(n, PieceSource::Origin, Ok((digest, None)), progress)
     }
 
     /// Origin stream `id` ended: every piece it stored was reported before it ended.

@@ -26,6 +26,8 @@ fn run_small(scenarios: Vec<Scenario>, size: u64, pull_layers: Option<usize>) ->
             scenarios,
             fault: None,
             pull_layers,
+            swarm_settings: Vec::new(),
+            zone_rate: None,
         };
         swarm::run(&mut lab, &params).expect("lab run")
     };

@@ -280,6 +280,8 @@ impl State {
         }
         let width = holder.bitmap.len().max(bits);
         holder.bitmap = Bitmap::from_bytes(holder.bitmap.as_bytes(), width);
+        let mut known = holder.bitmap.clone();
+        known.union(&holder.arriving);
         holder.bitmap.union(&announced);
         // What arrives is told afresh each time (a piece that failed is no longer arriving),
         // and only once the length is known: only pieces whose digests are known are fetched
@@ -292,9 +294,15 @@ impl State {
             }
             None => Bitmap::default(),
         };
+        // Counted from its first word on the task (a host that has gained nothing yet is
+        // starting, not stuck).
+        let gained = holder.bitmap.count_not_in(&known) + holder.arriving.count_not_in(&known) > 0;
+        if gained || holder.last_gain.is_none() {
+            holder.last_gain = Some(Instant::now());
+        }
         if entry.length.is_some() {
             let now = Instant::now();
-            for p in announced.ones() {
+            for p in announced.ones().chain(holder.arriving.ones()) {
                 entry.first_held[p as usize].get_or_insert(now);
             }
         }

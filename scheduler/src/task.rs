@@ -74,6 +74,8 @@ pub struct Holder {
     /// Its place in the task's order of downloaders (the rendezvous hash of task and host),
     /// computed once.
     pub(crate) rank: std::cell::Cell<Option<u64>>,
+    /// When it last announced a piece it did not hold or have arriving before.
+    pub(crate) last_gain: Option<Instant>,
 }
 
 impl TaskEntry {
@@ -189,9 +191,26 @@ impl TaskEntry {
     }
 }
 
-/// The pieces seeds offer one host, and whether that changes with time alone.
+/// The labels that say where a host is (Dragonfly's `idc`, and `zone`): hosts that differ in
+/// one of them are in different places, joined by links slower and dearer than their own.
+pub const PLACE_LABELS: [&str; 2] = ["idc", "zone"];
+
+/// Whether hosts `a` and `b` are in one place: they agree on every place label (one naming a
+/// place the other does not is elsewhere).
+pub fn same_place(a: &Host, b: &Host) -> bool {
+    PLACE_LABELS
+        .iter()
+        .all(|k| a.labels.get(*k) == b.labels.get(*k))
+}
+
+/// The pieces sources (and hosts elsewhere) offer one host, and whether that changes with time
+/// alone.
 pub(crate) struct SeedOffer {
+    /// What the sources offer it.
     pub pieces: Bitmap,
+    /// What hosts in other places offer it: the pieces nobody in its place holds or has
+    /// arriving, each to one host of the place in turn (see [`TaskEntry::seed_offer`]).
+    pub fresh: Bitmap,
     pub expiring: bool,
 }
 
@@ -213,72 +232,118 @@ impl TaskEntry {
     /// * a piece other hosts hold is theirs to give while the seed is still fetching (its
     ///   upload is for new pieces); once the seed has everything, it helps with those too.
     ///
+    /// Places ([`PLACE_LABELS`]) count as well: "other hosts" and "the hosts still downloading"
+    /// are those in `host`'s place, and a piece held only elsewhere is new to the place, offered
+    /// from there to one host of the place in turn, the others getting it from that one. A
+    /// source elsewhere offers it only when no host of another place is downloading (they pass
+    /// the source's pieces on: its upload is for its own place), or once [`SEED_EXCLUSIVE`] is
+    /// over; and it helps with pieces held in `host`'s place never. Each piece then crosses
+    /// into a place about once.
+    ///
     /// `usable` says which attached holders `host` may be offered.
     pub(crate) fn seed_offer(
         &self,
-        host: &str,
+        host: &Host,
         hosts: &HashMap<String, Attached>,
         usable: impl Fn(&String, &Holder) -> bool,
     ) -> SeedOffer {
         let n = self.piece_count();
         let mut others = Bitmap::new(n);
-        let mut seeds = Bitmap::new(n);
+        // Sources' pieces here and elsewhere; what hosts elsewhere hold or have arriving.
+        let (mut seeds, mut seeds_away) = (Bitmap::new(n), Bitmap::new(n));
+        let mut elsewhere = Bitmap::new(n);
         let mut seed_complete = false;
-        let mut downloaders: Vec<(u64, &str)> = Vec::new();
+        let mut busy_elsewhere = false;
+        let mut downloaders: Vec<(u64, &str, &Holder)> = Vec::new();
         for (id, h) in &self.holders {
             // A host not attached offers nothing and is no downloader (one lookup per holder).
             let Some(attached) = hosts.get(id) else {
                 continue;
             };
+            let here = same_place(&attached.host, host);
             if self.is_source(id, attached) {
                 if h.strikes < MAX_STRIKES {
-                    seeds.union(&h.bitmap);
-                    seed_complete |= h.bitmap.is_full();
+                    match here {
+                        true => seeds.union(&h.bitmap),
+                        false => seeds_away.union(&h.bitmap),
+                    }
+                    seed_complete |= here && h.bitmap.is_full();
                 }
                 continue;
             }
             if usable(id, h) {
                 // A piece arriving at a host is that host's to pass on, as a held one is.
-                others.union(&h.bitmap);
-                others.union(&h.arriving);
+                let to = if here { &mut others } else { &mut elsewhere };
+                to.union(&h.bitmap);
+                to.union(&h.arriving);
             }
-            if h.watching > 0 && h.strikes < MAX_STRIKES && !h.bitmap.is_full() {
+            let downloading = h.watching > 0 && h.strikes < MAX_STRIKES && !h.bitmap.is_full();
+            busy_elsewhere |= downloading && !here;
+            if here && downloading {
                 let rank = h.rank.get().unwrap_or_else(|| {
                     let r = rendezvous(&self.task.id, id);
                     h.rank.set(Some(r));
                     r
                 });
-                downloaders.push((rank, id));
+                downloaders.push((rank, id, h));
             }
         }
         // The downloaders in an order of their own for this task; new pieces go round it.
-        downloaders.sort_unstable();
+        downloaders.sort_unstable_by_key(|(rank, id, _)| (*rank, *id));
         let k = downloaders.len();
-        let me = downloaders.iter().position(|(_, id)| *id == host);
+        let me = downloaders.iter().position(|(_, id, _)| *id == host.id);
         let mut pieces = Bitmap::new(n);
+        let mut fresh = Bitmap::new(n);
         let mut expiring = false;
-        for p in seeds.ones() {
-            let offered = if others.get(p) {
-                seed_complete
-            } else {
-                // Offered to `width` downloaders from the chosen one on (all of them, and hosts
-                // that are not downloading, once it reaches them all).
-                let width = self.first_held[p as usize].map_or(usize::MAX, |t| {
+        let mut candidates = seeds.clone();
+        candidates.union(&seeds_away);
+        candidates.union(&elsewhere);
+        for p in candidates.ones() {
+            if others.get(p) {
+                if seed_complete && seeds.get(p) {
+                    pieces.set(p);
+                }
+                continue;
+            }
+            // Offered to `width` downloaders from the chosen one on (all of them, and hosts
+            // that are not downloading, once it reaches them all).
+            let width = match seeds.get(p) {
+                true => self.first_held[p as usize].map_or(usize::MAX, |t| {
                     let doublings = t.elapsed().as_millis() / SEED_EXCLUSIVE.as_millis();
                     1usize
                         .checked_shl(doublings.min(64) as u32)
                         .unwrap_or(usize::MAX)
-                });
-                let offered =
-                    width >= k || me.is_some_and(|i| (i + k - p as usize % k) % k < width);
-                expiring |= !offered;
-                offered
+                }),
+                // A piece coming from elsewhere stays its chosen host's while that host gains
+                // pieces: the link between places is slower, so this place's pieces queue there
+                // for long, and a second host taking one would carry it across twice.
+                false => match downloaders.get(p as usize % k.max(1)) {
+                    Some((_, _, chosen))
+                        if chosen
+                            .last_gain
+                            .is_some_and(|t| t.elapsed() < SEED_EXCLUSIVE) =>
+                    {
+                        1
+                    }
+                    _ => usize::MAX,
+                },
             };
+            let offered = width >= k || me.is_some_and(|i| (i + k - p as usize % k) % k < width);
+            // A source elsewhere is this place's fallback while hosts there pass it on.
+            let away = seeds_away.get(p) && (!busy_elsewhere || width > 1);
+            expiring |= !offered || seeds_away.get(p) && !away;
             if offered {
-                pieces.set(p);
+                fresh.set(p);
+                if seeds.get(p) || away {
+                    pieces.set(p);
+                }
             }
         }
-        SeedOffer { pieces, expiring }
+        SeedOffer {
+            pieces,
+            fresh,
+            expiring,
+        }
     }
 }
 

@@ -54,6 +54,14 @@ enum Cmd {
         /// `ctr images pull` on every host, instead of fetching one blob.
         #[arg(long)]
         pull_layers: Option<usize>,
+        /// A `[swarm]` setting of the Shoal scenarios' nodes, e.g. `piece_concurrency = 4`
+        /// (repeatable).
+        #[arg(long = "swarm-setting")]
+        swarm_settings: Vec<String>,
+        /// Two zones joined by a link of this rate (e.g. 50mbit): the second half of the
+        /// hosts in the second zone, everything else in the first.
+        #[arg(long, value_parser = parse_rate)]
+        zone_rate: Option<u64>,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -99,6 +107,8 @@ fn main() -> anyhow::Result<()> {
             scenarios,
             fault,
             pull_layers,
+            swarm_settings,
+            zone_rate,
             json,
             dir,
         } => {
@@ -111,6 +121,8 @@ fn main() -> anyhow::Result<()> {
                 scenarios,
                 fault,
                 pull_layers,
+                swarm_settings,
+                zone_rate,
             };
             let mut lab = Lab::new(dir.as_deref())?;
             let scratch = lab.temporary_dir().map(std::path::Path::to_path_buf);

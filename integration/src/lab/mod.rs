@@ -75,18 +75,7 @@ impl Host {
 
     /// The byte counters of the host's `eth0`.
     pub fn counters(&self) -> anyhow::Result<Counters> {
-        let out = ip(&["-n", &self.ns, "-j", "-s", "link", "show", "dev", "eth0"])?;
-        let v: serde_json::Value = serde_json::from_str(&out).context("ip -j output")?;
-        let stats = &v[0]["stats64"];
-        let get = |dir: &str| {
-            stats[dir]["bytes"]
-                .as_u64()
-                .with_context(|| format!("no {dir} bytes in {out}"))
-        };
-        Ok(Counters {
-            rx_bytes: get("rx")?,
-            tx_bytes: get("tx")?,
-        })
+        link_counters(&self.ns, "eth0")
     }
 
     /// Runs `f`'s future on a new thread that has entered this host's network namespace, on a
@@ -166,6 +155,55 @@ fn tc(ns: &str, dev: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Shapes `dev`'s egress in `ns`: `tbf` at the rate, queueing in `pfifo_fast` (see the
+/// [module docs](self)).
+fn shape_dev(ns: &str, dev: &str, shape: Shape) -> anyhow::Result<()> {
+    let rate = format!("{}bit", shape.rate_bits_per_s);
+    let burst = shape.burst_bytes().to_string();
+    let latency = format!("{}ms", shape.queue_ms);
+    let args = [
+        "root", "handle", "1:", "tbf", "rate", &rate, "burst", &burst, "latency", &latency,
+    ];
+    let packets = (shape.rate_bits_per_s / 8 * u64::from(shape.queue_ms) / 1000 / 1514).max(16);
+    // pfifo_fast takes its length from the device when it is made.
+    ip(&[
+        "-n",
+        ns,
+        "link",
+        "set",
+        dev,
+        "txqueuelen",
+        &packets.to_string(),
+    ])?;
+    tc(ns, dev, &args)?;
+    tc(ns, dev, &["parent", "1:1", "handle", "10:", "pfifo_fast"])
+}
+
+/// The byte counters of `dev` in `ns`.
+fn link_counters(ns: &str, dev: &str) -> anyhow::Result<Counters> {
+    let out = ip(&["-n", ns, "-j", "-s", "link", "show", "dev", dev])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j output")?;
+    let stats = &v[0]["stats64"];
+    let get = |dir: &str| {
+        stats[dir]["bytes"]
+            .as_u64()
+            .with_context(|| format!("no {dir} bytes in {out}"))
+    };
+    Ok(Counters {
+        rx_bytes: get("rx")?,
+        tx_bytes: get("tx")?,
+    })
+}
+
+/// A second place in the lab (see [`Lab::add_zone`]).
+#[derive(Clone, Debug)]
+pub struct Zone {
+    pub name: String,
+    bridge: String,
+    /// The lab bridge's end of the zone's link.
+    link: String,
+}
+
 impl Lab {
     /// An empty lab with its bridge; host directories go under `dir` (a new temporary directory
     /// under /var/tmp when `None`, removed with the lab).
@@ -220,6 +258,58 @@ impl Lab {
     /// Adds a host named `name` (letters, digits, `-`; unique in the lab), its link shaped to
     /// `shape` in both directions if given.
     pub fn add_host(&mut self, name: &str, shape: Option<Shape>) -> anyhow::Result<Host> {
+        self.add_host_in(name, shape, None)
+    }
+
+    /// A second place (a zone, a data center): a bridge of its own, joined to the lab's bridge
+    /// by one link shaped to `shape` in both directions. Its hosts reach every other host
+    /// (one subnet), those of the lab's bridge only through that link.
+    pub fn add_zone(&mut self, name: &str, shape: Shape) -> anyhow::Result<Zone> {
+        ensure!(
+            !name.is_empty() && name.len() <= 8 && name.chars().all(|c| c.is_ascii_alphanumeric()),
+            "bad zone name {name:?}"
+        );
+        let br = self.bridge_ns.as_str();
+        let zone = Zone {
+            name: name.to_owned(),
+            bridge: format!("br-{name}"),
+            link: format!("zl-{name}"),
+        };
+        let far = format!("zr-{name}");
+        ip(&[
+            "-n",
+            br,
+            "link",
+            "add",
+            "name",
+            &zone.bridge,
+            "type",
+            "bridge",
+        ])?;
+        ip(&["-n", br, "link", "set", &zone.bridge, "up"])?;
+        ip(&[
+            "-n", br, "link", "add", "name", &zone.link, "type", "veth", "peer", "name", &far,
+        ])?;
+        ip(&["-n", br, "link", "set", &zone.link, "master", "br0", "up"])?;
+        ip(&["-n", br, "link", "set", &far, "master", &zone.bridge, "up"])?;
+        for dev in [zone.link.as_str(), far.as_str()] {
+            shape_dev(br, dev, shape)?;
+        }
+        Ok(zone)
+    }
+
+    /// What crossed `zone`'s link: `tx_bytes` into the zone, `rx_bytes` out of it.
+    pub fn zone_counters(&self, zone: &Zone) -> anyhow::Result<Counters> {
+        link_counters(&self.bridge_ns, &zone.link)
+    }
+
+    /// [`add_host`](Self::add_host) on `zone`'s bridge (the lab's own when `None`).
+    pub fn add_host_in(
+        &mut self,
+        name: &str,
+        shape: Option<Shape>,
+        zone: Option<&Zone>,
+    ) -> anyhow::Result<Host> {
         ensure!(
             !name.is_empty()
                 && name.len() <= 24
@@ -252,7 +342,8 @@ impl Lab {
             "-n", br, "link", "add", "name", &port, "type", "veth", "peer", "name", "eth0",
             "netns", &ns,
         ])?;
-        ip(&["-n", br, "link", "set", &port, "master", "br0", "up"])?;
+        let bridge = zone.map_or("br0", |z| z.bridge.as_str());
+        ip(&["-n", br, "link", "set", &port, "master", bridge, "up"])?;
         ip(&[
             "-n",
             &ns,
@@ -273,19 +364,8 @@ impl Lab {
     /// Shapes `host`'s link: `tbf` on the host's `eth0` (its upload) and on the bridge's side
     /// (its download), each queueing in `pfifo_fast` (see the [module docs](self)).
     pub fn shape(&self, host: &Host, shape: Shape) -> anyhow::Result<()> {
-        let rate = format!("{}bit", shape.rate_bits_per_s);
-        let burst = shape.burst_bytes().to_string();
-        let latency = format!("{}ms", shape.queue_ms);
-        let args = [
-            "root", "handle", "1:", "tbf", "rate", &rate, "burst", &burst, "latency", &latency,
-        ];
-        let packets = (shape.rate_bits_per_s / 8 * u64::from(shape.queue_ms) / 1000 / 1514).max(16);
-        let qlen = packets.to_string();
         for (ns, dev) in [(&host.ns, "eth0"), (&self.bridge_ns, host.port.as_str())] {
-            // pfifo_fast takes its length from the device when it is made.
-            ip(&["-n", ns, "link", "set", dev, "txqueuelen", &qlen])?;
-            tc(ns, dev, &args)?;
-            tc(ns, dev, &["parent", "1:1", "handle", "10:", "pfifo_fast"])?;
+            shape_dev(ns, dev, shape)?;
         }
         Ok(())
     }

@@ -187,7 +187,8 @@ impl Node {
         Node::start_with(host, schedulers, origin, seed, ca, "")
     }
 
-    /// [`start`](Self::start) with more of the node's config (TOML appended).
+    /// [`start`](Self::start) with more of the node's config: `extra` is TOML that goes on
+    /// from the `[swarm]` table (its keys first, then any tables).
     pub fn start_with(
         host: &Host,
         schedulers: &[Host],
@@ -216,8 +217,8 @@ impl Node {
                 "10s",
                 &format!("{}:{PROXY_PORT}", host.ip),
             ) + &format!(
-                "[proxy.registries]\n{LAB_REGISTRY:?} = \"http://{}:{REGISTRY_PORT}\"\n\
-                 {LAB_GC}{cluster}{extra}",
+                "{extra}[proxy.registries]\n{LAB_REGISTRY:?} = \"http://{}:{REGISTRY_PORT}\"\n\
+                 {LAB_GC}{cluster}",
                 origin.ip
             ),
         )?;

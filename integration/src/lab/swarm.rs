@@ -13,10 +13,11 @@ use anyhow::{Context, ensure};
 use crate::cluster::ClusterCa;
 
 use super::services::{self, NGINX_PORT, Node, REGISTRY_PORT, REPO, Service};
-use super::{Host, Lab, Shape};
+use super::{Host, Lab, Shape, Zone};
 use crate::process::peak_rss_kib;
 
 mod clients;
+mod cpu;
 mod outcome;
 mod preheat;
 mod scenario;
@@ -43,6 +44,20 @@ struct Hosts {
     clients: Vec<Host>,
     /// The cluster CA of the `shoal` scenario.
     ca: ClusterCa,
+    /// With two zones: the second one, and how many of the clients (the last ones) are in it;
+    /// everything else is in the first.
+    zone: Option<(Zone, usize)>,
+}
+
+impl Hosts {
+    /// The zone label of the `i`-th client (`None`: the seed), with two zones.
+    fn zone_of(&self, client: Option<usize>) -> Option<&'static str> {
+        let (_, n) = self.zone.as_ref()?;
+        Some(match client {
+            Some(i) if i >= self.clients.len() - n => "b",
+            _ => "a",
+        })
+    }
 }
 
 /// Builds the hosts, stores the blob in the origin registry, and runs every scenario.
@@ -61,11 +76,23 @@ pub fn run(lab: &mut Lab, params: &Params) -> anyhow::Result<Vec<Outcome>> {
             })
             .collect::<anyhow::Result<_>>()?,
         seed: lab.add_host("seed", shape)?,
-        clients: (1..=params.hosts)
-            .map(|i| lab.add_host(&format!("h{i}"), shape))
-            .collect::<anyhow::Result<_>>()?,
+        clients: Vec::new(),
         ca: ClusterCa::init(&lab.dir().join("ca")),
+        zone: match params.zone_rate {
+            Some(rate) => Some((lab.add_zone("b", Shape::rate(rate))?, params.hosts / 2)),
+            None => None,
+        },
     };
+    let mut hosts = hosts;
+    for i in 1..=params.hosts {
+        let zone = match &hosts.zone {
+            Some((z, n)) if i > params.hosts - n => Some(z),
+            _ => None,
+        };
+        let h = lab.add_host_in(&format!("h{i}"), shape, zone)?;
+        hosts.clients.push(h);
+    }
+    let hosts = hosts;
     if let Some(Fault::Loss(p)) = params.fault {
         lab.lose(&hosts.clients[0], p)?;
     }
@@ -163,21 +190,32 @@ fn run_one(
             for h in &hosts.schedulers {
                 schedulers.push(services::scheduler(h, ca)?);
             }
-            seed = Some(Node::start(
+            let zone = |client| match hosts.zone_of(client) {
+                Some(z) => format!("labels = {{ zone = {z:?} }}\n"),
+                None => String::new(),
+            };
+            seed = Some(Node::start_with(
                 &hosts.seed,
                 &hosts.schedulers,
                 &hosts.origin,
                 true,
                 ca,
+                &zone(None),
             )?);
             // `shoal pull` makes the layers in the node's snapshotter.
             let extra = match (target, scenario.snapshotter()) {
                 (Target::Image, true) => "[snapshotter]\nenabled = true\n",
                 _ => "",
             };
-            for h in &hosts.clients {
+            let mut swarm = scenario.swarm_settings().to_owned();
+            for line in &params.swarm_settings {
+                swarm += line;
+                swarm.push('\n');
+            }
+            for (i, h) in hosts.clients.iter().enumerate() {
                 let ss = &hosts.schedulers;
-                daemons.push(Node::start_with(h, ss, &hosts.origin, false, ca, extra)?);
+                let extra = format!("{swarm}{}{extra}", zone(Some(i)));
+                daemons.push(Node::start_with(h, ss, &hosts.origin, false, ca, &extra)?);
             }
             format!("{origin_url}{path}")
         }
@@ -260,6 +298,10 @@ fn run_one(
             .collect(),
     };
     let before = hosts.origin.counters()?;
+    let zone_before = match &hosts.zone {
+        Some((z, _)) => Some(lab.zone_counters(z)?),
+        None => None,
+    };
     let ideal = params.size as f64 * 8.0 / params.rate_bits_per_s as f64;
     let deadline = Duration::from_secs_f64(ideal * 20.0 + 60.0);
     let fault = if scenario.is_shoal() {
@@ -285,6 +327,7 @@ fn run_one(
         hosts,
         matches!(target, Target::Blob(_)).then_some(url.as_str()),
     );
+    let cpu_before = cpu::Machine::now();
     let results = run_clients(commands, deadline, |finished, elapsed| {
         match fault {
             Some(Fault::SchedulerBlackhole) if !holed && elapsed.as_secs_f64() > ideal / 4.0 => {
@@ -337,6 +380,16 @@ fn run_one(
         }
         None
     })?;
+    let cpu_after = cpu::Machine::now();
+    let shoal_ticks = scenario.is_shoal().then(|| {
+        let pids = schedulers
+            .iter()
+            .map(|s| s.child.child.id())
+            .chain(seed.iter().chain(&daemons).map(|n| n.svc.child.child.id()));
+        pids.map(cpu::process_ticks)
+            .fold((0, 0), |(u, s), (pu, ps)| (u + pu, s + ps))
+    });
+    let cpu = cpu::Cpu::between(cpu_before, cpu_after, shoal_ticks);
     if holed {
         lab.cut(owner, false)?;
     }
@@ -344,6 +397,10 @@ fn run_one(
         lab.unreachable(&hosts.seed, hosts.origin.ip, false)?;
     }
     let after = hosts.origin.counters()?;
+    let zone_tx_bytes = match (&hosts.zone, zone_before) {
+        (Some((z, _)), Some(b)) => Some(lab.zone_counters(z)?.tx_bytes - b.tx_bytes),
+        _ => None,
+    };
     let pull_after_preheat = match scenario {
         Scenario::ShoalPreheat => {
             let start = std::time::Instant::now();
@@ -435,6 +492,8 @@ fn run_one(
         peak_rss_kib: peak_rss,
         seed_peak_rss_kib: seed_peak_rss,
         pull_after_preheat,
+        cpu,
+        zone_tx_bytes,
     })
 }
 

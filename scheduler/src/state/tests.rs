@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::task::{FAILURE_TTL, SEED_EXCLUSIVE};
-use shoal_p2p::proto::{PieceDigest, Source};
+use shoal_p2p::proto::{Parent, PieceDigest, Source};
 
 /// Small tasks have pieces of the minimum length.
 const PIECE: u64 = shoal_p2p::piece::MIN_PIECE_LENGTH;
@@ -69,14 +69,28 @@ fn watched(n: usize, set: &PieceSet) -> (State, Vec<Host>) {
     (state, hosts)
 }
 
-fn offered_by(state: &State, to: &Host, parent: &str) -> Vec<u32> {
+/// The pieces `to`'s view says `parent` gives (`bits` of its entry: held, or arriving).
+fn parent_bits(state: &State, to: &Host, parent: &str, bits: fn(&Parent) -> &[u8]) -> Vec<u32> {
     let (view, _) = state.view("t", to).unwrap();
     let n = view.digests.len() as u32;
     view.parents
         .iter()
         .find(|p| p.host_id == parent)
-        .map(|p| Bitmap::from_bytes(&p.bitmap, n).ones().collect())
+        .map(|p| Bitmap::from_bytes(bits(p), n).ones().collect())
         .unwrap_or_default()
+}
+
+fn offered_by(state: &State, to: &Host, parent: &str) -> Vec<u32> {
+    parent_bits(state, to, parent, |p| &p.bitmap)
+}
+
+/// The host (of `hosts`, the seed first) the seed offers its new piece `p` to.
+fn taker(state: &State, hosts: &[Host], p: u32) -> Host {
+    hosts[1..]
+        .iter()
+        .find(|h| offered_by(state, h, "seed").contains(&p))
+        .unwrap()
+        .clone()
 }
 
 #[test]
@@ -108,11 +122,7 @@ fn a_new_piece_of_the_seed_is_offered_to_one_host_only() {
 fn once_a_host_holds_a_piece_the_others_get_it_from_that_host() {
     let (mut state, hosts) = swarm(3, 4);
     state.merge("t", "seed", &have(4, &[0, 1]));
-    let chosen = hosts[1..]
-        .iter()
-        .find(|h| offered_by(&state, h, "seed").contains(&0))
-        .unwrap()
-        .clone();
+    let chosen = taker(&state, &hosts, 0);
     state.merge("t", &chosen.id, &have(4, &[0]));
     for h in hosts[1..].iter().filter(|h| h.id != chosen.id) {
         assert!(offered_by(&state, h, &chosen.id).contains(&0));
@@ -129,13 +139,7 @@ fn once_a_host_holds_a_piece_the_others_get_it_from_that_host() {
 
 /// What `to`'s view says arrives at `parent`.
 fn arriving_at(state: &State, to: &Host, parent: &str) -> Vec<u32> {
-    let (view, _) = state.view("t", to).unwrap();
-    let n = view.digests.len() as u32;
-    view.parents
-        .iter()
-        .find(|p| p.host_id == parent)
-        .map(|p| Bitmap::from_bytes(&p.arriving, n).ones().collect())
-        .unwrap_or_default()
+    parent_bits(state, to, parent, |p| &p.arriving)
 }
 
 /// `set` with `pieces` arriving.
@@ -149,11 +153,7 @@ fn arriving(mut set: PieceSet, count: u32, pieces: &[u32]) -> PieceSet {
 fn a_piece_arriving_at_a_host_is_passed_on_by_it_until_it_stops_arriving() {
     let (mut state, hosts) = swarm(3, 4);
     state.merge("t", "seed", &have(4, &[0, 1]));
-    let chosen = hosts[1..]
-        .iter()
-        .find(|h| offered_by(&state, h, "seed").contains(&0))
-        .unwrap()
-        .clone();
+    let chosen = taker(&state, &hosts, 0);
     let others: Vec<&Host> = hosts[1..].iter().filter(|h| h.id != chosen.id).collect();
     // The seed's piece 0 starts arriving at the host it went to: the others take it from
     // there as it comes, not from the seed.
@@ -193,6 +193,132 @@ fn nothing_arrives_before_the_length_is_known() {
     state.merge("t", "h0", &arriving(PieceSet::default(), 4, &[0, 1]));
     assert!(state.tasks["t"].holders["h0"].arriving.count() == 0);
     assert!(arriving_at(&state, &hosts[2], "h0").is_empty());
+}
+
+/// A seed and h0, h1 in zone "a"; h2, h3 in zone "b"; all watching task "t" of 8 pieces, the
+/// seed holding pieces 0..8.
+fn two_zones() -> (State, Vec<Host>) {
+    let mut state = State::default();
+    let task = Task {
+        id: "t".into(),
+        url: "http://origin/blob".into(),
+        ..Default::default()
+    };
+    let zone = |id: &str, seed: bool, z: &str| Host {
+        labels: [("zone".to_owned(), z.to_owned())].into(),
+        ..host(id, seed)
+    };
+    let hosts = vec![
+        zone("seed", true, "a"),
+        zone("h0", false, "a"),
+        zone("h1", false, "a"),
+        zone("h2", false, "b"),
+        zone("h3", false, "b"),
+    ];
+    for h in &hosts {
+        state.attach(h.clone(), mpsc::channel(1).0);
+        let _ = state.watch(h, task.clone(), &have(8, &[]));
+    }
+    state.merge("t", "seed", &have(8, &(0..8).collect::<Vec<_>>()));
+    (state, hosts)
+}
+
+/// The hosts of `hosts` that `parent` offers piece `p` to (held or arriving).
+fn offered_to<'a>(state: &State, hosts: &'a [Host], parent: &str, p: u32) -> Vec<&'a str> {
+    hosts
+        .iter()
+        .filter(|h| {
+            offered_by(state, h, parent).contains(&p) || arriving_at(state, h, parent).contains(&p)
+        })
+        .map(|h| h.id.as_str())
+        .collect()
+}
+
+#[test]
+fn each_piece_crosses_into_a_zone_once_and_is_passed_on_inside_it() {
+    let (mut state, hosts) = two_zones();
+    let (a, b) = (&hosts[1..3], &hosts[3..5]);
+    for p in 0..8 {
+        // The seed's new piece goes to one host of its own zone, none of the other zone
+        // (whose hosts get it from the seed's zone, not from the seed's upload).
+        assert_eq!(offered_to(&state, a, "seed", p).len(), 1, "piece {p}");
+        assert!(offered_to(&state, b, "seed", p).is_empty(), "piece {p}");
+    }
+    let taker_a = taker(&state, &hosts, 0);
+    // Piece 0 arrives at zone a's taker: the other host of zone a gets it from there, and
+    // one host of zone b (in turn) is offered it across.
+    state.merge("t", &taker_a.id, &arriving(have(8, &[]), 8, &[0]));
+    let across = offered_to(&state, b, &taker_a.id, 0);
+    assert_eq!(across.len(), 1, "offered across to {across:?}");
+    assert_eq!(offered_to(&state, a, &taker_a.id, 0).len(), 1);
+    // Once it arrives in zone b, the rest of zone b gets it there, not across again.
+    let taker_b = across[0].to_owned();
+    state.merge("t", &taker_b, &arriving(have(8, &[]), 8, &[0]));
+    let rest_b: Vec<Host> = b.iter().filter(|h| h.id != taker_b).cloned().collect();
+    assert!(offered_to(&state, &rest_b, &taker_a.id, 0).is_empty());
+    assert_eq!(arriving_at(&state, &rest_b[0], &taker_b), [0]);
+    // Even the seed, once complete, helps zone b only with what zone b lacks.
+    state.merge("t", &taker_b, &have(8, &[0]));
+    assert!(!offered_by(&state, &rest_b[0], "seed").contains(&0));
+}
+
+#[test]
+fn a_piece_from_another_zone_stays_its_takers_while_the_taker_gains_pieces() {
+    let (mut state, hosts) = two_zones();
+    let b = &hosts[3..5];
+    let taker_a = taker(&state, &hosts, 0);
+    state.merge("t", &taker_a.id, &arriving(have(8, &[]), 8, &[0]));
+    let across = offered_to(&state, b, &taker_a.id, 0);
+    assert_eq!(across.len(), 1);
+    // However long the piece waits to cross (the link between zones is the slow one), a
+    // taker that keeps gaining pieces keeps it...
+    state.tasks.get_mut("t").unwrap().first_held[0] = Some(Instant::now() - SEED_EXCLUSIVE * 4);
+    assert_eq!(offered_to(&state, b, &taker_a.id, 0), across);
+    let other = b.iter().find(|h| h.id != across[0]).unwrap();
+    assert!(
+        state.view("t", other).unwrap().1,
+        "the view changes with time alone"
+    );
+    // ...and one that gained nothing for a while is helped: the rest of its zone is offered it.
+    let stuck = state
+        .tasks
+        .get_mut("t")
+        .unwrap()
+        .holders
+        .get_mut(across[0])
+        .unwrap();
+    stuck.last_gain = Some(Instant::now() - SEED_EXCLUSIVE * 2);
+    assert_eq!(offered_to(&state, b, &taker_a.id, 0).len(), 2);
+}
+
+#[test]
+fn a_seed_alone_in_its_zone_serves_the_other_zone_itself() {
+    let (mut state, hosts) = two_zones();
+    // Zone a's hosts are done: nobody there downloads to pass pieces on.
+    for h in &hosts[1..3] {
+        state.merge("t", &h.id, &have(8, &(0..8).collect::<Vec<_>>()));
+        state.unwatch("t", &h.id);
+    }
+    // Zone b still gets each piece into the zone once: from zone a's holders, in turn.
+    for p in 0..8 {
+        let takers: usize = hosts[1..3]
+            .iter()
+            .map(|h| offered_to(&state, &hosts[3..5], &h.id, p).len())
+            .max()
+            .unwrap();
+        assert_eq!(takers, 1, "piece {p}");
+    }
+    // With them gone, the seed serves zone b, one host per piece.
+    for h in &hosts[1..3] {
+        state.withdraw("t", &h.id);
+    }
+    for p in 0..8 {
+        assert_eq!(
+            offered_to(&state, &hosts[3..5], "seed", p).len(),
+            1,
+            "piece {p}"
+        );
+    }
 }
 
 #[test]

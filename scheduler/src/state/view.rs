@@ -4,7 +4,7 @@ use shoal_p2p::Bitmap;
 use shoal_p2p::proto::{Host, Parent, TaskView};
 
 use super::{MAX_PARENTS, State};
-use crate::task::{Holder, MAX_STRIKES};
+use crate::task::{Holder, MAX_STRIKES, same_place};
 
 impl State {
     /// What `host` should know about the task now, and whether the view changes by itself later
@@ -21,7 +21,7 @@ impl State {
         let usable = |id: &String, h: &Holder| {
             *id != host.id && h.strikes < MAX_STRIKES && me.is_none_or(|m| !m.avoid.contains(id))
         };
-        let offer = entry.seed_offer(&host.id, &self.hosts, |id, h| usable(id, h));
+        let offer = entry.seed_offer(host, &self.hosts, |id, h| usable(id, h));
         let mut parents: Vec<_> = entry
             .holders
             .iter()
@@ -29,6 +29,11 @@ impl State {
             .filter_map(|(id, h)| {
                 let attached = self.hosts.get(id)?;
                 let source = entry.is_source(id, attached);
+                // A host elsewhere offers only what is new to this host's place (its turn).
+                let offered = match source {
+                    true => Some(&offer.pieces),
+                    false => (!same_place(&attached.host, host)).then_some(&offer.fresh),
+                };
                 // Counted word by word, without a copy (most holders are not chosen) when the
                 // holder's bitmap has the task's length, as it has once the length is known.
                 let fitted;
@@ -38,9 +43,14 @@ impl State {
                     fitted = Bitmap::from_bytes(h.bitmap.as_bytes(), n);
                     &fitted
                 };
-                let useful = match source {
-                    true => bits.count_in_not_in(&offer.pieces, &mine),
-                    false => bits.count_not_in(&mine) + h.arriving.count_not_in(&mine),
+                let useful = match offered {
+                    Some(o) => {
+                        bits.count_in_not_in(o, &mine)
+                            + (!source)
+                                .then(|| h.arriving.count_in_not_in(o, &mine))
+                                .unwrap_or(0)
+                    }
+                    None => bits.count_not_in(&mine) + h.arriving.count_not_in(&mine),
                 };
                 if useful == 0 {
                     return None;
@@ -55,10 +65,10 @@ impl State {
                 // their upload is kept for pieces only they hold.
                 let score =
                     shared * 1_000_000 + i64::from(useful) * 2 - i64::from(attached.host.seed);
-                Some((score, id, h, attached, source))
+                Some((score, id, h, attached, source, offered))
             })
             .collect();
-        let order = |a: &(i64, &String, _, _, _), b: &(i64, &String, _, _, _)| {
+        let order = |a: &(i64, &String, _, _, _, _), b: &(i64, &String, _, _, _, _)| {
             b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1))
         };
         if parents.len() > MAX_PARENTS {
@@ -68,14 +78,17 @@ impl State {
         parents.sort_by(order);
         let parents: Vec<Parent> = parents
             .into_iter()
-            .map(|(_, id, h, attached, source)| {
+            .map(|(_, id, h, attached, source, offered)| {
                 let mut bitmap = Bitmap::from_bytes(h.bitmap.as_bytes(), n);
+                let mut arriving = Bitmap::from_bytes(h.arriving.as_bytes(), n);
+                if let Some(o) = offered {
+                    bitmap.intersect(o);
+                    arriving.intersect(o);
+                }
+                // A source's arriving pieces come from the origin, their digests not known yet.
                 let arriving = match source {
-                    true => {
-                        bitmap.intersect(&offer.pieces);
-                        Vec::new()
-                    }
-                    false => h.arriving.as_bytes().to_vec(),
+                    true => Vec::new(),
+                    false => arriving.as_bytes().to_vec(),
                 };
                 Parent {
                     host_id: id.clone(),

@@ -36,6 +36,11 @@ pub struct Outcome {
     /// bytes the origin sent meanwhile.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pull_after_preheat: Option<(f64, u64)>,
+    /// What the clients' run cost the CPU (the machine's, and the Shoal processes').
+    pub cpu: super::cpu::Cpu,
+    /// With two zones: the bytes that crossed the link into the second zone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone_tx_bytes: Option<u64>,
 }
 
 impl Outcome {
@@ -94,6 +99,14 @@ pub fn table(outcomes: &[Outcome]) -> String {
             o.max() / o.ideal_seconds,
             o.origin_ratio(),
         );
+        let delivered = o.size_bytes as f64 * o.host_seconds.len() as f64 / f64::from(1 << 30);
+        s += &format!("    {}\n", o.cpu.line(delivered));
+        if let Some(b) = o.zone_tx_bytes {
+            s += &format!(
+                "    into zone b: {:.3} copies ({b} bytes)\n",
+                b as f64 / o.size_bytes as f64
+            );
+        }
     }
     s
 }

@@ -12,6 +12,9 @@ pub enum Scenario {
     Shoal,
     /// The same with `[cluster] insecure = true`: plaintext, to measure what TLS costs.
     ShoalPlaintext,
+    /// The same (TLS on) with `[swarm] cut_through = false`: a piece is passed on only once
+    /// stored, to measure what cut-through relaying gives.
+    ShoalStoreForward,
     /// Image pulls only: `ctr images pull` through the Shoal node's mirror (the `shoal`
     /// scenario pulls with `shoal pull` through the node's snapshotter).
     ShoalCtr,
@@ -36,6 +39,7 @@ impl Scenario {
             Scenario::Nginx => "nginx",
             Scenario::Shoal => "shoal",
             Scenario::ShoalPlaintext => "shoal-plaintext",
+            Scenario::ShoalStoreForward => "shoal-store-forward",
             Scenario::ShoalCtr => "shoal-ctr",
             Scenario::ShoalPreheat => "shoal-preheat",
         }
@@ -47,6 +51,7 @@ impl Scenario {
             self,
             Scenario::Shoal
                 | Scenario::ShoalPlaintext
+                | Scenario::ShoalStoreForward
                 | Scenario::ShoalCtr
                 | Scenario::ShoalPreheat
         )
@@ -56,7 +61,10 @@ impl Scenario {
     pub fn tls(self) -> bool {
         matches!(
             self,
-            Scenario::Shoal | Scenario::ShoalCtr | Scenario::ShoalPreheat
+            Scenario::Shoal
+                | Scenario::ShoalStoreForward
+                | Scenario::ShoalCtr
+                | Scenario::ShoalPreheat
         )
     }
 
@@ -64,8 +72,19 @@ impl Scenario {
     pub fn snapshotter(self) -> bool {
         matches!(
             self,
-            Scenario::Shoal | Scenario::ShoalPlaintext | Scenario::ShoalPreheat
+            Scenario::Shoal
+                | Scenario::ShoalPlaintext
+                | Scenario::ShoalStoreForward
+                | Scenario::ShoalPreheat
         )
+    }
+
+    /// The nodes' `[swarm]` settings this scenario changes.
+    pub fn swarm_settings(self) -> &'static str {
+        match self {
+            Scenario::ShoalStoreForward => "cut_through = false\n",
+            _ => "",
+        }
     }
 }
 
@@ -76,6 +95,7 @@ impl std::str::FromStr for Scenario {
             .into_iter()
             .chain([
                 Scenario::ShoalPlaintext,
+                Scenario::ShoalStoreForward,
                 Scenario::ShoalCtr,
                 Scenario::ShoalPreheat,
             ])
@@ -83,7 +103,7 @@ impl std::str::FromStr for Scenario {
             .ok_or_else(|| {
                 format!(
                     "unknown scenario {s:?} (direct, pullthrough, nginx, shoal, shoal-plaintext, \
-                     shoal-ctr, shoal-preheat)"
+                     shoal-store-forward, shoal-ctr, shoal-preheat)"
                 )
             })
     }
@@ -156,4 +176,9 @@ pub struct Params {
     pub fault: Option<Fault>,
     /// Pull an image of this many layers (`size` in all) with ctr instead of fetching one blob.
     pub pull_layers: Option<usize>,
+    /// More `[swarm]` settings of the Shoal scenarios' nodes (`key = value` lines).
+    pub swarm_settings: Vec<String>,
+    /// Two zones joined by a link of this rate: origin, cache, schedulers, seed and the first
+    /// half of the clients in zone `a`, the second half in zone `b` (nodes labelled so).
+    pub zone_rate: Option<u64>,
 }

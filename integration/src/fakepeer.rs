@@ -136,6 +136,7 @@ impl CorruptPeer {
                 host: Some(host),
                 task: Some(task_msg),
                 have: Some(have.clone()),
+                digest_deltas: false,
             })
             .await
             .expect("watch")

@@ -8,31 +8,40 @@ use shoal_integration::lab::{self, Lab};
 /// One lab at a time: each checks that the set of namespaces is the same after as before.
 static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Runs `params` on 3 hosts at 400 Mbit/s in a fresh lab; checks every host finished and the
-/// lab's namespaces are gone afterwards. `run` fails on any host's wrong bytes (sha256 of each
-/// copy; ctr checks every blob's digest itself).
+/// Runs `scenarios` on 3 hosts at 400 Mbit/s in a fresh lab (see [`run_lab`]).
 fn run_small(scenarios: Vec<Scenario>, size: u64, pull_layers: Option<usize>) -> Vec<Outcome> {
+    run_lab(Params {
+        hosts: 3,
+        size,
+        rate_bits_per_s: 400_000_000,
+        schedulers: 1,
+        scenarios,
+        fault: None,
+        pull_layers,
+        swarm_settings: Vec::new(),
+        zone_rate: None,
+    })
+}
+
+/// Runs `params` in a fresh lab; checks every host finished and the lab's namespaces are gone
+/// afterwards. `run` fails on any host's wrong bytes (sha256 of each copy; ctr checks every
+/// blob's digest itself).
+fn run_lab(params: Params) -> Vec<Outcome> {
     let _one = ONE_LAB
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let before = lab::namespaces().expect("ip netns list");
     let outcomes = {
         let mut lab = Lab::new(None).expect("lab (needs root and iproute2)");
-        let params = Params {
-            hosts: 3,
-            size,
-            rate_bits_per_s: 400_000_000,
-            schedulers: 1,
-            scenarios,
-            fault: None,
-            pull_layers,
-            swarm_settings: Vec::new(),
-            zone_rate: None,
-        };
         swarm::run(&mut lab, &params).expect("lab run")
     };
     for o in &outcomes {
-        assert_eq!(o.host_seconds.len(), 3, "{}: a host is missing", o.name);
+        assert_eq!(
+            o.host_seconds.len(),
+            params.hosts,
+            "{}: a host is missing",
+            o.name
+        );
     }
     let after = lab::namespaces().expect("ip netns list");
     assert_eq!(before, after, "the lab left namespaces behind");
@@ -81,4 +90,30 @@ fn small_lab_image_pulls_with_shoal_pull_and_ctr_reach_the_origin_once() {
         direct >= 3.0,
         "direct: the origin sent {direct:.3}× the image"
     );
+}
+
+/// Two zones of 2 hosts (the seed in the first) joined by a 100 Mbit/s link: each host of the
+/// second zone fetching directly brings the blob across once, Shoal's swarm about once in all.
+#[test]
+fn small_lab_two_zones_the_swarm_brings_each_piece_across_once() {
+    let outcomes = run_lab(Params {
+        hosts: 4,
+        size: 32 << 20,
+        rate_bits_per_s: 400_000_000,
+        schedulers: 1,
+        scenarios: vec![Scenario::Direct, Scenario::Shoal],
+        fault: None,
+        pull_layers: None,
+        swarm_settings: Vec::new(),
+        zone_rate: Some(100_000_000),
+    });
+    let copies = |name: &str| {
+        let o = outcomes.iter().find(|o| o.name == name).expect("ran");
+        o.zone_tx_bytes.expect("counted") as f64 / o.size_bytes as f64
+    };
+    // On the wire a copy is ~5 % more than the blob (Ethernet, IP, TCP, TLS headers).
+    let direct = copies("direct");
+    assert!(direct >= 2.0, "direct: {direct:.3} copies into zone b");
+    let shoal = copies("shoal");
+    assert!(shoal <= 1.25, "shoal: {shoal:.3} copies into zone b");
 }

@@ -510,6 +510,7 @@ async fn a_member_announcing_an_impossible_length_changes_nothing_and_the_schedu
                     ..Default::default()
                 }),
                 have: Some(pieces.clone()),
+                digest_deltas: false,
             })
             .await;
         assert_eq!(
@@ -580,6 +581,7 @@ async fn a_member_naming_a_task_first_with_false_facts_changes_nothing() {
                 ..Default::default()
             }),
             have: Some(lie),
+            digest_deltas: false,
         })
         .await
         .unwrap();
@@ -630,6 +632,7 @@ async fn a_task_named_with_another_url_is_refused_and_nobody_fetches_it() {
                     ..Default::default()
                 }),
                 have: None,
+                digest_deltas: false,
             })
             .await;
         assert_eq!(

@@ -271,6 +271,7 @@ impl Swarm {
             host: Some(self.host.clone()),
             task: Some(task),
             have: Some(have),
+            digest_deltas: true,
         };
         let call = client.watch(req);
         match tokio::time::timeout(self.config.connect_timeout * 2, call).await {

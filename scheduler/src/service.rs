@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::Stream;
+use shoal_p2p::Bitmap;
 use shoal_p2p::cluster::{Member, Role};
 use shoal_p2p::piece::{Layout, MAX_CONTENT_LENGTH, MAX_PIECE_LENGTH};
 use shoal_p2p::proto::scheduler_server::Scheduler as SchedulerRpc;
@@ -152,6 +153,7 @@ impl SchedulerRpc for Service {
         check_task_url(&task)?;
         let have = req.have.unwrap_or_default();
         check_pieces(&have)?;
+        let deltas = req.digest_deltas;
         let task_id = task.id.clone();
         let (mut changed, assigned) = {
             let mut state = self.lock();
@@ -172,11 +174,17 @@ impl SchedulerRpc for Service {
         let state = self.state.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
+            // The digests this stream sent, and its last view (with deltas: a view that says
+            // nothing new after an announcement is not sent).
+            let mut sent = Bitmap::default();
+            let mut last: Option<TaskView> = None;
+            let mut woken = false;
             loop {
                 let (view, assigned) = {
                     let mut s = state::lock(&state);
                     let assigned = s.plan(&task_id, Some(&host.id));
-                    (s.view(&task_id, &host), assigned)
+                    let sent = deltas.then_some(&mut sent);
+                    (s.view_since(&task_id, &host, sent), assigned)
                 };
                 if assigned.back_to_source_peer {
                     metrics.back_to_source.inc();
@@ -184,18 +192,24 @@ impl SchedulerRpc for Service {
                 dispatch(&state, &metrics, assigned.seed_job);
                 let Some((view, expiring)) = view else { break };
                 changed.borrow_and_update();
-                metrics.views.inc();
-                if tx.send(Ok(view)).await.is_err() {
-                    break;
+                let same = woken && view.new_digests.is_empty() && last.as_ref() == Some(&view);
+                if !same {
+                    metrics.views.inc();
+                    if deltas {
+                        last = Some(view.clone());
+                    }
+                    if tx.send(Ok(view)).await.is_err() {
+                        break;
+                    }
                 }
                 // A view that changes by itself (a seed's piece offered to everyone after a
                 // while) is sent again soon even if nothing is announced.
                 let wait = if expiring { RECHECK } else { KEEPALIVE };
-                tokio::select! {
-                    r = changed.changed() => if r.is_err() { break },
-                    () = tokio::time::sleep(wait) => {}
+                woken = tokio::select! {
+                    r = changed.changed() => if r.is_err() { break } else { true },
+                    () = tokio::time::sleep(wait) => false,
                     () = tx.closed() => break,
-                }
+                };
                 // Coalesce bursts of announcements into one view.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

@@ -398,6 +398,8 @@ async fn download(
             host: Some(me.clone()),
             task: Some(task(t)),
             have: Some(PieceSet::default()),
+            // As the daemons do: only new digests in each view.
+            digest_deltas: true,
         })
         .await
     else {

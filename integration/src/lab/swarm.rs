@@ -298,6 +298,9 @@ fn run_one(
             .collect(),
     };
     let before = hosts.origin.counters()?;
+    let schedulers_before: u64 = (hosts.schedulers.iter())
+        .map(|h| h.counters().map(|c| c.tx_bytes))
+        .sum::<anyhow::Result<u64>>()?;
     let zone_before = match &hosts.zone {
         Some((z, _)) => Some(lab.zone_counters(z)?),
         None => None,
@@ -397,6 +400,10 @@ fn run_one(
         lab.unreachable(&hosts.seed, hosts.origin.ip, false)?;
     }
     let after = hosts.origin.counters()?;
+    let schedulers_tx_bytes = (hosts.schedulers.iter())
+        .map(|h| h.counters().map(|c| c.tx_bytes))
+        .sum::<anyhow::Result<u64>>()?
+        - schedulers_before;
     let zone_tx_bytes = match (&hosts.zone, zone_before) {
         (Some((z, _)), Some(b)) => Some(lab.zone_counters(z)?.tx_bytes - b.tx_bytes),
         _ => None,
@@ -494,6 +501,7 @@ fn run_one(
         pull_after_preheat,
         cpu,
         zone_tx_bytes,
+        schedulers_tx_bytes,
     })
 }
 

@@ -47,6 +47,9 @@ pub(super) struct Candidate {
     /// Of those, the ones still arriving there.
     pub arriving: Bitmap,
     pub seed: bool,
+    /// In another place (zone, data center): asked after the parents here, and never for an
+    /// endgame's second copy.
+    pub elsewhere: bool,
     /// Answered "busy" or "not here" a moment ago: not asked now, but still counted as a
     /// holder (its pieces are not the origin's).
     pub resting: bool,
@@ -101,7 +104,7 @@ impl Snapshot<'_> {
                         && self
                             .parents
                             .iter()
-                            .any(|p| p.holds.get(**n) && reqs[0].0 != p.id)
+                            .any(|p| p.holds.get(**n) && reqs[0].0 != p.id && !p.elsewhere)
                 })
                 .map(|(n, _)| *n)
         })?;
@@ -144,8 +147,9 @@ impl Snapshot<'_> {
     }
 
     /// The parent to ask for piece `n`: one that holds it, was not asked for it already and
-    /// has a free slot; a non-seed before a seed, one holding it before one it is arriving at,
-    /// then the least loaded.
+    /// has a free slot (and is here, when it is a second request); one here before one
+    /// elsewhere, a non-seed before a seed, one holding it before one it is arriving at, then
+    /// the least loaded.
     fn parent_for(&self, n: u32, limit: usize) -> Option<&Candidate> {
         let asked: Vec<&str> = self
             .inflight
@@ -160,9 +164,10 @@ impl Snapshot<'_> {
                 p.holds.get(n)
                     && !p.resting
                     && !asked.contains(&p.id.as_str())
+                    && (asked.is_empty() || !p.elsewhere)
                     && self.load(&p.id) < limit
             })
-            .min_by_key(|p| (p.seed, p.arriving.get(n), self.load(&p.id)))
+            .min_by_key(|p| (p.elsewhere, p.seed, p.arriving.get(n), self.load(&p.id)))
     }
 
     /// The next pieces to stream from the origin: the first missing piece not in flight that
@@ -214,6 +219,7 @@ mod tests {
             holds: b,
             arriving: Bitmap::new(4),
             seed,
+            elsewhere: false,
             resting: false,
         }
     }
@@ -248,6 +254,51 @@ mod tests {
         let (n, p) = snap.peer().unwrap();
         assert_eq!((n, p.id.as_str()), (1, "a"), "a peer before the seed");
         assert_eq!(snap.origin_run(), None, "a parent can give piece 1");
+    }
+
+    #[tokio::test]
+    async fn a_parent_elsewhere_is_asked_last_and_never_for_a_second_copy() {
+        let far = |id: &str| Candidate {
+            elsewhere: true,
+            ..parent(id, &[0, 1], false)
+        };
+        let (none, load) = (Inflight::new(), HashMap::new());
+        let first = Snapshot {
+            parents: vec![far("far"), parent("seed", &[0, 1], true)],
+            missing: vec![0, 1],
+            urgent: Vec::new(),
+            known: vec![true; 4],
+            inflight: &none,
+            streamed: Bitmap::new(4),
+            load: &load,
+            piece_concurrency: 8,
+        };
+        assert_eq!(first.peer().map(|(_, p)| p.id.as_str()), Some("seed"));
+        // The endgame: piece 0 is in flight from "a"; "far" holds it too, but a second copy
+        // would cross the slow link between places.
+        let handle = tokio::spawn(async {}).abort_handle();
+        let inflight = Inflight::from([(0, vec![("a".to_owned(), handle)])]);
+        let load = HashMap::from([("a".to_owned(), 1)]);
+        let endgame = Snapshot {
+            parents: vec![parent("a", &[0], false), far("far")],
+            missing: vec![0],
+            inflight: &inflight,
+            load: &load,
+            ..first
+        };
+        assert!(endgame.peer().is_none());
+        let here = Snapshot {
+            parents: vec![
+                parent("a", &[0], false),
+                far("far"),
+                parent("near", &[0], false),
+            ],
+            ..endgame
+        };
+        assert_eq!(
+            here.peer().map(|(n, p)| (n, p.id.as_str())),
+            Some((0, "near"))
+        );
     }
 
     #[test]

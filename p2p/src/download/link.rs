@@ -26,6 +26,11 @@ pub(crate) struct SwarmLink<'a> {
 }
 
 impl SwarmLink<'_> {
+    /// Takes `view`, the next on the stream (its digests, when a delta, added to those known).
+    pub(crate) fn take(&mut self, view: TaskView) {
+        follow(&mut self.view, view);
+    }
+
     /// Waits for the swarm to tell the content length (without `wait`, only takes it if the
     /// first view had it). `None` when this host must learn it from the origin: it is the
     /// fetcher, or no length came within the stall timeout.
@@ -43,11 +48,33 @@ impl SwarmLink<'_> {
             }
             let stream = self.stream.as_mut()?;
             match tokio::time::timeout_at(deadline, stream.message()).await {
-                Ok(Ok(Some(view))) => self.view = view,
+                Ok(Ok(Some(view))) => self.take(view),
                 _ => return None,
             }
         }
     }
+}
+
+/// `view` follows `last` on one stream: it replaces it, its digests (when a delta) those of
+/// `last` with the new ones added.
+fn follow(last: &mut TaskView, mut view: TaskView) {
+    if view.digests_delta {
+        let mut digests = std::mem::take(&mut last.digests);
+        let count = match view.length_known {
+            true => crate::piece::Layout::for_length(view.content_length)
+                .map_or(0, |l| l.piece_count() as usize),
+            false => digests.len(),
+        };
+        digests.resize(count, Vec::new());
+        for d in view.new_digests.drain(..) {
+            if let Some(slot) = digests.get_mut(d.number as usize) {
+                *slot = d.blake3;
+            }
+        }
+        view.digests = digests;
+        view.digests_delta = false;
+    }
+    *last = view;
 }
 
 /// Whether a download fetches from its own origin: it is the swarm's fetcher, the fetcher
@@ -202,5 +229,46 @@ mod tests {
         assert_eq!(upstreams, ["https://r2", "https://r3"]);
         // What arrives is the latest word: a piece that stopped arriving is not announced.
         assert_eq!(first.arriving, vec![3]);
+    }
+
+    #[test]
+    fn a_delta_view_adds_its_digests_to_those_known() {
+        let length = 3 << 20;
+        let mut last = TaskView::default();
+        let whole = TaskView {
+            length_known: true,
+            content_length: length,
+            digests: vec![vec![0; 32], Vec::new(), Vec::new()],
+            ..Default::default()
+        };
+        follow(&mut last, whole.clone());
+        assert_eq!(last, whole);
+        let delta = TaskView {
+            length_known: true,
+            content_length: length,
+            digests_delta: true,
+            new_digests: vec![PieceDigest {
+                number: 2,
+                blake3: vec![2; 32],
+            }],
+            back_to_source: true,
+            ..Default::default()
+        };
+        follow(&mut last, delta);
+        assert_eq!(last.digests, [vec![0; 32], Vec::new(), vec![2; 32]]);
+        assert!(last.back_to_source && !last.digests_delta && last.new_digests.is_empty());
+        // A number past the task's pieces is nobody's.
+        let stray = TaskView {
+            length_known: true,
+            content_length: length,
+            digests_delta: true,
+            new_digests: vec![PieceDigest {
+                number: 9,
+                blake3: vec![9; 32],
+            }],
+            ..Default::default()
+        };
+        follow(&mut last, stray);
+        assert_eq!(last.digests.len(), 3);
     }
 }

@@ -344,6 +344,7 @@ impl<'a> Run<'a> {
                         holds,
                         arriving,
                         seed: p.seed,
+                        elsewhere: p.elsewhere,
                         resting: self.resting.contains_key(&p.host_id),
                     }
                 })
@@ -502,23 +503,14 @@ impl<'a> Run<'a> {
     }
 
     fn update(&mut self, view: TaskView) {
-        let link = self.link.as_mut().expect("views come from the swarm");
-        let news = view
-            .parents
-            .iter()
-            .map(|p| Bitmap::from_bytes(&p.bitmap, self.job.layout.piece_count()).count())
-            .sum::<u32>()
-            > link
-                .view
-                .parents
-                .iter()
-                .map(|p| Bitmap::from_bytes(&p.bitmap, self.job.layout.piece_count()).count())
-                .sum::<u32>()
-            || view.digests.iter().filter(|d| !d.is_empty()).count()
-                > link.view.digests.iter().filter(|d| !d.is_empty()).count();
-        if news {
-            self.last_news = Instant::now();
-        }
+        let count = self.job.layout.piece_count();
+        // News: more pieces held by the parents, or more digests known.
+        let known = |v: &TaskView| {
+            let held: u32 = (v.parents.iter())
+                .map(|p| Bitmap::from_bytes(&p.bitmap, count).count())
+                .sum();
+            (held, v.digests.iter().filter(|d| !d.is_empty()).count())
+        };
         if view.back_to_source && !self.to_origin {
             tracing::info!(task = %self.job.id, "the scheduler sends this host to the origin");
             self.to_origin = true;
@@ -531,7 +523,13 @@ impl<'a> Run<'a> {
             self.to_origin = true;
         }
         add_sources(&mut self.sources, &view.sources);
-        link.view = view;
+        let link = self.link.as_mut().expect("views come from the swarm");
+        let before = known(&link.view);
+        link.take(view);
+        let after = known(&link.view);
+        if after.0 > before.0 || after.1 > before.1 {
+            self.last_news = Instant::now();
+        }
     }
 
     /// Piece `n` came from this host's origin.

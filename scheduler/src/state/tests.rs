@@ -322,6 +322,31 @@ fn a_seed_alone_in_its_zone_serves_the_other_zone_itself() {
 }
 
 #[test]
+fn a_stream_taking_deltas_gets_each_digest_once_and_a_whole_view_when_they_change_under_it() {
+    let (mut state, hosts) = swarm(2, 4);
+    let mut sent = Bitmap::default();
+    state.merge("t", "seed", &have(4, &[0, 1]));
+    // The first view is whole.
+    let (first, _) = state.view_since("t", &hosts[1], Some(&mut sent)).unwrap();
+    assert!(!first.digests_delta);
+    assert_eq!(first.digests.iter().filter(|d| !d.is_empty()).count(), 2);
+    // Then only what is new, and nothing when nothing is.
+    let (same, _) = state.view_since("t", &hosts[1], Some(&mut sent)).unwrap();
+    assert!(same.digests_delta && same.digests.is_empty() && same.new_digests.is_empty());
+    state.merge("t", "seed", &have(4, &[2]));
+    let (more, _) = state.view_since("t", &hosts[1], Some(&mut sent)).unwrap();
+    let numbers: Vec<u32> = more.new_digests.iter().map(|d| d.number).collect();
+    assert_eq!(numbers, [2]);
+    assert_eq!(more.new_digests[0].blake3, vec![2u8; 32]);
+    // A digest sent before that the task no longer has (a task forgotten and named again):
+    // the view is whole again.
+    state.tasks.get_mut("t").unwrap().digests[0] = None;
+    let (again, _) = state.view_since("t", &hosts[1], Some(&mut sent)).unwrap();
+    assert!(!again.digests_delta);
+    assert_eq!(again.digests.len(), 4);
+}
+
+#[test]
 fn a_piece_nobody_else_got_is_offered_to_twice_as_many_hosts_each_while_then_to_everyone() {
     let (mut state, hosts) = swarm(6, 4);
     state.merge("t", "seed", &have(4, &[0]));

@@ -1,7 +1,7 @@
 //! A host's view of a task: its length, digests, sources and the parents offered to it.
 
 use shoal_p2p::Bitmap;
-use shoal_p2p::proto::{Host, Parent, TaskView};
+use shoal_p2p::proto::{Host, Parent, PieceDigest, TaskView};
 
 use super::{MAX_PARENTS, State};
 use crate::task::{Holder, MAX_STRIKES, same_place};
@@ -10,6 +10,19 @@ impl State {
     /// What `host` should know about the task now, and whether the view changes by itself later
     /// (a seed's piece offered to every host once [`SEED_EXCLUSIVE`] is over).
     pub fn view(&self, task_id: &str, host: &Host) -> Option<(TaskView, bool)> {
+        self.view_since(task_id, host, None)
+    }
+
+    /// [`State::view`], its digests only those not in `sent` (the ones a watch stream sent
+    /// before; marked there now) when given: a view with `digests_delta`. It is whole when
+    /// `sent` does not fit the task (the stream's first view, or the length became known) or
+    /// names a digest the task no longer has.
+    pub fn view_since(
+        &self,
+        task_id: &str,
+        host: &Host,
+        sent: Option<&mut Bitmap>,
+    ) -> Option<(TaskView, bool)> {
         let entry = self.tasks.get(task_id)?;
         let me = entry.holders.get(&host.id);
         let n = entry.piece_count();
@@ -43,12 +56,11 @@ impl State {
                     fitted = Bitmap::from_bytes(h.bitmap.as_bytes(), n);
                     &fitted
                 };
+                // (A source's arriving pieces are not offered: see below.)
                 let useful = match offered {
+                    Some(o) if source => bits.count_in_not_in(o, &mine),
                     Some(o) => {
-                        bits.count_in_not_in(o, &mine)
-                            + (!source)
-                                .then(|| h.arriving.count_in_not_in(o, &mine))
-                                .unwrap_or(0)
+                        bits.count_in_not_in(o, &mine) + h.arriving.count_in_not_in(o, &mine)
                     }
                     None => bits.count_not_in(&mine) + h.arriving.count_not_in(&mine),
                 };
@@ -96,17 +108,17 @@ impl State {
                     bitmap: bitmap.as_bytes().to_vec(),
                     seed: attached.host.seed,
                     arriving,
+                    elsewhere: !same_place(&attached.host, host),
                 }
             })
             .collect();
+        let (digests, new_digests, digests_delta) = digests(&entry.digests, sent);
         let view = TaskView {
             length_known: entry.length.is_some(),
             content_length: entry.length.unwrap_or(0),
-            digests: entry
-                .digests
-                .iter()
-                .map(|d| d.clone().unwrap_or_default())
-                .collect(),
+            digests,
+            digests_delta,
+            new_digests,
             parents,
             back_to_source: entry.fetcher.as_deref() == Some(host.id.as_str()) && !entry.authored(),
             failure: entry.recent_failure().cloned(),
@@ -114,4 +126,42 @@ impl State {
         };
         Some((view, offer.expiring))
     }
+}
+
+/// A view's digests: all of them, or (with `sent` fitting them) the ones not sent yet, which
+/// are marked sent. `(digests, new digests, whether a delta)`.
+fn digests(
+    known: &[Option<Vec<u8>>],
+    sent: Option<&mut Bitmap>,
+) -> (Vec<Vec<u8>>, Vec<PieceDigest>, bool) {
+    let whole = |known: &[Option<Vec<u8>>]| {
+        known
+            .iter()
+            .map(|d| d.clone().unwrap_or_default())
+            .collect()
+    };
+    let Some(sent) = sent else {
+        return (whole(known), Vec::new(), false);
+    };
+    let fits = sent.len() as usize == known.len()
+        && (0u32..)
+            .zip(known)
+            .all(|(i, d)| d.is_some() || !sent.get(i));
+    if !fits {
+        *sent = known.iter().map(Option::is_some).collect();
+        return (whole(known), Vec::new(), false);
+    }
+    let mut new = Vec::new();
+    for (i, d) in (0u32..).zip(known) {
+        if let Some(d) = d
+            && !sent.get(i)
+        {
+            sent.set(i);
+            new.push(PieceDigest {
+                number: i,
+                blake3: d.clone(),
+            });
+        }
+    }
+    (Vec::new(), new, true)
 }

@@ -38,6 +38,8 @@ pub struct Outcome {
     pub pull_after_preheat: Option<(f64, u64)>,
     /// What the clients' run cost the CPU (the machine's, and the Shoal processes').
     pub cpu: super::cpu::Cpu,
+    /// Bytes the scheduler hosts sent during the run (views, jobs).
+    pub schedulers_tx_bytes: u64,
     /// With two zones: the bytes that crossed the link into the second zone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zone_tx_bytes: Option<u64>,
@@ -101,6 +103,12 @@ pub fn table(outcomes: &[Outcome]) -> String {
         );
         let delivered = o.size_bytes as f64 * o.host_seconds.len() as f64 / f64::from(1 << 30);
         s += &format!("    {}\n", o.cpu.line(delivered));
+        if o.schedulers_tx_bytes > 1 << 20 {
+            s += &format!(
+                "    schedulers sent {:.1} MiB\n",
+                o.schedulers_tx_bytes as f64 / f64::from(1 << 20)
+            );
+        }
         if let Some(b) = o.zone_tx_bytes {
             s += &format!(
                 "    into zone b: {:.3} copies ({b} bytes)\n",

@@ -120,7 +120,9 @@ impl RelayReader {
                     return Ok(None);
                 }
             }
-            // The sender lives in the registry's `Arriving` this reader's Arc keeps alive...
+            // Once the piece's writer is gone, `changed` fails: the piece ended here without
+            // being verified (its state is checked above first, so a verified piece is read
+            // to its end).
             if self.rx.changed().await.is_err() {
                 return Err(Withdrawn);
             }

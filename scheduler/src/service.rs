@@ -174,11 +174,8 @@ impl SchedulerRpc for Service {
         let state = self.state.clone();
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            // The digests this stream sent, and its last view (with deltas: a view that says
-            // nothing new after an announcement is not sent).
+            // The digests this stream sent.
             let mut sent = Bitmap::default();
-            let mut last: Option<TaskView> = None;
-            let mut woken = false;
             loop {
                 let (view, assigned) = {
                     let mut s = state::lock(&state);
@@ -192,24 +189,18 @@ impl SchedulerRpc for Service {
                 dispatch(&state, &metrics, assigned.seed_job);
                 let Some((view, expiring)) = view else { break };
                 changed.borrow_and_update();
-                let same = woken && view.new_digests.is_empty() && last.as_ref() == Some(&view);
-                if !same {
-                    metrics.views.inc();
-                    if deltas {
-                        last = Some(view.clone());
-                    }
-                    if tx.send(Ok(view)).await.is_err() {
-                        break;
-                    }
+                metrics.views.inc();
+                if tx.send(Ok(view)).await.is_err() {
+                    break;
                 }
                 // A view that changes by itself (a seed's piece offered to everyone after a
                 // while) is sent again soon even if nothing is announced.
                 let wait = if expiring { RECHECK } else { KEEPALIVE };
-                woken = tokio::select! {
-                    r = changed.changed() => if r.is_err() { break } else { true },
-                    () = tokio::time::sleep(wait) => false,
+                tokio::select! {
+                    r = changed.changed() => if r.is_err() { break },
+                    () = tokio::time::sleep(wait) => {}
                     () = tx.closed() => break,
-                };
+                }
                 // Coalesce bursts of announcements into one view.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

@@ -61,7 +61,14 @@ struct Args {
     /// after a piece, at most this often (ms); 0: never.
     #[arg(long, default_value_t = 0)]
     stats_ms: u64,
+    /// The hosts ask for whole views (every digest in each, each view sent), as daemons did
+    /// before digest deltas.
+    #[arg(long)]
+    whole_views: bool,
 }
+
+/// `--whole-views`, for every simulated host.
+static WHOLE_VIEWS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// One MiB pieces: a task of `pieces` pieces has this length.
 const PIECE: u64 = 1 << 20;
@@ -207,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let url = format!("http://127.0.0.1:{port}");
     let connections = args.connections.unwrap_or(args.hosts.div_ceil(50)).max(1);
+    WHOLE_VIEWS.store(args.whole_views, std::sync::atomic::Ordering::Relaxed);
     let channels: Vec<Channel> = (0..connections)
         .map(|_| {
             shoal_p2p::swarm::scheduler_channel(&url, Duration::from_secs(5), None)
@@ -399,7 +407,7 @@ async fn download(
             task: Some(task(t)),
             have: Some(PieceSet::default()),
             // As the daemons do: only new digests in each view.
-            digest_deltas: true,
+            digest_deltas: !WHOLE_VIEWS.load(std::sync::atomic::Ordering::Relaxed),
         })
         .await
     else {

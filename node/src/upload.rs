@@ -305,7 +305,7 @@ mod tests {
         let (head, _, _) = read_response(&mut ask(addr, &task, 0).await, 0).await;
         assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 
-        let mut writer = holdings.relays().start(&task, 0, 6);
+        let mut writer = holdings.relays().start(&task, 0, 6).unwrap();
         writer.push(&Bytes::from_static(b"abcd"), false);
         let mut conn = ask(addr, &task, 0).await;
         let (head, body, _) = read_response(&mut conn, 4).await;
@@ -327,7 +327,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (holdings, addr) = server(dir.path()).await;
         let task: TaskId = format!("sha256:{}", "d".repeat(64)).parse().unwrap();
-        let mut writer = holdings.relays().start(&task, 2, 6);
+        let mut writer = holdings.relays().start(&task, 2, 6).unwrap();
         writer.push(&Bytes::from_static(b"abcd"), false);
         writer.push(&Bytes::from_static(b"XX"), true);
         let mut readers = Vec::new();

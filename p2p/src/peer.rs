@@ -35,8 +35,12 @@ pub fn parse_piece_path(path: &str) -> Option<(TaskId, u32)> {
 pub enum PieceError {
     /// The parent does not hold it (any more) or is busy: try another.
     NotThere,
-    /// The parent could not be reached, timed out, or broke off.
+    /// The parent could not be reached or timed out.
     Unreachable,
+    /// The parent answered, then its body broke off before the piece's end: a piece it was
+    /// passing on while it arrived failed there (see [`crate::relay`]), or the connection
+    /// broke.
+    BrokeOff,
     /// The bytes did not match the published digest, or were too many or too few.
     Corrupt,
 }
@@ -154,7 +158,14 @@ async fn read_piece(
     let mut buf = take_buffer(len);
     let mut relay = relay();
     let mut last = Bytes::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|_| PieceError::Unreachable)? {
+    let broke = |e: reqwest::Error| match e.is_timeout() {
+        true => PieceError::Unreachable,
+        false => PieceError::BrokeOff,
+    };
+    while let Some(chunk) = resp.chunk().await.map_err(broke)? {
+        if chunk.is_empty() {
+            continue;
+        }
         if buf.len() + chunk.len() > len {
             return Err(PieceError::Corrupt);
         }

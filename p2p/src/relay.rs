@@ -137,15 +137,22 @@ pub struct Relays {
 }
 
 impl Relays {
-    /// Registers piece `n` of `task` (`len` bytes) as arriving until the writer is dropped.
-    pub fn start(self: &Arc<Self>, task: &TaskId, n: u32, len: u64) -> RelayWriter {
+    /// Registers piece `n` of `task` (`len` bytes) as arriving until the writer is dropped;
+    /// `None` when it is arriving already (an endgame's second request for it is not relayed:
+    /// the first one's readers stay with the first).
+    pub fn start(self: &Arc<Self>, task: &TaskId, n: u32, len: u64) -> Option<RelayWriter> {
+        let mut map = self.lock();
+        let key = (task.clone(), n);
+        if map.contains_key(&key) {
+            return None;
+        }
         let piece = Arriving::new(len);
-        self.lock().insert((task.clone(), n), piece.clone());
-        RelayWriter {
+        map.insert(key.clone(), piece.clone());
+        Some(RelayWriter {
             piece,
             relays: self.clone(),
-            key: (task.clone(), n),
-        }
+            key,
+        })
     }
 
     /// A reader of piece `n` of `task`, if it is arriving here.
@@ -175,8 +182,10 @@ impl Relays {
 
 /// The fetching side of an arriving piece: chunks pushed as they come, the last held back
 /// until [`RelayWriter::verified`]. Dropped before that, the piece is withdrawn; either way it
-/// leaves the registry when dropped, which the piece loop does only after the piece is stored
-/// and offered as held: a request finds the piece arriving or stored, never neither.
+/// leaves the registry when dropped, which the piece loop does once the piece is stored and
+/// offered as held, so a request finds it arriving or stored. (An endgame's other copy that
+/// was aborted because this one won may drop its writer a moment before: a request in that
+/// moment is answered "not here", and asks again.)
 pub struct RelayWriter {
     piece: Arc<Arriving>,
     relays: Arc<Relays>,
@@ -243,7 +252,9 @@ mod tests {
     async fn a_withdrawn_piece_breaks_off_its_readers_and_never_sends_its_end() {
         let relays = Arc::new(Relays::default());
         let task: TaskId = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
-        let mut writer = relays.start(&task, 3, 6);
+        let mut writer = relays.start(&task, 3, 6).unwrap();
+        // A second request for the same piece (the endgame's) is not relayed.
+        assert!(relays.start(&task, 3, 6).is_none());
         let (len, mut reader) = relays.reader(&task, 3).unwrap();
         assert_eq!(len, 6);
         assert!(relays.pieces(&task, 8).get(3));

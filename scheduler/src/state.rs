@@ -149,6 +149,10 @@ impl State {
             && let Some(h) = entry.holders.get_mut(host_id)
         {
             h.watching = h.watching.saturating_sub(1);
+            if h.watching == 0 {
+                // Nothing arrives at a host no longer downloading the task.
+                h.arriving = Bitmap::default();
+            }
             if h.watching == 0 && h.bitmap.count() == 0 {
                 entry.holders.remove(host_id);
             }
@@ -302,7 +306,7 @@ impl State {
         }
         if entry.length.is_some() {
             let now = Instant::now();
-            for p in announced.ones().chain(holder.arriving.ones()) {
+            for p in announced.ones() {
                 entry.first_held[p as usize].get_or_insert(now);
             }
         }

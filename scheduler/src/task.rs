@@ -235,10 +235,11 @@ impl TaskEntry {
     /// Places ([`PLACE_LABELS`]) count as well: "other hosts" and "the hosts still downloading"
     /// are those in `host`'s place, and a piece held only elsewhere is new to the place, offered
     /// from there to one host of the place in turn, the others getting it from that one. A
-    /// source elsewhere offers it only when no host of another place is downloading (they pass
-    /// the source's pieces on: its upload is for its own place), or once [`SEED_EXCLUSIVE`] is
-    /// over; and it helps with pieces held in `host`'s place never. Each piece then crosses
-    /// into a place about once.
+    /// source elsewhere offers it only when no host of the source's own place is downloading
+    /// (they pass the source's pieces on: its upload is for them), or once the chosen host
+    /// gained nothing for [`SEED_EXCLUSIVE`]; and it helps with pieces held in `host`'s place
+    /// never. Each piece then crosses into a place about once. A host naming no `zone` (or
+    /// `idc`) is in another place than one naming it: label every host, or none.
     ///
     /// `usable` says which attached holders `host` may be offered.
     pub(crate) fn seed_offer(
@@ -253,7 +254,8 @@ impl TaskEntry {
         let (mut seeds, mut seeds_away) = (Bitmap::new(n), Bitmap::new(n));
         let mut elsewhere = Bitmap::new(n);
         let mut seed_complete = false;
-        let mut busy_elsewhere = false;
+        // Sources elsewhere, and the hosts elsewhere downloading (which may pass their pieces on).
+        let (mut sources_away, mut downloading_away): (Vec<&Host>, Vec<&Host>) = Default::default();
         let mut downloaders: Vec<(u64, &str, &Holder)> = Vec::new();
         for (id, h) in &self.holders {
             // A host not attached offers nothing and is no downloader (one lookup per holder).
@@ -265,7 +267,10 @@ impl TaskEntry {
                 if h.strikes < MAX_STRIKES {
                     match here {
                         true => seeds.union(&h.bitmap),
-                        false => seeds_away.union(&h.bitmap),
+                        false => {
+                            seeds_away.union(&h.bitmap);
+                            sources_away.push(&attached.host);
+                        }
                     }
                     seed_complete |= here && h.bitmap.is_full();
                 }
@@ -278,7 +283,9 @@ impl TaskEntry {
                 to.union(&h.arriving);
             }
             let downloading = h.watching > 0 && h.strikes < MAX_STRIKES && !h.bitmap.is_full();
-            busy_elsewhere |= downloading && !here;
+            if downloading && !here {
+                downloading_away.push(&attached.host);
+            }
             if here && downloading {
                 let rank = h.rank.get().unwrap_or_else(|| {
                     let r = rendezvous(&self.task.id, id);
@@ -288,6 +295,11 @@ impl TaskEntry {
                 downloaders.push((rank, id, h));
             }
         }
+        // Whether a source elsewhere has hosts of its own place downloading: they pass its
+        // pieces on (to this place too), and its upload is for them.
+        let busy_elsewhere = downloading_away
+            .iter()
+            .any(|d| sources_away.iter().any(|s| same_place(d, s)));
         // The downloaders in an order of their own for this task; new pieces go round it.
         downloaders.sort_unstable_by_key(|(rank, id, _)| (*rank, *id));
         let k = downloaders.len();

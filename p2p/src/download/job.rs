@@ -210,7 +210,7 @@ impl Job {
         let len = range.end - range.start;
         let start = || {
             let (relays, started) = relay?;
-            let writer = relays.start(&self.id, n, len);
+            let writer = relays.start(&self.id, n, len)?;
             let _ = started.send(n);
             Some(writer)
         };

@@ -467,15 +467,18 @@ impl<'a> Run<'a> {
                         self.inflight.remove(&n);
                     }
                 }
+                // The piece may have been arriving here: the next announcement says it is not.
+                self.dirty |= self.relays.is_some();
                 let (id, addr, e) = match (source, e) {
                     (_, Failure::Fatal(e)) => return Err(e),
                     // A piece the parent had arriving broke off: it failed there (and was
-                    // withdrawn), which says nothing against the parent.
+                    // withdrawn), which says nothing against the parent. (Unreachable or
+                    // timed out, it is reported as any parent is.)
                     (
                         PieceSource::Peer {
                             id, arriving: true, ..
                         },
-                        Failure::Peer(PieceError::Unreachable),
+                        Failure::Peer(PieceError::BrokeOff),
                     ) => (id, String::new(), PieceError::NotThere),
                     (PieceSource::Peer { id, addr, .. }, Failure::Peer(e)) => (id, addr, e),
                     (PieceSource::Origin, Failure::Peer(_)) => {
@@ -489,7 +492,7 @@ impl<'a> Run<'a> {
                         self.resting.insert(id, Instant::now() + PARENT_REST);
                         return Ok(());
                     }
-                    PieceError::Unreachable => Fault::Unreachable,
+                    PieceError::Unreachable | PieceError::BrokeOff => Fault::Unreachable,
                     PieceError::Corrupt => Fault::Corrupt,
                 };
                 tracing::warn!(task = %self.job.id, piece = n, parent = id, %addr, ?fault, "parent failed; not using it again for this task");

@@ -198,6 +198,12 @@ fn nothing_arrives_before_the_length_is_known() {
 /// A seed and h0, h1 in zone "a"; h2, h3 in zone "b"; all watching task "t" of 8 pieces, the
 /// seed holding pieces 0..8.
 fn two_zones() -> (State, Vec<Host>) {
+    placed(&["a", "a", "a", "b", "b"])
+}
+
+/// A seed in zone `zones[0]` and hosts h0, h1, … in the others; all watching task "t" of 8
+/// pieces, the seed holding pieces 0..8.
+fn placed(zones: &[&str]) -> (State, Vec<Host>) {
     let mut state = State::default();
     let task = Task {
         id: "t".into(),
@@ -208,13 +214,12 @@ fn two_zones() -> (State, Vec<Host>) {
         labels: [("zone".to_owned(), z.to_owned())].into(),
         ..host(id, seed)
     };
-    let hosts = vec![
-        zone("seed", true, "a"),
-        zone("h0", false, "a"),
-        zone("h1", false, "a"),
-        zone("h2", false, "b"),
-        zone("h3", false, "b"),
-    ];
+    let hosts: Vec<Host> = (0..zones.len())
+        .map(|i| match i {
+            0 => zone("seed", true, zones[0]),
+            i => zone(&format!("h{}", i - 1), false, zones[i]),
+        })
+        .collect();
     for h in &hosts {
         state.attach(h.clone(), mpsc::channel(1).0);
         let _ = state.watch(h, task.clone(), &have(8, &[]));
@@ -289,6 +294,30 @@ fn a_piece_from_another_zone_stays_its_takers_while_the_taker_gains_pieces() {
         .unwrap();
     stuck.last_gain = Some(Instant::now() - SEED_EXCLUSIVE * 2);
     assert_eq!(offered_to(&state, b, &taker_a.id, 0).len(), 2);
+}
+
+#[test]
+fn a_seed_in_a_place_of_its_own_serves_each_other_place_once() {
+    // Nobody downloads where the seed is: it is each zone's source, one host per piece each.
+    let (state, hosts) = placed(&["x", "a", "a", "b", "b"]);
+    for p in 0..8 {
+        for zone in [&hosts[1..3], &hosts[3..5]] {
+            assert_eq!(offered_to(&state, zone, "seed", p).len(), 1, "piece {p}");
+        }
+    }
+}
+
+#[test]
+fn a_host_that_stops_watching_has_nothing_arriving() {
+    let (mut state, hosts) = two_zones();
+    let h = &hosts[1];
+    state.merge("t", &h.id, &arriving(have(8, &[]), 8, &[0]));
+    assert_eq!(arriving_at(&state, &hosts[2], &h.id), [0]);
+    // Its download ended (failed) with the piece still announced as arriving.
+    state.merge("t", &h.id, &arriving(have(8, &[1]), 8, &[0]));
+    state.unwatch("t", &h.id);
+    assert!(arriving_at(&state, &hosts[2], &h.id).is_empty());
+    assert_eq!(offered_by(&state, &hosts[2], &h.id), [1]);
 }
 
 #[test]

@@ -8,7 +8,8 @@ use crate::task::{Holder, MAX_STRIKES, same_place};
 
 impl State {
     /// What `host` should know about the task now, and whether the view changes by itself later
-    /// (a seed's piece offered to every host once [`SEED_EXCLUSIVE`] is over).
+    /// (a seed's piece offered to more hosts as [`SEED_EXCLUSIVE`] passes, a piece from another
+    /// place once its chosen host gained nothing for that long).
     pub fn view(&self, task_id: &str, host: &Host) -> Option<(TaskView, bool)> {
         self.view_since(task_id, host, None)
     }
@@ -143,7 +144,10 @@ fn digests(
     let Some(sent) = sent else {
         return (whole(known), Vec::new(), false);
     };
-    let fits = sent.len() as usize == known.len()
+    // (Before the length is known there are no digests: the view is whole, and so is the
+    // first once it is known.)
+    let fits = !known.is_empty()
+        && sent.len() as usize == known.len()
         && (0u32..)
             .zip(known)
             .all(|(i, d)| d.is_some() || !sent.get(i));

@@ -410,6 +410,10 @@ impl Cluster {
                 self.stall,
                 &format!("127.0.0.1:{proxy_port}"),
             ) + &format!("upload_slots = {upload_slots}\n");
+            // `node_config` ends in the `[swarm]` table: its settings go on there.
+            for (_, line) in self.settings.iter().filter(|(t, _)| *t == "swarm") {
+                text += &format!("{line}\n");
+            }
             for line in &self.proxy_settings {
                 text = text.replacen("[proxy]\n", &format!("[proxy]\n{line}\n"), 1);
             }
@@ -421,7 +425,10 @@ impl Cluster {
                 text += &format!("{host:?} = {url:?}\n");
             }
             text += &format!("[proxy.hijack]\nhosts = {:?}\n", self.hijack);
-            let mut tables: Vec<&str> = self.settings.iter().map(|(t, _)| *t).collect();
+            let mut tables: Vec<&str> = (self.settings.iter())
+                .map(|(t, _)| *t)
+                .filter(|t| *t != "swarm")
+                .collect();
             tables.sort_unstable();
             tables.dedup();
             for table in tables {

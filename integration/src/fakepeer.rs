@@ -1,14 +1,17 @@
 //! A lying peer (a fake of our own service, for fault tests): it tells the scheduler it holds
-//! every piece of a task and serves random bytes of the right length for any piece.
+//! every piece of a task and serves random bytes of the right length for any piece; or
+//! ([`Lie::Stall`]) that every piece is arriving at it, and answers a piece request with a
+//! 200 and then nothing.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use shoal_p2p::cluster::{self, Cluster};
 use shoal_p2p::piece::Layout;
@@ -16,6 +19,16 @@ use shoal_p2p::proto::scheduler_client::SchedulerClient;
 use shoal_p2p::proto::{AnnounceRequest, AttachRequest, Host, PieceSet, Task, WatchRequest};
 use shoal_p2p::swarm::scheduler_channel;
 use shoal_p2p::{Bitmap, TaskId};
+
+/// What the lying peer claims and does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lie {
+    /// Holds every piece; serves random bytes.
+    Corrupt,
+    /// Every piece is arriving (announced once the task's length is known); answers 200 and
+    /// never sends a byte of the body.
+    Stall,
+}
 
 pub struct CorruptPeer {
     /// Piece requests it answered.
@@ -51,6 +64,18 @@ impl CorruptPeer {
         task: &TaskId,
         length: u64,
     ) -> CorruptPeer {
+        Self::join_lying(scheduler, member, ip, task, length, Lie::Corrupt).await
+    }
+
+    /// [`join_at`](Self::join_at), telling `lie`.
+    pub async fn join_lying(
+        scheduler: &str,
+        member: Option<Arc<Cluster>>,
+        ip: std::net::IpAddr,
+        task: &TaskId,
+        length: u64,
+        lie: Lie,
+    ) -> CorruptPeer {
         let layout = Layout::for_length(length).expect("a length a task can have");
         let requests = Arc::new(AtomicU64::new(0));
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
@@ -81,8 +106,23 @@ impl CorruptPeer {
                                 .and_then(|n| n.parse().ok())
                                 .unwrap_or(0);
                             let r = layout.range(n.min(layout.piece_count() - 1));
-                            let junk = crate::random_bytes((r.end - r.start) as usize);
-                            Ok::<_, Infallible>(Response::new(Full::new(junk)))
+                            let body: BoxBody<Bytes, Infallible> = match lie {
+                                Lie::Corrupt => {
+                                    let junk = crate::random_bytes((r.end - r.start) as usize);
+                                    Full::new(junk).boxed()
+                                }
+                                Lie::Stall => {
+                                    let never = futures_util::stream::pending::<
+                                        Result<Frame<Bytes>, Infallible>,
+                                    >();
+                                    StreamBody::new(never).boxed()
+                                }
+                            };
+                            let resp = Response::builder()
+                                .header(http::header::CONTENT_LENGTH, r.end - r.start)
+                                .body(body)
+                                .expect("a response");
+                            Ok::<_, Infallible>(resp)
                         }
                     });
                     let http = hyper::server::conn::http1::Builder::new();
@@ -131,6 +171,14 @@ impl CorruptPeer {
             id: task.to_string(),
             ..Default::default()
         };
+        let have = match lie {
+            Lie::Corrupt => have,
+            Lie::Stall => PieceSet {
+                arriving: have.bitmap,
+                bitmap: Vec::new(),
+                ..have
+            },
+        };
         let mut watch = client
             .watch(WatchRequest {
                 host: Some(host),
@@ -141,18 +189,23 @@ impl CorruptPeer {
             .await
             .expect("watch")
             .into_inner();
-        let watching =
-            tokio::spawn(async move { while let Ok(Some(_)) = watch.message().await {} });
-        client
-            .announce(AnnounceRequest {
-                host_id: id,
-                task_id: task.to_string(),
-                pieces: Some(have),
-                failure: None,
-                withdrawn: false,
-            })
-            .await
-            .expect("announce");
+        let announce = AnnounceRequest {
+            host_id: id,
+            task_id: task.to_string(),
+            pieces: Some(have),
+            failure: None,
+            withdrawn: false,
+        };
+        client.announce(announce.clone()).await.expect("announce");
+        let watching = tokio::spawn(async move {
+            // Arriving pieces count once the length is known: said again when it is.
+            let mut told = lie != Lie::Stall;
+            while let Ok(Some(view)) = watch.message().await {
+                if !told && view.length_known {
+                    told = client.announce(announce.clone()).await.is_ok();
+                }
+            }
+        });
         CorruptPeer {
             requests,
             tasks: vec![server, attached, watching],

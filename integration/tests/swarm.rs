@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use shoal_integration::cluster::{Cluster, scheduler_command};
-use shoal_integration::fakepeer::CorruptPeer;
+use shoal_integration::fakepeer::{CorruptPeer, Lie};
 use shoal_integration::origin::TestOrigin;
 use shoal_integration::process::wait_until;
 use shoal_integration::random_bytes;
@@ -174,6 +174,43 @@ async fn a_peer_serving_corrupt_pieces_is_caught_and_avoided() {
     // liar (all of them when the liar is its only parent with digests published yet); after
     // that it never asks the liar again.
     assert!(asked <= 3 * 8, "the liar was asked {asked} times");
+}
+
+/// A member that announces every piece as arriving and then never sends one: its stalls are
+/// timeouts, reported like any unreachable parent's (only a body that breaks off after a 200 is
+/// excused, as a relayed piece withdrawn), so each daemon stops asking it after its first
+/// requests time out.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_that_says_pieces_are_arriving_and_stalls_is_reported_and_avoided() {
+    // The seed fetches for 4 s: time for several peer timeouts of 1 s.
+    let size = 16 * MIB;
+    let data = random_bytes(size);
+    let origin = TestOrigin::builder()
+        .file("/blob", data.clone())
+        .rate(4 * MIB as u64)
+        .start()
+        .await;
+    let cluster = Cluster::builder()
+        .daemons(2)
+        .setting("swarm", "peer_timeout = \"1s\"")
+        .start()
+        .await;
+    let url = origin.url("/blob");
+    let task = shoal_p2p::TaskId::for_url(&url.parse().unwrap(), &Default::default());
+    let member = cluster.ca().member("staller", &["node"]);
+    let scheduler = format!("http://127.0.0.1:{}", cluster.scheduler_port);
+    let ip = "127.0.0.1".parse().unwrap();
+    let staller =
+        CorruptPeer::join_lying(&scheduler, Some(member), ip, &task, size as u64, Lie::Stall).await;
+    let results = cluster.get_all(&url).await;
+    assert_all_exact(&results, &data, &cluster);
+    let asked = staller.requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        asked > 0,
+        "the staller was never asked: the test proves nothing"
+    );
+    // A daemon's first requests to it (at most its 8 in flight) time out; then it is avoided.
+    assert!(asked <= 2 * 8, "the staller was asked {asked} times");
 }
 
 #[tokio::test(flavor = "multi_thread")]

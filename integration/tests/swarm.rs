@@ -42,11 +42,7 @@ fn assert_origin_sent_once(origin: &TestOrigin, size: usize) {
 #[tokio::test(flavor = "multi_thread")]
 async fn eight_daemons_one_origin_fetch_and_pieces_shared_between_daemons() {
     let size = 256 * MIB;
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .start()
-        .await;
+    let (data, origin) = blob_origin(size, None).await;
     // A seed that serves two uploads at a time: daemons must mostly feed each other.
     let cluster = Cluster::builder()
         .daemons(8)
@@ -86,11 +82,7 @@ async fn eight_daemons_one_origin_fetch_and_pieces_shared_between_daemons() {
 #[tokio::test(flavor = "multi_thread")]
 async fn pieces_are_passed_on_while_they_arrive() {
     let size = 32 * MIB;
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .start()
-        .await;
+    let (data, origin) = blob_origin(size, None).await;
     // Every daemon takes pieces from peers at 8 MiB/s: a piece arrives over a while (8 at
     // once: about a second each), and the others ask the host it goes to for it meanwhile.
     let cluster = Cluster::builder()
@@ -111,15 +103,19 @@ async fn pieces_are_passed_on_while_they_arrive() {
     );
 }
 
+/// A blob of `size` random bytes at `/blob` on an origin sending at most `rate` bytes/s.
+async fn blob_origin(size: usize, rate: Option<u64>) -> (bytes::Bytes, TestOrigin) {
+    let data = random_bytes(size);
+    let mut origin = TestOrigin::builder().file("/blob", data.clone());
+    if let Some(rate) = rate {
+        origin = origin.rate(rate);
+    }
+    (data, origin.start().await)
+}
+
 /// A blob of `size` random bytes on an origin sending 16 MiB/s, so faults land mid-download.
 async fn slow_origin(size: usize) -> (bytes::Bytes, TestOrigin) {
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .rate(16 * MIB as u64)
-        .start()
-        .await;
-    (data, origin)
+    blob_origin(size, Some(16 * MIB as u64)).await
 }
 
 /// Waits until the origin has sent `percent` % of `size` bytes.
@@ -153,11 +149,7 @@ async fn seed_killed_at_30_percent_everyone_completes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_peer_serving_corrupt_pieces_is_caught_and_avoided() {
     let size = 32 * MIB;
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .start()
-        .await;
+    let (data, origin) = blob_origin(size, None).await;
     let cluster = Cluster::builder().daemons(3).start().await;
     let url = origin.url("/blob");
     let task = shoal_p2p::TaskId::for_url(&url.parse().unwrap(), &Default::default());
@@ -184,12 +176,7 @@ async fn a_peer_serving_corrupt_pieces_is_caught_and_avoided() {
 async fn a_member_that_says_pieces_are_arriving_and_stalls_is_reported_and_avoided() {
     // The seed fetches for 4 s: time for several peer timeouts of 1 s.
     let size = 16 * MIB;
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .rate(4 * MIB as u64)
-        .start()
-        .await;
+    let (data, origin) = blob_origin(size, Some(4 * MIB as u64)).await;
     let cluster = Cluster::builder()
         .daemons(2)
         .setting("swarm", "peer_timeout = \"1s\"")
@@ -216,11 +203,7 @@ async fn a_member_that_says_pieces_are_arriving_and_stalls_is_reported_and_avoid
 #[tokio::test(flavor = "multi_thread")]
 async fn scheduler_unreachable_everyone_completes_from_the_origin() {
     let size = 16 * MIB;
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .start()
-        .await;
+    let (data, origin) = blob_origin(size, None).await;
     let cluster = Cluster::builder()
         .no_scheduler()
         .no_seed()
@@ -353,11 +336,7 @@ async fn status(cluster: &Cluster, i: usize) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn status_shows_the_scheduler_the_tasks_and_bytes_by_source() {
     let size = 8 * MIB;
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .start()
-        .await;
+    let (data, origin) = blob_origin(size, None).await;
     let cluster = Cluster::builder().daemons(2).start().await;
     let url = origin.url("/blob");
     let results = cluster.get_all(&url).await;
@@ -394,11 +373,7 @@ async fn status_shows_the_scheduler_the_tasks_and_bytes_by_source() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_get_ends_with_its_own_size_time_and_bytes_by_source() {
     let size = 6 * MIB + 4321;
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .start()
-        .await;
+    let (data, origin) = blob_origin(size, None).await;
     let cluster = Cluster::builder().daemons(2).start().await;
     let url = origin.url("/blob");
     let json_get = |i: usize| {
@@ -517,11 +492,7 @@ async fn a_member_announcing_an_impossible_length_changes_nothing_and_the_schedu
     use shoal_p2p::proto::{AnnounceRequest, PieceSet, Task, WatchRequest};
 
     let size = 8 * MIB;
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .start()
-        .await;
+    let (data, origin) = blob_origin(size, None).await;
     let cluster = Cluster::builder().daemons(2).start().await;
     let url = origin.url("/blob");
     let task = shoal_p2p::TaskId::for_url(&url.parse().unwrap(), &Default::default());
@@ -585,11 +556,7 @@ async fn a_member_naming_a_task_first_with_false_facts_changes_nothing() {
     use shoal_p2p::proto::{PieceDigest, PieceSet, Task, WatchRequest};
 
     let size = 6 * MIB;
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .start()
-        .await;
+    let (data, origin) = blob_origin(size, None).await;
     let cluster = Cluster::builder().daemons(2).start().await;
     let url = origin.url("/blob");
     let task = shoal_p2p::TaskId::for_url(&url.parse().unwrap(), &Default::default());
@@ -636,11 +603,7 @@ async fn a_task_named_with_another_url_is_refused_and_nobody_fetches_it() {
     use shoal_p2p::proto::{Task, WatchRequest};
 
     let size = 2 * MIB;
-    let data = random_bytes(size);
-    let origin = TestOrigin::builder()
-        .file("/blob", data.clone())
-        .start()
-        .await;
+    let (data, origin) = blob_origin(size, None).await;
     let internal = TestOrigin::builder()
         .file("/admin", random_bytes(size))
         .start()

@@ -44,18 +44,24 @@ struct Hosts {
     clients: Vec<Host>,
     /// The cluster CA of the `shoal` scenario.
     ca: ClusterCa,
-    /// With two zones: the second one, and how many of the clients (the last ones) are in it;
+    /// With two zones: the second one, and the first client in it (those after it too);
     /// everything else is in the first.
     zone: Option<(Zone, usize)>,
 }
 
 impl Hosts {
+    /// The second zone if the `i`-th client is in it.
+    fn second_zone(&self, client: usize) -> Option<&Zone> {
+        let (zone, first) = self.zone.as_ref()?;
+        (client >= *first).then_some(zone)
+    }
+
     /// The zone label of the `i`-th client (`None`: the seed), with two zones.
     fn zone_of(&self, client: Option<usize>) -> Option<&'static str> {
-        let (_, n) = self.zone.as_ref()?;
-        Some(match client {
-            Some(i) if i >= self.clients.len() - n => "b",
-            _ => "a",
+        self.zone.as_ref()?;
+        Some(match client.and_then(|i| self.second_zone(i)) {
+            Some(_) => "b",
+            None => "a",
         })
     }
 }
@@ -66,7 +72,7 @@ pub fn run(lab: &mut Lab, params: &Params) -> anyhow::Result<Vec<Outcome>> {
     ensure!(params.size > 0, "size must be positive");
     ensure!(params.schedulers > 0, "need at least one scheduler");
     let shape = Some(Shape::rate(params.rate_bits_per_s));
-    let hosts = Hosts {
+    let mut hosts = Hosts {
         origin: lab.add_host("origin", shape)?,
         cache: lab.add_host("cache", shape)?,
         schedulers: (1..=params.schedulers)
@@ -79,17 +85,16 @@ pub fn run(lab: &mut Lab, params: &Params) -> anyhow::Result<Vec<Outcome>> {
         clients: Vec::new(),
         ca: ClusterCa::init(&lab.dir().join("ca")),
         zone: match params.zone_rate {
-            Some(rate) => Some((lab.add_zone("b", Shape::rate(rate))?, params.hosts / 2)),
+            // The second half of the clients.
+            Some(rate) => Some((
+                lab.add_zone("b", Shape::rate(rate))?,
+                params.hosts - params.hosts / 2,
+            )),
             None => None,
         },
     };
-    let mut hosts = hosts;
-    for i in 1..=params.hosts {
-        let zone = match &hosts.zone {
-            Some((z, n)) if i > params.hosts - n => Some(z),
-            _ => None,
-        };
-        let h = lab.add_host_in(&format!("h{i}"), shape, zone)?;
+    for i in 0..params.hosts {
+        let h = lab.add_host_in(&format!("h{}", i + 1), shape, hosts.second_zone(i))?;
         hosts.clients.push(h);
     }
     let hosts = hosts;
